@@ -1,0 +1,495 @@
+//! A deterministic demo ACP agent for acpd's tests and demos.
+//!
+//! It speaks ACP v1 as an agent over this process's stdin/stdout. The first word of a prompt
+//! selects a scripted behaviour (see [`run_stdio`]); anything else is echoed back.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_client_protocol::schema::ProtocolVersion;
+use agent_client_protocol::v1::ConnectionTo;
+use agent_client_protocol::v1::schema::{
+    AgentCapabilities, CancelNotification, ContentBlock, ContentChunk, Diff, Implementation,
+    InitializeRequest, InitializeResponse, LoadSessionRequest, LoadSessionResponse,
+    NewSessionRequest, NewSessionResponse, PermissionOption, PermissionOptionKind, PromptRequest,
+    PromptResponse, ReadTextFileRequest, RequestPermissionOutcome, RequestPermissionRequest,
+    SessionId, SessionNotification, SessionUpdate, StopReason, ToolCall, ToolCallContent,
+    ToolCallLocation, ToolCallStatus, ToolCallUpdate, ToolCallUpdateFields, ToolKind,
+    WriteTextFileRequest,
+};
+use agent_client_protocol::{
+    Agent, Client, Error, Lines, RequestCancellation, UntypedMessage, on_receive_notification,
+    on_receive_request,
+};
+use futures::AsyncBufReadExt as _;
+use serde_json::json;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+use tokio_util::compat::TokioAsyncReadCompatExt as _;
+use tokio_util::sync::CancellationToken;
+
+/// Name reported in `initialize`'s `agentInfo`.
+pub const AGENT_NAME: &str = "acpd-demo-agent";
+/// Exit code of the `crash` command.
+pub const CRASH_EXIT_CODE: i32 = 3;
+/// Env var: milliseconds to wait before answering `initialize`.
+pub const INIT_DELAY_ENV: &str = "ACPD_DEMO_INIT_DELAY_MS";
+
+type Cx = ConnectionTo<Client>;
+
+/// Serves ACP v1 as an agent on stdin/stdout until stdin reaches EOF.
+///
+/// Only JSON-RPC lines go to stdout; diagnostics go to stderr. Prompt commands (first word,
+/// case-insensitive; the prompt's text blocks are concatenated):
+/// - (none): echo "Hello from the demo agent. You said: <text>" in ~4 chunks.
+/// - `read <rel>`: tool call + `fs/read_text_file` of `<session cwd>/<rel>`.
+/// - `write <rel> <content...>`: tool call + `session/request_permission` + `fs/write_text_file`.
+/// - `slow [n=20] [ms=250]`: n chunks "tick <i> ", one per ms; honours `session/cancel`.
+/// - `crash`: chunk "about to crash", then the process exits with code 3.
+/// - `unknown`: sends the request `demo/unknownRequest` to the client and reports its answer.
+/// - `flood <n=100> [size=1024]`: n chunks of `size` 'x' bytes.
+/// - `env <NAME>`, `pwd`, `pid`, `stderr <text>`, `meta`: report process facts.
+pub async fn run_stdio() -> anyhow::Result<()> {
+    // We own stdout through one writer task so that `crash` can exit right after its last
+    // line is flushed, without racing the SDK's own writes.
+    let (out_tx, out_rx) = mpsc::channel::<Out>(64);
+    let writer = tokio::spawn(write_stdout(out_rx));
+
+    let incoming = futures::io::BufReader::new(tokio::io::stdin().compat()).lines();
+    let outgoing = futures::sink::unfold(out_tx.clone(), async |tx, line: String| {
+        tx.send(Out::Line(line))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        Ok::<_, io::Error>(tx)
+    });
+    let transport = Lines::new(Box::pin(outgoing), Box::pin(incoming));
+
+    let state = Arc::new(State {
+        sessions: Mutex::default(),
+        next_call: AtomicU64::new(1),
+        out: out_tx.clone(),
+    });
+    let (s1, s2, s3, s4) = (state.clone(), state.clone(), state.clone(), state.clone());
+
+    let served = Agent
+        .v1()
+        .name(AGENT_NAME)
+        .on_receive_request(
+            async |_req: InitializeRequest, responder, cx: Cx| {
+                let response = InitializeResponse::new(ProtocolVersion::V1)
+                    .agent_capabilities(AgentCapabilities::new().load_session(true))
+                    .agent_info(Implementation::new(AGENT_NAME, env!("CARGO_PKG_VERSION")));
+                match init_delay() {
+                    None => responder.respond(response),
+                    Some(delay) => cx.spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        log_err(responder.respond(response));
+                        Ok(())
+                    }),
+                }
+            },
+            on_receive_request!(),
+        )
+        .on_receive_request(
+            async move |req: NewSessionRequest, responder, _cx: Cx| {
+                let id = SessionId::new(format!("demo-{}", uuid::Uuid::new_v4()));
+                s1.open_session(&id, req.cwd);
+                responder.respond(NewSessionResponse::new(id))
+            },
+            on_receive_request!(),
+        )
+        .on_receive_request(
+            async move |req: LoadSessionRequest, responder, _cx: Cx| {
+                // History lives in memory only, so there is nothing to replay.
+                s2.open_session(&req.session_id, req.cwd);
+                responder.respond(LoadSessionResponse::new())
+            },
+            on_receive_request!(),
+        )
+        .on_receive_request(
+            async move |req: PromptRequest, responder, cx: Cx| {
+                let Some((cwd, session_cancel)) = s3.begin_turn(&req.session_id) else {
+                    return responder.respond_with_error(
+                        Error::invalid_params().data(json!({ "unknownSessionId": req.session_id })),
+                    );
+                };
+                let turn = Turn {
+                    cx: cx.clone(),
+                    state: s3.clone(),
+                    session_id: req.session_id.clone(),
+                    cwd,
+                    cancel: TurnCancel {
+                        session: session_cancel,
+                        request: responder.cancellation(),
+                    },
+                };
+                // The turn talks to the client (fs, permission), so it must run outside the
+                // dispatch loop; awaiting those answers here would deadlock.
+                cx.spawn(async move {
+                    log_err(responder.respond_with_result(turn.run(req).await));
+                    // An Err here would tear down the whole connection.
+                    Ok(())
+                })
+            },
+            on_receive_request!(),
+        )
+        .on_receive_notification(
+            async move |n: CancelNotification, _cx: Cx| {
+                s4.cancel_session(&n.session_id);
+                Ok(())
+            },
+            on_receive_notification!(),
+        )
+        .connect_to(transport)
+        .await;
+
+    drop(state);
+    // Stop after everything queued so far has been written.
+    let _ = out_tx.send(Out::Stop).await;
+    writer.await??;
+    served.map_err(|e| anyhow::anyhow!("ACP connection failed: {e}"))
+}
+
+enum Out {
+    Line(String),
+    Exit(i32),
+    Stop,
+}
+
+async fn write_stdout(mut rx: mpsc::Receiver<Out>) -> io::Result<()> {
+    let mut stdout = tokio::io::stdout();
+    while let Some(out) = rx.recv().await {
+        match out {
+            Out::Line(mut line) => {
+                line.push('\n');
+                stdout.write_all(line.as_bytes()).await?;
+                stdout.flush().await?;
+            }
+            Out::Exit(code) => std::process::exit(code),
+            Out::Stop => break,
+        }
+    }
+    Ok(())
+}
+
+fn init_delay() -> Option<Duration> {
+    let ms = std::env::var(INIT_DELAY_ENV).ok()?.trim().parse().ok()?;
+    Some(Duration::from_millis(ms))
+}
+
+fn log_err(result: Result<(), Error>) {
+    if let Err(e) = result {
+        eprintln!("{AGENT_NAME}: {e}");
+    }
+}
+
+struct State {
+    sessions: Mutex<HashMap<SessionId, Session>>,
+    next_call: AtomicU64,
+    out: mpsc::Sender<Out>,
+}
+
+struct Session {
+    cwd: PathBuf,
+    /// Shared by the session's running turns; replaced once cancelled so later turns start clean.
+    cancel: CancellationToken,
+}
+
+impl State {
+    fn open_session(&self, id: &SessionId, cwd: PathBuf) {
+        let mut sessions = self.sessions.lock().unwrap();
+        // A reload keeps the cancel token that running turns of this session listen on.
+        let cancel = sessions.remove(id).map(|s| s.cancel).unwrap_or_default();
+        sessions.insert(id.clone(), Session { cwd, cancel });
+    }
+
+    fn begin_turn(&self, id: &SessionId) -> Option<(PathBuf, CancellationToken)> {
+        let sessions = self.sessions.lock().unwrap();
+        let session = sessions.get(id)?;
+        Some((session.cwd.clone(), session.cancel.clone()))
+    }
+
+    fn cancel_session(&self, id: &SessionId) {
+        if let Some(session) = self.sessions.lock().unwrap().get_mut(id) {
+            std::mem::take(&mut session.cancel).cancel();
+        }
+    }
+
+    fn next_tool_call_id(&self) -> String {
+        format!("call_{}", self.next_call.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A turn ends early on `session/cancel` or on `$/cancel_request` for its prompt.
+struct TurnCancel {
+    session: CancellationToken,
+    request: RequestCancellation,
+}
+
+impl TurnCancel {
+    fn is_cancelled(&self) -> bool {
+        self.session.is_cancelled() || self.request.is_cancelled()
+    }
+
+    async fn cancelled(&self) {
+        tokio::select! {
+            () = self.session.cancelled() => {}
+            () = self.request.cancelled() => {}
+        }
+    }
+}
+
+struct Turn {
+    cx: Cx,
+    state: Arc<State>,
+    session_id: SessionId,
+    cwd: PathBuf,
+    cancel: TurnCancel,
+}
+
+type TurnResult = Result<PromptResponse, Error>;
+
+fn done(stop_reason: StopReason) -> TurnResult {
+    Ok(PromptResponse::new(stop_reason))
+}
+
+/// Splits off the first whitespace-separated word; the rest keeps its inner spacing.
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+fn fs_error(e: &Error) -> String {
+    format!("{} (code {})", e.message, e.code.value())
+}
+
+impl Turn {
+    async fn run(self, req: PromptRequest) -> TurnResult {
+        let text: String = req
+            .prompt
+            .iter()
+            .filter_map(|block| match block {
+                ContentBlock::Text(t) => Some(t.text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let (command, rest) = split_word(&text);
+        let (arg, tail) = split_word(rest);
+        match command.to_lowercase().as_str() {
+            "read" if !arg.is_empty() => self.read(arg).await,
+            "write" if !arg.is_empty() => self.write(arg, tail).await,
+            "slow" => {
+                let n = arg.parse().unwrap_or(20);
+                let ms = split_word(tail).0.parse().unwrap_or(250);
+                self.slow(n, Duration::from_millis(ms)).await
+            }
+            "crash" => self.crash().await,
+            "unknown" => self.unknown().await,
+            "flood" => {
+                let n = arg.parse().unwrap_or(100);
+                let size = split_word(tail).0.parse().unwrap_or(1024);
+                self.flood(n, size)
+            }
+            "env" if !arg.is_empty() => match std::env::var(arg) {
+                Ok(value) => self.reply(format!("env {arg}={value}")),
+                Err(_) => self.reply(format!("env {arg} unset")),
+            },
+            "pwd" => {
+                let cwd = std::env::current_dir().map_err(Error::into_internal_error)?;
+                self.reply(format!("cwd {}", cwd.display()))
+            }
+            "pid" => self.reply(format!("pid {}", std::process::id())),
+            "stderr" => {
+                eprintln!("{rest}");
+                self.reply("ok")
+            }
+            "meta" => self.reply(serde_json::to_string(&req.meta)?),
+            _ => self.echo(&text),
+        }
+    }
+
+    fn update(&self, update: SessionUpdate) -> Result<(), Error> {
+        self.cx
+            .send_notification(SessionNotification::new(self.session_id.clone(), update))
+    }
+
+    fn say(&self, text: impl Into<String>) -> Result<(), Error> {
+        let block = ContentBlock::from(text.into());
+        self.update(SessionUpdate::AgentMessageChunk(ContentChunk::new(block)))
+    }
+
+    fn reply(&self, text: impl Into<String>) -> TurnResult {
+        self.say(text)?;
+        done(StopReason::EndTurn)
+    }
+
+    fn set_status(&self, id: &str, status: ToolCallStatus) -> Result<(), Error> {
+        self.patch(id, ToolCallUpdateFields::new().status(status))
+    }
+
+    fn patch(&self, id: &str, fields: ToolCallUpdateFields) -> Result<(), Error> {
+        let update = ToolCallUpdate::new(id.to_owned(), fields);
+        self.update(SessionUpdate::ToolCallUpdate(update))
+    }
+
+    fn abs(&self, rel: &str) -> PathBuf {
+        self.cwd.join(Path::new(rel))
+    }
+
+    fn echo(&self, text: &str) -> TurnResult {
+        let reply = format!("Hello from the demo agent. You said: {text}");
+        let words: Vec<&str> = reply.split_inclusive(' ').collect();
+        for chunk in words.chunks(words.len().div_ceil(4)) {
+            self.say(chunk.concat())?;
+        }
+        done(StopReason::EndTurn)
+    }
+
+    async fn read(&self, rel: &str) -> TurnResult {
+        let id = self.state.next_tool_call_id();
+        let path = self.abs(rel);
+        let call = ToolCall::new(id.clone(), format!("Read {rel}"))
+            .kind(ToolKind::Read)
+            .status(ToolCallStatus::Pending)
+            .locations(vec![ToolCallLocation::new(&path)])
+            .raw_input(json!({ "path": path }));
+        self.update(SessionUpdate::ToolCall(call))?;
+        self.set_status(&id, ToolCallStatus::InProgress)?;
+
+        let request = ReadTextFileRequest::new(self.session_id.clone(), path);
+        match self.cx.send_request(request).block_task().await {
+            Ok(file) => {
+                let content = vec![ToolCallContent::from(file.content.clone())];
+                self.patch(
+                    &id,
+                    ToolCallUpdateFields::new()
+                        .status(ToolCallStatus::Completed)
+                        .content(content),
+                )?;
+                let n = file.content.len();
+                self.reply(format!("Read {n} bytes from {rel}: {}", file.content))
+            }
+            Err(e) => {
+                self.set_status(&id, ToolCallStatus::Failed)?;
+                self.reply(format!("Read failed: {}", fs_error(&e)))
+            }
+        }
+    }
+
+    async fn write(&self, rel: &str, content: &str) -> TurnResult {
+        let id = self.state.next_tool_call_id();
+        let path = self.abs(rel);
+        let call = ToolCall::new(id.clone(), format!("Write {rel}"))
+            .kind(ToolKind::Edit)
+            .status(ToolCallStatus::Pending)
+            .content(vec![Diff::new(&path, content).into()])
+            .locations(vec![ToolCallLocation::new(&path)])
+            .raw_input(json!({ "path": path, "content": content }));
+        self.update(SessionUpdate::ToolCall(call.clone()))?;
+
+        let options = vec![
+            PermissionOption::new("allow", "Allow", PermissionOptionKind::AllowOnce),
+            PermissionOption::new("reject", "Reject", PermissionOptionKind::RejectOnce),
+        ];
+        let ask = RequestPermissionRequest::new(self.session_id.clone(), call.into(), options);
+        // No select on cancellation: on session/cancel the client must answer `cancelled`.
+        let outcome = match self.cx.send_request(ask).block_task().await {
+            Ok(answer) => answer.outcome,
+            Err(e) => {
+                self.set_status(&id, ToolCallStatus::Failed)?;
+                return self.reply(format!("Permission failed: {}", fs_error(&e)));
+            }
+        };
+        let allowed = match outcome {
+            _ if self.cancel.is_cancelled() => None,
+            RequestPermissionOutcome::Selected(s) => Some(&*s.option_id.0 == "allow"),
+            _ => None,
+        };
+        match allowed {
+            None => {
+                self.set_status(&id, ToolCallStatus::Failed)?;
+                done(StopReason::Cancelled)
+            }
+            Some(false) => {
+                self.set_status(&id, ToolCallStatus::Failed)?;
+                self.reply("Permission rejected")
+            }
+            Some(true) => {
+                self.set_status(&id, ToolCallStatus::InProgress)?;
+                let request = WriteTextFileRequest::new(self.session_id.clone(), path, content);
+                match self.cx.send_request(request).block_task().await {
+                    Ok(_) => {
+                        self.set_status(&id, ToolCallStatus::Completed)?;
+                        self.reply(format!("Wrote {} bytes to {rel}", content.len()))
+                    }
+                    Err(e) => {
+                        self.set_status(&id, ToolCallStatus::Failed)?;
+                        self.reply(format!("Write failed: {}", fs_error(&e)))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn slow(&self, n: u64, every: Duration) -> TurnResult {
+        for i in 1..=n {
+            if i > 1 {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = self.cancel.cancelled() => {}
+                }
+            }
+            if self.cancel.is_cancelled() {
+                return done(StopReason::Cancelled);
+            }
+            self.say(format!("tick {i} "))?;
+        }
+        done(StopReason::EndTurn)
+    }
+
+    async fn crash(&self) -> TurnResult {
+        // Bypass the SDK's queue: the line must be on stdout before we exit.
+        let note = SessionNotification::new(
+            self.session_id.clone(),
+            SessionUpdate::AgentMessageChunk(ContentChunk::new("about to crash".into())),
+        );
+        let line = json!({ "jsonrpc": "2.0", "method": "session/update", "params": note });
+        let out = &self.state.out;
+        if out.send(Out::Line(line.to_string())).await.is_err()
+            || out.send(Out::Exit(CRASH_EXIT_CODE)).await.is_err()
+        {
+            std::process::exit(CRASH_EXIT_CODE);
+        }
+        // The writer task exits the process once the line is flushed.
+        std::future::pending().await
+    }
+
+    async fn unknown(&self) -> TurnResult {
+        let request = UntypedMessage::new("demo/unknownRequest", json!({}))?;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.cx.send_request(request).block_task(),
+        )
+        .await;
+        self.reply(match answer {
+            Ok(Ok(_)) => "unknown request answered: ok".to_owned(),
+            Ok(Err(e)) => format!("unknown request answered: error {}", e.code.value()),
+            Err(_) => "unknown request timed out".to_owned(),
+        })
+    }
+
+    fn flood(&self, n: u64, size: usize) -> TurnResult {
+        let chunk = "x".repeat(size);
+        for _ in 0..n {
+            self.say(chunk.clone())?;
+        }
+        done(StopReason::EndTurn)
+    }
+}

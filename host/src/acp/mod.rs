@@ -1,0 +1,327 @@
+//! One ACP connection per agent child (acpd is the ACP client). Agent requests are answered
+//! without ever blocking the connection's dispatch loop: permission decisions and file I/O
+//! run in their own tasks and answer through the moved responder; unknown requests get
+//! -32601 from the crate.
+
+pub mod fs;
+
+use agent_client_protocol::schema::ProtocolVersion;
+use agent_client_protocol::v1::ConnectionTo;
+use agent_client_protocol::v1::schema::{
+    CancelNotification, ClientCapabilities, ContentBlock, FileSystemCapabilities, Implementation,
+    InitializeRequest, LoadSessionRequest, Meta, NewSessionRequest, PromptRequest,
+    ReadTextFileRequest, ReadTextFileResponse, RequestPermissionOutcome, RequestPermissionRequest,
+    RequestPermissionResponse, SessionId, WriteTextFileRequest, WriteTextFileResponse,
+};
+use agent_client_protocol::{Agent, ByteStreams, Client, UntypedMessage, on_receive_notification, on_receive_request};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::child::{self, ChildProc, ExitInfo, SpawnSpec};
+use crate::error::ApiError;
+use crate::telemetry::sanitize::sanitize;
+
+/// The bridge's side of a routed ACP session. Calls come from the dispatch loop: return fast.
+pub trait SessionSink: Send + Sync {
+    /// A `session/update` notification, as received.
+    fn update(&self, notification: Value);
+    /// A permission request; answer through `reply` (dropping it answers `cancelled`).
+    fn permission(&self, request: RequestPermissionRequest, reply: oneshot::Sender<RequestPermissionOutcome>);
+    /// The child serving this session exited.
+    fn agent_exited(&self, child_id: &str, exit: ExitInfo);
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub name: String,
+    pub load_session: bool,
+}
+
+#[derive(Debug)]
+pub enum PromptError {
+    /// The child exited or its pipe broke before the turn ended.
+    AgentGone,
+    /// The agent answered with a JSON-RPC error.
+    Rpc { code: i32, message: String },
+}
+
+#[derive(Default)]
+struct Routes {
+    map: Mutex<HashMap<String, Route>>,
+}
+
+struct Route {
+    sink: Weak<dyn SessionSink>,
+    /// While `session/load` replays history the daemon already holds, updates are dropped.
+    muted: bool,
+}
+
+impl Routes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sink(&self, session_id: &str) -> Option<(Arc<dyn SessionSink>, bool)> {
+        let map = self.lock();
+        let r = map.get(session_id)?;
+        Some((r.sink.upgrade()?, r.muted))
+    }
+
+    fn all(&self) -> Vec<Arc<dyn SessionSink>> {
+        self.lock().values().filter_map(|r| r.sink.upgrade()).collect()
+    }
+}
+
+pub struct AgentConn {
+    pub child: ChildProc,
+    pub info: AgentInfo,
+    pub root: PathBuf,
+    pub started: Instant,
+    cx: ConnectionTo<Agent>,
+    routes: Arc<Routes>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+pub struct Timeouts {
+    pub init: Duration,
+    pub stop_grace: Duration,
+}
+
+impl AgentConn {
+    /// Spawns the child and runs `initialize` under a deadline. On any failure the child is stopped.
+    pub async fn connect(spec: &SpawnSpec, root: PathBuf, t: &Timeouts) -> Result<Arc<Self>, ApiError> {
+        let (child, stdin, stdout) = child::spawn(spec)
+            .map_err(|e| ApiError::agent_unavailable(format!("cannot start agent `{}`: {e}", spec.program)))?;
+        let routes = Arc::new(Routes::default());
+        let (cx_tx, cx_rx) = oneshot::channel();
+        let transport = ByteStreams::new(stdin.compat_write(), stdout.compat());
+        let (r_notify, r_perm, r_read, r_write) = (routes.clone(), routes.clone(), routes.clone(), routes.clone());
+        let (root_read, root_write) = (root.clone(), root.clone());
+        let connection = Client
+            .v1()
+            .name("acpd")
+            .on_receive_notification(
+                async move |n: UntypedMessage, _cx| {
+                    route_update(&r_notify, n);
+                    Ok(())
+                },
+                on_receive_notification!(),
+            )
+            .on_receive_request(
+                async move |req: RequestPermissionRequest, responder, _cx| {
+                    let (tx, rx) = oneshot::channel();
+                    match r_perm.sink(&req.session_id.to_string()) {
+                        Some((sink, _)) => sink.permission(req, tx),
+                        None => drop(tx),
+                    }
+                    tokio::spawn(async move {
+                        let outcome = rx.await.unwrap_or(RequestPermissionOutcome::Cancelled);
+                        let _ = responder.respond(RequestPermissionResponse::new(outcome));
+                    });
+                    Ok(())
+                },
+                on_receive_request!(),
+            )
+            .on_receive_request(
+                async move |req: ReadTextFileRequest, responder, _cx| {
+                    let known = r_read.sink(&req.session_id.to_string()).is_some();
+                    let root = root_read.clone();
+                    tokio::spawn(async move {
+                        let result = match known {
+                            true => fs::read(&root, &req.path, req.line, req.limit).await,
+                            false => Err(unknown_session()),
+                        };
+                        let _ = responder.respond_with_result(result.map(ReadTextFileResponse::new));
+                    });
+                    Ok(())
+                },
+                on_receive_request!(),
+            )
+            .on_receive_request(
+                async move |req: WriteTextFileRequest, responder, _cx| {
+                    let known = r_write.sink(&req.session_id.to_string()).is_some();
+                    let root = root_write.clone();
+                    tokio::spawn(async move {
+                        let result = match known {
+                            true => fs::write(&root, &req.path, &req.content).await,
+                            false => Err(unknown_session()),
+                        };
+                        let _ = responder.respond_with_result(result.map(|()| WriteTextFileResponse::new()));
+                    });
+                    Ok(())
+                },
+                on_receive_request!(),
+            )
+            .connect_with(transport, async move |cx: ConnectionTo<Agent>| {
+                let _ = cx_tx.send(cx.clone());
+                cx.incoming_closed().await;
+                Ok(())
+            });
+        let watched = child.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(child.id = %watched.id, error = %e, "ACP connection ended with an error");
+            }
+            // stdout closed (or the transport broke) while the process may still run: it can no
+            // longer serve anyone, so stop it; its exit is reported as a crash unless expected.
+            if watched.is_alive() {
+                watched.signal_group(nix::sys::signal::Signal::SIGTERM);
+            }
+        });
+        {
+            let routes = routes.clone();
+            let child = child.clone();
+            tokio::spawn(async move {
+                let exit = child.exited().await;
+                for sink in routes.all() {
+                    sink.agent_exited(&child.id, exit);
+                }
+            });
+        }
+
+        let handshake = async {
+            let cx = cx_rx.await.map_err(|_| "the ACP connection closed before it started".to_string())?;
+            let init = InitializeRequest::new(ProtocolVersion::V1)
+                .client_capabilities(
+                    ClientCapabilities::new()
+                        .fs(FileSystemCapabilities::new().read_text_file(true).write_text_file(true))
+                        .terminal(false),
+                )
+                .client_info(Implementation::new("acpd", env!("CARGO_PKG_VERSION")));
+            let resp = cx.send_request(init).block_task().await.map_err(|e| rpc_text(&e))?;
+            Ok::<_, String>((cx, resp))
+        };
+        let result = match tokio::time::timeout(t.init, handshake).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("the agent did not answer initialize within {} ms", t.init.as_millis())),
+        };
+        let (cx, resp) = match result {
+            Ok(ok) => ok,
+            Err(msg) => {
+                task.abort();
+                child.expect_exit();
+                let exit = child.stop(t.stop_grace).await;
+                let mut msg = format!("agent failed to start: {msg}");
+                if exit.code.is_some() || exit.signal.is_some() {
+                    msg.push_str(&format!(" (exit code {:?}, signal {:?})", exit.code, exit.signal));
+                }
+                if let Some(last) = child.stderr_tail().last() {
+                    msg.push_str(&format!("; last stderr line: {last}"));
+                }
+                return Err(ApiError::agent_unavailable(sanitize(&msg)));
+            }
+        };
+        let info = AgentInfo {
+            name: resp.agent_info.as_ref().map(|i| i.name.clone()).unwrap_or_else(|| spec.program.clone()),
+            load_session: resp.agent_capabilities.load_session,
+        };
+        tracing::info!(child.id = %child.id, agent = %info.name, load_session = info.load_session, "agent initialised");
+        Ok(Arc::new(Self { child, info, root, started: Instant::now(), cx, routes, task: Mutex::new(Some(task)) }))
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.child.is_alive() && !self.cx.is_incoming_closed()
+    }
+
+    /// Routes a session's updates and requests to `sink`; `muted` drops its updates until `unmute`.
+    pub fn register(&self, session_id: &str, sink: Weak<dyn SessionSink>, muted: bool) {
+        self.routes.lock().insert(session_id.to_string(), Route { sink, muted });
+    }
+
+    pub fn unmute(&self, session_id: &str) {
+        if let Some(r) = self.routes.lock().get_mut(session_id) {
+            r.muted = false;
+        }
+    }
+
+    pub fn unregister(&self, session_id: &str) {
+        self.routes.lock().remove(session_id);
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.routes.lock().len()
+    }
+
+    pub async fn new_session(&self, cwd: PathBuf, meta: Meta, deadline: Duration) -> Result<String, ApiError> {
+        let req = NewSessionRequest::new(cwd).meta(meta);
+        let resp = self.call(self.cx.send_request(req).block_task(), deadline, "session/new").await?;
+        Ok(resp.session_id.to_string())
+    }
+
+    pub async fn load_session(&self, id: &str, cwd: PathBuf, meta: Meta, deadline: Duration) -> Result<(), ApiError> {
+        let req = LoadSessionRequest::new(SessionId::new(id), cwd).meta(meta);
+        self.call(self.cx.send_request(req).block_task(), deadline, "session/load").await.map(|_| ())
+    }
+
+    async fn call<T>(
+        &self,
+        fut: impl Future<Output = Result<T, agent_client_protocol::Error>>,
+        deadline: Duration,
+        method: &str,
+    ) -> Result<T, ApiError> {
+        tokio::select! {
+            r = tokio::time::timeout(deadline, fut) => match r {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(ApiError::new(502, "agent_error", format!("{method} failed: {}", rpc_text(&e)))
+                    .with("rpcCode", i32::from(e.code))),
+                Err(_) => Err(ApiError::agent_unavailable(format!("the agent did not answer {method} within {} ms", deadline.as_millis()))),
+            },
+            exit = self.child.exited() => Err(ApiError::agent_unavailable(format!(
+                "the agent exited during {method} (exit code {:?}, signal {:?})", exit.code, exit.signal))),
+        }
+    }
+
+    /// Runs one turn. The caller owns cancellation (`cancel`) and deadlines; dropping this
+    /// future sends `$/cancel_request`, so callers keep it alive until the turn ends.
+    pub async fn prompt(&self, session_id: &str, blocks: Vec<ContentBlock>, meta: Meta) -> Result<String, PromptError> {
+        let req = PromptRequest::new(SessionId::new(session_id), blocks).meta(meta);
+        tokio::select! {
+            r = self.cx.send_request(req).block_task() => match r {
+                Ok(resp) => Ok(serde_json::to_value(resp.stop_reason).ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "end_turn".into())),
+                Err(e) if agent_client_protocol::is_incoming_transport_closed(&e) => Err(PromptError::AgentGone),
+                Err(e) => Err(PromptError::Rpc { code: i32::from(e.code), message: rpc_text(&e) }),
+            },
+            _ = self.child.exited() => Err(PromptError::AgentGone),
+        }
+    }
+
+    pub fn cancel(&self, session_id: &str) {
+        let _ = self.cx.send_notification(CancelNotification::new(SessionId::new(session_id)));
+    }
+
+    /// Closes stdin, then SIGTERM and SIGKILL the group as needed (see `ChildProc::stop`).
+    pub async fn shutdown(&self, grace: Duration) -> ExitInfo {
+        self.child.expect_exit();
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort(); // drops the transport, which closes the child's stdin
+        }
+        self.child.stop(grace).await
+    }
+}
+
+fn route_update(routes: &Routes, n: UntypedMessage) {
+    if n.method != "session/update" {
+        return; // vendor notifications (qwen/notify/...) are ignored, as the spec asks
+    }
+    let Some(sid) = n.params.get("sessionId").and_then(Value::as_str) else { return };
+    match routes.sink(sid) {
+        Some((sink, false)) => sink.update(n.params),
+        Some((_, true)) => {}
+        None => tracing::debug!(session.id = sid, "update for an unknown session dropped"),
+    }
+}
+
+fn unknown_session() -> agent_client_protocol::Error {
+    agent_client_protocol::Error::invalid_params().data(serde_json::json!({"reason": "unknown session"}))
+}
+
+fn rpc_text(e: &agent_client_protocol::Error) -> String {
+    sanitize(&format!("{} (code {})", e.message, i32::from(e.code)))
+}

@@ -1,0 +1,306 @@
+//! A session's event bus: a ring of numbered events for replay, and bounded per-subscriber
+//! queues. Each event is serialised once into an SSE frame shared by every subscriber; a
+//! subscriber that falls behind is evicted and never slows the agent or the others.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BusLimits {
+    pub ring: usize,
+    pub queue_frames: usize,
+    pub queue_bytes: usize,
+    pub max_subscribers: usize,
+}
+
+/// Counters a bus keeps for what it drops (telemetry reads them).
+#[derive(Debug, Default)]
+pub struct BusStats {
+    pub evicted_subscribers: AtomicU64,
+    pub ring_evicted_events: AtomicU64,
+}
+
+pub struct EventBus {
+    epoch: String,
+    limits: BusLimits,
+    inner: Mutex<Inner>,
+    pub stats: BusStats,
+}
+
+struct Inner {
+    last_id: u64,
+    ring: VecDeque<(u64, Bytes)>,
+    subs: Vec<Sub>,
+    closed: bool,
+}
+
+struct Sub {
+    tx: mpsc::Sender<Bytes>,
+    shared: Arc<SubShared>,
+    warned: bool,
+}
+
+#[derive(Default)]
+struct SubShared {
+    queued_bytes: AtomicUsize,
+    evicted: AtomicBool,
+}
+
+/// What a new subscriber gets: the frames to send first (resync notice, replay,
+/// replay_complete), then the live queue.
+pub struct Subscription {
+    pub preface: Vec<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+    shared: Arc<SubShared>,
+}
+
+pub enum Next {
+    Frame(Bytes),
+    /// The subscriber overflowed its queue: send this frame and close.
+    Evicted(Bytes),
+    /// The bus closed (session closed or daemon shutting down).
+    Closed,
+}
+
+impl Subscription {
+    pub async fn next(&mut self) -> Next {
+        match self.rx.recv().await {
+            Some(frame) => {
+                self.shared.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                Next::Frame(frame)
+            }
+            None if self.shared.evicted.load(Ordering::Acquire) => {
+                Next::Evicted(synthetic("client_evicted", json!({"reason": "queue_overflow"})))
+            }
+            None => Next::Closed,
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// An id-less frame (replay_complete, resync, warnings, eviction): clients never store its id.
+pub fn synthetic(kind: &str, data: Value) -> Bytes {
+    let env = json!({"v": 1, "type": kind, "data": data, "_meta": {"serverTimestamp": now_ms()}});
+    Bytes::from(format!("event: {kind}\ndata: {env}\n\n"))
+}
+
+impl EventBus {
+    pub fn new(limits: BusLimits) -> Self {
+        Self {
+            epoch: uuid::Uuid::new_v4().to_string(),
+            limits,
+            inner: Mutex::new(Inner { last_id: 0, ring: VecDeque::new(), subs: Vec::new(), closed: false }),
+            stats: BusStats::default(),
+        }
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    pub fn last_id(&self) -> u64 {
+        self.lock().last_id
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().subs.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned bus still holds consistent data: every mutation completes before any call
+        // that could panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends an event and fans it out. Returns its id, or None once the bus is closed.
+    pub fn publish(&self, kind: &str, prompt_id: Option<&str>, data: Value, originator: Option<&str>) -> Option<u64> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return None;
+        }
+        let id = inner.last_id + 1;
+        let mut env = json!({"id": id, "v": 1, "type": kind, "data": data, "_meta": {"serverTimestamp": now_ms()}});
+        if let Some(p) = prompt_id {
+            env["promptId"] = json!(p);
+        }
+        if let Some(o) = originator {
+            env["originatorClientId"] = json!(o);
+        }
+        let frame = Bytes::from(format!("id: {id}\nevent: {kind}\ndata: {env}\n\n"));
+        inner.last_id = id;
+        inner.ring.push_back((id, frame.clone()));
+        while inner.ring.len() > self.limits.ring {
+            inner.ring.pop_front();
+            self.stats.ring_evicted_events.fetch_add(1, Ordering::Relaxed);
+        }
+        let limits = self.limits;
+        let before = inner.subs.len();
+        inner.subs.retain_mut(|sub| deliver(sub, &frame, &limits));
+        let evicted = before - inner.subs.len();
+        if evicted > 0 {
+            self.stats.evicted_subscribers.fetch_add(evicted as u64, Ordering::Relaxed);
+        }
+        Some(id)
+    }
+
+    /// Registers a subscriber and computes its replay atomically with respect to publish, so
+    /// the replay and the live queue neither overlap nor leave a gap.
+    pub fn subscribe(&self, last_event_id: Option<u64>, epoch: Option<&str>) -> Result<Subscription, ApiError> {
+        let mut inner = self.lock();
+        inner.subs.retain(|s| !s.tx.is_closed()); // disconnected clients leave no slot taken
+        if inner.subs.len() >= self.limits.max_subscribers {
+            return Err(ApiError::new(429, "subscriber_limit_exceeded", "Too many subscribers for this session")
+                .with("limit", self.limits.max_subscribers));
+        }
+        let mut preface = Vec::new();
+        if let Some(n) = last_event_id {
+            let earliest = inner.ring.front().map_or(inner.last_id + 1, |(id, _)| *id);
+            let resync = if epoch.is_some_and(|e| e != self.epoch) {
+                Some(("epoch_reset", "the event epoch changed"))
+            } else if n > inner.last_id {
+                Some(("epoch_reset", "Last-Event-ID is newer than the last event"))
+            } else if n + 1 < earliest {
+                Some(("ring_evicted", "events after Last-Event-ID were evicted from the replay ring"))
+            } else {
+                None
+            };
+            let from = match resync {
+                Some((reason, detail)) => {
+                    preface.push(synthetic(
+                        "state_resync_required",
+                        json!({"reason": reason, "detail": detail, "lastDeliveredId": n, "earliestAvailableId": earliest}),
+                    ));
+                    0
+                }
+                None => n,
+            };
+            let replay: Vec<&(u64, Bytes)> = inner.ring.iter().filter(|(id, _)| *id > from).collect();
+            let mut done = json!({"replayedCount": replay.len()});
+            if let Some((id, _)) = replay.last() {
+                done["lastReplayedEventId"] = json!(id);
+            }
+            if inner.last_id > 0 {
+                done["lastEventId"] = json!(inner.last_id);
+            }
+            preface.extend(replay.into_iter().map(|(_, f)| f.clone()));
+            preface.push(synthetic("replay_complete", done));
+        }
+        let (tx, rx) = mpsc::channel(self.limits.queue_frames);
+        let shared = Arc::new(SubShared::default());
+        if !inner.closed {
+            inner.subs.push(Sub { tx, shared: shared.clone(), warned: false });
+        }
+        Ok(Subscription { preface, rx, shared })
+    }
+
+    /// Ends every subscription after its queued frames; later publishes are dropped.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.subs.clear();
+    }
+}
+
+/// Queues a frame for one subscriber; false means it overflowed and is evicted.
+fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> bool {
+    let queued = sub.shared.queued_bytes.load(Ordering::Relaxed);
+    if sub.tx.is_closed() {
+        return false;
+    }
+    if queued + frame.len() > limits.queue_bytes || sub.tx.try_send(frame.clone()).is_err() {
+        sub.shared.evicted.store(true, Ordering::Release);
+        return false;
+    }
+    let queued = sub.shared.queued_bytes.fetch_add(frame.len(), Ordering::Relaxed) + frame.len();
+    let frames = limits.queue_frames - sub.tx.capacity();
+    let high = frames * 4 >= limits.queue_frames * 3 || queued * 4 >= limits.queue_bytes * 3;
+    if high && !sub.warned {
+        let warning = synthetic("slow_client_warning", json!({"queuedFrames": frames, "queuedBytes": queued}));
+        let len = warning.len();
+        if sub.tx.try_send(warning).is_ok() {
+            sub.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        sub.warned = true;
+    } else if sub.warned && frames * 2 < limits.queue_frames && queued * 2 < limits.queue_bytes {
+        sub.warned = false;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bus(ring: usize, frames: usize) -> EventBus {
+        EventBus::new(BusLimits { ring, queue_frames: frames, queue_bytes: 1 << 20, max_subscribers: 2 })
+    }
+
+    fn text(b: &Bytes) -> String {
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn replay_then_live_without_gap() {
+        let bus = bus(10, 8);
+        for _ in 0..3 {
+            bus.publish("x", None, json!({}), None);
+        }
+        let mut sub = bus.subscribe(Some(1), Some(bus.epoch())).unwrap();
+        let pre: Vec<String> = sub.preface.iter().map(text).collect();
+        assert!(pre[0].starts_with("id: 2\n") && pre[1].starts_with("id: 3\n"));
+        assert!(pre[2].contains("\"replayedCount\":2") && !pre[2].contains("id: "));
+        bus.publish("x", None, json!({}), None);
+        match sub.next().await {
+            Next::Frame(f) => assert!(text(&f).starts_with("id: 4\n")),
+            _ => panic!("expected a frame"),
+        }
+    }
+
+    #[test]
+    fn resync_on_eviction_and_epoch() {
+        let bus = bus(2, 8);
+        for _ in 0..5 {
+            bus.publish("x", None, json!({}), None);
+        }
+        let sub = bus.subscribe(Some(1), None).unwrap();
+        assert!(text(&sub.preface[0]).contains("ring_evicted"));
+        assert_eq!(sub.preface.len(), 4); // resync, 4, 5, replay_complete
+        let sub = bus.subscribe(Some(3), Some("other")).unwrap();
+        assert!(text(&sub.preface[0]).contains("epoch_reset"));
+        assert!(bus.subscribe(None, None).is_err(), "subscriber cap");
+    }
+
+    #[tokio::test]
+    async fn overflow_evicts_only_the_slow_subscriber() {
+        let bus = bus(100, 4);
+        let mut slow = bus.subscribe(None, None).unwrap();
+        let mut fast = bus.subscribe(None, None).unwrap();
+        for i in 0..10 {
+            bus.publish("x", None, json!({ "i": i }), None);
+            assert!(matches!(fast.next().await, Next::Frame(_)));
+        }
+        assert_eq!(bus.subscriber_count(), 1);
+        let mut saw_warning = false;
+        loop {
+            match slow.next().await {
+                Next::Frame(f) => saw_warning |= text(&f).contains("slow_client_warning"),
+                Next::Evicted(f) => {
+                    assert!(text(&f).contains("queue_overflow"));
+                    break;
+                }
+                Next::Closed => panic!("expected eviction"),
+            }
+        }
+        assert!(saw_warning);
+        assert_eq!(bus.stats.evicted_subscribers.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,581 @@
+//! A daemon session: its event bus, its FIFO prompt queue run by one task, its pending
+//! permission requests, the clients attached to it, and the child currently serving it.
+
+use agent_client_protocol::v1::schema::{
+    ContentBlock, Meta, RequestPermissionOutcome, RequestPermissionRequest, SelectedPermissionOutcome,
+};
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::Workspace;
+use super::events::{EventBus, now_ms};
+use crate::acp::{AgentConn, PromptError, SessionSink};
+use crate::child::ExitInfo;
+use crate::error::{ApiError, client_visible};
+
+/// Per-session settings taken from the config once.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub max_pending: usize,
+    pub permission_timeout: Duration,
+    pub turn_timeout: Duration,
+    pub cancel_grace: Duration,
+    pub session_timeout: Duration,
+}
+
+pub struct Session {
+    pub id: String,
+    pub workspace: Arc<Workspace>,
+    pub created_at: SystemTime,
+    pub bus: EventBus,
+    limits: SessionLimits,
+    state: Mutex<State>,
+    wake: Notify,
+    /// Serialises (re)binding to a child, so a restore happens once.
+    bind: tokio::sync::Mutex<()>,
+    me: Weak<Session>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Life {
+    Active,
+    /// Its child died; the next prompt or load restores it through `session/load`.
+    Died,
+    Closed,
+}
+
+struct State {
+    queue: VecDeque<Prompt>,
+    running: Option<Running>,
+    agent: Option<Arc<AgentConn>>,
+    life: Life,
+    permissions: HashMap<String, Pending>,
+    clients: HashMap<String, u64>,
+}
+
+pub struct Prompt {
+    pub id: String,
+    pub blocks: Vec<ContentBlock>,
+    pub meta: Meta,
+    pub originator: Option<String>,
+    text: String,
+    queued_at: u64,
+}
+
+struct Running {
+    id: String,
+    text: String,
+    queued_at: u64,
+    originator: Option<String>,
+    cancel: CancellationToken,
+    /// Set when the child died during this turn: the runner reports it after `turn_error`.
+    death: Option<ExitInfo>,
+}
+
+struct Pending {
+    options: Vec<String>,
+    reply: oneshot::Sender<RequestPermissionOutcome>,
+}
+
+impl Prompt {
+    pub fn new(blocks: Vec<ContentBlock>, meta: Meta, originator: Option<String>) -> Self {
+        let text = blocks
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::Text(t) => Some(t.text.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Self { id: uuid::Uuid::new_v4().to_string(), blocks, meta, originator, text, queued_at: now_ms() }
+    }
+}
+
+impl Session {
+    pub fn new(id: String, workspace: Arc<Workspace>, bus: EventBus, limits: SessionLimits) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            id,
+            workspace,
+            created_at: SystemTime::now(),
+            bus,
+            limits,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                running: None,
+                agent: None,
+                life: Life::Active,
+                permissions: HashMap::new(),
+                clients: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            bind: tokio::sync::Mutex::new(()),
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn life(&self) -> Life {
+        self.lock().life
+    }
+
+    pub fn agent(&self) -> Option<Arc<AgentConn>> {
+        self.lock().agent.clone()
+    }
+
+    pub fn sink(&self) -> Weak<dyn SessionSink> {
+        self.me.clone() as Weak<dyn SessionSink>
+    }
+
+    /// Binds a child that already knows this session (just created it or loaded it).
+    pub fn bind(&self, conn: Arc<AgentConn>) {
+        let mut st = self.lock();
+        st.agent = Some(conn);
+        if st.life == Life::Died {
+            st.life = Life::Active;
+        }
+    }
+
+    /// Starts the task that runs this session's prompts one at a time.
+    pub fn start_runner(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.run().await });
+    }
+
+    // ---- clients ----------------------------------------------------------------------
+
+    /// Mints a client id for this session, or reuses `requested` if this session issued it.
+    pub fn attach_client(&self, requested: Option<&str>) -> String {
+        let mut st = self.lock();
+        let id = match requested {
+            Some(r) if st.clients.contains_key(r) => r.to_string(),
+            _ => format!("client_{}", uuid::Uuid::new_v4()),
+        };
+        st.clients.insert(id.clone(), now_ms());
+        id
+    }
+
+    /// Validates `X-Qwen-Client-Id`: absent is allowed; present must be well-formed and issued here.
+    pub fn check_client(&self, header: Option<&str>) -> Result<Option<String>, ApiError> {
+        let Some(id) = header else { return Ok(None) };
+        let well_formed = (1..=128).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+        let mut st = self.lock();
+        match st.clients.get_mut(id) {
+            Some(seen) if well_formed => {
+                *seen = now_ms();
+                Ok(Some(id.to_string()))
+            }
+            _ => Err(ApiError::new(400, "invalid_client_id", "X-Qwen-Client-Id was not issued for this session")
+                .with("sessionId", self.id.as_str())),
+        }
+    }
+
+    // ---- prompt queue -----------------------------------------------------------------
+
+    /// Admits a prompt (FIFO, cap includes the running one). Returns the bus's last id before it.
+    pub fn enqueue(&self, prompt: Prompt) -> Result<(String, u64), ApiError> {
+        let mut st = self.lock();
+        if st.life == Life::Closed {
+            return Err(ApiError::session_not_found(&self.id));
+        }
+        let pending = st.queue.len() + usize::from(st.running.is_some());
+        if pending >= self.limits.max_pending {
+            return Err(ApiError::new(503, "prompt_queue_full", "Too many pending prompts for this session")
+                .with("limit", self.limits.max_pending)
+                .with("pendingCount", pending)
+                .with("sessionId", self.id.as_str())
+                .retry_after(1));
+        }
+        let last = self.bus.last_id();
+        let id = prompt.id.clone();
+        self.bus.publish(
+            "pending_prompt_added",
+            Some(&id),
+            json!({"sessionId": self.id, "promptId": id, "text": prompt.text, "position": pending}),
+            prompt.originator.as_deref(),
+        );
+        st.queue.push_back(prompt);
+        drop(st);
+        self.wake.notify_one();
+        Ok((id, last))
+    }
+
+    pub fn pending_prompts(&self) -> Vec<Value> {
+        let st = self.lock();
+        let entry = |id: &str, text: &str, queued_at: u64, state: &str, originator: &Option<String>| {
+            json!({"promptId": id, "text": text, "queuedAt": queued_at, "state": state, "originatorClientId": originator})
+        };
+        st.running
+            .iter()
+            .map(|r| entry(&r.id, &r.text, r.queued_at, "running", &r.originator))
+            .chain(st.queue.iter().map(|p| entry(&p.id, &p.text, p.queued_at, "queued", &p.originator)))
+            .collect()
+    }
+
+    /// Removes a queued (not running) prompt.
+    pub fn remove_queued(&self, prompt_id: &str) -> Result<(), ApiError> {
+        let mut st = self.lock();
+        if let Some(i) = st.queue.iter().position(|p| p.id == prompt_id) {
+            let p = st.queue.remove(i).expect("index from position");
+            self.bus.publish(
+                "prompt_cancelled",
+                Some(prompt_id),
+                json!({"sessionId": self.id, "promptId": prompt_id, "state": "queued"}),
+                p.originator.as_deref(),
+            );
+            return Ok(());
+        }
+        if st.running.as_ref().is_some_and(|r| r.id == prompt_id) {
+            return Err(ApiError::new(409, "prompt_running", "The prompt is running; use POST /session/:id/cancel")
+                .with("promptId", prompt_id));
+        }
+        Err(ApiError::new(404, "prompt_not_found", "No such queued prompt").with("promptId", prompt_id))
+    }
+
+    /// Cancels the running prompt only; queued prompts run afterwards. Returns its id.
+    pub fn cancel_running(&self) -> Option<String> {
+        let st = self.lock();
+        let r = st.running.as_ref()?;
+        if !r.cancel.is_cancelled() {
+            self.bus.publish(
+                "prompt_cancelled",
+                Some(&r.id),
+                json!({"sessionId": self.id, "promptId": r.id, "state": "running"}),
+                r.originator.as_deref(),
+            );
+            r.cancel.cancel();
+        }
+        Some(r.id.clone())
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            let (prompt, cancel) = loop {
+                {
+                    let mut st = self.lock();
+                    if st.life == Life::Closed {
+                        return;
+                    }
+                    if let Some(p) = st.queue.pop_front() {
+                        let cancel = CancellationToken::new();
+                        st.running = Some(Running {
+                            id: p.id.clone(),
+                            text: p.text.clone(),
+                            queued_at: p.queued_at,
+                            originator: p.originator.clone(),
+                            cancel: cancel.clone(),
+                            death: None,
+                        });
+                        break (p, cancel);
+                    }
+                }
+                self.wake.notified().await;
+            };
+            let end = self.run_turn(prompt.id.clone(), prompt.blocks, prompt.meta, prompt.originator.as_deref(), cancel).await;
+            self.finish_turn(&prompt.id, prompt.originator.as_deref(), end);
+        }
+    }
+
+    async fn run_turn(
+        &self,
+        prompt_id: String,
+        blocks: Vec<ContentBlock>,
+        meta: Meta,
+        originator: Option<&str>,
+        cancel: CancellationToken,
+    ) -> Result<String, ApiError> {
+        let pid = Some(prompt_id.as_str());
+        self.bus.publish("pending_prompt_started", pid, json!({"sessionId": self.id, "promptId": prompt_id}), originator);
+        for block in &blocks {
+            self.bus.publish(
+                "session_update",
+                pid,
+                json!({"sessionId": self.id, "update": {"sessionUpdate": "user_message_chunk", "content": block,
+                       "_meta": {"source": "bridge-echo"}}}),
+                originator,
+            );
+        }
+        let agent = self.ensure_agent(true).await?;
+        let turn = agent.prompt(&self.id, blocks, meta);
+        tokio::pin!(turn);
+        let deadline = tokio::time::sleep(self.limits.turn_timeout);
+        tokio::pin!(deadline);
+        let grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace);
+        let mut cancelling = false;
+        loop {
+            tokio::select! {
+                r = &mut turn => return r.map_err(|e| match e {
+                    PromptError::AgentGone => ApiError::new(502, "agent_exited", "The agent process exited during the turn"),
+                    PromptError::Rpc { code, message } => ApiError::new(502, "agent_error", message).with("rpcCode", code),
+                }),
+                _ = cancel.cancelled(), if !cancelling => {
+                    cancelling = true;
+                    self.cancel_permissions();
+                    agent.cancel(&self.id);
+                    grace.as_mut().reset(tokio::time::Instant::now() + self.limits.cancel_grace);
+                }
+                _ = &mut grace => return Err(ApiError::new(504, "cancel_timeout",
+                    "The agent did not end the cancelled turn in time")),
+                _ = &mut deadline => {
+                    self.cancel_permissions();
+                    agent.cancel(&self.id);
+                    return Err(ApiError::new(504, "turn_timeout", "The turn exceeded its time limit and was cancelled"));
+                }
+            }
+        }
+    }
+
+    fn finish_turn(&self, prompt_id: &str, originator: Option<&str>, end: Result<String, ApiError>) {
+        let mut st = self.lock();
+        let death = st.running.take().and_then(|r| r.death);
+        let pid = Some(prompt_id);
+        match &end {
+            Ok(stop) => {
+                self.bus.publish("turn_complete", pid, json!({"sessionId": self.id, "stopReason": stop, "promptId": prompt_id}), originator);
+            }
+            Err(e) => {
+                let shown = client_visible(e);
+                let mut data = json!({"sessionId": self.id, "message": shown.message, "code": shown.code, "promptId": prompt_id});
+                if let Some(rpc) = shown.context.get("rpcCode") {
+                    data["rpcCode"] = rpc.clone();
+                }
+                self.bus.publish("turn_error", pid, data, originator);
+            }
+        }
+        let stop = end.as_ref().ok().map(String::as_str);
+        self.bus.publish("pending_prompt_completed", pid, json!({"sessionId": self.id, "promptId": prompt_id, "stopReason": stop}), originator);
+        if let Some(exit) = death {
+            self.report_death(&mut st, exit);
+        }
+    }
+
+    fn report_death(&self, st: &mut State, exit: ExitInfo) {
+        if st.life == Life::Closed {
+            return;
+        }
+        st.life = Life::Died;
+        let signal = exit.signal.and_then(|s| nix::sys::signal::Signal::try_from(s).ok()).map(|s| s.as_str());
+        self.bus.publish(
+            "session_died",
+            None,
+            json!({"sessionId": self.id, "reason": "channel_closed", "exitCode": exit.code, "signalCode": signal}),
+            None,
+        );
+    }
+
+    /// The child serving this session, restoring the session on a new child through
+    /// `session/load` when the old one died. `mute_replay`: the bus already holds the history.
+    pub async fn ensure_agent(&self, mute_replay: bool) -> Result<Arc<AgentConn>, ApiError> {
+        let _bind = self.bind.lock().await;
+        if let Some(a) = self.agent().filter(|a| a.is_alive()) {
+            return Ok(a);
+        }
+        let conn = self.workspace.agents.acquire().await?;
+        if !conn.info.load_session {
+            return Err(ApiError::new(410, "session_not_restorable", "The agent cannot restore sessions (no loadSession)")
+                .with("sessionId", self.id.as_str()));
+        }
+        conn.register(&self.id, self.sink(), mute_replay);
+        let loaded = conn.load_session(&self.id, self.workspace.cwd.clone(), Meta::new(), self.limits.session_timeout).await;
+        conn.unmute(&self.id);
+        if let Err(e) = loaded {
+            conn.unregister(&self.id);
+            return Err(e);
+        }
+        tracing::info!(session.id = %self.id, child.id = %conn.child.id, "session restored on a new child");
+        self.bind(conn.clone());
+        Ok(conn)
+    }
+
+    // ---- permissions ------------------------------------------------------------------
+
+    /// A vote from a client. First responder wins; later votes find nothing pending (404).
+    pub fn vote(&self, request_id: &str, outcome: &Value, voter: Option<&str>) -> Result<(), ApiError> {
+        let parsed = match outcome.get("outcome").and_then(Value::as_str) {
+            Some("selected") => match outcome.get("optionId").and_then(Value::as_str) {
+                Some(o) => Some(o.to_string()),
+                None => return Err(ApiError::invalid_request("outcome.optionId is required when outcome is \"selected\"")),
+            },
+            Some("cancelled") => None,
+            _ => return Err(ApiError::invalid_request("outcome.outcome must be \"selected\" or \"cancelled\"")),
+        };
+        let mut st = self.lock();
+        let Some(p) = st.permissions.get(request_id) else {
+            return Err(ApiError::new(404, "permission_not_pending", "No pending permission request with this id")
+                .with("requestId", request_id));
+        };
+        if let Some(o) = &parsed {
+            if !p.options.contains(o) {
+                return Err(ApiError::new(400, "invalid_option_id", format!("Unknown optionId: {o}"))
+                    .with("requestId", request_id)
+                    .with("validOptionIds", p.options.clone()));
+            }
+        }
+        let outcome = match parsed {
+            Some(o) => RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(o)),
+            None => RequestPermissionOutcome::Cancelled,
+        };
+        self.resolve(&mut st, request_id, outcome, voter);
+        Ok(())
+    }
+
+    fn resolve(&self, st: &mut State, request_id: &str, outcome: RequestPermissionOutcome, voter: Option<&str>) {
+        if let Some(p) = st.permissions.remove(request_id) {
+            let shown = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+            let _ = p.reply.send(outcome);
+            let prompt = st.running.as_ref().map(|r| r.id.clone());
+            self.bus.publish(
+                "permission_resolved",
+                prompt.as_deref(),
+                json!({"requestId": request_id, "outcome": shown, "voterClientId": voter}),
+                voter,
+            );
+        }
+    }
+
+    fn cancel_permissions(&self) {
+        let mut st = self.lock();
+        let ids: Vec<String> = st.permissions.keys().cloned().collect();
+        for id in ids {
+            self.resolve(&mut st, &id, RequestPermissionOutcome::Cancelled, None);
+        }
+    }
+
+    pub fn pending_permission_count(&self) -> usize {
+        self.lock().permissions.len()
+    }
+
+    // ---- lifecycle --------------------------------------------------------------------
+
+    /// Closes the session: `session_closed` (or `session_died` on shutdown) is the last event,
+    /// then its SSE streams end. Returns the child it was bound to.
+    pub fn close(&self, shutdown: bool) -> Option<Arc<AgentConn>> {
+        let mut st = self.lock();
+        if st.life == Life::Closed {
+            return None;
+        }
+        st.life = Life::Closed;
+        st.queue.clear();
+        if let Some(r) = &st.running {
+            r.cancel.cancel();
+        }
+        let ids: Vec<String> = st.permissions.keys().cloned().collect();
+        for id in ids {
+            self.resolve(&mut st, &id, RequestPermissionOutcome::Cancelled, None);
+        }
+        if shutdown {
+            self.bus.publish(
+                "session_died",
+                None,
+                json!({"sessionId": self.id, "reason": "daemon_shutdown", "exitCode": null, "signalCode": null}),
+                None,
+            );
+        } else {
+            self.bus.publish("session_closed", None, json!({"sessionId": self.id}), None);
+        }
+        self.bus.close();
+        let agent = st.agent.take();
+        drop(st);
+        self.wake.notify_one();
+        if let Some(a) = &agent {
+            a.unregister(&self.id);
+        }
+        agent
+    }
+
+    pub fn status(&self) -> Value {
+        let st = self.lock();
+        let state = match (st.life, st.running.is_some()) {
+            (Life::Closed, _) => "closed",
+            (Life::Died, _) => "died",
+            (Life::Active, true) => "running",
+            (Life::Active, false) => "idle",
+        };
+        let child = st.agent.as_ref().map(|a| {
+            json!({"id": a.child.id, "pid": a.child.pid, "state": if a.is_alive() { "alive" } else { "exited" }, "agent": a.info.name})
+        });
+        json!({
+            "sessionId": self.id,
+            "workspaceCwd": self.workspace.cwd_str(),
+            "workspaceId": self.workspace.id,
+            "createdAt": crate::http::time::rfc3339(self.created_at),
+            "state": state,
+            "child": child,
+            "activePromptId": st.running.as_ref().map(|r| r.id.clone()),
+            "queueLength": st.queue.len(),
+            "pendingPermissions": st.permissions.len(),
+            "clients": st.clients.len(),
+            "lastEventId": self.bus.last_id(),
+            "eventEpoch": self.bus.epoch(),
+        })
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.lock().running.is_some()
+    }
+}
+
+impl SessionSink for Session {
+    fn update(&self, notification: Value) {
+        let st = self.lock();
+        let (prompt, originator) = st.running.as_ref().map_or((None, None), |r| (Some(r.id.clone()), r.originator.clone()));
+        drop(st);
+        self.bus.publish("session_update", prompt.as_deref(), notification, originator.as_deref());
+    }
+
+    fn permission(&self, request: RequestPermissionRequest, reply: oneshot::Sender<RequestPermissionOutcome>) {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut st = self.lock();
+        if st.life == Life::Closed {
+            return; // dropping `reply` answers cancelled
+        }
+        let options: Vec<String> = request.options.iter().map(|o| o.option_id.to_string()).collect();
+        st.permissions.insert(request_id.clone(), Pending { options, reply });
+        let prompt = st.running.as_ref().map(|r| r.id.clone());
+        let originator = st.running.as_ref().and_then(|r| r.originator.clone());
+        self.bus.publish(
+            "permission_request",
+            prompt.as_deref(),
+            json!({"requestId": request_id, "sessionId": self.id, "toolCall": request.tool_call, "options": request.options}),
+            originator.as_deref(),
+        );
+        drop(st);
+        // The finite default: an unanswered request resolves `cancelled` so the agent never hangs.
+        let me = self.me.clone();
+        let timeout = self.limits.permission_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(s) = me.upgrade() {
+                let mut st = s.lock();
+                if st.permissions.contains_key(&request_id) {
+                    tracing::info!(session.id = %s.id, request.id = %request_id, "permission request timed out");
+                    s.resolve(&mut st, &request_id, RequestPermissionOutcome::Cancelled, None);
+                }
+            }
+        });
+    }
+
+    fn agent_exited(&self, child_id: &str, exit: ExitInfo) {
+        let mut st = self.lock();
+        // A child this session already moved away from is not this session's death.
+        if !st.agent.as_ref().is_some_and(|a| a.child.id == child_id) {
+            return;
+        }
+        st.agent = None;
+        if exit.expected || st.life != Life::Active {
+            return;
+        }
+        match st.running.as_mut() {
+            Some(r) => r.death = Some(exit),
+            None => self.report_death(&mut st, exit),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Agent child processes: spawn (own process group, workspace cwd, scrubbed env), watch for
+//! exit, forward stderr to logs, and stop (close stdin -> SIGTERM group -> SIGKILL group).
+
+mod backoff;
+mod env;
+
+pub use backoff::Backoff;
+pub use env::child_env;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{ChildStdin, ChildStdout, Command};
+use tokio::sync::watch;
+
+use crate::telemetry::sanitize::sanitize;
+
+const STDERR_TAIL: usize = 20;
+const STDERR_LINE_MAX: usize = 8192;
+
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The daemon asked for this exit (shutdown, session close); false means a crash.
+    pub expected: bool,
+}
+
+/// A running agent process (cheap to clone). Dropping it does not stop the process: call `stop`.
+#[derive(Clone)]
+pub struct ChildProc {
+    pub id: String,
+    pub pid: u32,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    stopping: Arc<AtomicBool>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+static NEXT_CHILD: AtomicU64 = AtomicU64::new(1);
+
+pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildStdout)> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Own group: signals reach the agent's own children too, and a Ctrl-C on the
+        // daemon's terminal does not hit the agent before the daemon drains it.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let pid = child.id().ok_or_else(|| std::io::Error::other("child exited at spawn"))?;
+    let id = format!("child-{}", NEXT_CHILD.fetch_add(1, Ordering::Relaxed));
+    let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin pipe"))?;
+    let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout pipe"))?;
+    let stderr = child.stderr.take();
+
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    if let Some(stderr) = stderr {
+        let tail = stderr_tail.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            // Bounded line reads: an agent printing a huge line cannot grow our memory.
+            while let Ok(n) = read_bounded_line(&mut lines, &mut buf, STDERR_LINE_MAX).await {
+                if n == 0 {
+                    break;
+                }
+                let line = sanitize(String::from_utf8_lossy(&buf).trim_end());
+                tracing::info!(target: "acpd::child::stderr", child = %id, "{line}");
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() == STDERR_TAIL {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+    }
+
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let stopping = stopping.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let expected = stopping.load(Ordering::Acquire);
+            let info = match status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    ExitInfo { code: s.code(), signal: s.signal(), expected }
+                }
+                Err(_) => ExitInfo { code: None, signal: None, expected },
+            };
+            if expected {
+                tracing::debug!(child.id = %id, ?info, "agent child exited");
+            } else {
+                tracing::warn!(child.id = %id, code = ?info.code, signal = ?info.signal, "agent child exited unexpectedly");
+            }
+            let _ = exit_tx.send(Some(info));
+        });
+    }
+    tracing::info!(child.id = %id, pid, program = %spec.program, cwd = %spec.cwd.display(), "agent child spawned");
+    Ok((ChildProc { id, pid, exit: exit_rx, stopping, stderr_tail }, stdin, stdout))
+}
+
+async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
+    buf.clear();
+    let mut total = 0;
+    loop {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(total);
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = max.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        r.consume(take);
+        total += take;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
+impl ChildProc {
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        *self.exit.borrow()
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.exit.borrow().is_none()
+    }
+
+    /// Resolves when the process has exited.
+    pub async fn exited(&self) -> ExitInfo {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(info) = *rx.borrow_and_update() {
+                return info;
+            }
+            if rx.changed().await.is_err() {
+                return ExitInfo { code: None, signal: None, expected: self.stopping.load(Ordering::Acquire) };
+            }
+        }
+    }
+
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// Marks the coming exit as expected, so it is not reported as a crash.
+    pub fn expect_exit(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    pub fn signal_group(&self, signal: Signal) {
+        // ESRCH (the group is gone) is the normal outcome late in a stop.
+        let _ = killpg(Pid::from_raw(self.pid as i32), signal);
+    }
+
+    /// Stops the process after its stdin has been closed by the caller: wait `grace`, SIGTERM
+    /// the group, wait `grace`, SIGKILL the group. Bounded by about 2 x grace + 1 s.
+    pub async fn stop(&self, grace: Duration) -> ExitInfo {
+        self.expect_exit();
+        if let Ok(info) = tokio::time::timeout(grace, self.exited()).await {
+            self.signal_group(Signal::SIGKILL); // leftovers of the group, if any
+            return info;
+        }
+        self.signal_group(Signal::SIGTERM);
+        if let Ok(info) = tokio::time::timeout(grace, self.exited()).await {
+            self.signal_group(Signal::SIGKILL);
+            return info;
+        }
+        self.signal_group(Signal::SIGKILL);
+        tokio::time::timeout(Duration::from_secs(1), self.exited())
+            .await
+            .unwrap_or(ExitInfo { code: None, signal: Some(9), expected: true })
+    }
+}

@@ -1,0 +1,156 @@
+//! Command line: `acpd serve [flags]` and `acpd demo-agent`. Flag names and meanings follow
+//! `qwen serve` where one exists, so acpd drops into existing deployments.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use toml::Value;
+
+use crate::config::{self, Override};
+
+#[derive(Parser)]
+#[command(name = "acpd", version, about = "Serve ACP coding agents over HTTP+SSE, with OpenTelemetry end to end")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Run the built-in demo ACP agent on stdin/stdout (the default agent).
+    DemoAgent,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file (also ACPD_CONFIG). Precedence: file < ACPD_* env < flags.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Port to listen on (default 4170; 0 picks a free one).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to bind (default 127.0.0.1). A non-loopback bind requires a token.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Bearer token clients must send (also ACPD_TOKEN or QWEN_SERVER_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// Require the token on /health and /capabilities too.
+    #[arg(long)]
+    require_auth: bool,
+    /// Allowed CORS origin (repeatable; `*` allows any).
+    #[arg(long = "allow-origin")]
+    allow_origin: Vec<String>,
+    /// Workspace directory (repeatable; the first is primary; default: the current directory).
+    #[arg(long)]
+    workspace: Vec<PathBuf>,
+    /// Agent command line, e.g. "qwen --acp" (default: the built-in demo agent).
+    #[arg(long)]
+    agent: Option<String>,
+    /// Child scope: `workspace` (one shared child) or `session` (one child per session).
+    #[arg(long)]
+    agent_scope: Option<String>,
+    /// Warm children kept ready per workspace (session scope).
+    #[arg(long)]
+    pool: Option<u64>,
+    #[arg(long)]
+    max_sessions: Option<u64>,
+    #[arg(long)]
+    max_sessions_per_workspace: Option<u64>,
+    #[arg(long)]
+    max_pending_prompts_per_session: Option<u64>,
+    /// Seconds before an unanswered permission request resolves `cancelled`.
+    #[arg(long)]
+    permission_timeout: Option<u64>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut o = Vec::new();
+        let mut set = |key: &'static str, value: Value| o.push(Override { key, value });
+        let int = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+        if let Some(v) = self.port {
+            set("server.port", Value::Integer(v.into()));
+        }
+        if let Some(v) = &self.hostname {
+            set("server.hostname", Value::String(v.clone()));
+        }
+        if let Some(v) = &self.token {
+            set("server.token", Value::String(v.clone()));
+        }
+        if self.require_auth {
+            set("server.require_auth", Value::Boolean(true));
+        }
+        if !self.allow_origin.is_empty() {
+            set("server.allow_origin", Value::Array(self.allow_origin.iter().map(|s| Value::String(s.clone())).collect()));
+        }
+        if !self.workspace.is_empty() {
+            let paths = self.workspace.iter().map(|p| Value::String(p.display().to_string())).collect();
+            set("workspaces", Value::Array(paths));
+        }
+        if let Some(v) = &self.agent {
+            set("agent.command", Value::String(v.clone()));
+        }
+        if let Some(v) = &self.agent_scope {
+            set("agent.scope", Value::String(v.clone()));
+        }
+        for (key, v) in [
+            ("agent.pool", self.pool),
+            ("limits.max_sessions", self.max_sessions),
+            ("limits.max_sessions_per_workspace", self.max_sessions_per_workspace),
+            ("limits.max_pending_prompts_per_session", self.max_pending_prompts_per_session),
+            ("limits.permission_timeout_secs", self.permission_timeout),
+        ] {
+            if let Some(v) = v {
+                set(key, int(v));
+            }
+        }
+        o
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::DemoAgent => run_async(async { acpd_demo_agent::run_stdio().await }),
+        Command::Serve(args) => {
+            crate::telemetry::init_logging();
+            let file = args.config.clone().or_else(|| std::env::var_os("ACPD_CONFIG").map(PathBuf::from));
+            let config = match config::load(file.as_deref(), |k| std::env::var(k).ok(), &args.overrides()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("acpd: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            run_async(async move {
+                crate::daemon::run(config).await.map_err(|e| match e.downcast::<config::ConfigError>() {
+                    Ok(c) => {
+                        eprintln!("acpd: {c}");
+                        std::process::exit(2)
+                    }
+                    Err(e) => e,
+                })
+            })
+        }
+    }
+}
+
+fn run_async(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("acpd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("acpd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

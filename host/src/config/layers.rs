@@ -1,0 +1,197 @@
+use super::Config;
+use std::fmt;
+use std::path::Path;
+use toml::{Table, Value};
+
+/// A configuration error that names the key (or env var / file) at fault, printed on one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flat = self.message.split_whitespace().collect::<Vec<_>>().join(" ");
+        write!(f, "invalid config: {}: {}", self.key, flat)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One value set by a flag, addressed by its dotted key.
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub key: &'static str,
+    pub value: Value,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Int,
+    Bool,
+    Str,
+    List,
+    Paths,
+}
+
+/// Env vars, lowest precedence first (so `ACPD_TOKEN` beats `QWEN_SERVER_TOKEN`).
+const ENV: &[(&str, &str, Kind)] = &[
+    ("QWEN_SERVER_TOKEN", "server.token", Kind::Str),
+    ("ACPD_TOKEN", "server.token", Kind::Str),
+    ("ACPD_PORT", "server.port", Kind::Int),
+    ("ACPD_HOSTNAME", "server.hostname", Kind::Str),
+    ("ACPD_REQUIRE_AUTH", "server.require_auth", Kind::Bool),
+    ("ACPD_ALLOW_ORIGIN", "server.allow_origin", Kind::List),
+    ("ACPD_WORKSPACE", "workspaces", Kind::Paths),
+    ("ACPD_AGENT", "agent.command", Kind::Str),
+    ("ACPD_AGENT_SCOPE", "agent.scope", Kind::Str),
+    ("ACPD_AGENT_POOL", "agent.pool", Kind::Int),
+    ("ACPD_MAX_SESSIONS", "limits.max_sessions", Kind::Int),
+    ("ACPD_MAX_SESSIONS_PER_WORKSPACE", "limits.max_sessions_per_workspace", Kind::Int),
+    ("ACPD_MAX_PENDING_PROMPTS_PER_SESSION", "limits.max_pending_prompts_per_session", Kind::Int),
+    ("ACPD_PERMISSION_TIMEOUT_SECS", "limits.permission_timeout_secs", Kind::Int),
+];
+
+/// Builds the configuration from an optional TOML file, the environment and flag overrides.
+pub fn load(
+    file: Option<&Path>,
+    env: impl Fn(&str) -> Option<String>,
+    flags: &[Override],
+) -> Result<Config, ConfigError> {
+    let mut tree = match file {
+        Some(path) => read_file(path)?,
+        None => Table::new(),
+    };
+    for (var, key, kind) in ENV {
+        if let Some(raw) = env(var) {
+            let value = parse_env(&raw, *kind).map_err(|m| ConfigError::new(*var, m))?;
+            set(&mut tree, key, value).map_err(|m| ConfigError::new(*var, m))?;
+        }
+    }
+    for o in flags {
+        set(&mut tree, o.key, o.value.clone()).map_err(|m| ConfigError::new(o.key, m))?;
+    }
+    let config: Config = serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.inner().message().to_string();
+        ConfigError::new(if key == "." { "config".into() } else { key }, message)
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn read_file(path: &Path) -> Result<Table, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&name, e.to_string()))?;
+    let mut table: Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e
+            .span()
+            .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+            .unwrap_or_default();
+        ConfigError::new(&name, format!("{}{at}", e.message()))
+    })?;
+    // Relative workspace paths in a file are relative to the file, not to the daemon's cwd.
+    let base = path.parent().unwrap_or(Path::new("."));
+    if let Some(Value::Array(ws)) = table.get_mut("workspaces") {
+        for w in ws.iter_mut() {
+            if let Value::String(s) = w {
+                if Path::new(s.as_str()).is_relative() {
+                    *s = base.join(&*s).display().to_string();
+                }
+            }
+        }
+    }
+    Ok(table)
+}
+
+fn parse_env(raw: &str, kind: Kind) -> Result<Value, String> {
+    Ok(match kind {
+        Kind::Int => Value::Integer(raw.trim().parse().map_err(|_| format!("expected an integer, got {raw:?}"))?),
+        Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Value::Boolean(true),
+            "0" | "false" | "no" | "off" | "" => Value::Boolean(false),
+            _ => return Err(format!("expected true or false, got {raw:?}")),
+        },
+        Kind::Str => Value::String(raw.to_string()),
+        Kind::List => Value::Array(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect(),
+        ),
+        Kind::Paths => Value::Array(
+            std::env::split_paths(raw)
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| Value::String(p.display().to_string()))
+                .collect(),
+        ),
+    })
+}
+
+fn set(tree: &mut Table, dotted: &str, value: Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = dotted.split('.').collect();
+    let last = parts.pop().ok_or("empty key")?;
+    let mut table = tree;
+    for p in parts {
+        let entry = table.entry(p).or_insert_with(|| Value::Table(Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| format!("`{p}` must be a table"))?;
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("acpd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("acpd.toml");
+        std::fs::write(&file, "[server]\nport = 1111\nhostname = \"localhost\"\n").unwrap();
+        let env = |k: &str| (k == "ACPD_PORT").then(|| "2222".to_string());
+        let c = load(Some(&file), env, &[]).unwrap();
+        assert_eq!((c.server.port, c.server.hostname.as_str()), (2222, "localhost"));
+        let flags = [Override { key: "server.port", value: Value::Integer(3333) }];
+        assert_eq!(load(Some(&file), env, &flags).unwrap().server.port, 3333);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let env = |k: &str| (k == "ACPD_PORT").then(|| "abc".to_string());
+        assert_eq!(load(None, env, &[]).unwrap_err().key, "ACPD_PORT");
+        let flags = [Override { key: "server.port", value: Value::String("x".into()) }];
+        let e = load(None, no_env, &flags).unwrap_err();
+        assert_eq!(e.key, "server.port");
+        assert!(!e.to_string().contains('\n'));
+        let flags = [Override { key: "limits.event_ring", value: Value::Integer(0) }];
+        assert_eq!(load(None, no_env, &flags).unwrap_err().key, "limits.event_ring");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("acpd-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("acpd.toml");
+        std::fs::write(&file, "[agent]\ncomand = \"x\"\n").unwrap();
+        let e = load(Some(&file), no_env, &[]).unwrap_err();
+        assert!(e.to_string().contains("comand"), "{e}");
+    }
+
+    #[test]
+    fn non_loopback_needs_a_token() {
+        let flags = [Override { key: "server.hostname", value: Value::String("0.0.0.0".into()) }];
+        assert_eq!(load(None, no_env, &flags).unwrap_err().key, "server.token");
+        let env = |k: &str| (k == "QWEN_SERVER_TOKEN").then(|| "s3cret".to_string());
+        assert_eq!(load(None, env, &flags).unwrap().server.token.as_deref(), Some("s3cret"));
+    }
+}

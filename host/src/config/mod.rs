@@ -1,0 +1,205 @@
+//! One typed configuration, layered: TOML file < `ACPD_*` env < command-line flags.
+//!
+//! Every layer is merged into one TOML tree before a single typed deserialisation, so an
+//! invalid value names its key (`server.port`) whichever layer it came from.
+
+mod layers;
+
+pub use layers::{ConfigError, Override, load};
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// Workspaces the daemon serves; the first is the primary one. Empty means the cwd.
+    pub workspaces: Vec<PathBuf>,
+    pub agent: AgentConfig,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub port: u16,
+    pub hostname: String,
+    pub token: Option<String>,
+    /// Also guard /health and /capabilities with the token.
+    pub require_auth: bool,
+    pub allow_origin: Vec<String>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChildScope {
+    /// One child per workspace, shared by its sessions (like `qwen serve`).
+    Workspace,
+    /// One child per session: isolation, no head-of-line blocking between sessions.
+    Session,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's command line; unset = the built-in demo agent (`acpd demo-agent`).
+    pub command: Option<String>,
+    pub scope: ChildScope,
+    /// Warm, initialised children kept ready per workspace (session scope only).
+    pub pool: usize,
+    /// Extra environment for the child, applied after the daemon's secrets are removed.
+    pub env: BTreeMap<String, String>,
+    /// Further variables never passed to the child (on top of acpd's own secrets).
+    pub env_remove: Vec<String>,
+    pub init_timeout_ms: u64,
+    /// Deadline for `session/new` and `session/load` (agents connect MCP servers first).
+    pub session_timeout_ms: u64,
+    /// A turn that has not ended after this long is cancelled.
+    pub turn_timeout_secs: u64,
+    /// How long a cancelled turn may take to answer `cancelled` before it is ended for it.
+    pub cancel_grace_ms: u64,
+    /// Shutdown: after stdin is closed, wait this long before SIGTERM, then as long again before SIGKILL.
+    pub stop_grace_ms: u64,
+    /// Crash-loop backoff ceiling.
+    pub restart_backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_sessions: usize,
+    pub max_sessions_per_workspace: usize,
+    /// Running prompt included.
+    pub max_pending_prompts_per_session: usize,
+    pub permission_timeout_secs: u64,
+    pub event_ring: usize,
+    pub subscriber_queue_frames: usize,
+    pub subscriber_queue_bytes: usize,
+    pub max_subscribers_per_session: usize,
+    pub heartbeat_secs: u64,
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            port: 4170,
+            hostname: "127.0.0.1".into(),
+            token: None,
+            require_auth: false,
+            allow_origin: Vec::new(),
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            command: None,
+            scope: ChildScope::Workspace,
+            pool: 0,
+            env: BTreeMap::new(),
+            env_remove: Vec::new(),
+            init_timeout_ms: 60_000,
+            session_timeout_ms: 120_000,
+            turn_timeout_secs: 1800,
+            cancel_grace_ms: 30_000,
+            stop_grace_ms: 1_500,
+            restart_backoff_max_ms: 30_000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 64,
+            max_sessions_per_workspace: 32,
+            max_pending_prompts_per_session: 5,
+            permission_timeout_secs: 300,
+            event_ring: 8000,
+            subscriber_queue_frames: 256,
+            subscriber_queue_bytes: 2 * 1024 * 1024,
+            max_subscribers_per_session: 64,
+            heartbeat_secs: 15,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            workspaces: Vec::new(),
+            agent: AgentConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks what types cannot: cross-field rules and ranges. Errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, msg: &str| Err(ConfigError::new(key, msg));
+        if self.server.hostname.trim().is_empty() {
+            return bad("server.hostname", "must not be empty");
+        }
+        if self.server.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return bad("server.token", "must not be empty");
+        }
+        if self.server.token.is_none() && !is_loopback_host(&self.server.hostname) {
+            return bad(
+                "server.token",
+                "a token is required when binding to a non-loopback address (--token or ACPD_TOKEN)",
+            );
+        }
+        if self.server.require_auth && self.server.token.is_none() {
+            return bad("server.token", "--require-auth needs a token");
+        }
+        if self.agent.command.as_deref().is_some_and(|c| {
+            shlex::split(c).is_none_or(|words| words.is_empty())
+        }) {
+            return bad("agent.command", "not a valid command line");
+        }
+        if self.agent.pool > 0 && self.agent.scope != ChildScope::Session {
+            return bad("agent.pool", "warm pools need agent.scope = \"session\"");
+        }
+        for (key, v) in [
+            ("limits.max_sessions", self.limits.max_sessions),
+            ("limits.max_sessions_per_workspace", self.limits.max_sessions_per_workspace),
+            ("limits.max_pending_prompts_per_session", self.limits.max_pending_prompts_per_session),
+            ("limits.event_ring", self.limits.event_ring),
+            ("limits.subscriber_queue_frames", self.limits.subscriber_queue_frames),
+            ("limits.subscriber_queue_bytes", self.limits.subscriber_queue_bytes),
+            ("limits.max_subscribers_per_session", self.limits.max_subscribers_per_session),
+            ("server.max_body_bytes", self.server.max_body_bytes),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        for (key, v) in [
+            ("agent.init_timeout_ms", self.agent.init_timeout_ms),
+            ("agent.session_timeout_ms", self.agent.session_timeout_ms),
+            ("agent.turn_timeout_secs", self.agent.turn_timeout_secs),
+            ("limits.permission_timeout_secs", self.limits.permission_timeout_secs),
+            ("limits.heartbeat_secs", self.limits.heartbeat_secs),
+        ] {
+            if v == 0 {
+                return bad(key, "must be greater than 0 (every wait has a deadline)");
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}

@@ -1,0 +1,75 @@
+//! Runs the daemon: bind, serve, and shut down in order on SIGTERM/SIGINT (a second signal
+//! forces the exit, after killing every child's process group).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::bridge::Bridge;
+use crate::config::Config;
+use crate::http::{AppState, router};
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let bridge = Bridge::new(config.clone())?;
+    let host = config.server.hostname.trim_start_matches('[').trim_end_matches(']').to_string();
+    let listener = TcpListener::bind((host.as_str(), config.server.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.server.hostname, config.server.port))?;
+    let addr = listener.local_addr()?;
+    let app = router(AppState::new(bridge.clone(), addr.port()));
+    bridge.start();
+    // Tests and scripts read the bound address from this line (port 0 picks a free port).
+    tracing::info!("acpd listening on http://{addr}");
+    eprintln!("acpd listening on http://{addr}");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (drained_tx, drained) = tokio::sync::watch::channel(false);
+    let drain_task = {
+        let bridge = bridge.clone();
+        tokio::spawn(async move {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::info!("shutting down: draining sessions and children");
+            let force = {
+                let bridge = bridge.clone();
+                tokio::spawn(async move {
+                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                    tracing::warn!("second signal: forcing exit");
+                    bridge.kill_all();
+                    std::process::exit(130);
+                })
+            };
+            bridge.shutdown().await;
+            let _ = drained_tx.send(true);
+            force
+        })
+    };
+    let mut graceful = drained.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|d| *d).await;
+        });
+    let limit = Duration::from_secs(config.limits.shutdown_timeout_secs);
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        r = &mut server => r?,
+        _ = deadline_after_drain(drained, limit) => {
+            tracing::warn!("connections still open after the shutdown deadline; exiting");
+        }
+    }
+    bridge.kill_all();
+    drain_task.abort();
+    tracing::info!("acpd stopped");
+    Ok(())
+}
+
+/// Resolves `limit` after the drain finished: the server gets that long to close connections.
+async fn deadline_after_drain(mut drained: tokio::sync::watch::Receiver<bool>, limit: Duration) {
+    if drained.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(limit).await;
+}

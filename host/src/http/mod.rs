@@ -1,0 +1,61 @@
+//! The HTTP+SSE API (see shared/API.md): router, guards, handlers, error responses.
+
+mod body;
+mod error;
+mod guard;
+mod routes;
+mod sse;
+pub mod time;
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use std::sync::Arc;
+
+use crate::bridge::Bridge;
+use crate::config::is_loopback_host;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub bridge: Arc<Bridge>,
+    /// Accepted `Host` values (lower-case `host:port`); empty = no check (non-loopback bind).
+    pub allowed_hosts: Arc<Vec<String>>,
+}
+
+impl AppState {
+    pub fn new(bridge: Arc<Bridge>, port: u16) -> Self {
+        let hostname = bridge.config.server.hostname.to_ascii_lowercase();
+        let allowed_hosts = if is_loopback_host(&hostname) {
+            let bind = if hostname.contains(':') && !hostname.starts_with('[') { format!("[{hostname}]") } else { hostname };
+            ["localhost".to_string(), "127.0.0.1".into(), "[::1]".into(), bind].iter().map(|h| format!("{h}:{port}")).collect()
+        } else {
+            Vec::new()
+        };
+        Self { bridge, allowed_hosts: Arc::new(allowed_hosts) }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/capabilities", get(routes::capabilities))
+        .route("/session", post(routes::create_session))
+        .route("/session/{id}", get(routes::status).delete(routes::close))
+        .route("/session/{id}/load", post(routes::load_session))
+        .route("/session/{id}/prompt", post(routes::prompt))
+        .route("/session/{id}/cancel", post(routes::cancel))
+        .route("/session/{id}/permission/{request_id}", post(routes::vote))
+        .route("/session/{id}/pending-prompts", get(routes::pending_prompts))
+        .route("/session/{id}/pending-prompts/{prompt_id}", axum::routing::delete(routes::delete_pending))
+        .route("/session/{id}/heartbeat", post(routes::heartbeat))
+        .route("/session/{id}/events", get(sse::events))
+        .route("/workspace/{id}/sessions", get(routes::workspace_sessions))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        // Layers run bottom-up: the last added is the outermost.
+        .layer(from_fn_with_state(state.clone(), guard::admission))
+        .layer(from_fn_with_state(state.clone(), guard::auth))
+        .layer(from_fn_with_state(state.clone(), guard::cors))
+        .layer(from_fn_with_state(state.clone(), guard::host))
+        .with_state(state)
+}

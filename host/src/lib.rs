@@ -1,0 +1,14 @@
+//! acpd: serves ACP coding agents to HTTP+SSE clients.
+//!
+//! The pipeline, in dependency order: `http` -> `bridge` -> {`acp`, `child`}; `config`,
+//! `error` and `telemetry` are used by all of them.
+
+pub mod acp;
+pub mod bridge;
+pub mod child;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod http;
+pub mod telemetry;

@@ -1,0 +1,417 @@
+//! End-to-end test harness: starts the real `acpd` binary (which spawns the real demo agent
+//! as a child process speaking ACP over pipes) on 127.0.0.1 with a free port, and talks to it
+//! over HTTP and SSE. Every wait has a deadline.
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Default deadline for one awaited event.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Path of the `acpd` binary, built once per test process (same profile as the tests).
+pub fn acpd_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "acpd", "--bin", "acpd"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p acpd failed");
+        dir.join("acpd")
+    })
+}
+
+pub struct DaemonBuilder {
+    config: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    files: Vec<(String, String)>,
+}
+
+impl DaemonBuilder {
+    /// An `acpd.toml` (written next to, not inside, the workspace) passed with `--config`.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.into());
+        self
+    }
+
+    /// Extra `acpd serve` arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// A file created in the workspace before start (path relative to it).
+    pub fn file(mut self, rel: &str, content: &str) -> Self {
+        self.files.push((rel.into(), content.into()));
+        self
+    }
+
+    pub async fn start(self) -> Result<Daemon> {
+        let workspace = tempfile::tempdir()?;
+        for (rel, content) in &self.files {
+            let p = workspace.path().join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(p, content)?;
+        }
+        let ws = workspace.path().canonicalize()?;
+        let config_dir = tempfile::tempdir()?;
+        let mut cmd = Command::new(acpd_bin());
+        cmd.arg("serve").arg("--port").arg("0").arg("--workspace").arg(&ws);
+        if let Some(toml) = &self.config {
+            let path = config_dir.path().join("acpd.toml");
+            std::fs::write(&path, toml)?;
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&self.args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("ACPD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("spawn acpd")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let stdout_bytes = Arc::new(Mutex::new(Vec::new()));
+        {
+            let out = stdout_bytes.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(stdout);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut r, &mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                let mut addr_tx = Some(addr_tx);
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(rest) = line.strip_prefix("acpd listening on http://") {
+                        if let Some(tx) = addr_tx.take() {
+                            let _ = tx.send(rest.trim().to_string());
+                        }
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = tokio::time::timeout(WAIT, addr_rx)
+            .await
+            .map_err(|_| anyhow!("acpd did not report its address in time; log: {:?}", log.lock().unwrap()))?
+            .map_err(|_| anyhow!("acpd exited before listening; log: {:?}", log.lock().unwrap()))?;
+        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).context("port")?;
+        Ok(Daemon {
+            child,
+            base: format!("http://{addr}"),
+            port,
+            workspace,
+            _config_dir: config_dir,
+            ws_path: ws,
+            log,
+            stdout: stdout_bytes,
+            http: reqwest::Client::builder().timeout(WAIT).build()?,
+        })
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub base: String,
+    pub port: u16,
+    pub workspace: tempfile::TempDir,
+    _config_dir: tempfile::TempDir,
+    /// Canonical workspace path.
+    pub ws_path: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    pub http: reqwest::Client,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionRef {
+    pub id: String,
+    pub client_id: String,
+}
+
+/// A JSON response: status, selected headers and body (Null when empty or not JSON).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Daemon {
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder { config: None, args: Vec::new(), env: Vec::new(), files: Vec::new() }
+    }
+
+    pub async fn start() -> Result<Daemon> {
+        Self::builder().start().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("daemon running")
+    }
+
+    /// The daemon's stderr lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Everything the daemon wrote to stdout (must stay empty).
+    pub fn stdout(&self) -> Vec<u8> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Resp> {
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Resp { status, headers, body })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Resp> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Result<Resp> {
+        self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    /// POST with the session's client id header.
+    pub async fn post_as(&self, s: &SessionRef, path: &str, body: Value) -> Result<Resp> {
+        self.send(self.http.post(self.url(path)).header("X-Qwen-Client-Id", &s.client_id).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Resp> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
+    /// `POST /session` with `body`; fails unless 200.
+    pub async fn create_session_with(&self, body: Value) -> Result<SessionRef> {
+        let r = self.post("/session", body).await?;
+        if r.status != 200 {
+            bail!("POST /session -> {}: {}", r.status, r.body);
+        }
+        Ok(SessionRef {
+            id: r.body["sessionId"].as_str().context("sessionId")?.to_string(),
+            client_id: r.body["clientId"].as_str().context("clientId")?.to_string(),
+        })
+    }
+
+    /// A new (thread-scoped) session.
+    pub async fn create_session(&self) -> Result<SessionRef> {
+        self.create_session_with(json!({"sessionScope": "thread"})).await
+    }
+
+    /// `POST /session/:id/prompt` with one text block; returns the response (202 expected).
+    pub async fn prompt(&self, s: &SessionRef, text: &str) -> Result<Resp> {
+        self.post_as(s, &format!("/session/{}/prompt", s.id), json!({"prompt": [{"type": "text", "text": text}]})).await
+    }
+
+    /// Opens the session's SSE stream. `last_event_id`/`epoch` set the replay headers.
+    pub async fn events(&self, s: &SessionRef, last_event_id: Option<u64>, epoch: Option<&str>) -> Result<Sse> {
+        let mut req = self.http.get(self.url(&format!("/session/{}/events", s.id))).header("X-Qwen-Client-Id", &s.client_id);
+        // The stream is long-lived: no overall request timeout; each read has its own deadline.
+        req = req.timeout(Duration::from_secs(3600));
+        if let Some(n) = last_event_id {
+            req = req.header("Last-Event-ID", n.to_string());
+        }
+        if let Some(e) = epoch {
+            req = req.header("X-Qwen-Event-Epoch", e);
+        }
+        let r = req.send().await?;
+        if r.status() != 200 {
+            let status = r.status();
+            bail!("events -> {status}: {}", r.text().await.unwrap_or_default());
+        }
+        Ok(Sse::new(r))
+    }
+
+    /// The agent child's pid as reported by `GET /session/:id`.
+    pub async fn child_pid(&self, s: &SessionRef) -> Result<u32> {
+        let r = self.get(&format!("/session/{}", s.id)).await?;
+        r.body["child"]["pid"].as_u64().map(|p| p as u32).context(format!("no child pid in {}", r.body))
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub async fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        signal(self.pid(), nix::sys::signal::Signal::SIGTERM)?;
+        tokio::time::timeout(within, self.child.wait()).await.map_err(|_| anyhow!("acpd did not exit within {within:?}"))?.map_err(Into::into)
+    }
+}
+
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)?;
+    Ok(())
+}
+
+/// True while any process is in process group `pgid` (a child's group id is its pid).
+pub fn group_alive(pgid: u32) -> bool {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), None).is_ok()
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// One SSE frame. `id` is None for synthetic frames (replay_complete, resync, warnings, eviction).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
+}
+
+pub struct Sse {
+    pub headers: reqwest::header::HeaderMap,
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+    /// Comment lines seen (e.g. heartbeats) and `retry:` values.
+    pub comments: Vec<String>,
+    pub retry: Option<u64>,
+}
+
+impl Sse {
+    fn new(r: reqwest::Response) -> Self {
+        Self { headers: r.headers().clone(), body: r.bytes_stream().boxed(), buf: Vec::new(), comments: Vec::new(), retry: None }
+    }
+
+    /// The next frame with data, or None when the stream ended. Errors after `within`.
+    pub async fn next_within(&mut self, within: Duration) -> Result<Option<Frame>> {
+        tokio::time::timeout(within, self.next_frame()).await.map_err(|_| anyhow!("no SSE frame within {within:?}"))?
+    }
+
+    pub async fn next(&mut self) -> Result<Option<Frame>> {
+        self.next_within(WAIT).await
+    }
+
+    async fn next_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(raw)?;
+                let (mut id, mut event, mut data) = (None, None, None);
+                for line in text.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        self.comments.push(c.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("retry: ") {
+                        self.retry = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.trim().parse::<u64>()?);
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str::<Value>(v)?);
+                    }
+                }
+                if let (Some(event), Some(data)) = (event, data) {
+                    return Ok(Some(Frame { id, event, data }));
+                }
+                continue;
+            }
+            match self.body.next().await {
+                Some(chunk) => self.buf.extend_from_slice(&chunk?),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Reads frames until one satisfies `pred` (returned last), within `within` overall.
+    pub async fn until(&mut self, within: Duration, pred: impl Fn(&Frame) -> bool) -> Result<Vec<Frame>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Ok(Some(f)) => {
+                    let done = pred(&f);
+                    seen.push(f);
+                    if done {
+                        return Ok(seen);
+                    }
+                }
+                Ok(None) => bail!("stream ended before the awaited frame; saw {:?}", kinds(&seen)),
+                Err(e) => bail!("{e}; saw {:?}", kinds(&seen)),
+            }
+        }
+    }
+
+    /// Reads until the `turn_complete` or `turn_error` of `prompt_id`.
+    pub async fn until_turn_end(&mut self, prompt_id: &str) -> Result<Vec<Frame>> {
+        self.until(WAIT, |f| {
+            (f.event == "turn_complete" || f.event == "turn_error") && f.data["data"]["promptId"] == prompt_id
+        })
+        .await
+    }
+}
+
+pub fn kinds(frames: &[Frame]) -> Vec<String> {
+    frames.iter().map(|f| f.event.clone()).collect()
+}
+
+/// Concatenated `agent_message_chunk` text in `frames`.
+pub fn agent_text(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .filter(|f| f.event == "session_update" && f.data["data"]["update"]["sessionUpdate"] == "agent_message_chunk")
+        .filter_map(|f| f.data["data"]["update"]["content"]["text"].as_str())
+        .collect()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Polls `cond` every 20 ms until true or `within` passes. Only for state that has no event
+/// to await (process table, files); everything observable over SSE is awaited instead.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
