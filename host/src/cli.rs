@@ -9,7 +9,11 @@ use toml::Value;
 use crate::config::{self, Override};
 
 #[derive(Parser)]
-#[command(name = "acpd", version, about = "Serve ACP coding agents over HTTP+SSE, with OpenTelemetry end to end")]
+#[command(
+    name = "acpd",
+    version,
+    about = "Serve ACP coding agents over HTTP+SSE, with OpenTelemetry end to end"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the built-in demo ACP agent on stdin/stdout (the default agent).
     DemoAgent,
 }
@@ -84,10 +88,22 @@ impl ServeArgs {
             set("server.require_auth", Value::Boolean(true));
         }
         if !self.allow_origin.is_empty() {
-            set("server.allow_origin", Value::Array(self.allow_origin.iter().map(|s| Value::String(s.clone())).collect()));
+            set(
+                "server.allow_origin",
+                Value::Array(
+                    self.allow_origin
+                        .iter()
+                        .map(|s| Value::String(s.clone()))
+                        .collect(),
+                ),
+            );
         }
         if !self.workspace.is_empty() {
-            let paths = self.workspace.iter().map(|p| Value::String(p.display().to_string())).collect();
+            let paths = self
+                .workspace
+                .iter()
+                .map(|p| Value::String(p.display().to_string()))
+                .collect();
             set("workspaces", Value::Array(paths));
         }
         if let Some(v) = &self.agent {
@@ -99,8 +115,14 @@ impl ServeArgs {
         for (key, v) in [
             ("agent.pool", self.pool),
             ("limits.max_sessions", self.max_sessions),
-            ("limits.max_sessions_per_workspace", self.max_sessions_per_workspace),
-            ("limits.max_pending_prompts_per_session", self.max_pending_prompts_per_session),
+            (
+                "limits.max_sessions_per_workspace",
+                self.max_sessions_per_workspace,
+            ),
+            (
+                "limits.max_pending_prompts_per_session",
+                self.max_pending_prompts_per_session,
+            ),
             ("limits.permission_timeout_secs", self.permission_timeout),
         ] {
             if let Some(v) = v {
@@ -117,8 +139,15 @@ pub fn main() -> ExitCode {
         Command::DemoAgent => run_async(async { acpd_demo_agent::run_stdio().await }),
         Command::Serve(args) => {
             crate::telemetry::init_logging();
-            let file = args.config.clone().or_else(|| std::env::var_os("ACPD_CONFIG").map(PathBuf::from));
-            let config = match config::load(file.as_deref(), |k| std::env::var(k).ok(), &args.overrides()) {
+            let file = args
+                .config
+                .clone()
+                .or_else(|| std::env::var_os("ACPD_CONFIG").map(PathBuf::from));
+            let config = match config::load(
+                file.as_deref(),
+                |k| std::env::var(k).ok(),
+                &args.overrides(),
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("acpd: {e}");
@@ -126,12 +155,14 @@ pub fn main() -> ExitCode {
                 }
             };
             run_async(async move {
-                crate::daemon::run(config).await.map_err(|e| match e.downcast::<config::ConfigError>() {
-                    Ok(c) => {
-                        eprintln!("acpd: {c}");
-                        std::process::exit(2)
+                crate::daemon::run(config).await.map_err(|e| {
+                    match e.downcast::<config::ConfigError>() {
+                        Ok(c) => {
+                            eprintln!("acpd: {c}");
+                            std::process::exit(2)
+                        }
+                        Err(e) => e,
                     }
-                    Err(e) => e,
                 })
             })
         }
@@ -139,7 +170,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run_async(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("acpd: cannot start the runtime: {e}");

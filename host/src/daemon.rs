@@ -14,10 +14,21 @@ use crate::http::{AppState, router};
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let bridge = Bridge::new(config.clone())?;
-    let host = config.server.hostname.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = config
+        .server
+        .hostname
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let listener = TcpListener::bind((host.as_str(), config.server.port))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.server.hostname, config.server.port))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}:{}: {e}",
+                config.server.hostname,
+                config.server.port
+            )
+        })?;
     let addr = listener.local_addr()?;
     let app = router(AppState::new(bridge.clone(), addr.port()));
     bridge.start();
@@ -33,7 +44,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
             tracing::info!("shutting down: draining sessions and children");
-            let force = {
+            // Detached: it stays armed until the process exits.
+            {
                 let bridge = bridge.clone();
                 tokio::spawn(async move {
                     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
@@ -44,14 +56,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             };
             bridge.shutdown().await;
             let _ = drained_tx.send(true);
-            force
         })
     };
     let mut graceful = drained.clone();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|d| *d).await;
-        });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|d| *d).await;
+    });
     let limit = Duration::from_secs(config.limits.shutdown_timeout_secs);
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {

@@ -6,8 +6,12 @@ use std::fmt;
 
 use crate::telemetry::sanitize::sanitize;
 
+/// Boxed so `Result<T, ApiError>` stays one pointer wide on the happy path.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub struct ApiError(Box<ErrorBody>);
+
+#[derive(Debug, Clone)]
+pub struct ErrorBody {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
@@ -16,9 +20,28 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
+impl std::ops::Deref for ApiError {
+    type Target = ErrorBody;
+    fn deref(&self) -> &ErrorBody {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ErrorBody {
+        &mut self.0
+    }
+}
+
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), context: Map::new(), retry_after: None }
+        Self(Box::new(ErrorBody {
+            status,
+            code,
+            message: message.into(),
+            context: Map::new(),
+            retry_after: None,
+        }))
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -32,7 +55,8 @@ impl ApiError {
     }
 
     pub fn session_not_found(id: &str) -> Self {
-        Self::new(404, "session_not_found", format!("Session not found: {id}")).with("sessionId", id)
+        Self::new(404, "session_not_found", format!("Session not found: {id}"))
+            .with("sessionId", id)
     }
 
     pub fn invalid_json() -> Self {

@@ -11,7 +11,9 @@ const MAX_FILE: u64 = 16 * 1024 * 1024;
 /// resolved for the part that exists, so a link pointing outside the workspace is refused too.
 pub fn confine(root: &Path, path: &Path) -> Result<PathBuf, Error> {
     if !path.is_absolute() {
-        return Err(Error::invalid_params().data(json!({"path": path, "reason": "path must be absolute"})));
+        return Err(
+            Error::invalid_params().data(json!({"path": path, "reason": "path must be absolute"}))
+        );
     }
     let mut lexical = PathBuf::new();
     for c in path.components() {
@@ -39,7 +41,11 @@ pub fn confine(root: &Path, path: &Path) -> Result<PathBuf, Error> {
     for part in rest.into_iter().rev() {
         full.push(part.ok_or_else(|| outside(path))?);
     }
-    if full.starts_with(root) { Ok(full) } else { Err(outside(path)) }
+    if full.starts_with(root) {
+        Ok(full)
+    } else {
+        Err(outside(path))
+    }
 }
 
 fn outside(path: &Path) -> Error {
@@ -54,13 +60,22 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-pub async fn read(root: &Path, path: &Path, line: Option<u32>, limit: Option<u32>) -> Result<String, Error> {
+pub async fn read(
+    root: &Path,
+    path: &Path,
+    line: Option<u32>,
+    limit: Option<u32>,
+) -> Result<String, Error> {
     let full = confine(root, path)?;
-    let meta = tokio::fs::metadata(&full).await.map_err(|e| io_error(path, e))?;
+    let meta = tokio::fs::metadata(&full)
+        .await
+        .map_err(|e| io_error(path, e))?;
     if meta.len() > MAX_FILE {
         return Err(Error::invalid_params().data(json!({"path": path, "reason": "file too large"})));
     }
-    let text = tokio::fs::read_to_string(&full).await.map_err(|e| io_error(path, e))?;
+    let text = tokio::fs::read_to_string(&full)
+        .await
+        .map_err(|e| io_error(path, e))?;
     if line.is_none() && limit.is_none() {
         return Ok(text);
     }
@@ -71,13 +86,19 @@ pub async fn read(root: &Path, path: &Path, line: Option<u32>, limit: Option<u32
 
 pub async fn write(root: &Path, path: &Path, content: &str) -> Result<(), Error> {
     if content.len() as u64 > MAX_FILE {
-        return Err(Error::invalid_params().data(json!({"path": path, "reason": "content too large"})));
+        return Err(
+            Error::invalid_params().data(json!({"path": path, "reason": "content too large"}))
+        );
     }
     let full = confine(root, path)?;
     if let Some(parent) = full.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| io_error(path, e))?;
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| io_error(path, e))?;
     }
-    tokio::fs::write(&full, content).await.map_err(|e| io_error(path, e))
+    tokio::fs::write(&full, content)
+        .await
+        .map_err(|e| io_error(path, e))
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use agent_client_protocol::v1::schema::{
     ReadTextFileRequest, ReadTextFileResponse, RequestPermissionOutcome, RequestPermissionRequest,
     RequestPermissionResponse, SessionId, WriteTextFileRequest, WriteTextFileResponse,
 };
-use agent_client_protocol::{Agent, ByteStreams, Client, UntypedMessage, on_receive_notification, on_receive_request};
+use agent_client_protocol::{
+    Agent, ByteStreams, Client, UntypedMessage, on_receive_notification, on_receive_request,
+};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,7 +33,11 @@ pub trait SessionSink: Send + Sync {
     /// A `session/update` notification, as received.
     fn update(&self, notification: Value);
     /// A permission request; answer through `reply` (dropping it answers `cancelled`).
-    fn permission(&self, request: RequestPermissionRequest, reply: oneshot::Sender<RequestPermissionOutcome>);
+    fn permission(
+        &self,
+        request: RequestPermissionRequest,
+        reply: oneshot::Sender<RequestPermissionOutcome>,
+    );
     /// The child serving this session exited.
     fn agent_exited(&self, child_id: &str, exit: ExitInfo);
 }
@@ -73,7 +79,10 @@ impl Routes {
     }
 
     fn all(&self) -> Vec<Arc<dyn SessionSink>> {
-        self.lock().values().filter_map(|r| r.sink.upgrade()).collect()
+        self.lock()
+            .values()
+            .filter_map(|r| r.sink.upgrade())
+            .collect()
     }
 }
 
@@ -94,13 +103,23 @@ pub struct Timeouts {
 
 impl AgentConn {
     /// Spawns the child and runs `initialize` under a deadline. On any failure the child is stopped.
-    pub async fn connect(spec: &SpawnSpec, root: PathBuf, t: &Timeouts) -> Result<Arc<Self>, ApiError> {
-        let (child, stdin, stdout) = child::spawn(spec)
-            .map_err(|e| ApiError::agent_unavailable(format!("cannot start agent `{}`: {e}", spec.program)))?;
+    pub async fn connect(
+        spec: &SpawnSpec,
+        root: PathBuf,
+        t: &Timeouts,
+    ) -> Result<Arc<Self>, ApiError> {
+        let (child, stdin, stdout) = child::spawn(spec).map_err(|e| {
+            ApiError::agent_unavailable(format!("cannot start agent `{}`: {e}", spec.program))
+        })?;
         let routes = Arc::new(Routes::default());
         let (cx_tx, cx_rx) = oneshot::channel();
         let transport = ByteStreams::new(stdin.compat_write(), stdout.compat());
-        let (r_notify, r_perm, r_read, r_write) = (routes.clone(), routes.clone(), routes.clone(), routes.clone());
+        let (r_notify, r_perm, r_read, r_write) = (
+            routes.clone(),
+            routes.clone(),
+            routes.clone(),
+            routes.clone(),
+        );
         let (root_read, root_write) = (root.clone(), root.clone());
         let connection = Client
             .v1()
@@ -136,7 +155,8 @@ impl AgentConn {
                             true => fs::read(&root, &req.path, req.line, req.limit).await,
                             false => Err(unknown_session()),
                         };
-                        let _ = responder.respond_with_result(result.map(ReadTextFileResponse::new));
+                        let _ =
+                            responder.respond_with_result(result.map(ReadTextFileResponse::new));
                     });
                     Ok(())
                 },
@@ -151,7 +171,8 @@ impl AgentConn {
                             true => fs::write(&root, &req.path, &req.content).await,
                             false => Err(unknown_session()),
                         };
-                        let _ = responder.respond_with_result(result.map(|()| WriteTextFileResponse::new()));
+                        let _ = responder
+                            .respond_with_result(result.map(|()| WriteTextFileResponse::new()));
                     });
                     Ok(())
                 },
@@ -185,20 +206,31 @@ impl AgentConn {
         }
 
         let handshake = async {
-            let cx = cx_rx.await.map_err(|_| "the ACP connection closed before it started".to_string())?;
+            let cx = cx_rx
+                .await
+                .map_err(|_| "the ACP connection closed before it started".to_string())?;
             let init = InitializeRequest::new(ProtocolVersion::V1)
                 .client_capabilities(
                     ClientCapabilities::new()
-                        .fs(FileSystemCapabilities::new().read_text_file(true).write_text_file(true))
+                        .fs(FileSystemCapabilities::new()
+                            .read_text_file(true)
+                            .write_text_file(true))
                         .terminal(false),
                 )
                 .client_info(Implementation::new("acpd", env!("CARGO_PKG_VERSION")));
-            let resp = cx.send_request(init).block_task().await.map_err(|e| rpc_text(&e))?;
+            let resp = cx
+                .send_request(init)
+                .block_task()
+                .await
+                .map_err(|e| rpc_text(&e))?;
             Ok::<_, String>((cx, resp))
         };
         let result = match tokio::time::timeout(t.init, handshake).await {
             Ok(r) => r,
-            Err(_) => Err(format!("the agent did not answer initialize within {} ms", t.init.as_millis())),
+            Err(_) => Err(format!(
+                "the agent did not answer initialize within {} ms",
+                t.init.as_millis()
+            )),
         };
         let (cx, resp) = match result {
             Ok(ok) => ok,
@@ -208,7 +240,10 @@ impl AgentConn {
                 let exit = child.stop(t.stop_grace).await;
                 let mut msg = format!("agent failed to start: {msg}");
                 if exit.code.is_some() || exit.signal.is_some() {
-                    msg.push_str(&format!(" (exit code {:?}, signal {:?})", exit.code, exit.signal));
+                    msg.push_str(&format!(
+                        " (exit code {:?}, signal {:?})",
+                        exit.code, exit.signal
+                    ));
                 }
                 if let Some(last) = child.stderr_tail().last() {
                     msg.push_str(&format!("; last stderr line: {last}"));
@@ -217,11 +252,23 @@ impl AgentConn {
             }
         };
         let info = AgentInfo {
-            name: resp.agent_info.as_ref().map(|i| i.name.clone()).unwrap_or_else(|| spec.program.clone()),
+            name: resp
+                .agent_info
+                .as_ref()
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| spec.program.clone()),
             load_session: resp.agent_capabilities.load_session,
         };
         tracing::info!(child.id = %child.id, agent = %info.name, load_session = info.load_session, "agent initialised");
-        Ok(Arc::new(Self { child, info, root, started: Instant::now(), cx, routes, task: Mutex::new(Some(task)) }))
+        Ok(Arc::new(Self {
+            child,
+            info,
+            root,
+            started: Instant::now(),
+            cx,
+            routes,
+            task: Mutex::new(Some(task)),
+        }))
     }
 
     pub fn is_alive(&self) -> bool {
@@ -230,7 +277,9 @@ impl AgentConn {
 
     /// Routes a session's updates and requests to `sink`; `muted` drops its updates until `unmute`.
     pub fn register(&self, session_id: &str, sink: Weak<dyn SessionSink>, muted: bool) {
-        self.routes.lock().insert(session_id.to_string(), Route { sink, muted });
+        self.routes
+            .lock()
+            .insert(session_id.to_string(), Route { sink, muted });
     }
 
     pub fn unmute(&self, session_id: &str) {
@@ -247,15 +296,38 @@ impl AgentConn {
         self.routes.lock().len()
     }
 
-    pub async fn new_session(&self, cwd: PathBuf, meta: Meta, deadline: Duration) -> Result<String, ApiError> {
+    pub async fn new_session(
+        &self,
+        cwd: PathBuf,
+        meta: Meta,
+        deadline: Duration,
+    ) -> Result<String, ApiError> {
         let req = NewSessionRequest::new(cwd).meta(meta);
-        let resp = self.call(self.cx.send_request(req).block_task(), deadline, "session/new").await?;
+        let resp = self
+            .call(
+                self.cx.send_request(req).block_task(),
+                deadline,
+                "session/new",
+            )
+            .await?;
         Ok(resp.session_id.to_string())
     }
 
-    pub async fn load_session(&self, id: &str, cwd: PathBuf, meta: Meta, deadline: Duration) -> Result<(), ApiError> {
+    pub async fn load_session(
+        &self,
+        id: &str,
+        cwd: PathBuf,
+        meta: Meta,
+        deadline: Duration,
+    ) -> Result<(), ApiError> {
         let req = LoadSessionRequest::new(SessionId::new(id), cwd).meta(meta);
-        self.call(self.cx.send_request(req).block_task(), deadline, "session/load").await.map(|_| ())
+        self.call(
+            self.cx.send_request(req).block_task(),
+            deadline,
+            "session/load",
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn call<T>(
@@ -278,7 +350,12 @@ impl AgentConn {
 
     /// Runs one turn. The caller owns cancellation (`cancel`) and deadlines; dropping this
     /// future sends `$/cancel_request`, so callers keep it alive until the turn ends.
-    pub async fn prompt(&self, session_id: &str, blocks: Vec<ContentBlock>, meta: Meta) -> Result<String, PromptError> {
+    pub async fn prompt(
+        &self,
+        session_id: &str,
+        blocks: Vec<ContentBlock>,
+        meta: Meta,
+    ) -> Result<String, PromptError> {
         let req = PromptRequest::new(SessionId::new(session_id), blocks).meta(meta);
         tokio::select! {
             r = self.cx.send_request(req).block_task() => match r {
@@ -293,7 +370,9 @@ impl AgentConn {
     }
 
     pub fn cancel(&self, session_id: &str) {
-        let _ = self.cx.send_notification(CancelNotification::new(SessionId::new(session_id)));
+        let _ = self
+            .cx
+            .send_notification(CancelNotification::new(SessionId::new(session_id)));
     }
 
     /// Closes stdin, then SIGTERM and SIGKILL the group as needed (see `ChildProc::stop`).
@@ -310,7 +389,9 @@ fn route_update(routes: &Routes, n: UntypedMessage) {
     if n.method != "session/update" {
         return; // vendor notifications (qwen/notify/...) are ignored, as the spec asks
     }
-    let Some(sid) = n.params.get("sessionId").and_then(Value::as_str) else { return };
+    let Some(sid) = n.params.get("sessionId").and_then(Value::as_str) else {
+        return;
+    };
     match routes.sink(sid) {
         Some((sink, false)) => sink.update(n.params),
         Some((_, true)) => {}
@@ -319,7 +400,8 @@ fn route_update(routes: &Routes, n: UntypedMessage) {
 }
 
 fn unknown_session() -> agent_client_protocol::Error {
-    agent_client_protocol::Error::invalid_params().data(serde_json::json!({"reason": "unknown session"}))
+    agent_client_protocol::Error::invalid_params()
+        .data(serde_json::json!({"reason": "unknown session"}))
 }
 
 fn rpc_text(e: &agent_client_protocol::Error) -> String {

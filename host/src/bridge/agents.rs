@@ -27,7 +27,14 @@ pub struct AgentPool {
 }
 
 impl AgentPool {
-    pub fn new(root: PathBuf, spec: SpawnSpec, scope: ChildScope, pool_size: usize, timeouts: Timeouts, backoff_max: Duration) -> Arc<Self> {
+    pub fn new(
+        root: PathBuf,
+        spec: SpawnSpec,
+        scope: ChildScope,
+        pool_size: usize,
+        timeouts: Timeouts,
+        backoff_max: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             root,
             spec,
@@ -79,7 +86,11 @@ impl AgentPool {
     }
 
     async fn spawn(&self) -> Result<Arc<AgentConn>, ApiError> {
-        let wait = self.backoff.lock().unwrap_or_else(|p| p.into_inner()).wait();
+        let wait = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wait();
         if !wait.is_zero() {
             return Err(ApiError::agent_unavailable(format!(
                 "the agent keeps crashing; next start allowed in {} ms",
@@ -90,7 +101,10 @@ impl AgentPool {
         let conn = match AgentConn::connect(&self.spec, self.root.clone(), &self.timeouts).await {
             Ok(c) => c,
             Err(e) => {
-                self.backoff.lock().unwrap_or_else(|p| p.into_inner()).record_exit(true, Duration::ZERO);
+                self.backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record_exit(true, Duration::ZERO);
                 return Err(e);
             }
         };
@@ -108,7 +122,10 @@ impl AgentPool {
         let (backoff, child, started) = (self.backoff.clone(), conn.child.clone(), conn.started);
         tokio::spawn(async move {
             let exit = child.exited().await;
-            backoff.lock().unwrap_or_else(|p| p.into_inner()).record_exit(!exit.expected, started.elapsed());
+            backoff
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record_exit(!exit.expected, started.elapsed());
         });
         Ok(conn)
     }
@@ -130,7 +147,11 @@ impl AgentPool {
                     break;
                 }
                 match this.spawn().await {
-                    Ok(c) => this.warm.lock().unwrap_or_else(|p| p.into_inner()).push_back(c),
+                    Ok(c) => this
+                        .warm
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back(c),
                     Err(e) => {
                         tracing::warn!(error = %e, "warm pool refill failed");
                         break;
@@ -147,7 +168,13 @@ impl AgentPool {
     }
 
     pub fn live(&self) -> Vec<Arc<AgentConn>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).filter(|c| c.is_alive()).collect()
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| c.is_alive())
+            .collect()
     }
 
     /// Stops admitting spawns and stops every child, in parallel.

@@ -24,6 +24,8 @@ pub struct BusLimits {
 pub struct BusStats {
     pub evicted_subscribers: AtomicU64,
     pub ring_evicted_events: AtomicU64,
+    /// Permission requests answered `cancelled` because too many were pending.
+    pub refused_permissions: AtomicU64,
 }
 
 pub struct EventBus {
@@ -72,19 +74,25 @@ impl Subscription {
     pub async fn next(&mut self) -> Next {
         match self.rx.recv().await {
             Some(frame) => {
-                self.shared.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                self.shared
+                    .queued_bytes
+                    .fetch_sub(frame.len(), Ordering::Relaxed);
                 Next::Frame(frame)
             }
-            None if self.shared.evicted.load(Ordering::Acquire) => {
-                Next::Evicted(synthetic("client_evicted", json!({"reason": "queue_overflow"})))
-            }
+            None if self.shared.evicted.load(Ordering::Acquire) => Next::Evicted(synthetic(
+                "client_evicted",
+                json!({"reason": "queue_overflow"}),
+            )),
             None => Next::Closed,
         }
     }
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// An id-less frame (replay_complete, resync, warnings, eviction): clients never store its id.
@@ -98,7 +106,12 @@ impl EventBus {
         Self {
             epoch: uuid::Uuid::new_v4().to_string(),
             limits,
-            inner: Mutex::new(Inner { last_id: 0, ring: VecDeque::new(), subs: Vec::new(), closed: false }),
+            inner: Mutex::new(Inner {
+                last_id: 0,
+                ring: VecDeque::new(),
+                subs: Vec::new(),
+                closed: false,
+            }),
             stats: BusStats::default(),
         }
     }
@@ -122,7 +135,13 @@ impl EventBus {
     }
 
     /// Appends an event and fans it out. Returns its id, or None once the bus is closed.
-    pub fn publish(&self, kind: &str, prompt_id: Option<&str>, data: Value, originator: Option<&str>) -> Option<u64> {
+    pub fn publish(
+        &self,
+        kind: &str,
+        prompt_id: Option<&str>,
+        data: Value,
+        originator: Option<&str>,
+    ) -> Option<u64> {
         let mut inner = self.lock();
         if inner.closed {
             return None;
@@ -140,26 +159,38 @@ impl EventBus {
         inner.ring.push_back((id, frame.clone()));
         while inner.ring.len() > self.limits.ring {
             inner.ring.pop_front();
-            self.stats.ring_evicted_events.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .ring_evicted_events
+                .fetch_add(1, Ordering::Relaxed);
         }
         let limits = self.limits;
         let before = inner.subs.len();
         inner.subs.retain_mut(|sub| deliver(sub, &frame, &limits));
         let evicted = before - inner.subs.len();
         if evicted > 0 {
-            self.stats.evicted_subscribers.fetch_add(evicted as u64, Ordering::Relaxed);
+            self.stats
+                .evicted_subscribers
+                .fetch_add(evicted as u64, Ordering::Relaxed);
         }
         Some(id)
     }
 
     /// Registers a subscriber and computes its replay atomically with respect to publish, so
     /// the replay and the live queue neither overlap nor leave a gap.
-    pub fn subscribe(&self, last_event_id: Option<u64>, epoch: Option<&str>) -> Result<Subscription, ApiError> {
+    pub fn subscribe(
+        &self,
+        last_event_id: Option<u64>,
+        epoch: Option<&str>,
+    ) -> Result<Subscription, ApiError> {
         let mut inner = self.lock();
         inner.subs.retain(|s| !s.tx.is_closed()); // disconnected clients leave no slot taken
         if inner.subs.len() >= self.limits.max_subscribers {
-            return Err(ApiError::new(429, "subscriber_limit_exceeded", "Too many subscribers for this session")
-                .with("limit", self.limits.max_subscribers));
+            return Err(ApiError::new(
+                429,
+                "subscriber_limit_exceeded",
+                "Too many subscribers for this session",
+            )
+            .with("limit", self.limits.max_subscribers));
         }
         let mut preface = Vec::new();
         if let Some(n) = last_event_id {
@@ -169,7 +200,10 @@ impl EventBus {
             } else if n > inner.last_id {
                 Some(("epoch_reset", "Last-Event-ID is newer than the last event"))
             } else if n + 1 < earliest {
-                Some(("ring_evicted", "events after Last-Event-ID were evicted from the replay ring"))
+                Some((
+                    "ring_evicted",
+                    "events after Last-Event-ID were evicted from the replay ring",
+                ))
             } else {
                 None
             };
@@ -183,7 +217,8 @@ impl EventBus {
                 }
                 None => n,
             };
-            let replay: Vec<&(u64, Bytes)> = inner.ring.iter().filter(|(id, _)| *id > from).collect();
+            let replay: Vec<&(u64, Bytes)> =
+                inner.ring.iter().filter(|(id, _)| *id > from).collect();
             let mut done = json!({"replayedCount": replay.len()});
             if let Some((id, _)) = replay.last() {
                 done["lastReplayedEventId"] = json!(id);
@@ -197,9 +232,17 @@ impl EventBus {
         let (tx, rx) = mpsc::channel(self.limits.queue_frames);
         let shared = Arc::new(SubShared::default());
         if !inner.closed {
-            inner.subs.push(Sub { tx, shared: shared.clone(), warned: false });
+            inner.subs.push(Sub {
+                tx,
+                shared: shared.clone(),
+                warned: false,
+            });
         }
-        Ok(Subscription { preface, rx, shared })
+        Ok(Subscription {
+            preface,
+            rx,
+            shared,
+        })
     }
 
     /// Ends every subscription after its queued frames; later publishes are dropped.
@@ -220,11 +263,18 @@ fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> bool {
         sub.shared.evicted.store(true, Ordering::Release);
         return false;
     }
-    let queued = sub.shared.queued_bytes.fetch_add(frame.len(), Ordering::Relaxed) + frame.len();
+    let queued = sub
+        .shared
+        .queued_bytes
+        .fetch_add(frame.len(), Ordering::Relaxed)
+        + frame.len();
     let frames = limits.queue_frames - sub.tx.capacity();
     let high = frames * 4 >= limits.queue_frames * 3 || queued * 4 >= limits.queue_bytes * 3;
     if high && !sub.warned {
-        let warning = synthetic("slow_client_warning", json!({"queuedFrames": frames, "queuedBytes": queued}));
+        let warning = synthetic(
+            "slow_client_warning",
+            json!({"queuedFrames": frames, "queuedBytes": queued}),
+        );
         let len = warning.len();
         if sub.tx.try_send(warning).is_ok() {
             sub.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
@@ -241,7 +291,12 @@ mod tests {
     use super::*;
 
     fn bus(ring: usize, frames: usize) -> EventBus {
-        EventBus::new(BusLimits { ring, queue_frames: frames, queue_bytes: 1 << 20, max_subscribers: 2 })
+        EventBus::new(BusLimits {
+            ring,
+            queue_frames: frames,
+            queue_bytes: 1 << 20,
+            max_subscribers: 2,
+        })
     }
 
     fn text(b: &Bytes) -> String {

@@ -67,21 +67,37 @@ pub struct Created {
 impl Bridge {
     pub fn new(config: Arc<Config>) -> Result<Arc<Self>, ConfigError> {
         let paths = if config.workspaces.is_empty() {
-            vec![std::env::current_dir().map_err(|e| ConfigError::new("workspaces", e.to_string()))?]
+            vec![
+                std::env::current_dir()
+                    .map_err(|e| ConfigError::new("workspaces", e.to_string()))?,
+            ]
         } else {
             config.workspaces.clone()
         };
         let (program, args) = agent_command(&config)?;
-        let env = child_env(std::env::vars(), config.server.token.as_deref(), &config.agent.env_remove, &config.agent.env);
+        let env = child_env(
+            std::env::vars(),
+            config.server.token.as_deref(),
+            &config.agent.env_remove,
+            &config.agent.env,
+        );
         let mut workspaces = Vec::new();
         for (i, p) in paths.iter().enumerate() {
             let cwd = p
                 .canonicalize()
                 .map_err(|e| ConfigError::new("workspaces", format!("{}: {e}", p.display())))?;
             if !cwd.is_dir() {
-                return Err(ConfigError::new("workspaces", format!("{} is not a directory", cwd.display())));
+                return Err(ConfigError::new(
+                    "workspaces",
+                    format!("{} is not a directory", cwd.display()),
+                ));
             }
-            let spec = SpawnSpec { program: program.clone(), args: args.clone(), cwd: cwd.clone(), env: env.clone() };
+            let spec = SpawnSpec {
+                program: program.clone(),
+                args: args.clone(),
+                cwd: cwd.clone(),
+                env: env.clone(),
+            };
             let timeouts = Timeouts {
                 init: Duration::from_millis(config.agent.init_timeout_ms),
                 stop_grace: Duration::from_millis(config.agent.stop_grace_ms),
@@ -144,36 +160,67 @@ impl Bridge {
 
     /// The workspace for a request's `cwd` (default: the primary one).
     pub fn workspace_for_cwd(&self, cwd: Option<&str>) -> Result<Arc<Workspace>, ApiError> {
-        let Some(cwd) = cwd else { return Ok(self.primary().clone()) };
+        let Some(cwd) = cwd else {
+            return Ok(self.primary().clone());
+        };
         let canonical = Path::new(cwd).canonicalize().ok();
         self.workspaces
             .iter()
             .find(|w| canonical.as_deref() == Some(w.cwd.as_path()))
             .cloned()
             .ok_or_else(|| {
-                ApiError::new(400, "workspace_mismatch", "cwd is not a workspace served by this daemon")
-                    .with("cwd", cwd)
-                    .with("workspaces", self.workspaces.iter().map(|w| w.cwd_str()).collect::<Vec<_>>())
+                ApiError::new(
+                    400,
+                    "workspace_mismatch",
+                    "cwd is not a workspace served by this daemon",
+                )
+                .with("cwd", cwd)
+                .with(
+                    "workspaces",
+                    self.workspaces
+                        .iter()
+                        .map(|w| w.cwd_str())
+                        .collect::<Vec<_>>(),
+                )
             })
     }
 
     /// By id or by (URL-decoded) absolute path.
     pub fn workspace(&self, key: &str) -> Option<Arc<Workspace>> {
-        self.workspaces.iter().find(|w| w.id == key).cloned().or_else(|| self.workspace_for_cwd(Some(key)).ok())
+        self.workspaces
+            .iter()
+            .find(|w| w.id == key)
+            .cloned()
+            .or_else(|| self.workspace_for_cwd(Some(key)).ok())
     }
 
     pub fn session(&self, id: &str) -> Result<Arc<Session>, ApiError> {
-        self.sessions.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned().ok_or_else(|| ApiError::session_not_found(id))
+        self.sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::session_not_found(id))
     }
 
     pub fn sessions(&self) -> Vec<Arc<Session>> {
-        let mut all: Vec<_> = self.sessions.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut all: Vec<_> = self
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         all.sort_by_key(|s| s.created_at);
         all
     }
 
     fn admit(&self) -> Result<(), ApiError> {
-        if self.is_draining() { Err(ApiError::draining()) } else { Ok(()) }
+        if self.is_draining() {
+            Err(ApiError::draining())
+        } else {
+            Ok(())
+        }
     }
 
     pub async fn create_session(
@@ -188,42 +235,79 @@ impl Bridge {
         if let Some(id) = session_id {
             if let Ok(s) = self.session(id) {
                 if s.workspace.id != ws.id {
-                    return Err(ApiError::new(400, "workspace_mismatch", "The session belongs to another workspace")
-                        .with("sessionId", id));
+                    return Err(ApiError::new(
+                        400,
+                        "workspace_mismatch",
+                        "The session belongs to another workspace",
+                    )
+                    .with("sessionId", id));
                 }
                 let client_id = s.attach_client(client);
-                return Ok(Created { session: s, attached: true, client_id });
+                return Ok(Created {
+                    session: s,
+                    attached: true,
+                    client_id,
+                });
             }
             let session = self.load_session(id, Some(ws)).await?;
             let client_id = session.attach_client(client);
-            return Ok(Created { session, attached: false, client_id });
+            return Ok(Created {
+                session,
+                attached: false,
+                client_id,
+            });
         }
         if scope == CreateScope::Thread {
             let session = self.new_session(&ws, meta).await?;
             let client_id = session.attach_client(client);
-            return Ok(Created { session, attached: false, client_id });
+            return Ok(Created {
+                session,
+                attached: false,
+                client_id,
+            });
         }
         let _one_at_a_time = ws.create_lock.lock().await;
-        let current = ws.default_session.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let current = ws
+            .default_session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(s) = current.and_then(|id| self.session(&id).ok()) {
             let client_id = s.attach_client(client);
-            return Ok(Created { session: s, attached: true, client_id });
+            return Ok(Created {
+                session: s,
+                attached: true,
+                client_id,
+            });
         }
         let session = self.new_session(&ws, meta).await?;
         *ws.default_session.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.id.clone());
         let client_id = session.attach_client(client);
-        Ok(Created { session, attached: false, client_id })
+        Ok(Created {
+            session,
+            attached: false,
+            client_id,
+        })
     }
 
     fn check_capacity(&self, ws: &Workspace) -> Result<(), ApiError> {
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
         let l = &self.config.limits;
-        let in_ws = sessions.values().filter(|s| s.workspace.id == ws.id).count();
+        let in_ws = sessions
+            .values()
+            .filter(|s| s.workspace.id == ws.id)
+            .count();
         if sessions.len() >= l.max_sessions || in_ws >= l.max_sessions_per_workspace {
-            let limit = if sessions.len() >= l.max_sessions { l.max_sessions } else { l.max_sessions_per_workspace };
-            return Err(ApiError::new(503, "session_limit_exceeded", "Session limit reached")
-                .with("limit", limit)
-                .retry_after(30));
+            let limit = if sessions.len() >= l.max_sessions {
+                l.max_sessions
+            } else {
+                l.max_sessions_per_workspace
+            };
+            return Err(
+                ApiError::new(503, "session_limit_exceeded", "Session limit reached")
+                    .with("limit", limit)
+                    .retry_after(30),
+            );
         }
         Ok(())
     }
@@ -231,7 +315,9 @@ impl Bridge {
     async fn new_session(&self, ws: &Arc<Workspace>, meta: Meta) -> Result<Arc<Session>, ApiError> {
         self.check_capacity(ws)?;
         let conn = ws.agents.acquire().await?;
-        let created = conn.new_session(ws.cwd.clone(), meta, self.session_limits.session_timeout).await;
+        let created = conn
+            .new_session(ws.cwd.clone(), meta, self.session_limits.session_timeout)
+            .await;
         let id = match created {
             Ok(id) => id,
             Err(e) => {
@@ -242,7 +328,12 @@ impl Bridge {
                 return Err(e);
             }
         };
-        let session = Session::new(id.clone(), ws.clone(), EventBus::new(self.bus_limits), self.session_limits);
+        let session = Session::new(
+            id.clone(),
+            ws.clone(),
+            EventBus::new(self.bus_limits),
+            self.session_limits,
+        );
         conn.register(&id, session.sink(), false);
         session.bind(conn);
         self.insert(session.clone())?;
@@ -255,14 +346,21 @@ impl Bridge {
             session.close(true);
             return Err(ApiError::draining());
         }
-        self.sessions.write().unwrap_or_else(|p| p.into_inner()).insert(session.id.clone(), session.clone());
+        self.sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.id.clone(), session.clone());
         session.start_runner();
         Ok(())
     }
 
     /// `POST /session/:id/load`: a known session is restored on a live child if its child died;
     /// an unknown one is restored from the agent (`session/load`), its history replayed as events.
-    pub async fn load_session(&self, id: &str, ws: Option<Arc<Workspace>>) -> Result<Arc<Session>, ApiError> {
+    pub async fn load_session(
+        &self,
+        id: &str,
+        ws: Option<Arc<Workspace>>,
+    ) -> Result<Arc<Session>, ApiError> {
         self.admit()?;
         if let Ok(s) = self.session(id) {
             s.ensure_agent(true).await?;
@@ -270,11 +368,19 @@ impl Bridge {
         }
         let ws = ws.unwrap_or_else(|| self.primary().clone());
         self.check_capacity(&ws)?;
-        let session = Session::new(id.to_string(), ws, EventBus::new(self.bus_limits), self.session_limits);
-        session.ensure_agent(false).await.map_err(|e| match e.code {
-            "agent_error" => ApiError::session_not_found(id).with("detail", e.message),
-            _ => e,
-        })?;
+        let session = Session::new(
+            id.to_string(),
+            ws,
+            EventBus::new(self.bus_limits),
+            self.session_limits,
+        );
+        session
+            .ensure_agent(false)
+            .await
+            .map_err(|e| match e.code {
+                "agent_error" => ApiError::session_not_found(id).with("detail", e.message.clone()),
+                _ => e,
+            })?;
         self.insert(session.clone())?;
         Ok(session)
     }
@@ -287,17 +393,20 @@ impl Bridge {
             .remove(id)
             .ok_or_else(|| ApiError::session_not_found(id))?;
         {
-            let mut d = session.workspace.default_session.lock().unwrap_or_else(|p| p.into_inner());
+            let mut d = session
+                .workspace
+                .default_session
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if d.as_deref() == Some(id) {
                 *d = None;
             }
         }
-        if let Some(agent) = session.close(false) {
-            if session.workspace.agents.scope() == ChildScope::Session {
+        if let Some(agent) = session.close(false)
+            && session.workspace.agents.scope() == ChildScope::Session {
                 let grace = Duration::from_millis(self.config.agent.stop_grace_ms);
                 tokio::spawn(async move { agent.shutdown(grace).await });
             }
-        }
         tracing::info!(session.id = %id, "session closed");
         Ok(())
     }
@@ -330,12 +439,19 @@ impl Bridge {
 fn agent_command(config: &Config) -> Result<(String, Vec<String>), ConfigError> {
     match &config.agent.command {
         Some(line) => {
-            let mut words = shlex::split(line).filter(|w| !w.is_empty()).ok_or_else(|| ConfigError::new("agent.command", "not a valid command line"))?;
+            let mut words = shlex::split(line)
+                .filter(|w| !w.is_empty())
+                .ok_or_else(|| ConfigError::new("agent.command", "not a valid command line"))?;
             let program = words.remove(0);
             Ok((program, words))
         }
         None => {
-            let me = std::env::current_exe().map_err(|e| ConfigError::new("agent.command", format!("cannot locate acpd for the demo agent: {e}")))?;
+            let me = std::env::current_exe().map_err(|e| {
+                ConfigError::new(
+                    "agent.command",
+                    format!("cannot locate acpd for the demo agent: {e}"),
+                )
+            })?;
             Ok((me.display().to_string(), vec!["demo-agent".into()]))
         }
     }

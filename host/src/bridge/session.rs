@@ -2,7 +2,8 @@
 //! permission requests, the clients attached to it, and the child currently serving it.
 
 use agent_client_protocol::v1::schema::{
-    ContentBlock, Meta, RequestPermissionOutcome, RequestPermissionRequest, SelectedPermissionOutcome,
+    ContentBlock, Meta, RequestPermissionOutcome, RequestPermissionRequest,
+    SelectedPermissionOutcome,
 };
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
@@ -16,6 +17,9 @@ use super::events::{EventBus, now_ms};
 use crate::acp::{AgentConn, PromptError, SessionSink};
 use crate::child::ExitInfo;
 use crate::error::{ApiError, client_visible};
+
+/// An agent asking more than this many questions at once gets `cancelled` for the excess.
+const MAX_PENDING_PERMISSIONS: usize = 64;
 
 /// Per-session settings taken from the config once.
 #[derive(Debug, Clone, Copy)]
@@ -91,12 +95,24 @@ impl Prompt {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        Self { id: uuid::Uuid::new_v4().to_string(), blocks, meta, originator, text, queued_at: now_ms() }
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            blocks,
+            meta,
+            originator,
+            text,
+            queued_at: now_ms(),
+        }
     }
 }
 
 impl Session {
-    pub fn new(id: String, workspace: Arc<Workspace>, bus: EventBus, limits: SessionLimits) -> Arc<Self> {
+    pub fn new(
+        id: String,
+        workspace: Arc<Workspace>,
+        bus: EventBus,
+        limits: SessionLimits,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             id,
             workspace,
@@ -165,15 +181,21 @@ impl Session {
     pub fn check_client(&self, header: Option<&str>) -> Result<Option<String>, ApiError> {
         let Some(id) = header else { return Ok(None) };
         let well_formed = (1..=128).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
         let mut st = self.lock();
         match st.clients.get_mut(id) {
             Some(seen) if well_formed => {
                 *seen = now_ms();
                 Ok(Some(id.to_string()))
             }
-            _ => Err(ApiError::new(400, "invalid_client_id", "X-Qwen-Client-Id was not issued for this session")
-                .with("sessionId", self.id.as_str())),
+            _ => Err(ApiError::new(
+                400,
+                "invalid_client_id",
+                "X-Qwen-Client-Id was not issued for this session",
+            )
+            .with("sessionId", self.id.as_str())),
         }
     }
 
@@ -187,11 +209,15 @@ impl Session {
         }
         let pending = st.queue.len() + usize::from(st.running.is_some());
         if pending >= self.limits.max_pending {
-            return Err(ApiError::new(503, "prompt_queue_full", "Too many pending prompts for this session")
-                .with("limit", self.limits.max_pending)
-                .with("pendingCount", pending)
-                .with("sessionId", self.id.as_str())
-                .retry_after(1));
+            return Err(ApiError::new(
+                503,
+                "prompt_queue_full",
+                "Too many pending prompts for this session",
+            )
+            .with("limit", self.limits.max_pending)
+            .with("pendingCount", pending)
+            .with("sessionId", self.id.as_str())
+            .retry_after(1));
         }
         let last = self.bus.last_id();
         let id = prompt.id.clone();
@@ -209,13 +235,21 @@ impl Session {
 
     pub fn pending_prompts(&self) -> Vec<Value> {
         let st = self.lock();
-        let entry = |id: &str, text: &str, queued_at: u64, state: &str, originator: &Option<String>| {
+        let entry = |id: &str,
+                     text: &str,
+                     queued_at: u64,
+                     state: &str,
+                     originator: &Option<String>| {
             json!({"promptId": id, "text": text, "queuedAt": queued_at, "state": state, "originatorClientId": originator})
         };
         st.running
             .iter()
             .map(|r| entry(&r.id, &r.text, r.queued_at, "running", &r.originator))
-            .chain(st.queue.iter().map(|p| entry(&p.id, &p.text, p.queued_at, "queued", &p.originator)))
+            .chain(
+                st.queue
+                    .iter()
+                    .map(|p| entry(&p.id, &p.text, p.queued_at, "queued", &p.originator)),
+            )
             .collect()
     }
 
@@ -233,10 +267,17 @@ impl Session {
             return Ok(());
         }
         if st.running.as_ref().is_some_and(|r| r.id == prompt_id) {
-            return Err(ApiError::new(409, "prompt_running", "The prompt is running; use POST /session/:id/cancel")
-                .with("promptId", prompt_id));
+            return Err(ApiError::new(
+                409,
+                "prompt_running",
+                "The prompt is running; use POST /session/:id/cancel",
+            )
+            .with("promptId", prompt_id));
         }
-        Err(ApiError::new(404, "prompt_not_found", "No such queued prompt").with("promptId", prompt_id))
+        Err(
+            ApiError::new(404, "prompt_not_found", "No such queued prompt")
+                .with("promptId", prompt_id),
+        )
     }
 
     /// Cancels the running prompt only; queued prompts run afterwards. Returns its id.
@@ -278,7 +319,15 @@ impl Session {
                 }
                 self.wake.notified().await;
             };
-            let end = self.run_turn(prompt.id.clone(), prompt.blocks, prompt.meta, prompt.originator.as_deref(), cancel).await;
+            let end = self
+                .run_turn(
+                    prompt.id.clone(),
+                    prompt.blocks,
+                    prompt.meta,
+                    prompt.originator.as_deref(),
+                    cancel,
+                )
+                .await;
             self.finish_turn(&prompt.id, prompt.originator.as_deref(), end);
         }
     }
@@ -292,7 +341,12 @@ impl Session {
         cancel: CancellationToken,
     ) -> Result<String, ApiError> {
         let pid = Some(prompt_id.as_str());
-        self.bus.publish("pending_prompt_started", pid, json!({"sessionId": self.id, "promptId": prompt_id}), originator);
+        self.bus.publish(
+            "pending_prompt_started",
+            pid,
+            json!({"sessionId": self.id, "promptId": prompt_id}),
+            originator,
+        );
         for block in &blocks {
             self.bus.publish(
                 "session_update",
@@ -333,13 +387,23 @@ impl Session {
         }
     }
 
-    fn finish_turn(&self, prompt_id: &str, originator: Option<&str>, end: Result<String, ApiError>) {
+    fn finish_turn(
+        &self,
+        prompt_id: &str,
+        originator: Option<&str>,
+        end: Result<String, ApiError>,
+    ) {
         let mut st = self.lock();
         let death = st.running.take().and_then(|r| r.death);
         let pid = Some(prompt_id);
         match &end {
             Ok(stop) => {
-                self.bus.publish("turn_complete", pid, json!({"sessionId": self.id, "stopReason": stop, "promptId": prompt_id}), originator);
+                self.bus.publish(
+                    "turn_complete",
+                    pid,
+                    json!({"sessionId": self.id, "stopReason": stop, "promptId": prompt_id}),
+                    originator,
+                );
             }
             Err(e) => {
                 let shown = client_visible(e);
@@ -351,7 +415,12 @@ impl Session {
             }
         }
         let stop = end.as_ref().ok().map(String::as_str);
-        self.bus.publish("pending_prompt_completed", pid, json!({"sessionId": self.id, "promptId": prompt_id, "stopReason": stop}), originator);
+        self.bus.publish(
+            "pending_prompt_completed",
+            pid,
+            json!({"sessionId": self.id, "promptId": prompt_id, "stopReason": stop}),
+            originator,
+        );
         if let Some(exit) = death {
             self.report_death(&mut st, exit);
         }
@@ -362,7 +431,10 @@ impl Session {
             return;
         }
         st.life = Life::Died;
-        let signal = exit.signal.and_then(|s| nix::sys::signal::Signal::try_from(s).ok()).map(|s| s.as_str());
+        let signal = exit
+            .signal
+            .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+            .map(|s| s.as_str());
         self.bus.publish(
             "session_died",
             None,
@@ -380,11 +452,22 @@ impl Session {
         }
         let conn = self.workspace.agents.acquire().await?;
         if !conn.info.load_session {
-            return Err(ApiError::new(410, "session_not_restorable", "The agent cannot restore sessions (no loadSession)")
-                .with("sessionId", self.id.as_str()));
+            return Err(ApiError::new(
+                410,
+                "session_not_restorable",
+                "The agent cannot restore sessions (no loadSession)",
+            )
+            .with("sessionId", self.id.as_str()));
         }
         conn.register(&self.id, self.sink(), mute_replay);
-        let loaded = conn.load_session(&self.id, self.workspace.cwd.clone(), Meta::new(), self.limits.session_timeout).await;
+        let loaded = conn
+            .load_session(
+                &self.id,
+                self.workspace.cwd.clone(),
+                Meta::new(),
+                self.limits.session_timeout,
+            )
+            .await;
         conn.unmute(&self.id);
         if let Err(e) = loaded {
             conn.unregister(&self.id);
@@ -398,27 +481,47 @@ impl Session {
     // ---- permissions ------------------------------------------------------------------
 
     /// A vote from a client. First responder wins; later votes find nothing pending (404).
-    pub fn vote(&self, request_id: &str, outcome: &Value, voter: Option<&str>) -> Result<(), ApiError> {
+    pub fn vote(
+        &self,
+        request_id: &str,
+        outcome: &Value,
+        voter: Option<&str>,
+    ) -> Result<(), ApiError> {
         let parsed = match outcome.get("outcome").and_then(Value::as_str) {
             Some("selected") => match outcome.get("optionId").and_then(Value::as_str) {
                 Some(o) => Some(o.to_string()),
-                None => return Err(ApiError::invalid_request("outcome.optionId is required when outcome is \"selected\"")),
+                None => {
+                    return Err(ApiError::invalid_request(
+                        "outcome.optionId is required when outcome is \"selected\"",
+                    ));
+                }
             },
             Some("cancelled") => None,
-            _ => return Err(ApiError::invalid_request("outcome.outcome must be \"selected\" or \"cancelled\"")),
+            _ => {
+                return Err(ApiError::invalid_request(
+                    "outcome.outcome must be \"selected\" or \"cancelled\"",
+                ));
+            }
         };
         let mut st = self.lock();
         let Some(p) = st.permissions.get(request_id) else {
-            return Err(ApiError::new(404, "permission_not_pending", "No pending permission request with this id")
-                .with("requestId", request_id));
+            return Err(ApiError::new(
+                404,
+                "permission_not_pending",
+                "No pending permission request with this id",
+            )
+            .with("requestId", request_id));
         };
-        if let Some(o) = &parsed {
-            if !p.options.contains(o) {
-                return Err(ApiError::new(400, "invalid_option_id", format!("Unknown optionId: {o}"))
-                    .with("requestId", request_id)
-                    .with("validOptionIds", p.options.clone()));
+        if let Some(o) = &parsed
+            && !p.options.contains(o) {
+                return Err(ApiError::new(
+                    400,
+                    "invalid_option_id",
+                    format!("Unknown optionId: {o}"),
+                )
+                .with("requestId", request_id)
+                .with("validOptionIds", p.options.clone()));
             }
-        }
         let outcome = match parsed {
             Some(o) => RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(o)),
             None => RequestPermissionOutcome::Cancelled,
@@ -427,7 +530,13 @@ impl Session {
         Ok(())
     }
 
-    fn resolve(&self, st: &mut State, request_id: &str, outcome: RequestPermissionOutcome, voter: Option<&str>) {
+    fn resolve(
+        &self,
+        st: &mut State,
+        request_id: &str,
+        outcome: RequestPermissionOutcome,
+        voter: Option<&str>,
+    ) {
         if let Some(p) = st.permissions.remove(request_id) {
             let shown = serde_json::to_value(&outcome).unwrap_or(Value::Null);
             let _ = p.reply.send(outcome);
@@ -479,7 +588,8 @@ impl Session {
                 None,
             );
         } else {
-            self.bus.publish("session_closed", None, json!({"sessionId": self.id}), None);
+            self.bus
+                .publish("session_closed", None, json!({"sessionId": self.id}), None);
         }
         self.bus.close();
         let agent = st.agent.take();
@@ -526,19 +636,41 @@ impl Session {
 impl SessionSink for Session {
     fn update(&self, notification: Value) {
         let st = self.lock();
-        let (prompt, originator) = st.running.as_ref().map_or((None, None), |r| (Some(r.id.clone()), r.originator.clone()));
+        let (prompt, originator) = st
+            .running
+            .as_ref()
+            .map_or((None, None), |r| (Some(r.id.clone()), r.originator.clone()));
         drop(st);
-        self.bus.publish("session_update", prompt.as_deref(), notification, originator.as_deref());
+        self.bus.publish(
+            "session_update",
+            prompt.as_deref(),
+            notification,
+            originator.as_deref(),
+        );
     }
 
-    fn permission(&self, request: RequestPermissionRequest, reply: oneshot::Sender<RequestPermissionOutcome>) {
+    fn permission(
+        &self,
+        request: RequestPermissionRequest,
+        reply: oneshot::Sender<RequestPermissionOutcome>,
+    ) {
         let request_id = uuid::Uuid::new_v4().to_string();
         let mut st = self.lock();
         if st.life == Life::Closed {
             return; // dropping `reply` answers cancelled
         }
-        let options: Vec<String> = request.options.iter().map(|o| o.option_id.to_string()).collect();
-        st.permissions.insert(request_id.clone(), Pending { options, reply });
+        if st.permissions.len() >= MAX_PENDING_PERMISSIONS {
+            self.bus.stats.refused_permissions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(session.id = %self.id, "too many pending permission requests; answering cancelled");
+            return;
+        }
+        let options: Vec<String> = request
+            .options
+            .iter()
+            .map(|o| o.option_id.to_string())
+            .collect();
+        st.permissions
+            .insert(request_id.clone(), Pending { options, reply });
         let prompt = st.running.as_ref().map(|r| r.id.clone());
         let originator = st.running.as_ref().and_then(|r| r.originator.clone());
         self.bus.publish(
@@ -557,7 +689,12 @@ impl SessionSink for Session {
                 let mut st = s.lock();
                 if st.permissions.contains_key(&request_id) {
                     tracing::info!(session.id = %s.id, request.id = %request_id, "permission request timed out");
-                    s.resolve(&mut st, &request_id, RequestPermissionOutcome::Cancelled, None);
+                    s.resolve(
+                        &mut st,
+                        &request_id,
+                        RequestPermissionOutcome::Cancelled,
+                        None,
+                    );
                 }
             }
         });
@@ -566,7 +703,7 @@ impl SessionSink for Session {
     fn agent_exited(&self, child_id: &str, exit: ExitInfo) {
         let mut st = self.lock();
         // A child this session already moved away from is not this session's death.
-        if !st.agent.as_ref().is_some_and(|a| a.child.id == child_id) {
+        if st.agent.as_ref().is_none_or(|a| a.child.id != child_id) {
             return;
         }
         st.agent = None;

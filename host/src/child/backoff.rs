@@ -15,7 +15,11 @@ const BASE: Duration = Duration::from_millis(500);
 
 impl Backoff {
     pub fn new(max: Duration) -> Self {
-        Self { failures: 0, last_failure: None, max }
+        Self {
+            failures: 0,
+            last_failure: None,
+            max,
+        }
     }
 
     pub fn record_exit(&mut self, crashed: bool, lived: Duration) {
@@ -30,7 +34,9 @@ impl Backoff {
 
     /// How long until a spawn is allowed; zero when it is allowed now.
     pub fn wait(&self) -> Duration {
-        let (Some(at), n) = (self.last_failure, self.failures) else { return Duration::ZERO };
+        let (Some(at), n) = (self.last_failure, self.failures) else {
+            return Duration::ZERO;
+        };
         if n <= 1 {
             return Duration::ZERO;
         }

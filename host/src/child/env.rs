@@ -38,8 +38,16 @@ mod tests {
             ("HOME", "/root"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
-        let extra = BTreeMap::from([("OPENAI_BASE_URL".to_string(), "http://127.0.0.1:1".to_string())]);
-        let env = child_env(parent, Some("s3cret-token"), &["OTHER_SECRET".into()], &extra);
+        let extra = BTreeMap::from([(
+            "OPENAI_BASE_URL".to_string(),
+            "http://127.0.0.1:1".to_string(),
+        )]);
+        let env = child_env(
+            parent,
+            Some("s3cret-token"),
+            &["OTHER_SECRET".into()],
+            &extra,
+        );
         let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["HOME", "OPENAI_BASE_URL", "PATH"]);
     }

@@ -66,10 +66,18 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
         .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
-    let pid = child.id().ok_or_else(|| std::io::Error::other("child exited at spawn"))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| std::io::Error::other("child exited at spawn"))?;
     let id = format!("child-{}", NEXT_CHILD.fetch_add(1, Ordering::Relaxed));
-    let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin pipe"))?;
-    let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout pipe"))?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdin pipe"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout pipe"))?;
     let stderr = child.stderr.take();
 
     let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
@@ -106,9 +114,17 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
             let info = match status {
                 Ok(s) => {
                     use std::os::unix::process::ExitStatusExt;
-                    ExitInfo { code: s.code(), signal: s.signal(), expected }
+                    ExitInfo {
+                        code: s.code(),
+                        signal: s.signal(),
+                        expected,
+                    }
                 }
-                Err(_) => ExitInfo { code: None, signal: None, expected },
+                Err(_) => ExitInfo {
+                    code: None,
+                    signal: None,
+                    expected,
+                },
             };
             if expected {
                 tracing::debug!(child.id = %id, ?info, "agent child exited");
@@ -119,7 +135,17 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
         });
     }
     tracing::info!(child.id = %id, pid, program = %spec.program, cwd = %spec.cwd.display(), "agent child spawned");
-    Ok((ChildProc { id, pid, exit: exit_rx, stopping, stderr_tail }, stdin, stdout))
+    Ok((
+        ChildProc {
+            id,
+            pid,
+            exit: exit_rx,
+            stopping,
+            stderr_tail,
+        },
+        stdin,
+        stdout,
+    ))
 }
 
 async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
@@ -165,13 +191,22 @@ impl ChildProc {
                 return info;
             }
             if rx.changed().await.is_err() {
-                return ExitInfo { code: None, signal: None, expected: self.stopping.load(Ordering::Acquire) };
+                return ExitInfo {
+                    code: None,
+                    signal: None,
+                    expected: self.stopping.load(Ordering::Acquire),
+                };
             }
         }
     }
 
     pub fn stderr_tail(&self) -> Vec<String> {
-        self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+        self.stderr_tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Marks the coming exit as expected, so it is not reported as a crash.
@@ -200,6 +235,10 @@ impl ChildProc {
         self.signal_group(Signal::SIGKILL);
         tokio::time::timeout(Duration::from_secs(1), self.exited())
             .await
-            .unwrap_or(ExitInfo { code: None, signal: Some(9), expected: true })
+            .unwrap_or(ExitInfo {
+                code: None,
+                signal: Some(9),
+                expected: true,
+            })
     }
 }

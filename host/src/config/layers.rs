@@ -12,13 +12,20 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let flat = self.message.split_whitespace().collect::<Vec<_>>().join(" ");
+        let flat = self
+            .message
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         write!(f, "invalid config: {}: {}", self.key, flat)
     }
 }
@@ -54,9 +61,21 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("ACPD_AGENT_SCOPE", "agent.scope", Kind::Str),
     ("ACPD_AGENT_POOL", "agent.pool", Kind::Int),
     ("ACPD_MAX_SESSIONS", "limits.max_sessions", Kind::Int),
-    ("ACPD_MAX_SESSIONS_PER_WORKSPACE", "limits.max_sessions_per_workspace", Kind::Int),
-    ("ACPD_MAX_PENDING_PROMPTS_PER_SESSION", "limits.max_pending_prompts_per_session", Kind::Int),
-    ("ACPD_PERMISSION_TIMEOUT_SECS", "limits.permission_timeout_secs", Kind::Int),
+    (
+        "ACPD_MAX_SESSIONS_PER_WORKSPACE",
+        "limits.max_sessions_per_workspace",
+        Kind::Int,
+    ),
+    (
+        "ACPD_MAX_PENDING_PROMPTS_PER_SESSION",
+        "limits.max_pending_prompts_per_session",
+        Kind::Int,
+    ),
+    (
+        "ACPD_PERMISSION_TIMEOUT_SECS",
+        "limits.permission_timeout_secs",
+        Kind::Int,
+    ),
 ];
 
 /// Builds the configuration from an optional TOML file, the environment and flag overrides.
@@ -101,11 +120,10 @@ fn read_file(path: &Path) -> Result<Table, ConfigError> {
     let base = path.parent().unwrap_or(Path::new("."));
     if let Some(Value::Array(ws)) = table.get_mut("workspaces") {
         for w in ws.iter_mut() {
-            if let Value::String(s) = w {
-                if Path::new(s.as_str()).is_relative() {
+            if let Value::String(s) = w
+                && Path::new(s.as_str()).is_relative() {
                     *s = base.join(&*s).display().to_string();
                 }
-            }
         }
     }
     Ok(table)
@@ -113,7 +131,11 @@ fn read_file(path: &Path) -> Result<Table, ConfigError> {
 
 fn parse_env(raw: &str, kind: Kind) -> Result<Value, String> {
     Ok(match kind {
-        Kind::Int => Value::Integer(raw.trim().parse().map_err(|_| format!("expected an integer, got {raw:?}"))?),
+        Kind::Int => Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("expected an integer, got {raw:?}"))?,
+        ),
         Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Value::Boolean(true),
             "0" | "false" | "no" | "off" | "" => Value::Boolean(false),
@@ -121,7 +143,11 @@ fn parse_env(raw: &str, kind: Kind) -> Result<Value, String> {
         },
         Kind::Str => Value::String(raw.to_string()),
         Kind::List => Value::Array(
-            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect(),
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.into()))
+                .collect(),
         ),
         Kind::Paths => Value::Array(
             std::env::split_paths(raw)
@@ -138,7 +164,9 @@ fn set(tree: &mut Table, dotted: &str, value: Value) -> Result<(), String> {
     let mut table = tree;
     for p in parts {
         let entry = table.entry(p).or_insert_with(|| Value::Table(Table::new()));
-        table = entry.as_table_mut().ok_or_else(|| format!("`{p}` must be a table"))?;
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` must be a table"))?;
     }
     table.insert(last.to_string(), value);
     Ok(())
@@ -160,8 +188,14 @@ mod tests {
         std::fs::write(&file, "[server]\nport = 1111\nhostname = \"localhost\"\n").unwrap();
         let env = |k: &str| (k == "ACPD_PORT").then(|| "2222".to_string());
         let c = load(Some(&file), env, &[]).unwrap();
-        assert_eq!((c.server.port, c.server.hostname.as_str()), (2222, "localhost"));
-        let flags = [Override { key: "server.port", value: Value::Integer(3333) }];
+        assert_eq!(
+            (c.server.port, c.server.hostname.as_str()),
+            (2222, "localhost")
+        );
+        let flags = [Override {
+            key: "server.port",
+            value: Value::Integer(3333),
+        }];
         assert_eq!(load(Some(&file), env, &flags).unwrap().server.port, 3333);
     }
 
@@ -169,12 +203,21 @@ mod tests {
     fn errors_name_the_key() {
         let env = |k: &str| (k == "ACPD_PORT").then(|| "abc".to_string());
         assert_eq!(load(None, env, &[]).unwrap_err().key, "ACPD_PORT");
-        let flags = [Override { key: "server.port", value: Value::String("x".into()) }];
+        let flags = [Override {
+            key: "server.port",
+            value: Value::String("x".into()),
+        }];
         let e = load(None, no_env, &flags).unwrap_err();
         assert_eq!(e.key, "server.port");
         assert!(!e.to_string().contains('\n'));
-        let flags = [Override { key: "limits.event_ring", value: Value::Integer(0) }];
-        assert_eq!(load(None, no_env, &flags).unwrap_err().key, "limits.event_ring");
+        let flags = [Override {
+            key: "limits.event_ring",
+            value: Value::Integer(0),
+        }];
+        assert_eq!(
+            load(None, no_env, &flags).unwrap_err().key,
+            "limits.event_ring"
+        );
     }
 
     #[test]
@@ -189,9 +232,15 @@ mod tests {
 
     #[test]
     fn non_loopback_needs_a_token() {
-        let flags = [Override { key: "server.hostname", value: Value::String("0.0.0.0".into()) }];
+        let flags = [Override {
+            key: "server.hostname",
+            value: Value::String("0.0.0.0".into()),
+        }];
         assert_eq!(load(None, no_env, &flags).unwrap_err().key, "server.token");
         let env = |k: &str| (k == "QWEN_SERVER_TOKEN").then(|| "s3cret".to_string());
-        assert_eq!(load(None, env, &flags).unwrap().server.token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            load(None, env, &flags).unwrap().server.token.as_deref(),
+            Some("s3cret")
+        );
     }
 }

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct Config {
     pub server: ServerConfig,
     /// Workspaces the daemon serves; the first is the primary one. Empty means the cwd.
@@ -131,16 +132,6 @@ impl Default for Limits {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            workspaces: Vec::new(),
-            agent: AgentConfig::default(),
-            limits: Limits::default(),
-        }
-    }
-}
 
 impl Config {
     /// Checks what types cannot: cross-field rules and ranges. Errors name the key.
@@ -149,7 +140,12 @@ impl Config {
         if self.server.hostname.trim().is_empty() {
             return bad("server.hostname", "must not be empty");
         }
-        if self.server.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        if self
+            .server
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
             return bad("server.token", "must not be empty");
         }
         if self.server.token.is_none() && !is_loopback_host(&self.server.hostname) {
@@ -161,9 +157,12 @@ impl Config {
         if self.server.require_auth && self.server.token.is_none() {
             return bad("server.token", "--require-auth needs a token");
         }
-        if self.agent.command.as_deref().is_some_and(|c| {
-            shlex::split(c).is_none_or(|words| words.is_empty())
-        }) {
+        if self
+            .agent
+            .command
+            .as_deref()
+            .is_some_and(|c| shlex::split(c).is_none_or(|words| words.is_empty()))
+        {
             return bad("agent.command", "not a valid command line");
         }
         if self.agent.pool > 0 && self.agent.scope != ChildScope::Session {
@@ -171,12 +170,27 @@ impl Config {
         }
         for (key, v) in [
             ("limits.max_sessions", self.limits.max_sessions),
-            ("limits.max_sessions_per_workspace", self.limits.max_sessions_per_workspace),
-            ("limits.max_pending_prompts_per_session", self.limits.max_pending_prompts_per_session),
+            (
+                "limits.max_sessions_per_workspace",
+                self.limits.max_sessions_per_workspace,
+            ),
+            (
+                "limits.max_pending_prompts_per_session",
+                self.limits.max_pending_prompts_per_session,
+            ),
             ("limits.event_ring", self.limits.event_ring),
-            ("limits.subscriber_queue_frames", self.limits.subscriber_queue_frames),
-            ("limits.subscriber_queue_bytes", self.limits.subscriber_queue_bytes),
-            ("limits.max_subscribers_per_session", self.limits.max_subscribers_per_session),
+            (
+                "limits.subscriber_queue_frames",
+                self.limits.subscriber_queue_frames,
+            ),
+            (
+                "limits.subscriber_queue_bytes",
+                self.limits.subscriber_queue_bytes,
+            ),
+            (
+                "limits.max_subscribers_per_session",
+                self.limits.max_subscribers_per_session,
+            ),
             ("server.max_body_bytes", self.server.max_body_bytes),
         ] {
             if v == 0 {
@@ -187,7 +201,10 @@ impl Config {
             ("agent.init_timeout_ms", self.agent.init_timeout_ms),
             ("agent.session_timeout_ms", self.agent.session_timeout_ms),
             ("agent.turn_timeout_secs", self.agent.turn_timeout_secs),
-            ("limits.permission_timeout_secs", self.limits.permission_timeout_secs),
+            (
+                "limits.permission_timeout_secs",
+                self.limits.permission_timeout_secs,
+            ),
             ("limits.heartbeat_secs", self.limits.heartbeat_secs),
         ] {
             if v == 0 {
@@ -201,5 +218,6 @@ impl Config {
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -11,7 +11,12 @@ use crate::error::ApiError;
 pub struct JsonBody<T>(pub T);
 
 fn too_large(limit: usize) -> ApiError {
-    ApiError::new(413, "payload_too_large", format!("Request body exceeds {limit} bytes")).with("limit", limit)
+    ApiError::new(
+        413,
+        "payload_too_large",
+        format!("Request body exceeds {limit} bytes"),
+    )
+    .with("limit", limit)
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
@@ -27,9 +32,18 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large(limit));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large(limit))?;
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
-        let value: serde_json::Value = serde_json::from_slice(text).map_err(|_| ApiError::invalid_json())?;
-        serde_json::from_value(value).map(JsonBody).map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}")))
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| too_large(limit))?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(text).map_err(|_| ApiError::invalid_json())?;
+        serde_json::from_value(value)
+            .map(JsonBody)
+            .map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}")))
     }
 }

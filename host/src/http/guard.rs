@@ -11,13 +11,19 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use crate::error::ApiError;
 
-const ALLOW_HEADERS: &str = "Authorization, Content-Type, X-Qwen-Client-Id, Last-Event-ID, X-Qwen-Event-Epoch";
+const ALLOW_HEADERS: &str =
+    "Authorization, Content-Type, X-Qwen-Client-Id, Last-Event-ID, X-Qwen-Event-Epoch";
 const EXPOSE_HEADERS: &str = "Retry-After, X-Qwen-Event-Epoch, X-Qwen-SSE-Stream-Id";
 
 pub async fn host(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !state.allowed_hosts.is_empty() {
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-        if !state.allowed_hosts.iter().any(|h| *h == host) {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !state.allowed_hosts.contains(&host) {
             return ApiError::new(403, "invalid_host", "Invalid Host header").into_response();
         }
     }
@@ -25,18 +31,31 @@ pub async fn host(State(state): State<AppState>, req: Request, next: Next) -> Re
 }
 
 pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else { return next.run(req).await };
+    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
+        return next.run(req).await;
+    };
     let allowed = &state.bridge.config.server.allow_origin;
-    let ok = origin.to_str().is_ok_and(|o| allowed.iter().any(|a| a == "*" || a == o));
+    let ok = origin
+        .to_str()
+        .is_ok_and(|o| allowed.iter().any(|a| a == "*" || a == o));
     if !ok {
         return ApiError::new(403, "cors_denied", "Request denied by CORS policy").into_response();
     }
     let mut resp = if req.method() == Method::OPTIONS {
         let mut r = StatusCode::NO_CONTENT.into_response();
         let h = r.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, DELETE, OPTIONS"));
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOW_HEADERS));
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(ALLOW_HEADERS),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
         r
     } else {
         next.run(req).await
@@ -44,13 +63,18 @@ pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Re
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.append(header::VARY, HeaderValue::from_static("Origin"));
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSE_HEADERS),
+    );
     resp
 }
 
 pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let server = &state.bridge.config.server;
-    let Some(token) = server.token.as_deref() else { return next.run(req).await };
+    let Some(token) = server.token.as_deref() else {
+        return next.run(req).await;
+    };
     let public = matches!(req.uri().path(), "/health" | "/capabilities") && !server.require_auth;
     if public || bearer_matches(req.headers(), token) {
         return next.run(req).await;
@@ -60,8 +84,15 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
 
 /// Constant-time in the token's content and length: both sides are hashed to 32 bytes first.
 pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let Some((scheme, given)) = value.trim().split_once(' ') else { return false };
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, given)) = value.trim().split_once(' ') else {
+        return false;
+    };
     if !scheme.eq_ignore_ascii_case("bearer") {
         return false;
     }

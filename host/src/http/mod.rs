@@ -26,12 +26,27 @@ impl AppState {
     pub fn new(bridge: Arc<Bridge>, port: u16) -> Self {
         let hostname = bridge.config.server.hostname.to_ascii_lowercase();
         let allowed_hosts = if is_loopback_host(&hostname) {
-            let bind = if hostname.contains(':') && !hostname.starts_with('[') { format!("[{hostname}]") } else { hostname };
-            ["localhost".to_string(), "127.0.0.1".into(), "[::1]".into(), bind].iter().map(|h| format!("{h}:{port}")).collect()
+            let bind = if hostname.contains(':') && !hostname.starts_with('[') {
+                format!("[{hostname}]")
+            } else {
+                hostname
+            };
+            [
+                "localhost".to_string(),
+                "127.0.0.1".into(),
+                "[::1]".into(),
+                bind,
+            ]
+            .iter()
+            .map(|h| format!("{h}:{port}"))
+            .collect()
         } else {
             Vec::new()
         };
-        Self { bridge, allowed_hosts: Arc::new(allowed_hosts) }
+        Self {
+            bridge,
+            allowed_hosts: Arc::new(allowed_hosts),
+        }
     }
 }
 
@@ -45,8 +60,14 @@ pub fn router(state: AppState) -> Router {
         .route("/session/{id}/prompt", post(routes::prompt))
         .route("/session/{id}/cancel", post(routes::cancel))
         .route("/session/{id}/permission/{request_id}", post(routes::vote))
-        .route("/session/{id}/pending-prompts", get(routes::pending_prompts))
-        .route("/session/{id}/pending-prompts/{prompt_id}", axum::routing::delete(routes::delete_pending))
+        .route(
+            "/session/{id}/pending-prompts",
+            get(routes::pending_prompts),
+        )
+        .route(
+            "/session/{id}/pending-prompts/{prompt_id}",
+            axum::routing::delete(routes::delete_pending),
+        )
         .route("/session/{id}/heartbeat", post(routes::heartbeat))
         .route("/session/{id}/events", get(sse::events))
         .route("/workspace/{id}/sessions", get(routes::workspace_sessions))

@@ -25,7 +25,9 @@ fn client_meta(meta: Option<Meta>) -> Meta {
 }
 
 pub fn client_header(headers: &HeaderMap) -> Option<&str> {
-    headers.get("x-qwen-client-id").and_then(|v| v.to_str().ok())
+    headers
+        .get("x-qwen-client-id")
+        .and_then(|v| v.to_str().ok())
 }
 
 #[derive(Deserialize)]
@@ -93,21 +95,44 @@ fn session_body(s: &Session, attached: bool, client_id: &str) -> Value {
     })
 }
 
-pub async fn create_session(State(state): State<AppState>, headers: HeaderMap, JsonBody(body): JsonBody<CreateBody>) -> Result<Json<Value>> {
+pub async fn create_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Json<Value>> {
     let scope = match body.session_scope.as_deref() {
         None | Some("single") => CreateScope::Single,
         Some("thread") => CreateScope::Thread,
-        Some(other) => return Err(ApiError::invalid_request(format!("sessionScope must be \"single\" or \"thread\", got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::invalid_request(format!(
+                "sessionScope must be \"single\" or \"thread\", got {other:?}"
+            )));
+        }
     };
     let ws = state.bridge.workspace_for_cwd(body.cwd.as_deref())?;
     let created = state
         .bridge
-        .create_session(ws, scope, body.session_id.as_deref(), client_meta(body.meta), client_header(&headers))
+        .create_session(
+            ws,
+            scope,
+            body.session_id.as_deref(),
+            client_meta(body.meta),
+            client_header(&headers),
+        )
         .await?;
-    Ok(Json(session_body(&created.session, created.attached, &created.client_id)))
+    Ok(Json(session_body(
+        &created.session,
+        created.attached,
+        &created.client_id,
+    )))
 }
 
-pub async fn load_session(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap, JsonBody(_): JsonBody<Value>) -> Result<Json<Value>> {
+pub async fn load_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(_): JsonBody<Value>,
+) -> Result<Json<Value>> {
     let s = state.bridge.load_session(&id, None).await?;
     let client_id = s.attach_client(client_header(&headers));
     let mut body = session_body(&s, true, &client_id);
@@ -122,24 +147,40 @@ pub struct PromptBody {
     meta: Option<Meta>,
 }
 
-pub async fn prompt(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<PromptBody>) -> Result<Response> {
+pub async fn prompt(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PromptBody>,
+) -> Result<Response> {
     let s = state.bridge.session(&id)?;
     let client = s.check_client(client_header(&headers))?;
     if body.prompt.is_empty() {
-        return Err(ApiError::invalid_request("prompt must contain at least one content block"));
+        return Err(ApiError::invalid_request(
+            "prompt must contain at least one content block",
+        ));
     }
     let blocks = body
         .prompt
         .into_iter()
         .enumerate()
-        .map(|(i, b)| serde_json::from_value::<ContentBlock>(b).map_err(|e| ApiError::invalid_request(format!("prompt[{i}] is not an ACP ContentBlock: {e}"))))
+        .map(|(i, b)| {
+            serde_json::from_value::<ContentBlock>(b).map_err(|e| {
+                ApiError::invalid_request(format!("prompt[{i}] is not an ACP ContentBlock: {e}"))
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let (prompt_id, last) = s.enqueue(Prompt::new(blocks, client_meta(body.meta), client))?;
     let body = json!({"promptId": prompt_id, "lastEventId": last, "eventEpoch": s.bus.epoch()});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap, JsonBody(_): JsonBody<Value>) -> Result<StatusCode> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(_): JsonBody<Value>,
+) -> Result<StatusCode> {
     let s = state.bridge.session(&id)?;
     s.check_client(client_header(&headers))?;
     s.cancel_running();
@@ -151,31 +192,49 @@ pub struct VoteBody {
     outcome: Value,
 }
 
-pub async fn vote(State(state): State<AppState>, Path((id, request_id)): Path<(String, String)>, headers: HeaderMap, JsonBody(body): JsonBody<VoteBody>) -> Result<Json<Value>> {
+pub async fn vote(
+    State(state): State<AppState>,
+    Path((id, request_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<VoteBody>,
+) -> Result<Json<Value>> {
     let s = state.bridge.session(&id)?;
     let client = s.check_client(client_header(&headers))?;
     s.vote(&request_id, &body.outcome, client.as_deref())?;
     Ok(Json(json!({})))
 }
 
-pub async fn pending_prompts(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+pub async fn pending_prompts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     let s = state.bridge.session(&id)?;
     Ok(Json(json!({"pendingPrompts": s.pending_prompts()})))
 }
 
-pub async fn delete_pending(State(state): State<AppState>, Path((id, prompt_id)): Path<(String, String)>, headers: HeaderMap) -> Result<StatusCode> {
+pub async fn delete_pending(
+    State(state): State<AppState>,
+    Path((id, prompt_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode> {
     let s = state.bridge.session(&id)?;
     s.check_client(client_header(&headers))?;
     s.remove_queued(&prompt_id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn heartbeat(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<Value>> {
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
     let s = state.bridge.session(&id)?;
     let client = s
         .check_client(client_header(&headers))?
         .ok_or_else(|| ApiError::new(400, "invalid_client_id", "X-Qwen-Client-Id is required"))?;
-    Ok(Json(json!({"sessionId": s.id, "clientId": client, "lastSeenAt": time::rfc3339(std::time::SystemTime::now())})))
+    Ok(Json(
+        json!({"sessionId": s.id, "clientId": client, "lastSeenAt": time::rfc3339(std::time::SystemTime::now())}),
+    ))
 }
 
 pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
@@ -192,11 +251,15 @@ pub struct ListQuery {
     size: Option<usize>,
 }
 
-pub async fn workspace_sessions(State(state): State<AppState>, Path(key): Path<String>, Query(q): Query<ListQuery>) -> Result<Json<Value>> {
-    let ws = state
-        .bridge
-        .workspace(&key)
-        .ok_or_else(|| ApiError::new(404, "workspace_not_found", "No such workspace").with("workspace", key.as_str()))?;
+pub async fn workspace_sessions(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>> {
+    let ws = state.bridge.workspace(&key).ok_or_else(|| {
+        ApiError::new(404, "workspace_not_found", "No such workspace")
+            .with("workspace", key.as_str())
+    })?;
     let size = q.size.unwrap_or(100).clamp(1, 1000);
     let sessions: Vec<Value> = state
         .bridge

@@ -23,41 +23,73 @@ struct Stream {
     heartbeat: tokio::time::Interval,
 }
 
-pub async fn events(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let session = state.bridge.session(&id)?;
     session.check_client(client_header(&headers))?;
-    let last_event_id = match headers.get("last-event-id").map(|v| v.to_str().map(str::trim)) {
+    let last_event_id = match headers
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::trim))
+    {
         None => None,
         Some(Ok(v)) => Some(v.parse::<u64>().map_err(|_| {
-            ApiError::new(400, "invalid_last_event_id", "Last-Event-ID must be a non-negative integer")
+            ApiError::new(
+                400,
+                "invalid_last_event_id",
+                "Last-Event-ID must be a non-negative integer",
+            )
         })?),
-        Some(Err(_)) => return Err(ApiError::new(400, "invalid_last_event_id", "Last-Event-ID must be a non-negative integer")),
+        Some(Err(_)) => {
+            return Err(ApiError::new(
+                400,
+                "invalid_last_event_id",
+                "Last-Event-ID must be a non-negative integer",
+            ));
+        }
     };
-    let epoch = headers.get("x-qwen-event-epoch").and_then(|v| v.to_str().ok());
+    let epoch = headers
+        .get("x-qwen-event-epoch")
+        .and_then(|v| v.to_str().ok());
     let sub = session.bus.subscribe(last_event_id, epoch)?;
     let mut preface: VecDeque<Bytes> = VecDeque::with_capacity(sub.preface.len() + 1);
     preface.push_back(Bytes::from_static(b"retry: 3000\n\n"));
     preface.extend(sub.preface.iter().cloned());
     let period = Duration::from_secs(state.bridge.config.limits.heartbeat_secs);
     let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let stream = futures::stream::unfold(Some(Stream { preface, sub, heartbeat }), |st| async move {
-        let mut st = st?;
-        if let Some(frame) = st.preface.pop_front() {
-            return Some((Ok::<_, Infallible>(frame), Some(st)));
-        }
-        tokio::select! {
-            next = st.sub.next() => match next {
-                Next::Frame(f) => Some((Ok(f), Some(st))),
-                Next::Evicted(f) => Some((Ok(f), None)),
-                Next::Closed => None,
-            },
-            _ = st.heartbeat.tick() => Some((Ok(Bytes::from_static(HEARTBEAT)), Some(st))),
-        }
-    });
+    let stream = futures::stream::unfold(
+        Some(Stream {
+            preface,
+            sub,
+            heartbeat,
+        }),
+        |st| async move {
+            let mut st = st?;
+            if let Some(frame) = st.preface.pop_front() {
+                return Some((Ok::<_, Infallible>(frame), Some(st)));
+            }
+            tokio::select! {
+                next = st.sub.next() => match next {
+                    Next::Frame(f) => Some((Ok(f), Some(st))),
+                    Next::Evicted(f) => Some((Ok(f), None)),
+                    Next::Closed => None,
+                },
+                _ = st.heartbeat.tick() => Some((Ok(Bytes::from_static(HEARTBEAT)), Some(st))),
+            }
+        },
+    );
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Ok(v) = HeaderValue::from_str(session.bus.epoch()) {
         h.insert("x-qwen-event-epoch", v);

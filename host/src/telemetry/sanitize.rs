@@ -50,7 +50,9 @@ fn mask_url_credentials(text: &str) -> String {
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let authority_end = tail.find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace()).unwrap_or(tail.len());
+        let authority_end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
         match tail[..authority_end].rfind('@') {
             Some(at) => {
                 out.push_str("***");
@@ -81,10 +83,14 @@ mod tests {
 
     #[test]
     fn removes_escapes_controls_and_credentials() {
-        let s = sanitize("\u{1b}[31mfailed\u{1b}[0m: GET https://bob:hunter2@example.com/x\u{7}\nnext");
+        let s =
+            sanitize("\u{1b}[31mfailed\u{1b}[0m: GET https://bob:hunter2@example.com/x\u{7}\nnext");
         assert_eq!(s, "failed: GET https://***@example.com/x next");
         assert_eq!(sanitize("\u{1b}]0;title\u{7}ok"), "ok");
-        assert_eq!(sanitize("no creds at http://host/a@b"), "no creds at http://host/a@b");
+        assert_eq!(
+            sanitize("no creds at http://host/a@b"),
+            "no creds at http://host/a@b"
+        );
     }
 
     #[test]
