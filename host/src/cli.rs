@@ -33,8 +33,8 @@ struct ServeArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Port to listen on (default 4170; 0 picks a free one).
-    #[arg(long)]
-    port: Option<u16>,
+    #[arg(long, allow_negative_numbers = true)]
+    port: Option<String>,
     /// Address to bind (default 127.0.0.1). A non-loopback bind requires a token.
     #[arg(long)]
     hostname: Option<String>,
@@ -57,26 +57,25 @@ struct ServeArgs {
     #[arg(long)]
     agent_scope: Option<String>,
     /// Warm children kept ready per workspace (session scope).
-    #[arg(long)]
-    pool: Option<u64>,
-    #[arg(long)]
-    max_sessions: Option<u64>,
-    #[arg(long)]
-    max_sessions_per_workspace: Option<u64>,
-    #[arg(long)]
-    max_pending_prompts_per_session: Option<u64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pool: Option<String>,
+    #[arg(long, allow_negative_numbers = true)]
+    max_sessions: Option<String>,
+    #[arg(long, allow_negative_numbers = true)]
+    max_sessions_per_workspace: Option<String>,
+    #[arg(long, allow_negative_numbers = true)]
+    max_pending_prompts_per_session: Option<String>,
     /// Seconds before an unanswered permission request resolves `cancelled`.
-    #[arg(long)]
-    permission_timeout: Option<u64>,
+    #[arg(long, allow_negative_numbers = true)]
+    permission_timeout: Option<String>,
 }
 
 impl ServeArgs {
     fn overrides(&self) -> Vec<Override> {
         let mut o = Vec::new();
         let mut set = |key: &'static str, value: Value| o.push(Override { key, value });
-        let int = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
-        if let Some(v) = self.port {
-            set("server.port", Value::Integer(v.into()));
+        if let Some(v) = &self.port {
+            set("server.port", number(v));
         }
         if let Some(v) = &self.hostname {
             set("server.hostname", Value::String(v.clone()));
@@ -113,24 +112,33 @@ impl ServeArgs {
             set("agent.scope", Value::String(v.clone()));
         }
         for (key, v) in [
-            ("agent.pool", self.pool),
-            ("limits.max_sessions", self.max_sessions),
+            ("agent.pool", &self.pool),
+            ("limits.max_sessions", &self.max_sessions),
             (
                 "limits.max_sessions_per_workspace",
-                self.max_sessions_per_workspace,
+                &self.max_sessions_per_workspace,
             ),
             (
                 "limits.max_pending_prompts_per_session",
-                self.max_pending_prompts_per_session,
+                &self.max_pending_prompts_per_session,
             ),
-            ("limits.permission_timeout_secs", self.permission_timeout),
+            ("limits.permission_timeout_secs", &self.permission_timeout),
         ] {
             if let Some(v) = v {
-                set(key, int(v));
+                set(key, number(v));
             }
         }
         o
     }
+}
+
+/// A numeric flag enters the config tree as an integer when it is one and as the given text
+/// otherwise, so the typed load rejects it like any other layer: exit 2 with one line naming
+/// the key (`server.port`), instead of a multi-line usage error naming the flag.
+fn number(raw: &str) -> Value {
+    raw.trim()
+        .parse::<i64>()
+        .map_or_else(|_| Value::String(raw.to_string()), Value::Integer)
 }
 
 pub fn main() -> ExitCode {

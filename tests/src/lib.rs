@@ -20,7 +20,11 @@ pub fn acpd_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir")
+            .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = std::process::Command::new(cargo);
@@ -77,7 +81,11 @@ impl DaemonBuilder {
         let ws = workspace.path().canonicalize()?;
         let config_dir = tempfile::tempdir()?;
         let mut cmd = Command::new(acpd_bin());
-        cmd.arg("serve").arg("--port").arg("0").arg("--workspace").arg(&ws);
+        cmd.arg("serve")
+            .arg("--port")
+            .arg("0")
+            .arg("--workspace")
+            .arg(&ws);
         if let Some(toml) = &self.config {
             let path = config_dir.path().join("acpd.toml");
             std::fs::write(&path, toml)?;
@@ -115,10 +123,10 @@ impl DaemonBuilder {
                 let mut lines = BufReader::new(stderr).lines();
                 let mut addr_tx = Some(addr_tx);
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(rest) = line.strip_prefix("acpd listening on http://") {
-                        if let Some(tx) = addr_tx.take() {
-                            let _ = tx.send(rest.trim().to_string());
-                        }
+                    if let Some(rest) = line.strip_prefix("acpd listening on http://")
+                        && let Some(tx) = addr_tx.take()
+                    {
+                        let _ = tx.send(rest.trim().to_string());
                     }
                     log.lock().unwrap().push(line);
                 }
@@ -126,9 +134,23 @@ impl DaemonBuilder {
         }
         let addr = tokio::time::timeout(WAIT, addr_rx)
             .await
-            .map_err(|_| anyhow!("acpd did not report its address in time; log: {:?}", log.lock().unwrap()))?
-            .map_err(|_| anyhow!("acpd exited before listening; log: {:?}", log.lock().unwrap()))?;
-        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).context("port")?;
+            .map_err(|_| {
+                anyhow!(
+                    "acpd did not report its address in time; log: {:?}",
+                    log.lock().unwrap()
+                )
+            })?
+            .map_err(|_| {
+                anyhow!(
+                    "acpd exited before listening; log: {:?}",
+                    log.lock().unwrap()
+                )
+            })?;
+        let port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("port")?;
         Ok(Daemon {
             child,
             base: format!("http://{addr}"),
@@ -172,7 +194,12 @@ pub struct Resp {
 
 impl Daemon {
     pub fn builder() -> DaemonBuilder {
-        DaemonBuilder { config: None, args: Vec::new(), env: Vec::new(), files: Vec::new() }
+        DaemonBuilder {
+            config: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            files: Vec::new(),
+        }
     }
 
     pub async fn start() -> Result<Daemon> {
@@ -203,7 +230,11 @@ impl Daemon {
         let headers = r.headers().clone();
         let bytes = r.bytes().await?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Resp { status, headers, body })
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Resp> {
@@ -216,7 +247,13 @@ impl Daemon {
 
     /// POST with the session's client id header.
     pub async fn post_as(&self, s: &SessionRef, path: &str, body: Value) -> Result<Resp> {
-        self.send(self.http.post(self.url(path)).header("X-Qwen-Client-Id", &s.client_id).json(&body)).await
+        self.send(
+            self.http
+                .post(self.url(path))
+                .header("X-Qwen-Client-Id", &s.client_id)
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Resp> {
@@ -230,24 +267,41 @@ impl Daemon {
             bail!("POST /session -> {}: {}", r.status, r.body);
         }
         Ok(SessionRef {
-            id: r.body["sessionId"].as_str().context("sessionId")?.to_string(),
+            id: r.body["sessionId"]
+                .as_str()
+                .context("sessionId")?
+                .to_string(),
             client_id: r.body["clientId"].as_str().context("clientId")?.to_string(),
         })
     }
 
     /// A new (thread-scoped) session.
     pub async fn create_session(&self) -> Result<SessionRef> {
-        self.create_session_with(json!({"sessionScope": "thread"})).await
+        self.create_session_with(json!({"sessionScope": "thread"}))
+            .await
     }
 
     /// `POST /session/:id/prompt` with one text block; returns the response (202 expected).
     pub async fn prompt(&self, s: &SessionRef, text: &str) -> Result<Resp> {
-        self.post_as(s, &format!("/session/{}/prompt", s.id), json!({"prompt": [{"type": "text", "text": text}]})).await
+        self.post_as(
+            s,
+            &format!("/session/{}/prompt", s.id),
+            json!({"prompt": [{"type": "text", "text": text}]}),
+        )
+        .await
     }
 
     /// Opens the session's SSE stream. `last_event_id`/`epoch` set the replay headers.
-    pub async fn events(&self, s: &SessionRef, last_event_id: Option<u64>, epoch: Option<&str>) -> Result<Sse> {
-        let mut req = self.http.get(self.url(&format!("/session/{}/events", s.id))).header("X-Qwen-Client-Id", &s.client_id);
+    pub async fn events(
+        &self,
+        s: &SessionRef,
+        last_event_id: Option<u64>,
+        epoch: Option<&str>,
+    ) -> Result<Sse> {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/session/{}/events", s.id)))
+            .header("X-Qwen-Client-Id", &s.client_id);
         // The stream is long-lived: no overall request timeout; each read has its own deadline.
         req = req.timeout(Duration::from_secs(3600));
         if let Some(n) = last_event_id {
@@ -267,13 +321,19 @@ impl Daemon {
     /// The agent child's pid as reported by `GET /session/:id`.
     pub async fn child_pid(&self, s: &SessionRef) -> Result<u32> {
         let r = self.get(&format!("/session/{}", s.id)).await?;
-        r.body["child"]["pid"].as_u64().map(|p| p as u32).context(format!("no child pid in {}", r.body))
+        r.body["child"]["pid"]
+            .as_u64()
+            .map(|p| p as u32)
+            .context(format!("no child pid in {}", r.body))
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub async fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
         signal(self.pid(), nix::sys::signal::Signal::SIGTERM)?;
-        tokio::time::timeout(within, self.child.wait()).await.map_err(|_| anyhow!("acpd did not exit within {within:?}"))?.map_err(Into::into)
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("acpd did not exit within {within:?}"))?
+            .map_err(Into::into)
     }
 }
 
@@ -290,7 +350,12 @@ pub fn group_alive(pgid: u32) -> bool {
 /// True while process `pid` exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
@@ -314,12 +379,20 @@ pub struct Sse {
 
 impl Sse {
     fn new(r: reqwest::Response) -> Self {
-        Self { headers: r.headers().clone(), body: r.bytes_stream().boxed(), buf: Vec::new(), comments: Vec::new(), retry: None }
+        Self {
+            headers: r.headers().clone(),
+            body: r.bytes_stream().boxed(),
+            buf: Vec::new(),
+            comments: Vec::new(),
+            retry: None,
+        }
     }
 
     /// The next frame with data, or None when the stream ended. Errors after `within`.
     pub async fn next_within(&mut self, within: Duration) -> Result<Option<Frame>> {
-        tokio::time::timeout(within, self.next_frame()).await.map_err(|_| anyhow!("no SSE frame within {within:?}"))?
+        tokio::time::timeout(within, self.next_frame())
+            .await
+            .map_err(|_| anyhow!("no SSE frame within {within:?}"))?
     }
 
     pub async fn next(&mut self) -> Result<Option<Frame>> {
@@ -358,7 +431,11 @@ impl Sse {
     }
 
     /// Reads frames until one satisfies `pred` (returned last), within `within` overall.
-    pub async fn until(&mut self, within: Duration, pred: impl Fn(&Frame) -> bool) -> Result<Vec<Frame>> {
+    pub async fn until(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&Frame) -> bool,
+    ) -> Result<Vec<Frame>> {
         let deadline = tokio::time::Instant::now() + within;
         let mut seen = Vec::new();
         loop {
@@ -371,7 +448,10 @@ impl Sse {
                         return Ok(seen);
                     }
                 }
-                Ok(None) => bail!("stream ended before the awaited frame; saw {:?}", kinds(&seen)),
+                Ok(None) => bail!(
+                    "stream ended before the awaited frame; saw {:?}",
+                    kinds(&seen)
+                ),
                 Err(e) => bail!("{e}; saw {:?}", kinds(&seen)),
             }
         }
@@ -380,7 +460,8 @@ impl Sse {
     /// Reads until the `turn_complete` or `turn_error` of `prompt_id`.
     pub async fn until_turn_end(&mut self, prompt_id: &str) -> Result<Vec<Frame>> {
         self.until(WAIT, |f| {
-            (f.event == "turn_complete" || f.event == "turn_error") && f.data["data"]["promptId"] == prompt_id
+            (f.event == "turn_complete" || f.event == "turn_error")
+                && f.data["data"]["promptId"] == prompt_id
         })
         .await
     }
@@ -394,7 +475,10 @@ pub fn kinds(frames: &[Frame]) -> Vec<String> {
 pub fn agent_text(frames: &[Frame]) -> String {
     frames
         .iter()
-        .filter(|f| f.event == "session_update" && f.data["data"]["update"]["sessionUpdate"] == "agent_message_chunk")
+        .filter(|f| {
+            f.event == "session_update"
+                && f.data["data"]["update"]["sessionUpdate"] == "agent_message_chunk"
+        })
         .filter_map(|f| f.data["data"]["update"]["content"]["text"].as_str())
         .collect()
 }

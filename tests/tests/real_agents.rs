@@ -15,8 +15,13 @@ struct Mock {
 }
 
 async fn start_mock(scenario: &str) -> anyhow::Result<Mock> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/agents/mock_llm.py");
-    anyhow::ensure!(script.exists(), "mock LLM not found at {}", script.display());
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/agents/mock_llm.py");
+    anyhow::ensure!(
+        script.exists(),
+        "mock LLM not found at {}",
+        script.display()
+    );
     let log = tempfile::NamedTempFile::new()?;
     let mut child = tokio::process::Command::new("python3")
         .arg(&script)
@@ -39,14 +44,19 @@ async fn start_mock(scenario: &str) -> anyhow::Result<Mock> {
         anyhow::bail!("mock exited before READY")
     })
     .await??;
-    Ok(Mock { _child: child, port })
+    Ok(Mock {
+        _child: child,
+        port,
+    })
 }
 
 fn codex() -> Option<String> {
     match std::env::var("ACPD_CODEX_ACP") {
         Ok(p) if !p.is_empty() => Some(p),
         _ => {
-            eprintln!("ACPD_CODEX_ACP is not set: real-agent test not run (.ci/run installs codex-acp)");
+            eprintln!(
+                "ACPD_CODEX_ACP is not set: real-agent test not run (.ci/run installs codex-acp)"
+            );
             None
         }
     }
@@ -87,11 +97,17 @@ async fn codex_acp_turn_cancel_and_clean_shutdown() -> anyhow::Result<()> {
     let mut sse = d.events(&s, Some(0), None).await?;
     let r = d.prompt(&s, "Say hello").await?;
     assert_eq!(r.status, 202, "{:?}", r.body);
-    let frames = sse.until_turn_end(r.body["promptId"].as_str().unwrap()).await?;
+    let frames = sse
+        .until_turn_end(r.body["promptId"].as_str().unwrap())
+        .await?;
     let end = frames.last().unwrap();
     assert_eq!(end.event, "turn_complete", "{:?}", end.data);
     assert_eq!(end.data["data"]["stopReason"], "end_turn");
-    assert!(agent_text(&frames).contains("MOCK-ANSWER"), "agent text: {}", agent_text(&frames));
+    assert!(
+        agent_text(&frames).contains("MOCK-ANSWER"),
+        "agent text: {}",
+        agent_text(&frames)
+    );
 
     // A held-back LLM answer, then cancel: codex answers `cancelled` and the session stays usable.
     let client = reqwest::Client::new();
@@ -102,8 +118,13 @@ async fn codex_acp_turn_cancel_and_clean_shutdown() -> anyhow::Result<()> {
         .await?;
     let r = d.prompt(&s, "Say hello slowly").await?;
     let slow_id = r.body["promptId"].as_str().unwrap().to_string();
-    sse.until(WAIT, |f| f.event == "pending_prompt_started" && f.data["promptId"] == slow_id.as_str()).await?;
-    let c = d.post_as(&s, &format!("/session/{}/cancel", s.id), json!({})).await?;
+    sse.until(WAIT, |f| {
+        f.event == "pending_prompt_started" && f.data["promptId"] == slow_id.as_str()
+    })
+    .await?;
+    let c = d
+        .post_as(&s, &format!("/session/{}/cancel", s.id), json!({}))
+        .await?;
     assert_eq!(c.status, 204);
     let frames = sse.until_turn_end(&slow_id).await?;
     let end = frames.last().unwrap();
@@ -114,7 +135,10 @@ async fn codex_acp_turn_cancel_and_clean_shutdown() -> anyhow::Result<()> {
     let child_pid = d.child_pid(&s).await?;
     let status = d.terminate(Duration::from_secs(15)).await?;
     assert!(status.success(), "exit status {status:?}");
-    assert!(eventually(Duration::from_secs(5), || !group_alive(child_pid)).await, "codex group {child_pid} outlived acpd");
+    assert!(
+        eventually(Duration::from_secs(5), || !group_alive(child_pid)).await,
+        "codex group {child_pid} outlived acpd"
+    );
     assert!(d.stdout().is_empty());
     Ok(())
 }

@@ -32,6 +32,13 @@ pub fn confine(root: &Path, path: &Path) -> Result<PathBuf, Error> {
         match existing.canonicalize() {
             Ok(c) => break c,
             Err(_) => {
+                // It exists but does not resolve: a dangling symlink (or a loop). Where it leads
+                // cannot be checked, and writing through it would create its target anywhere.
+                if existing.symlink_metadata().is_ok() {
+                    return Err(Error::invalid_params().data(
+                        json!({"path": path, "reason": "path goes through a symlink that does not resolve"}),
+                    ));
+                }
                 rest.push(existing.file_name().map(|n| n.to_os_string()));
                 existing = existing.parent().ok_or_else(|| outside(path))?;
             }
@@ -118,5 +125,8 @@ mod tests {
         assert!(confine(&root, Path::new("relative.txt")).is_err());
         std::os::unix::fs::symlink("/etc", root.join("link")).ok();
         assert!(confine(&root, &root.join("link/passwd")).is_err());
+        std::os::unix::fs::symlink(dir.join("../acpd-fs-missing"), root.join("dangling")).ok();
+        assert!(confine(&root, &root.join("dangling")).is_err());
+        assert!(confine(&root, &root.join("dangling/new.txt")).is_err());
     }
 }

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::child::{self, ChildProc, ExitInfo, SpawnSpec};
 use crate::error::ApiError;
@@ -86,6 +87,10 @@ impl Routes {
     }
 }
 
+/// After the child exits, how long its remaining output may take to reach EOF (a process outside
+/// its group could hold the pipe open) before the exit is acted on anyway.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
 pub struct AgentConn {
     pub child: ChildProc,
     pub info: AgentInfo,
@@ -94,6 +99,8 @@ pub struct AgentConn {
     cx: ConnectionTo<Agent>,
     routes: Arc<Routes>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Cancelled once the connection has ended: everything the agent wrote was dispatched.
+    closed: CancellationToken,
 }
 
 pub struct Timeouts {
@@ -184,7 +191,10 @@ impl AgentConn {
                 Ok(())
             });
         let watched = child.clone();
+        let closed = CancellationToken::new();
+        let closed_guard = closed.clone().drop_guard();
         let task = tokio::spawn(async move {
+            let _closed = closed_guard;
             if let Err(e) = connection.await {
                 tracing::debug!(child.id = %watched.id, error = %e, "ACP connection ended with an error");
             }
@@ -197,8 +207,11 @@ impl AgentConn {
         {
             let routes = routes.clone();
             let child = child.clone();
+            let closed = closed.clone();
             tokio::spawn(async move {
                 let exit = child.exited().await;
+                // What the agent wrote before it died reaches its sessions before its death.
+                let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, closed.cancelled()).await;
                 for sink in routes.all() {
                     sink.agent_exited(&child.id, exit);
                 }
@@ -268,6 +281,7 @@ impl AgentConn {
             cx,
             routes,
             task: Mutex::new(Some(task)),
+            closed,
         }))
     }
 
@@ -365,8 +379,14 @@ impl AgentConn {
                 Err(e) if agent_client_protocol::is_incoming_transport_closed(&e) => Err(PromptError::AgentGone),
                 Err(e) => Err(PromptError::Rpc { code: i32::from(e.code), message: rpc_text(&e) }),
             },
-            _ = self.child.exited() => Err(PromptError::AgentGone),
+            // Not before the agent's last updates were routed: they belong to this turn.
+            _ = self.exited_and_drained() => Err(PromptError::AgentGone),
         }
+    }
+
+    async fn exited_and_drained(&self) {
+        self.child.exited().await;
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, self.closed.cancelled()).await;
     }
 
     pub fn cancel(&self, session_id: &str) {

@@ -12,6 +12,9 @@ use crate::child::{Backoff, SpawnSpec};
 use crate::config::ChildScope;
 use crate::error::ApiError;
 
+/// Backoffs up to this long delay the spawn; longer ones are refused with 503 + Retry-After.
+const MAX_INLINE_BACKOFF: Duration = Duration::from_secs(3);
+
 pub struct AgentPool {
     root: PathBuf,
     spec: SpawnSpec,
@@ -91,13 +94,16 @@ impl AgentPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .wait();
-        if !wait.is_zero() {
+        if wait > MAX_INLINE_BACKOFF {
             return Err(ApiError::agent_unavailable(format!(
                 "the agent keeps crashing; next start allowed in {} ms",
                 wait.as_millis()
             ))
             .retry_after(wait.as_secs().max(1)));
         }
+        // A short backoff is waited out: a caller whose child crashed once or twice should get a
+        // child a moment later, not an error; a real crash loop quickly exceeds the bound.
+        tokio::time::sleep(wait).await;
         let conn = match AgentConn::connect(&self.spec, self.root.clone(), &self.timeouts).await {
             Ok(c) => c,
             Err(e) => {

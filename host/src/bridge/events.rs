@@ -255,19 +255,23 @@ impl EventBus {
 
 /// Queues a frame for one subscriber; false means it overflowed and is evicted.
 fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> bool {
-    let queued = sub.shared.queued_bytes.load(Ordering::Relaxed);
     if sub.tx.is_closed() {
         return false;
     }
-    if queued + frame.len() > limits.queue_bytes || sub.tx.try_send(frame.clone()).is_err() {
-        sub.shared.evicted.store(true, Ordering::Release);
-        return false;
-    }
+    // Bytes are counted before the frame is sent: the receiver subtracts them as soon as it
+    // takes the frame, so counting after `try_send` could drive the counter below zero.
     let queued = sub
         .shared
         .queued_bytes
         .fetch_add(frame.len(), Ordering::Relaxed)
         + frame.len();
+    if queued > limits.queue_bytes || sub.tx.try_send(frame.clone()).is_err() {
+        sub.shared
+            .queued_bytes
+            .fetch_sub(frame.len(), Ordering::Relaxed);
+        sub.shared.evicted.store(true, Ordering::Release);
+        return false;
+    }
     let frames = limits.queue_frames - sub.tx.capacity();
     let high = frames * 4 >= limits.queue_frames * 3 || queued * 4 >= limits.queue_bytes * 3;
     if high && !sub.warned {
@@ -276,8 +280,9 @@ fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> bool {
             json!({"queuedFrames": frames, "queuedBytes": queued}),
         );
         let len = warning.len();
-        if sub.tx.try_send(warning).is_ok() {
-            sub.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        sub.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if sub.tx.try_send(warning).is_err() {
+            sub.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         }
         sub.warned = true;
     } else if sub.warned && frames * 2 < limits.queue_frames && queued * 2 < limits.queue_bytes {

@@ -403,10 +403,11 @@ impl Bridge {
             }
         }
         if let Some(agent) = session.close(false)
-            && session.workspace.agents.scope() == ChildScope::Session {
-                let grace = Duration::from_millis(self.config.agent.stop_grace_ms);
-                tokio::spawn(async move { agent.shutdown(grace).await });
-            }
+            && session.workspace.agents.scope() == ChildScope::Session
+        {
+            let grace = Duration::from_millis(self.config.agent.stop_grace_ms);
+            tokio::spawn(async move { agent.shutdown(grace).await });
+        }
         tracing::info!(session.id = %id, "session closed");
         Ok(())
     }

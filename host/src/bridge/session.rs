@@ -513,15 +513,14 @@ impl Session {
             .with("requestId", request_id));
         };
         if let Some(o) = &parsed
-            && !p.options.contains(o) {
-                return Err(ApiError::new(
-                    400,
-                    "invalid_option_id",
-                    format!("Unknown optionId: {o}"),
-                )
-                .with("requestId", request_id)
-                .with("validOptionIds", p.options.clone()));
-            }
+            && !p.options.contains(o)
+        {
+            return Err(
+                ApiError::new(400, "invalid_option_id", format!("Unknown optionId: {o}"))
+                    .with("requestId", request_id)
+                    .with("validOptionIds", p.options.clone()),
+            );
+        }
         let outcome = match parsed {
             Some(o) => RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(o)),
             None => RequestPermissionOutcome::Cancelled,
@@ -660,7 +659,10 @@ impl SessionSink for Session {
             return; // dropping `reply` answers cancelled
         }
         if st.permissions.len() >= MAX_PENDING_PERMISSIONS {
-            self.bus.stats.refused_permissions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.bus
+                .stats
+                .refused_permissions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(session.id = %self.id, "too many pending permission requests; answering cancelled");
             return;
         }
@@ -707,6 +709,11 @@ impl SessionSink for Session {
             return;
         }
         st.agent = None;
+        // The child that asked is gone: its questions can no longer be answered.
+        let ids: Vec<String> = st.permissions.keys().cloned().collect();
+        for id in ids {
+            self.resolve(&mut st, &id, RequestPermissionOutcome::Cancelled, None);
+        }
         if exit.expected || st.life != Life::Active {
             return;
         }

@@ -110,6 +110,9 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
         let id = id.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
+            // The leader is gone; whatever it left in its group (tools, MCP servers) has no
+            // one to serve and would outlive the daemon: stop it, crash or not.
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let expected = stopping.load(Ordering::Acquire);
             let info = match status {
                 Ok(s) => {

@@ -121,9 +121,10 @@ fn read_file(path: &Path) -> Result<Table, ConfigError> {
     if let Some(Value::Array(ws)) = table.get_mut("workspaces") {
         for w in ws.iter_mut() {
             if let Value::String(s) = w
-                && Path::new(s.as_str()).is_relative() {
-                    *s = base.join(&*s).display().to_string();
-                }
+                && Path::new(s.as_str()).is_relative()
+            {
+                *s = base.join(&*s).display().to_string();
+            }
         }
     }
     Ok(table)

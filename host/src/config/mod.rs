@@ -132,7 +132,6 @@ impl Default for Limits {
     }
 }
 
-
 impl Config {
     /// Checks what types cannot: cross-field rules and ranges. Errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
