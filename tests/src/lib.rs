@@ -370,8 +370,10 @@ pub struct Frame {
 
 pub struct Sse {
     pub headers: reqwest::header::HeaderMap,
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    body: futures::stream::BoxStream<'static, Result<bytes::Bytes>>,
     buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a frame end (frames can be MiBs long).
+    scanned: usize,
     /// Comment lines seen (e.g. heartbeats) and `retry:` values.
     pub comments: Vec<String>,
     pub retry: Option<u64>,
@@ -381,11 +383,74 @@ impl Sse {
     fn new(r: reqwest::Response) -> Self {
         Self {
             headers: r.headers().clone(),
-            body: r.bytes_stream().boxed(),
+            body: r.bytes_stream().map(|c| c.map_err(Into::into)).boxed(),
             buf: Vec::new(),
+            scanned: 0,
             comments: Vec::new(),
             retry: None,
         }
+    }
+
+    /// A bare-socket subscriber with a chosen kernel receive buffer (HTTP/1.0, so the body is
+    /// the raw event stream up to EOF): tests control exactly how much an unread connection
+    /// can absorb, whatever the machine's socket defaults.
+    pub async fn open_raw(
+        d: &Daemon,
+        s: &SessionRef,
+        rcvbuf: u32,
+        resume: Option<(u64, &str)>,
+    ) -> Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(rcvbuf)?;
+        let mut sock = tokio::time::timeout(WAIT, socket.connect(([127, 0, 0, 1], d.port).into()))
+            .await
+            .context("connect")??;
+        let mut req = format!(
+            "GET /session/{}/events HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nX-Qwen-Client-Id: {}\r\n",
+            s.id, d.port, s.client_id
+        );
+        if let Some((last, epoch)) = resume {
+            req.push_str(&format!(
+                "Last-Event-ID: {last}\r\nX-Qwen-Event-Epoch: {epoch}\r\n"
+            ));
+        }
+        req.push_str("\r\n");
+        sock.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let head_end = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(i) = find(&buf, b"\r\n\r\n") {
+                    return Ok::<_, anyhow::Error>(i + 4);
+                }
+                if sock.read_buf(&mut buf).await? == 0 {
+                    bail!("connection closed in the response head");
+                }
+            }
+        })
+        .await
+        .context("response head")??;
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        if head.split_whitespace().nth(1) != Some("200") {
+            bail!("events -> {head}");
+        }
+        buf.drain(..head_end);
+        let body = futures::stream::unfold(sock, |mut sock| async move {
+            let mut chunk = Vec::with_capacity(64 * 1024);
+            match sock.read_buf(&mut chunk).await {
+                Ok(0) => None,
+                Ok(_) => Some((Ok(bytes::Bytes::from(chunk)), sock)),
+                Err(e) => Some((Err(e.into()), sock)),
+            }
+        });
+        Ok(Self {
+            headers: reqwest::header::HeaderMap::new(),
+            body: body.boxed(),
+            buf,
+            scanned: 0,
+            comments: Vec::new(),
+            retry: None,
+        })
     }
 
     /// The next frame with data, or None when the stream ended. Errors after `within`.
@@ -401,8 +466,10 @@ impl Sse {
 
     async fn next_frame(&mut self) -> Result<Option<Frame>> {
         loop {
-            if let Some(end) = find(&self.buf, b"\n\n") {
-                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let from = self.scanned.saturating_sub(1);
+            if let Some(i) = find(&self.buf[from..], b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..from + i + 2).collect();
+                self.scanned = 0;
                 let text = String::from_utf8(raw)?;
                 let (mut id, mut event, mut data) = (None, None, None);
                 for line in text.lines() {
@@ -423,6 +490,7 @@ impl Sse {
                 }
                 continue;
             }
+            self.scanned = self.buf.len();
             match self.body.next().await {
                 Some(chunk) => self.buf.extend_from_slice(&chunk?),
                 None => return Ok(None),

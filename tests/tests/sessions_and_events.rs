@@ -452,130 +452,6 @@ async fn ring_eviction_requires_resync_then_replays_what_is_retained() -> Result
 
 // ---- 4. slow subscriber eviction --------------------------------------------------------
 
-/// A bare-socket SSE subscriber with a chosen kernel receive buffer: small for the subscriber
-/// that must overflow its server-side queue, large for the one that must not, however long a
-/// busy machine delays its reads. HTTP/1.0, so the body is the raw event stream up to EOF.
-struct RawSse {
-    sock: tokio::net::TcpStream,
-    buf: Vec<u8>,
-    /// Bytes of `buf` already searched for a frame end.
-    scanned: usize,
-}
-
-impl RawSse {
-    async fn open(
-        d: &Daemon,
-        s: &SessionRef,
-        rcvbuf: u32,
-        resume: Option<(u64, &str)>,
-    ) -> Result<Self> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.set_recv_buffer_size(rcvbuf)?;
-        let mut sock = tokio::time::timeout(WAIT, socket.connect(([127, 0, 0, 1], d.port).into()))
-            .await
-            .context("connect")??;
-        let mut req = format!(
-            "GET /session/{}/events HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nX-Qwen-Client-Id: {}\r\n",
-            s.id, d.port, s.client_id
-        );
-        if let Some((last, epoch)) = resume {
-            req.push_str(&format!(
-                "Last-Event-ID: {last}\r\nX-Qwen-Event-Epoch: {epoch}\r\n"
-            ));
-        }
-        req.push_str("\r\n");
-        sock.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        let head_end = tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    return Ok::<_, anyhow::Error>(i + 4);
-                }
-                if sock.read_buf(&mut buf).await? == 0 {
-                    bail!("connection closed in the response head");
-                }
-            }
-        })
-        .await
-        .context("response head")??;
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        if head.split_whitespace().nth(1) != Some("200") {
-            bail!("events -> {head}");
-        }
-        buf.drain(..head_end);
-        Ok(Self {
-            sock,
-            buf,
-            scanned: 0,
-        })
-    }
-
-    /// The next frame with data, or None at EOF.
-    async fn next_within(&mut self, within: Duration) -> Result<Option<Frame>> {
-        tokio::time::timeout(within, self.next_frame())
-            .await
-            .map_err(|_| anyhow!("no SSE frame within {within:?}"))?
-    }
-
-    async fn next_frame(&mut self) -> Result<Option<Frame>> {
-        use tokio::io::AsyncReadExt;
-        loop {
-            let from = self.scanned.saturating_sub(1);
-            if let Some(i) = self.buf[from..].windows(2).position(|w| w == b"\n\n") {
-                let raw: Vec<u8> = self.buf.drain(..from + i + 2).collect();
-                self.scanned = 0;
-                let (mut id, mut event, mut data) = (None, None, None);
-                for line in std::str::from_utf8(&raw)?.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        id = Some(v.trim().parse::<u64>()?);
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        event = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = Some(serde_json::from_str::<Value>(v)?);
-                    }
-                }
-                if let (Some(event), Some(data)) = (event, data) {
-                    return Ok(Some(Frame { id, event, data }));
-                }
-                continue; // `retry:` or a comment
-            }
-            self.scanned = self.buf.len();
-            self.buf.reserve(64 * 1024);
-            if self.sock.read_buf(&mut self.buf).await? == 0 {
-                return Ok(None);
-            }
-        }
-    }
-
-    /// Reads until a frame satisfies `pred` (returned last), within `within` overall.
-    async fn until(
-        &mut self,
-        within: Duration,
-        pred: impl Fn(&Frame) -> bool,
-    ) -> Result<Vec<Frame>> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_within(left).await {
-                Ok(Some(f)) => {
-                    let done = pred(&f);
-                    seen.push(f);
-                    if done {
-                        return Ok(seen);
-                    }
-                }
-                Ok(None) => bail!(
-                    "stream ended before the awaited frame; saw {:?}",
-                    kinds(&seen)
-                ),
-                Err(e) => bail!("{e}; saw {:?}", kinds(&seen)),
-            }
-        }
-    }
-}
-
 fn turn_end(f: &Frame, prompt_id: &str) -> bool {
     is_event(f, "turn_complete", prompt_id) || is_event(f, "turn_error", prompt_id)
 }
@@ -594,8 +470,8 @@ async fn slow_subscriber_is_evicted_without_slowing_others() -> Result<()> {
         .await?;
     let s = d.create_session().await?;
     // Opened first and not read until the flood is over.
-    let mut slow = RawSse::open(&d, &s, 4 * 1024, None).await?;
-    let mut fast = RawSse::open(&d, &s, 8 << 20, None).await?;
+    let mut slow = Sse::open_raw(&d, &s, 4 * 1024, None).await?;
+    let mut fast = Sse::open_raw(&d, &s, 8 << 20, None).await?;
     let (pid, body) = prompt_ok(&d, &s, &format!("flood {CHUNKS} {SIZE}")).await?;
     let epoch = body["eventEpoch"].as_str().context("epoch")?.to_string();
 
@@ -651,7 +527,7 @@ async fn slow_subscriber_is_evicted_without_slowing_others() -> Result<()> {
     }
 
     // The evicted client reconnects with its last id and gets exactly the rest.
-    let mut back = RawSse::open(&d, &s, 8 << 20, Some((last_seen, &epoch))).await?;
+    let mut back = Sse::open_raw(&d, &s, 8 << 20, Some((last_seen, &epoch))).await?;
     let got = back.until(LONG, |f| f.event == "replay_complete").await?;
     let (done, replayed) = got.split_last().unwrap();
     assert_synthetic(done, "replay_complete");

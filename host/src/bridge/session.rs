@@ -551,9 +551,15 @@ impl Session {
 
     fn cancel_permissions(&self) {
         let mut st = self.lock();
+        self.cancel_pending(&mut st);
+    }
+
+    /// Answers every pending permission request `cancelled` (turn cancelled, session closed,
+    /// or the asking child gone).
+    fn cancel_pending(&self, st: &mut State) {
         let ids: Vec<String> = st.permissions.keys().cloned().collect();
         for id in ids {
-            self.resolve(&mut st, &id, RequestPermissionOutcome::Cancelled, None);
+            self.resolve(st, &id, RequestPermissionOutcome::Cancelled, None);
         }
     }
 
@@ -575,10 +581,7 @@ impl Session {
         if let Some(r) = &st.running {
             r.cancel.cancel();
         }
-        let ids: Vec<String> = st.permissions.keys().cloned().collect();
-        for id in ids {
-            self.resolve(&mut st, &id, RequestPermissionOutcome::Cancelled, None);
-        }
+        self.cancel_pending(&mut st);
         if shutdown {
             self.bus.publish(
                 "session_died",
@@ -710,10 +713,7 @@ impl SessionSink for Session {
         }
         st.agent = None;
         // The child that asked is gone: its questions can no longer be answered.
-        let ids: Vec<String> = st.permissions.keys().cloned().collect();
-        for id in ids {
-            self.resolve(&mut st, &id, RequestPermissionOutcome::Cancelled, None);
-        }
+        self.cancel_pending(&mut st);
         if exit.expected || st.life != Life::Active {
             return;
         }
