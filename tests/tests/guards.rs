@@ -561,38 +561,24 @@ async fn oversized_body_is_413_json() -> Result<()> {
 type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
 
 /// Runs `acpd serve <args>` with a clean environment (plus `env`); returns (exit code, stderr).
-fn run_acpd(args: &[&str], env: &[(&str, &str)]) -> Result<(Option<i32>, String)> {
-    let mut child = std::process::Command::new(acpd_bin())
+async fn run_acpd(args: &[&str], env: &[(&str, &str)]) -> Result<(Option<i32>, String)> {
+    let run = tokio::process::Command::new(acpd_bin())
         .arg("serve")
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output()?;
-            anyhow::bail!(
-                "acpd {args:?} did not exit; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output()?;
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .map_err(|_| anyhow::anyhow!("acpd {args:?} did not exit within 30 s"))??;
     Ok((out.status.code(), String::from_utf8(out.stderr)?))
 }
 
-fn assert_config_error(args: &[&str], env: &[(&str, &str)], key: &str) -> Result<()> {
-    let (code, stderr) = run_acpd(args, env)?;
+async fn assert_config_error(args: &[&str], env: &[(&str, &str)], key: &str) -> Result<()> {
+    let (code, stderr) = run_acpd(args, env).await?;
     assert_eq!(code, Some(2), "{args:?}: stderr {stderr:?}");
     let line = stderr.trim_end_matches('\n');
     assert!(!line.is_empty(), "{args:?}: empty stderr");
@@ -686,7 +672,7 @@ async fn invalid_config_exits_2_with_one_line_naming_the_key() -> Result<()> {
     ];
     for (args, env, key) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        assert_config_error(&args, env, key)?;
+        assert_config_error(&args, env, key).await?;
     }
     Ok(())
 }
