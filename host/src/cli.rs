@@ -146,7 +146,6 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::DemoAgent => run_async(async { acpd_demo_agent::run_stdio().await }),
         Command::Serve(args) => {
-            crate::telemetry::init_logging();
             let file = args
                 .config
                 .clone()

@@ -10,10 +10,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::http::{AppState, router};
+use crate::telemetry::Telemetry;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let bridge = Bridge::new(config.clone())?;
+    let telemetry = Telemetry::init(&config.telemetry).await?;
+    let bridge = Bridge::new(config.clone(), telemetry.child_env())?;
     let host = config
         .server
         .hostname
@@ -30,7 +32,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    let app = router(AppState::new(bridge.clone(), addr.port()));
+    let app = router(AppState::new(
+        bridge.clone(),
+        telemetry.clone(),
+        addr.port(),
+    ));
     bridge.start();
     // Tests and scripts read the bound address from this line (port 0 picks a free port).
     tracing::info!("acpd listening on http://{addr}");
@@ -77,6 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     bridge.kill_all();
     drain_task.abort();
     tracing::info!("acpd stopped");
+    telemetry.shutdown().await;
     Ok(())
 }
 

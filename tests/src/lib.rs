@@ -2,6 +2,8 @@
 //! as a child process speaking ACP over pipes) on 127.0.0.1 with a free port, and talks to it
 //! over HTTP and SSE. Every wait has a deadline.
 
+pub mod otlp;
+
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -35,6 +37,36 @@ pub fn acpd_bin() -> &'static Path {
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build -p acpd failed");
         dir.join("acpd")
+    })
+}
+
+/// Path of the standalone `acpd-demo-agent` binary, built once per test process (same
+/// profile as the tests).
+pub fn demo_agent_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "acpd-demo-agent",
+            "--bin",
+            "acpd-demo-agent",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p acpd-demo-agent failed");
+        dir.join("acpd-demo-agent")
     })
 }
 

@@ -2,6 +2,10 @@
 //!
 //! It speaks ACP v1 as an agent over this process's stdin/stdout. The first word of a prompt
 //! selects a scripted behaviour (see [`run_stdio`]); anything else is echoed back.
+//!
+//! With the standard OTLP environment set it also exports its own spans (see [`telemetry`]).
+
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::io;
@@ -32,6 +36,8 @@ use tokio::sync::mpsc;
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::telemetry::{Telemetry, TurnTrace};
+
 /// Name reported in `initialize`'s `agentInfo`.
 pub const AGENT_NAME: &str = "acpd-demo-agent";
 /// Exit code of the `crash` command.
@@ -53,7 +59,11 @@ type Cx = ConnectionTo<Client>;
 /// - `unknown`: sends the request `demo/unknownRequest` to the client and reports its answer.
 /// - `flood <n=100> [size=1024]`: n chunks of `size` 'x' bytes.
 /// - `env <NAME>`, `pwd`, `pid`, `stderr <text>`, `meta`: report process facts.
+///
+/// Must run inside a tokio runtime that outlives it (OTLP export, when enabled, uses it).
 pub async fn run_stdio() -> anyhow::Result<()> {
+    // Built first and inside the runtime; `None` (nothing built) without the OTLP env.
+    let telemetry = Telemetry::from_env().map(Arc::new);
     // We own stdout through one writer task so that `crash` can exit right after its last
     // line is flushed, without racing the SDK's own writes.
     let (out_tx, out_rx) = mpsc::channel::<Out>(64);
@@ -74,6 +84,7 @@ pub async fn run_stdio() -> anyhow::Result<()> {
         out: out_tx.clone(),
     });
     let (s1, s2, s3, s4) = (state.clone(), state.clone(), state.clone(), state.clone());
+    let tel = telemetry.clone();
 
     let served = Agent
         .v1()
@@ -117,6 +128,12 @@ pub async fn run_stdio() -> anyhow::Result<()> {
                         Error::invalid_params().data(json!({ "unknownSessionId": req.session_id })),
                     );
                 };
+                let trace = TurnTrace::start(
+                    tel.as_deref(),
+                    req.meta.as_ref(),
+                    &req.session_id.to_string(),
+                    &prompt_text(&req),
+                );
                 let turn = Turn {
                     cx: cx.clone(),
                     state: s3.clone(),
@@ -126,11 +143,19 @@ pub async fn run_stdio() -> anyhow::Result<()> {
                         session: session_cancel,
                         request: responder.cancellation(),
                     },
+                    trace: trace.clone(),
                 };
+                let telemetry = tel.clone();
                 // The turn talks to the client (fs, permission), so it must run outside the
                 // dispatch loop; awaiting those answers here would deadlock.
                 cx.spawn(async move {
-                    log_err(responder.respond_with_result(turn.run(req).await));
+                    let result = turn.run(req).await;
+                    trace.finish(&result);
+                    log_err(responder.respond_with_result(result));
+                    // The turn's spans leave now, not at the next batch tick (bounded).
+                    if let Some(telemetry) = &telemetry {
+                        telemetry.flush().await;
+                    }
                     // An Err here would tear down the whole connection.
                     Ok(())
                 })
@@ -150,7 +175,11 @@ pub async fn run_stdio() -> anyhow::Result<()> {
     drop(state);
     // Stop after everything queued so far has been written.
     let _ = out_tx.send(Out::Stop).await;
-    writer.await??;
+    let written = writer.await;
+    if let Some(telemetry) = &telemetry {
+        telemetry.shutdown().await;
+    }
+    written??;
     served.map_err(|e| anyhow::anyhow!("ACP connection failed: {e}"))
 }
 
@@ -249,6 +278,7 @@ struct Turn {
     session_id: SessionId,
     cwd: PathBuf,
     cancel: TurnCancel,
+    trace: TurnTrace,
 }
 
 type TurnResult = Result<PromptResponse, Error>;
@@ -266,20 +296,24 @@ fn split_word(s: &str) -> (&str, &str) {
     }
 }
 
+/// The prompt's text blocks, concatenated.
+fn prompt_text(req: &PromptRequest) -> String {
+    req.prompt
+        .iter()
+        .filter_map(|block| match block {
+            ContentBlock::Text(t) => Some(t.text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn fs_error(e: &Error) -> String {
     format!("{} (code {})", e.message, e.code.value())
 }
 
 impl Turn {
     async fn run(self, req: PromptRequest) -> TurnResult {
-        let text: String = req
-            .prompt
-            .iter()
-            .filter_map(|block| match block {
-                ContentBlock::Text(t) => Some(t.text.as_str()),
-                _ => None,
-            })
-            .collect();
+        let text = prompt_text(&req);
         let (command, rest) = split_word(&text);
         let (arg, tail) = split_word(rest);
         match command.to_lowercase().as_str() {
@@ -325,8 +359,13 @@ impl Turn {
         self.update(SessionUpdate::AgentMessageChunk(ContentChunk::new(block)))
     }
 
+    /// Says `text` as the turn's one generated reply and ends the turn.
     fn reply(&self, text: impl Into<String>) -> TurnResult {
+        let text = text.into();
+        let mut llm = self.trace.chat();
+        llm.output(&text);
         self.say(text)?;
+        llm.finish("stop");
         done(StopReason::EndTurn)
     }
 
@@ -346,9 +385,13 @@ impl Turn {
     fn echo(&self, text: &str) -> TurnResult {
         let reply = format!("Hello from the demo agent. You said: {text}");
         let words: Vec<&str> = reply.split_inclusive(' ').collect();
+        let mut llm = self.trace.chat();
         for chunk in words.chunks(words.len().div_ceil(4)) {
-            self.say(chunk.concat())?;
+            let chunk = chunk.concat();
+            llm.output(&chunk);
+            self.say(chunk)?;
         }
+        llm.finish("stop");
         done(StopReason::EndTurn)
     }
 
@@ -360,6 +403,7 @@ impl Turn {
             .status(ToolCallStatus::Pending)
             .locations(vec![ToolCallLocation::new(&path)])
             .raw_input(json!({ "path": path }));
+        let tool = self.trace.tool("read_file", &id);
         self.update(SessionUpdate::ToolCall(call))?;
         self.set_status(&id, ToolCallStatus::InProgress)?;
 
@@ -373,11 +417,13 @@ impl Turn {
                         .status(ToolCallStatus::Completed)
                         .content(content),
                 )?;
+                tool.completed();
                 let n = file.content.len();
                 self.reply(format!("Read {n} bytes from {rel}: {}", file.content))
             }
             Err(e) => {
                 self.set_status(&id, ToolCallStatus::Failed)?;
+                tool.failed("fs_error", fs_error(&e));
                 self.reply(format!("Read failed: {}", fs_error(&e)))
             }
         }
@@ -392,6 +438,8 @@ impl Turn {
             .content(vec![Diff::new(&path, content).into()])
             .locations(vec![ToolCallLocation::new(&path)])
             .raw_input(json!({ "path": path, "content": content }));
+        // The tool run includes asking for permission.
+        let tool = self.trace.tool("write_file", &id);
         self.update(SessionUpdate::ToolCall(call.clone()))?;
 
         let options = vec![
@@ -404,6 +452,7 @@ impl Turn {
             Ok(answer) => answer.outcome,
             Err(e) => {
                 self.set_status(&id, ToolCallStatus::Failed)?;
+                tool.failed("permission_error", fs_error(&e));
                 return self.reply(format!("Permission failed: {}", fs_error(&e)));
             }
         };
@@ -415,10 +464,12 @@ impl Turn {
         match allowed {
             None => {
                 self.set_status(&id, ToolCallStatus::Failed)?;
+                tool.failed("cancelled", "cancelled while asking permission");
                 done(StopReason::Cancelled)
             }
             Some(false) => {
                 self.set_status(&id, ToolCallStatus::Failed)?;
+                tool.failed("permission_rejected", "permission rejected");
                 self.reply("Permission rejected")
             }
             Some(true) => {
@@ -427,10 +478,12 @@ impl Turn {
                 match self.cx.send_request(request).block_task().await {
                     Ok(_) => {
                         self.set_status(&id, ToolCallStatus::Completed)?;
+                        tool.completed();
                         self.reply(format!("Wrote {} bytes to {rel}", content.len()))
                     }
                     Err(e) => {
                         self.set_status(&id, ToolCallStatus::Failed)?;
+                        tool.failed("fs_error", fs_error(&e));
                         self.reply(format!("Write failed: {}", fs_error(&e)))
                     }
                 }
@@ -439,6 +492,7 @@ impl Turn {
     }
 
     async fn slow(&self, n: u64, every: Duration) -> TurnResult {
+        let mut llm = self.trace.chat();
         for i in 1..=n {
             if i > 1 {
                 tokio::select! {
@@ -447,10 +501,14 @@ impl Turn {
                 }
             }
             if self.cancel.is_cancelled() {
+                llm.finish("cancelled");
                 return done(StopReason::Cancelled);
             }
-            self.say(format!("tick {i} "))?;
+            let tick = format!("tick {i} ");
+            llm.output(&tick);
+            self.say(tick)?;
         }
+        llm.finish("stop");
         done(StopReason::EndTurn)
     }
 
@@ -487,9 +545,12 @@ impl Turn {
 
     fn flood(&self, n: u64, size: usize) -> TurnResult {
         let chunk = "x".repeat(size);
+        let mut llm = self.trace.chat();
         for _ in 0..n {
+            llm.output(&chunk);
             self.say(chunk.clone())?;
         }
+        llm.finish("stop");
         done(StopReason::EndTurn)
     }
 }

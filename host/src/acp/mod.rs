@@ -28,6 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::child::{self, ChildProc, ExitInfo, SpawnSpec};
 use crate::error::ApiError;
 use crate::telemetry::sanitize::sanitize;
+use crate::telemetry::semconv::*;
+use crate::telemetry::{propagation, spans};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 
 /// The bridge's side of a routed ACP session. Calls come from the dispatch loop: return fast.
 pub trait SessionSink: Send + Sync {
@@ -238,6 +242,17 @@ impl AgentConn {
                 .map_err(|e| rpc_text(&e))?;
             Ok::<_, String>((cx, resp))
         };
+        let init_span = spans::start(
+            "child.initialize",
+            SpanKind::Client,
+            &Context::current(),
+            vec![
+                KeyValue::new(RPC_SYSTEM, "jsonrpc"),
+                KeyValue::new(RPC_METHOD, "initialize"),
+                KeyValue::new(CHILD_ID, child.id.clone()),
+                KeyValue::new(PROCESS_PID, i64::from(child.pid)),
+            ],
+        );
         let result = match tokio::time::timeout(t.init, handshake).await {
             Ok(r) => r,
             Err(_) => Err(format!(
@@ -261,7 +276,10 @@ impl AgentConn {
                 if let Some(last) = child.stderr_tail().last() {
                     msg.push_str(&format!("; last stderr line: {last}"));
                 }
-                return Err(ApiError::agent_unavailable(sanitize(&msg)));
+                let msg = sanitize(&msg);
+                spans::fail(&init_span, msg.clone());
+                spans::end(&init_span);
+                return Err(ApiError::agent_unavailable(msg));
             }
         };
         let info = AgentInfo {
@@ -272,6 +290,12 @@ impl AgentConn {
                 .unwrap_or_else(|| spec.program.clone()),
             load_session: resp.agent_capabilities.load_session,
         };
+        spans::set(&init_span, KeyValue::new(AGENT_NAME, info.name.clone()));
+        spans::set(
+            &init_span,
+            KeyValue::new(AGENT_LOAD_SESSION, info.load_session),
+        );
+        spans::end(&init_span);
         tracing::info!(child.id = %child.id, agent = %info.name, load_session = info.load_session, "agent initialised");
         Ok(Arc::new(Self {
             child,
@@ -316,14 +340,21 @@ impl AgentConn {
         meta: Meta,
         deadline: Duration,
     ) -> Result<String, ApiError> {
+        let (span, meta) = self.client_span("session/new", None, meta);
         let req = NewSessionRequest::new(cwd).meta(meta);
         let resp = self
             .call(
                 self.cx.send_request(req).block_task(),
                 deadline,
                 "session/new",
+                &span,
             )
             .await?;
+        spans::set(
+            &span,
+            KeyValue::new(SESSION_ID, resp.session_id.to_string()),
+        );
+        spans::end(&span);
         Ok(resp.session_id.to_string())
     }
 
@@ -334,17 +365,68 @@ impl AgentConn {
         meta: Meta,
         deadline: Duration,
     ) -> Result<(), ApiError> {
+        let (span, meta) = self.client_span("session/load", Some(id), meta);
         let req = LoadSessionRequest::new(SessionId::new(id), cwd).meta(meta);
-        self.call(
-            self.cx.send_request(req).block_task(),
-            deadline,
-            "session/load",
-        )
-        .await
-        .map(|_| ())
+        let r = self
+            .call(
+                self.cx.send_request(req).block_task(),
+                deadline,
+                "session/load",
+                &span,
+            )
+            .await;
+        spans::end(&span);
+        r.map(|_| ())
+    }
+
+    /// An `acp <method>` CLIENT span under the current context, and `meta` carrying it.
+    fn client_span(
+        &self,
+        method: &'static str,
+        session: Option<&str>,
+        mut meta: Meta,
+    ) -> (Context, Meta) {
+        let mut attrs = vec![
+            KeyValue::new(RPC_SYSTEM, "jsonrpc"),
+            KeyValue::new(RPC_METHOD, method),
+            KeyValue::new(CHILD_ID, self.child.id.clone()),
+        ];
+        if let Some(s) = session {
+            attrs.push(KeyValue::new(SESSION_ID, s.to_string()));
+        }
+        let span = spans::start(
+            format!("acp {method}"),
+            SpanKind::Client,
+            &Context::current(),
+            attrs,
+        );
+        propagation::inject_meta(&span, &mut meta, crate::telemetry::meta_keys());
+        (span, meta)
     }
 
     async fn call<T>(
+        &self,
+        fut: impl Future<Output = Result<T, agent_client_protocol::Error>>,
+        deadline: Duration,
+        method: &str,
+        span: &Context,
+    ) -> Result<T, ApiError> {
+        let r = self.call_inner(fut, deadline, method).await;
+        if let Err(e) = &r {
+            spans::set(span, KeyValue::new(ERROR_TYPE, e.code));
+            if let Some(code) = e.context.get("rpcCode").and_then(Value::as_i64) {
+                spans::set(span, KeyValue::new(RPC_JSONRPC_ERROR_CODE, code));
+                spans::set(
+                    span,
+                    KeyValue::new(RPC_JSONRPC_ERROR_MESSAGE, e.message.clone()),
+                );
+            }
+            spans::fail(span, e.message.clone());
+        }
+        r
+    }
+
+    async fn call_inner<T>(
         &self,
         fut: impl Future<Output = Result<T, agent_client_protocol::Error>>,
         deadline: Duration,

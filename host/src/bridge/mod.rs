@@ -3,6 +3,7 @@
 mod agents;
 pub mod events;
 pub mod session;
+mod trace;
 
 pub use agents::AgentPool;
 pub use session::{Life, Prompt, Session, SessionLimits};
@@ -19,7 +20,12 @@ use crate::acp::Timeouts;
 use crate::child::{SpawnSpec, child_env};
 use crate::config::{ChildScope, Config, ConfigError};
 use crate::error::ApiError;
+use crate::telemetry::semconv::*;
+use crate::telemetry::{metrics, spans};
 use events::{BusLimits, EventBus};
+use opentelemetry::KeyValue;
+use opentelemetry::context::FutureExt;
+use opentelemetry::trace::SpanKind;
 
 pub struct Workspace {
     pub id: String,
@@ -65,7 +71,11 @@ pub struct Created {
 }
 
 impl Bridge {
-    pub fn new(config: Arc<Config>) -> Result<Arc<Self>, ConfigError> {
+    /// `child_env`: telemetry variables for the agent children, and names they must not inherit.
+    pub fn new(
+        config: Arc<Config>,
+        telemetry_env: (Vec<(String, String)>, Vec<String>),
+    ) -> Result<Arc<Self>, ConfigError> {
         let paths = if config.workspaces.is_empty() {
             vec![
                 std::env::current_dir()
@@ -75,11 +85,18 @@ impl Bridge {
             config.workspaces.clone()
         };
         let (program, args) = agent_command(&config)?;
+        let (otel_env, otel_remove) = telemetry_env;
+        let mut remove = config.agent.env_remove.clone();
+        remove.extend(otel_remove);
+        let mut extra = config.agent.env.clone();
+        for (k, v) in otel_env {
+            extra.entry(k).or_insert(v); // an operator's [agent.env] wins
+        }
         let env = child_env(
             std::env::vars(),
             config.server.token.as_deref(),
-            &config.agent.env_remove,
-            &config.agent.env,
+            &remove,
+            &extra,
         );
         let mut workspaces = Vec::new();
         for (i, p) in paths.iter().enumerate() {
@@ -313,6 +330,20 @@ impl Bridge {
     }
 
     async fn new_session(&self, ws: &Arc<Workspace>, meta: Meta) -> Result<Arc<Session>, ApiError> {
+        let span = bridge_span("session.new", ws, None);
+        let r = self
+            .new_session_traced(ws, meta)
+            .with_context(span.clone())
+            .await;
+        close_span(&span, r.as_ref().map(|s| s.id.as_str()));
+        r
+    }
+
+    async fn new_session_traced(
+        &self,
+        ws: &Arc<Workspace>,
+        meta: Meta,
+    ) -> Result<Arc<Session>, ApiError> {
         self.check_capacity(ws)?;
         let conn = ws.agents.acquire().await?;
         let created = conn
@@ -337,7 +368,7 @@ impl Bridge {
         conn.register(&id, session.sink(), false);
         session.bind(conn);
         self.insert(session.clone())?;
-        tracing::info!(session.id = %id, workspace.id = %ws.id, "session created");
+        tracing::info!(name: "acpd.session.create", target: "acpd::bridge", { "session.id" = %id, "acpd.workspace.id" = %ws.id }, "session created");
         Ok(session)
     }
 
@@ -350,6 +381,10 @@ impl Bridge {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(session.id.clone(), session.clone());
+        metrics().session_active.add(
+            1,
+            &[KeyValue::new(WORKSPACE_ID, session.workspace.id.clone())],
+        );
         session.start_runner();
         Ok(())
     }
@@ -362,6 +397,24 @@ impl Bridge {
         ws: Option<Arc<Workspace>>,
     ) -> Result<Arc<Session>, ApiError> {
         self.admit()?;
+        let span = bridge_span(
+            "session.load",
+            ws.as_ref().unwrap_or(self.primary()),
+            Some(id),
+        );
+        let r = self
+            .load_session_traced(id, ws)
+            .with_context(span.clone())
+            .await;
+        close_span(&span, r.as_ref().map(|s| s.id.as_str()));
+        r
+    }
+
+    async fn load_session_traced(
+        &self,
+        id: &str,
+        ws: Option<Arc<Workspace>>,
+    ) -> Result<Arc<Session>, ApiError> {
         if let Ok(s) = self.session(id) {
             s.ensure_agent(true).await?;
             return Ok(s);
@@ -392,6 +445,12 @@ impl Bridge {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id)
             .ok_or_else(|| ApiError::session_not_found(id))?;
+        let span = bridge_span("session.close", &session.workspace, Some(id));
+        spans::end(&span);
+        metrics().session_active.add(
+            -1,
+            &[KeyValue::new(WORKSPACE_ID, session.workspace.id.clone())],
+        );
         {
             let mut d = session
                 .workspace
@@ -408,7 +467,7 @@ impl Bridge {
             let grace = Duration::from_millis(self.config.agent.stop_grace_ms);
             tokio::spawn(async move { agent.shutdown(grace).await });
         }
-        tracing::info!(session.id = %id, "session closed");
+        tracing::info!(name: "acpd.session.close", target: "acpd::bridge", { "session.id" = %id }, "session closed");
         Ok(())
     }
 
@@ -434,6 +493,37 @@ impl Bridge {
     pub fn live_children(&self) -> usize {
         self.workspaces.iter().map(|w| w.agents.live().len()).sum()
     }
+}
+
+fn bridge_span(
+    operation: &'static str,
+    ws: &Workspace,
+    session: Option<&str>,
+) -> opentelemetry::Context {
+    let mut attrs = vec![
+        KeyValue::new(BRIDGE_OPERATION, operation),
+        KeyValue::new(WORKSPACE_ID, ws.id.clone()),
+    ];
+    if let Some(s) = session {
+        attrs.push(KeyValue::new(SESSION_ID, s.to_string()));
+    }
+    spans::start(
+        format!("bridge {operation}"),
+        SpanKind::Internal,
+        &opentelemetry::Context::current(),
+        attrs,
+    )
+}
+
+fn close_span(span: &opentelemetry::Context, result: Result<&str, &ApiError>) {
+    match result {
+        Ok(id) => spans::set(span, KeyValue::new(SESSION_ID, id.to_string())),
+        Err(e) => {
+            spans::set(span, KeyValue::new(ERROR_TYPE, e.code));
+            spans::fail(span, e.message.clone());
+        }
+    }
+    spans::end(span);
 }
 
 /// The agent command line, or the built-in demo agent (this executable's `demo-agent`).

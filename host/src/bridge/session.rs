@@ -14,9 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::Workspace;
 use super::events::{EventBus, now_ms};
+use super::trace::{self, TurnTrace};
 use crate::acp::{AgentConn, PromptError, SessionSink};
 use crate::child::ExitInfo;
 use crate::error::{ApiError, client_visible};
+use crate::telemetry::semconv::PERMISSION_DECISION;
+use crate::telemetry::{propagation, spans};
+use opentelemetry::KeyValue;
 
 /// An agent asking more than this many questions at once gets `cancelled` for the excess.
 const MAX_PENDING_PERMISSIONS: usize = 64;
@@ -68,6 +72,7 @@ pub struct Prompt {
     pub originator: Option<String>,
     text: String,
     queued_at: u64,
+    trace: Option<TurnTrace>,
 }
 
 struct Running {
@@ -78,11 +83,13 @@ struct Running {
     cancel: CancellationToken,
     /// Set when the child died during this turn: the runner reports it after `turn_error`.
     death: Option<ExitInfo>,
+    trace: TurnTrace,
 }
 
 struct Pending {
     options: Vec<String>,
     reply: oneshot::Sender<RequestPermissionOutcome>,
+    span: opentelemetry::Context,
 }
 
 impl Prompt {
@@ -102,6 +109,7 @@ impl Prompt {
             originator,
             text,
             queued_at: now_ms(),
+            trace: None,
         }
     }
 }
@@ -220,7 +228,9 @@ impl Session {
             .retry_after(1));
         }
         let last = self.bus.last_id();
+        let mut prompt = prompt;
         let id = prompt.id.clone();
+        prompt.trace = Some(TurnTrace::admit(&self.id, &id));
         self.bus.publish(
             "pending_prompt_added",
             Some(&id),
@@ -283,6 +293,11 @@ impl Session {
     /// Cancels the running prompt only; queued prompts run afterwards. Returns its id.
     pub fn cancel_running(&self) -> Option<String> {
         let st = self.lock();
+        trace::linked_operation(
+            "session.cancel",
+            &self.id,
+            st.running.as_ref().map(|r| &r.trace.dispatch),
+        );
         let r = st.running.as_ref()?;
         if !r.cancel.is_cancelled() {
             self.bus.publish(
@@ -304,8 +319,12 @@ impl Session {
                     if st.life == Life::Closed {
                         return;
                     }
-                    if let Some(p) = st.queue.pop_front() {
+                    if let Some(mut p) = st.queue.pop_front() {
                         let cancel = CancellationToken::new();
+                        let trace = p
+                            .trace
+                            .take()
+                            .unwrap_or_else(|| TurnTrace::admit(&self.id, &p.id));
                         st.running = Some(Running {
                             id: p.id.clone(),
                             text: p.text.clone(),
@@ -313,6 +332,7 @@ impl Session {
                             originator: p.originator.clone(),
                             cancel: cancel.clone(),
                             death: None,
+                            trace,
                         });
                         break (p, cancel);
                     }
@@ -357,6 +377,16 @@ impl Session {
             );
         }
         let agent = self.ensure_agent(true).await?;
+        let acp_cx = {
+            let mut st = self.lock();
+            match st.running.as_mut() {
+                Some(r) => r.trace.start(&self.id, &agent.child.id),
+                None => opentelemetry::Context::new(),
+            }
+        };
+        let mut meta = meta;
+        propagation::inject_meta(&acp_cx, &mut meta, crate::telemetry::meta_keys());
+        agent.child.set_turn(Some(acp_cx));
         let turn = agent.prompt(&self.id, blocks, meta);
         tokio::pin!(turn);
         let deadline = tokio::time::sleep(self.limits.turn_timeout);
@@ -366,10 +396,15 @@ impl Session {
         let mut cancelling = false;
         loop {
             tokio::select! {
-                r = &mut turn => return r.map_err(|e| match e {
+                r = &mut turn => {
+                    if matches!(r, Err(PromptError::AgentGone)) {
+                        self.note_death(&agent).await;
+                    }
+                    return r.map_err(|e| match e {
                     PromptError::AgentGone => ApiError::new(502, "agent_exited", "The agent process exited during the turn"),
                     PromptError::Rpc { code, message } => ApiError::new(502, "agent_error", message).with("rpcCode", code),
-                }),
+                    });
+                }
                 _ = cancel.cancelled(), if !cancelling => {
                     cancelling = true;
                     self.cancel_permissions();
@@ -394,7 +429,19 @@ impl Session {
         end: Result<String, ApiError>,
     ) {
         let mut st = self.lock();
-        let death = st.running.take().and_then(|r| r.death);
+        let (death, trace) = match st.running.take() {
+            Some(r) => (r.death, Some(r.trace)),
+            None => (None, None),
+        };
+        if let Some(mut trace) = trace {
+            trace.finish(&end, death);
+        }
+        if let Some(a) = &st.agent {
+            a.child.set_turn(None);
+        }
+        // A question of a turn that is over can no longer be answered (the agent crashed or
+        // timed out while asking): resolve it before the turn's end is announced.
+        self.cancel_pending(&mut st);
         let pid = Some(prompt_id);
         match &end {
             Ok(stop) => {
@@ -426,11 +473,28 @@ impl Session {
         }
     }
 
+    /// The turn lost its child: wait (briefly) for the exit status, so the turn's end reports
+    /// how the child died, whichever of the pipe and the exit was noticed first.
+    async fn note_death(&self, agent: &AgentConn) {
+        let exit = tokio::time::timeout(Duration::from_secs(2), agent.child.exited()).await;
+        if let Ok(exit) = exit.map(|e| ExitInfo {
+            expected: agent.child.exit_info().is_some_and(|i| i.expected),
+            ..e
+        }) && !exit.expected
+        {
+            let mut st = self.lock();
+            if let Some(r) = st.running.as_mut() {
+                r.death.get_or_insert(exit);
+            }
+        }
+    }
+
     fn report_death(&self, st: &mut State, exit: ExitInfo) {
         if st.life == Life::Closed {
             return;
         }
         st.life = Life::Died;
+        tracing::warn!(name: "acpd.session.die", target: "acpd::bridge", { "session.id" = %self.id, "process.exit.code" = i64::from(exit.code.unwrap_or(-1)) }, "session lost its agent child");
         let signal = exit
             .signal
             .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
@@ -474,6 +538,13 @@ impl Session {
             return Err(e);
         }
         tracing::info!(session.id = %self.id, child.id = %conn.child.id, "session restored on a new child");
+        crate::telemetry::metrics().child_lifecycle.add(
+            1,
+            &[KeyValue::new(
+                crate::telemetry::semconv::CHILD_EVENT,
+                "restart",
+            )],
+        );
         self.bind(conn.clone());
         Ok(conn)
     }
@@ -525,6 +596,11 @@ impl Session {
             Some(o) => RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(o)),
             None => RequestPermissionOutcome::Cancelled,
         };
+        trace::linked_operation(
+            "permission.vote",
+            &self.id,
+            st.running.as_ref().map(|r| &r.trace.dispatch),
+        );
         self.resolve(&mut st, request_id, outcome, voter);
         Ok(())
     }
@@ -537,6 +613,13 @@ impl Session {
         voter: Option<&str>,
     ) {
         if let Some(p) = st.permissions.remove(request_id) {
+            let decision = match &outcome {
+                RequestPermissionOutcome::Selected(s) => s.option_id.to_string(),
+                _ if voter.is_none() => "cancelled_by_daemon".to_string(),
+                _ => "cancelled".to_string(),
+            };
+            spans::set(&p.span, KeyValue::new(PERMISSION_DECISION, decision));
+            spans::end(&p.span);
             let shown = serde_json::to_value(&outcome).unwrap_or(Value::Null);
             let _ = p.reply.send(outcome);
             let prompt = st.running.as_ref().map(|r| r.id.clone());
@@ -637,7 +720,10 @@ impl Session {
 
 impl SessionSink for Session {
     fn update(&self, notification: Value) {
-        let st = self.lock();
+        let mut st = self.lock();
+        if let (Some(r), Some(update)) = (st.running.as_mut(), notification.get("update")) {
+            r.trace.observe(&self.id, update);
+        }
         let (prompt, originator) = st
             .running
             .as_ref()
@@ -658,6 +744,13 @@ impl SessionSink for Session {
     ) {
         let request_id = uuid::Uuid::new_v4().to_string();
         let mut st = self.lock();
+        let parent = st
+            .running
+            .as_ref()
+            .map_or_else(opentelemetry::Context::current, |r| {
+                r.trace.parent().clone()
+            });
+        let span = trace::permission_wait(&parent, &self.id, &request_id);
         if st.life == Life::Closed {
             return; // dropping `reply` answers cancelled
         }
@@ -674,8 +767,14 @@ impl SessionSink for Session {
             .iter()
             .map(|o| o.option_id.to_string())
             .collect();
-        st.permissions
-            .insert(request_id.clone(), Pending { options, reply });
+        st.permissions.insert(
+            request_id.clone(),
+            Pending {
+                options,
+                reply,
+                span,
+            },
+        );
         let prompt = st.running.as_ref().map(|r| r.id.clone());
         let originator = st.running.as_ref().and_then(|r| r.originator.clone());
         self.bus.publish(

@@ -20,6 +20,10 @@ use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 
 use crate::telemetry::sanitize::sanitize;
+use crate::telemetry::semconv::*;
+use crate::telemetry::{metrics, propagation, spans};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 
 const STDERR_TAIL: usize = 20;
 const STDERR_LINE_MAX: usize = 8192;
@@ -48,16 +52,52 @@ pub struct ChildProc {
     exit: watch::Receiver<Option<ExitInfo>>,
     stopping: Arc<AtomicBool>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The trace context of the turn this child is running, for its stderr log records.
+    turn: Arc<Mutex<Option<Context>>>,
 }
 
 static NEXT_CHILD: AtomicU64 = AtomicU64::new(1);
 
+/// Spawns the agent under a `child.spawn` span (a child of the current context), whose trace
+/// context the process gets as `TRACEPARENT`/`TRACESTATE`.
 pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildStdout)> {
+    let exe = std::path::Path::new(&spec.program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let span = spans::start(
+        "child.spawn",
+        SpanKind::Internal,
+        &Context::current(),
+        vec![KeyValue::new(PROCESS_EXECUTABLE_NAME, exe.clone())],
+    );
+    let result = spawn_process(spec, &span);
+    match &result {
+        Ok((c, _, _)) => {
+            spans::set(&span, KeyValue::new(PROCESS_PID, i64::from(c.pid)));
+            spans::set(&span, KeyValue::new(CHILD_ID, c.id.clone()));
+            metrics()
+                .child_lifecycle
+                .add(1, &[KeyValue::new(CHILD_EVENT, "spawn")]);
+            let _g = span.clone().attach();
+            tracing::info!(name: "acpd.child.spawn", target: "acpd::child", { "acpd.child.id" = %c.id, "process.pid" = i64::from(c.pid), "process.executable.name" = %exe, cwd = %spec.cwd.display() }, "agent child spawned");
+        }
+        Err(e) => spans::fail(&span, format!("spawn failed: {e}")),
+    }
+    spans::end(&span);
+    result
+}
+
+fn spawn_process(
+    spec: &SpawnSpec,
+    span: &Context,
+) -> std::io::Result<(ChildProc, ChildStdin, ChildStdout)> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .envs(propagation::env(span))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,8 +121,10 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
     let stderr = child.stderr.take();
 
     let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    let turn: Arc<Mutex<Option<Context>>> = Arc::default();
     if let Some(stderr) = stderr {
         let tail = stderr_tail.clone();
+        let turn = turn.clone();
         let id = id.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr);
@@ -93,7 +135,9 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
                     break;
                 }
                 let line = sanitize(String::from_utf8_lossy(&buf).trim_end());
-                tracing::info!(target: "acpd::child::stderr", child = %id, "{line}");
+                let cx = turn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let _g = cx.map(Context::attach);
+                tracing::info!(name: "acpd.child.stderr", target: "acpd::child::stderr", { "acpd.child.id" = %id }, "{line}");
                 let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if t.len() == STDERR_TAIL {
                     t.pop_front();
@@ -129,15 +173,25 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
                     expected,
                 },
             };
+            metrics().child_lifecycle.add(
+                1,
+                &[
+                    KeyValue::new(CHILD_EVENT, "exit"),
+                    KeyValue::new(CHILD_EXPECTED, expected),
+                ],
+            );
+            let (code, signal) = (
+                i64::from(info.code.unwrap_or(-1)),
+                i64::from(info.signal.unwrap_or(0)),
+            );
             if expected {
-                tracing::debug!(child.id = %id, ?info, "agent child exited");
+                tracing::info!(name: "acpd.child.exit", target: "acpd::child", { "acpd.child.id" = %id, "process.exit.code" = code, "acpd.process.signal" = signal, "acpd.child.expected" = true }, "agent child exited");
             } else {
-                tracing::warn!(child.id = %id, code = ?info.code, signal = ?info.signal, "agent child exited unexpectedly");
+                tracing::warn!(name: "acpd.child.exit", target: "acpd::child", { "acpd.child.id" = %id, "process.exit.code" = code, "acpd.process.signal" = signal, "acpd.child.expected" = false }, "agent child exited unexpectedly");
             }
             let _ = exit_tx.send(Some(info));
         });
     }
-    tracing::info!(child.id = %id, pid, program = %spec.program, cwd = %spec.cwd.display(), "agent child spawned");
     Ok((
         ChildProc {
             id,
@@ -145,6 +199,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
             exit: exit_rx,
             stopping,
             stderr_tail,
+            turn,
         },
         stdin,
         stdout,
@@ -178,6 +233,11 @@ async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
 }
 
 impl ChildProc {
+    /// Attributes this child's stderr lines to a running turn (None between turns).
+    pub fn set_turn(&self, cx: Option<Context>) {
+        *self.turn.lock().unwrap_or_else(|p| p.into_inner()) = cx;
+    }
+
     pub fn exit_info(&self) -> Option<ExitInfo> {
         *self.exit.borrow()
     }

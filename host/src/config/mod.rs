@@ -20,6 +20,67 @@ pub struct Config {
     pub workspaces: Vec<PathBuf>,
     pub agent: AgentConfig,
     pub limits: Limits,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: OTLP export and the embedded trace view. Standard `OTEL_*` env vars also
+/// apply and win over this section (the exporters read them directly).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// false: no spans, metrics or OTel logs at all (also `OTEL_SDK_DISABLED=true`).
+    pub enabled: bool,
+    /// OTLP endpoint (HTTP: base URL, `/v1/<signal>` is appended; gRPC: `http://host:4317`).
+    /// Unset and no `OTEL_EXPORTER_OTLP_*ENDPOINT` env: nothing leaves the process.
+    pub endpoint: Option<String>,
+    /// `grpc`, `http/protobuf` (default) or `http/json`.
+    pub protocol: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    /// Per-export timeout (the exporter's only bound; `OTEL_EXPORTER_OTLP_TIMEOUT` wins).
+    pub timeout_ms: Option<u64>,
+    pub service_name: Option<String>,
+    /// All three signals are flushed in parallel within this deadline at shutdown.
+    pub shutdown_timeout_ms: u64,
+    /// How often spans are batched out (`OTEL_BSP_SCHEDULE_DELAY` wins).
+    pub span_delay_ms: u64,
+    /// How often metrics are pushed over OTLP (`OTEL_METRIC_EXPORT_INTERVAL` wins).
+    pub metric_interval_ms: Option<u64>,
+    /// `_meta` keys that carry the trace context into the agent (root W3C keys + Qwen's).
+    pub meta_keys: Vec<String>,
+    /// The trace view keeps this many recent traces, each up to `view_spans_per_trace` spans.
+    pub view_traces: usize,
+    pub view_spans_per_trace: usize,
+    /// Agents without a configured collector export to the daemon itself (a loopback OTLP
+    /// endpoint), so their spans show in the trace view.
+    pub agent_ingest: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoint: None,
+            protocol: None,
+            headers: BTreeMap::new(),
+            timeout_ms: None,
+            service_name: None,
+            shutdown_timeout_ms: 5000,
+            span_delay_ms: 1000,
+            metric_interval_ms: None,
+            meta_keys: [
+                "traceparent",
+                "tracestate",
+                "baggage",
+                "qwen.telemetry.traceparent",
+                "qwen.telemetry.tracestate",
+            ]
+            .map(String::from)
+            .to_vec(),
+            view_traces: 200,
+            view_spans_per_trace: 2000,
+            agent_ingest: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +225,14 @@ impl Config {
         {
             return bad("agent.command", "not a valid command line");
         }
+        if let Some(p) = &self.telemetry.protocol
+            && !["grpc", "http/protobuf", "http/json"].contains(&p.as_str())
+        {
+            return bad(
+                "telemetry.protocol",
+                "must be grpc, http/protobuf or http/json",
+            );
+        }
         if self.agent.pool > 0 && self.agent.scope != ChildScope::Session {
             return bad("agent.pool", "warm pools need agent.scope = \"session\"");
         }
@@ -191,6 +260,11 @@ impl Config {
                 self.limits.max_subscribers_per_session,
             ),
             ("server.max_body_bytes", self.server.max_body_bytes),
+            ("telemetry.view_traces", self.telemetry.view_traces),
+            (
+                "telemetry.view_spans_per_trace",
+                self.telemetry.view_spans_per_trace,
+            ),
         ] {
             if v == 0 {
                 return bad(key, "must be at least 1");
@@ -205,6 +279,10 @@ impl Config {
                 self.limits.permission_timeout_secs,
             ),
             ("limits.heartbeat_secs", self.limits.heartbeat_secs),
+            (
+                "telemetry.shutdown_timeout_ms",
+                self.telemetry.shutdown_timeout_ms,
+            ),
         ] {
             if v == 0 {
                 return bad(key, "must be greater than 0 (every wait has a deadline)");

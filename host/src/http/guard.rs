@@ -75,7 +75,10 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
     let Some(token) = server.token.as_deref() else {
         return next.run(req).await;
     };
-    let public = matches!(req.uri().path(), "/health" | "/capabilities") && !server.require_auth;
+    // The trace page is static HTML (its data comes from the guarded JSON route), so a browser
+    // can open it; it sends the token it is given as `?token=` on its own requests.
+    let public = req.uri().path() == "/debug/traces"
+        || (matches!(req.uri().path(), "/health" | "/capabilities") && !server.require_auth);
     if public || bearer_matches(req.headers(), token) {
         return next.run(req).await;
     }

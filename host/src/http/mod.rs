@@ -4,6 +4,7 @@ mod body;
 mod error;
 mod guard;
 mod routes;
+mod span;
 mod sse;
 pub mod time;
 
@@ -14,16 +15,18 @@ use std::sync::Arc;
 
 use crate::bridge::Bridge;
 use crate::config::is_loopback_host;
+use crate::telemetry::Telemetry;
 
 #[derive(Clone)]
 pub struct AppState {
     pub bridge: Arc<Bridge>,
+    pub telemetry: Arc<Telemetry>,
     /// Accepted `Host` values (lower-case `host:port`); empty = no check (non-loopback bind).
     pub allowed_hosts: Arc<Vec<String>>,
 }
 
 impl AppState {
-    pub fn new(bridge: Arc<Bridge>, port: u16) -> Self {
+    pub fn new(bridge: Arc<Bridge>, telemetry: Arc<Telemetry>, port: u16) -> Self {
         let hostname = bridge.config.server.hostname.to_ascii_lowercase();
         let allowed_hosts = if is_loopback_host(&hostname) {
             let bind = if hostname.contains(':') && !hostname.starts_with('[') {
@@ -45,6 +48,7 @@ impl AppState {
         };
         Self {
             bridge,
+            telemetry,
             allowed_hosts: Arc::new(allowed_hosts),
         }
     }
@@ -71,6 +75,9 @@ pub fn router(state: AppState) -> Router {
         .route("/session/{id}/heartbeat", post(routes::heartbeat))
         .route("/session/{id}/events", get(sse::events))
         .route("/workspace/{id}/sessions", get(routes::workspace_sessions))
+        .route("/metrics", get(routes::metrics))
+        .route("/debug/traces", get(routes::trace_page))
+        .route("/debug/traces.json", get(routes::traces_json))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         // Layers run bottom-up: the last added is the outermost.
@@ -78,5 +85,6 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), guard::auth))
         .layer(from_fn_with_state(state.clone(), guard::cors))
         .layer(from_fn_with_state(state.clone(), guard::host))
+        .layer(axum::middleware::from_fn(span::trace))
         .with_state(state)
 }

@@ -12,6 +12,8 @@ use super::body::JsonBody;
 use super::{AppState, time};
 use crate::bridge::{CreateScope, Prompt, Session};
 use crate::error::ApiError;
+use crate::telemetry::semconv::{CLIENT_ID, PROMPT_ID, WORKSPACE_ID};
+use crate::telemetry::spans::{request_fact, session_fact};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -85,6 +87,22 @@ pub struct CreateBody {
     meta: Option<Meta>,
 }
 
+/// The session, recorded on the request span once it is known to exist.
+fn found(state: &AppState, id: &str) -> Result<std::sync::Arc<Session>> {
+    let s = state.bridge.session(id)?;
+    session_fact(&s.id);
+    request_fact(WORKSPACE_ID, &s.workspace.id);
+    Ok(s)
+}
+
+fn checked_client(s: &Session, headers: &HeaderMap) -> Result<Option<String>> {
+    let client = s.check_client(client_header(headers))?;
+    if let Some(c) = &client {
+        request_fact(CLIENT_ID, c);
+    }
+    Ok(client)
+}
+
 fn session_body(s: &Session, attached: bool, client_id: &str) -> Value {
     json!({
         "sessionId": s.id,
@@ -153,8 +171,8 @@ pub async fn prompt(
     headers: HeaderMap,
     JsonBody(body): JsonBody<PromptBody>,
 ) -> Result<Response> {
-    let s = state.bridge.session(&id)?;
-    let client = s.check_client(client_header(&headers))?;
+    let s = found(&state, &id)?;
+    let client = checked_client(&s, &headers)?;
     if body.prompt.is_empty() {
         return Err(ApiError::invalid_request(
             "prompt must contain at least one content block",
@@ -171,6 +189,7 @@ pub async fn prompt(
         })
         .collect::<Result<Vec<_>>>()?;
     let (prompt_id, last) = s.enqueue(Prompt::new(blocks, client_meta(body.meta), client))?;
+    request_fact(PROMPT_ID, &prompt_id);
     let body = json!({"promptId": prompt_id, "lastEventId": last, "eventEpoch": s.bus.epoch()});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
@@ -198,8 +217,8 @@ pub async fn vote(
     headers: HeaderMap,
     JsonBody(body): JsonBody<VoteBody>,
 ) -> Result<Json<Value>> {
-    let s = state.bridge.session(&id)?;
-    let client = s.check_client(client_header(&headers))?;
+    let s = found(&state, &id)?;
+    let client = checked_client(&s, &headers)?;
     s.vote(&request_id, &body.outcome, client.as_deref())?;
     Ok(Json(json!({})))
 }
@@ -282,4 +301,45 @@ pub async fn not_found() -> ApiError {
 
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(405, "method_not_allowed", "Method not allowed")
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.telemetry.prometheus();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn trace_page() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        crate::telemetry::view::page(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracesQuery {
+    trace_id: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn traces_json(
+    State(state): State<AppState>,
+    Query(q): Query<TracesQuery>,
+) -> Result<Json<Value>> {
+    let ring = &state.telemetry.ring;
+    match q.trace_id {
+        Some(id) => ring.trace_json(&id).map(Json).ok_or_else(|| {
+            ApiError::new(404, "trace_not_found", "No such trace in the view")
+                .with("traceId", id.as_str())
+        }),
+        None => Ok(Json(ring.list_json(q.limit.unwrap_or(50).clamp(1, 500)))),
+    }
 }

@@ -14,6 +14,9 @@ use super::AppState;
 use super::routes::client_header;
 use crate::bridge::events::{Next, Subscription};
 use crate::error::ApiError;
+use crate::telemetry::metrics;
+use crate::telemetry::semconv::SSE_REASON;
+use opentelemetry::KeyValue;
 
 const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
@@ -21,6 +24,25 @@ struct Stream {
     preface: VecDeque<Bytes>,
     sub: Subscription,
     heartbeat: tokio::time::Interval,
+    open: Open,
+}
+
+/// Counts the connection while its stream lives (the body is dropped when the client leaves).
+struct Open(String);
+
+impl Open {
+    fn new(session: &str) -> Self {
+        metrics().sse_subscribers.add(1, &[]);
+        tracing::debug!(name: "acpd.sse.opened", target: "acpd::sse", { "session.id" = %session }, "event stream opened");
+        Self(session.to_string())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics().sse_subscribers.add(-1, &[]);
+        tracing::debug!(name: "acpd.sse.closed", target: "acpd::sse", { "session.id" = %self.0 }, "event stream closed");
+    }
 }
 
 pub async fn events(
@@ -59,8 +81,10 @@ pub async fn events(
     preface.extend(sub.preface.iter().cloned());
     let period = Duration::from_secs(state.bridge.config.limits.heartbeat_secs);
     let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let open = Open::new(&session.id);
     let stream = futures::stream::unfold(
         Some(Stream {
+            open,
             preface,
             sub,
             heartbeat,
@@ -73,7 +97,11 @@ pub async fn events(
             tokio::select! {
                 next = st.sub.next() => match next {
                     Next::Frame(f) => Some((Ok(f), Some(st))),
-                    Next::Evicted(f) => Some((Ok(f), None)),
+                    Next::Evicted(f) => {
+                    metrics().sse_evictions.add(1, &[KeyValue::new(SSE_REASON, "queue_overflow")]);
+                    tracing::info!(name: "acpd.sse.evicted", target: "acpd::sse", { "session.id" = %st.open.0 }, "slow event-stream subscriber evicted");
+                    Some((Ok(f), None))
+                }
                     Next::Closed => None,
                 },
                 _ = st.heartbeat.tick() => Some((Ok(Bytes::from_static(HEARTBEAT)), Some(st))),

@@ -1,0 +1,207 @@
+//! The telemetry of one turn: `bridge prompt.dispatch` (admission to end, under the request
+//! span), `acp session/prompt` (whose context goes to the agent), and the daemon-observed
+//! `execute_tool` and `permission.wait` spans under it.
+
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::child::ExitInfo;
+use crate::error::ApiError;
+use crate::telemetry::semconv::*;
+use crate::telemetry::{metrics, spans};
+
+pub struct TurnTrace {
+    pub dispatch: Context,
+    acp: Option<Context>,
+    tools: HashMap<String, Context>,
+    admitted: Instant,
+    started: Option<Instant>,
+}
+
+impl TurnTrace {
+    /// At admission, under the current (request) context.
+    pub fn admit(session_id: &str, prompt_id: &str) -> Self {
+        let dispatch = spans::start(
+            "bridge prompt.dispatch",
+            SpanKind::Internal,
+            &Context::current(),
+            vec![
+                KeyValue::new(BRIDGE_OPERATION, "prompt.dispatch"),
+                KeyValue::new(SESSION_ID, session_id.to_string()),
+                KeyValue::new(PROMPT_ID, prompt_id.to_string()),
+            ],
+        );
+        Self {
+            dispatch,
+            acp: None,
+            tools: HashMap::new(),
+            admitted: Instant::now(),
+            started: None,
+        }
+    }
+
+    /// The turn leaves the queue: records the wait, opens the ACP client span.
+    pub fn start(&mut self, session_id: &str, child_id: &str) -> Context {
+        let wait = self.admitted.elapsed();
+        self.started = Some(Instant::now());
+        spans::set(
+            &self.dispatch,
+            KeyValue::new(QUEUE_WAIT_MS, wait.as_secs_f64() * 1000.0),
+        );
+        spans::set(
+            &self.dispatch,
+            KeyValue::new(CHILD_ID, child_id.to_string()),
+        );
+        metrics().queue_wait.record(wait.as_secs_f64(), &[]);
+        let acp = spans::start(
+            "acp session/prompt",
+            SpanKind::Client,
+            &self.dispatch,
+            vec![
+                KeyValue::new(RPC_SYSTEM, "jsonrpc"),
+                KeyValue::new(RPC_METHOD, "session/prompt"),
+                KeyValue::new(SESSION_ID, session_id.to_string()),
+                KeyValue::new(CHILD_ID, child_id.to_string()),
+            ],
+        );
+        self.acp = Some(acp.clone());
+        acp
+    }
+
+    /// The context new per-turn spans hang under (ACP span once dispatched).
+    pub fn parent(&self) -> &Context {
+        self.acp.as_ref().unwrap_or(&self.dispatch)
+    }
+
+    /// Opens an `execute_tool` span at `tool_call` and ends it at a final `tool_call_update`.
+    pub fn observe(&mut self, session_id: &str, update: &Value) {
+        let kind = update.get("sessionUpdate").and_then(Value::as_str);
+        let Some(id) = update.get("toolCallId").and_then(Value::as_str) else {
+            return;
+        };
+        if kind == Some("tool_call") && !self.tools.contains_key(id) {
+            let title = update
+                .get("title")
+                .and_then(Value::as_str)
+                .unwrap_or("tool");
+            let tool_kind = update
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("other");
+            let cx = spans::start(
+                format!("execute_tool {title}"),
+                SpanKind::Internal,
+                self.parent(),
+                vec![
+                    KeyValue::new(GEN_AI_OPERATION_NAME, "execute_tool"),
+                    KeyValue::new(GEN_AI_TOOL_NAME, title.to_string()),
+                    KeyValue::new(GEN_AI_TOOL_CALL_ID, id.to_string()),
+                    KeyValue::new(GEN_AI_TOOL_TYPE, tool_kind.to_string()),
+                    KeyValue::new(SESSION_ID, session_id.to_string()),
+                ],
+            );
+            self.tools.insert(id.to_string(), cx);
+        }
+        let status = update.get("status").and_then(Value::as_str);
+        if matches!(status, Some("completed" | "failed"))
+            && let Some(cx) = self.tools.remove(id)
+        {
+            spans::set(
+                &cx,
+                KeyValue::new(TOOL_STATUS, status.unwrap_or_default().to_string()),
+            );
+            if status == Some("failed") {
+                spans::fail(&cx, "tool call failed");
+            }
+            spans::end(&cx);
+        }
+    }
+
+    /// Ends every span of the turn with its outcome.
+    pub fn finish(&mut self, end: &Result<String, ApiError>, death: Option<ExitInfo>) {
+        for (_, cx) in self.tools.drain() {
+            spans::set(&cx, KeyValue::new(TOOL_STATUS, "unfinished"));
+            spans::end(&cx);
+        }
+        if let Some(exit) = death {
+            let attrs = vec![
+                KeyValue::new(PROCESS_EXIT_CODE, i64::from(exit.code.unwrap_or(-1))),
+                KeyValue::new(PROCESS_SIGNAL, i64::from(exit.signal.unwrap_or(0))),
+                KeyValue::new(CHILD_EXPECTED, exit.expected),
+            ];
+            spans::event(&self.dispatch, "child.exit", attrs.clone());
+            if let Some(acp) = &self.acp {
+                spans::event(acp, "child.exit", attrs);
+            }
+        }
+        let stop = match end {
+            Ok(stop) => stop.clone(),
+            Err(e) => {
+                for cx in self.acp.iter().chain([&self.dispatch]) {
+                    spans::set(cx, KeyValue::new(ERROR_TYPE, e.code));
+                    spans::fail(cx, e.message.clone());
+                }
+                if let Some(acp) = &self.acp
+                    && let Some(code) = e.context.get("rpcCode").and_then(Value::as_i64)
+                {
+                    spans::set(acp, KeyValue::new(RPC_JSONRPC_ERROR_CODE, code));
+                    spans::set(
+                        acp,
+                        KeyValue::new(RPC_JSONRPC_ERROR_MESSAGE, e.message.clone()),
+                    );
+                }
+                "error".to_string()
+            }
+        };
+        spans::set(&self.dispatch, KeyValue::new(STOP_REASON, stop.clone()));
+        if let Some(acp) = &self.acp {
+            spans::end(acp);
+        }
+        spans::end(&self.dispatch);
+        let elapsed = self
+            .started
+            .unwrap_or(self.admitted)
+            .elapsed()
+            .as_secs_f64();
+        metrics()
+            .prompt_duration
+            .record(elapsed, &[KeyValue::new(STOP_REASON, stop.clone())]);
+        if stop == "cancelled" {
+            metrics().cancellations.add(1, &[]);
+        }
+    }
+}
+
+/// A `permission.wait` span, from the agent's request to the vote or timeout.
+pub fn permission_wait(parent: &Context, session_id: &str, request_id: &str) -> Context {
+    spans::start(
+        "permission.wait",
+        SpanKind::Internal,
+        parent,
+        vec![
+            KeyValue::new(SESSION_ID, session_id.to_string()),
+            KeyValue::new(PERMISSION_REQUEST_ID, request_id.to_string()),
+        ],
+    )
+}
+
+/// A short bridge span in the current request's trace, linked to the prompt it acts on.
+pub fn linked_operation(operation: &'static str, session_id: &str, target: Option<&Context>) {
+    let links = target
+        .map(|cx| vec![spans::span_context(cx)])
+        .unwrap_or_default();
+    let cx = spans::start_linked(
+        format!("bridge {operation}"),
+        SpanKind::Internal,
+        &Context::current(),
+        vec![
+            KeyValue::new(BRIDGE_OPERATION, operation),
+            KeyValue::new(SESSION_ID, session_id.to_string()),
+        ],
+        links,
+    );
+    spans::end(&cx);
+}

@@ -1,0 +1,169 @@
+//! The request span: one SERVER span per request (outermost layer, so guard rejections are
+//! traced too), named by route template, parented to an inbound `traceparent`, plus the
+//! `http.server.*` metrics.
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry::context::FutureExt;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::telemetry::semconv::*;
+use crate::telemetry::spans::RequestFacts;
+use crate::telemetry::{metrics, propagation, spans};
+
+/// Route templates, for span names and `http.route` (never the raw path: unbounded cardinality).
+const ROUTES: &[&str] = &[
+    "/health",
+    "/capabilities",
+    "/metrics",
+    "/debug/traces",
+    "/debug/traces.json",
+    "/session",
+    "/session/{id}",
+    "/session/{id}/load",
+    "/session/{id}/prompt",
+    "/session/{id}/cancel",
+    "/session/{id}/permission/{request_id}",
+    "/session/{id}/pending-prompts",
+    "/session/{id}/pending-prompts/{prompt_id}",
+    "/session/{id}/heartbeat",
+    "/session/{id}/events",
+    "/workspace/{id}/sessions",
+];
+
+pub fn route_template(path: &str) -> Option<&'static str> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    ROUTES.iter().copied().find(|t| {
+        let tsegs: Vec<&str> = t.split('/').collect();
+        tsegs.len() == segs.len()
+            && tsegs
+                .iter()
+                .zip(&segs)
+                .all(|(t, s)| t.starts_with('{') && !s.is_empty() || t == s)
+    })
+}
+
+fn method_attr(m: &axum::http::Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "_OTHER",
+    }
+}
+
+pub async fn trace(req: Request, next: Next) -> Response {
+    // Looking at telemetry must not fill the trace view with its own requests.
+    if req.uri().path().starts_with("/debug/") || req.uri().path() == "/metrics" {
+        return next.run(req).await;
+    }
+    let started = Instant::now();
+    let method = method_attr(req.method());
+    let route = route_template(req.uri().path());
+    let parent = match propagation::extract_headers(req.headers()) {
+        Ok(cx) => cx,
+        Err(why) => {
+            tracing::debug!(name: "acpd.traceparent.invalid", target: "acpd::http", "{why}; starting a new trace");
+            Context::new()
+        }
+    };
+    let mut attrs = vec![
+        KeyValue::new(HTTP_REQUEST_METHOD, method),
+        KeyValue::new(URL_PATH, req.uri().path().to_string()),
+        KeyValue::new(URL_SCHEME, "http"),
+    ];
+    if let Some(r) = route {
+        attrs.push(KeyValue::new(HTTP_ROUTE, r));
+    }
+    if let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        let (name, port) = host.rsplit_once(':').unwrap_or((host, ""));
+        attrs.push(KeyValue::new(SERVER_ADDRESS, name.to_string()));
+        if let Ok(p) = port.parse::<i64>() {
+            attrs.push(KeyValue::new(SERVER_PORT, p));
+        }
+    }
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        attrs.push(KeyValue::new(CLIENT_ADDRESS, peer.ip().to_string()));
+    }
+    if let Some(ua) = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|h| h.to_str().ok())
+    {
+        attrs.push(KeyValue::new(USER_AGENT_ORIGINAL, ua.to_string()));
+    }
+    let name = match route {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_string(),
+    };
+    let facts = RequestFacts::default();
+    if let Some(r) = route {
+        facts.push(HTTP_ROUTE, r);
+    }
+    let cx = spans::start(name, SpanKind::Server, &parent, attrs).with_value(facts);
+    let m = metrics();
+    m.http_active
+        .add(1, &[KeyValue::new(HTTP_REQUEST_METHOD, method)]);
+    let resp = next.run(req).with_context(cx.clone()).await;
+    m.http_active
+        .add(-1, &[KeyValue::new(HTTP_REQUEST_METHOD, method)]);
+
+    let status = resp.status().as_u16();
+    let span = cx.span();
+    span.set_attribute(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
+    let mut labels = vec![
+        KeyValue::new(HTTP_REQUEST_METHOD, method),
+        KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status)),
+    ];
+    if let Some(r) = route {
+        labels.push(KeyValue::new(HTTP_ROUTE, r));
+    }
+    if status >= 500 {
+        // The stable error code where the error became a response; else the status (semconv).
+        let recorded = cx.get::<RequestFacts>().and_then(|f| f.get(ERROR_TYPE));
+        if recorded.is_none() {
+            span.set_status(Status::error(format!("HTTP {status}")));
+        }
+        let error_type = recorded.unwrap_or_else(|| status.to_string());
+        span.set_attribute(KeyValue::new(ERROR_TYPE, error_type.clone()));
+        labels.push(KeyValue::new(ERROR_TYPE, error_type));
+    }
+    m.http_duration
+        .record(started.elapsed().as_secs_f64(), &labels);
+    span.end();
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_match_by_segment() {
+        assert_eq!(
+            route_template("/session/abc/prompt"),
+            Some("/session/{id}/prompt")
+        );
+        assert_eq!(
+            route_template("/session/abc/permission/r1"),
+            Some("/session/{id}/permission/{request_id}")
+        );
+        assert_eq!(route_template("/session"), Some("/session"));
+        assert_eq!(route_template("/session/abc"), Some("/session/{id}"));
+        assert_eq!(route_template("/nope/x"), None);
+        assert_eq!(route_template("/session//prompt"), None);
+    }
+}
