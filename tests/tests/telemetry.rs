@@ -220,6 +220,7 @@ async fn concurrent_sessions_get_their_own_traces() -> anyhow::Result<()> {
             );
         }
     }
+    assert!(d.stdout().is_empty(), "stdout must stay empty");
     Ok(())
 }
 
@@ -275,6 +276,7 @@ async fn a_5xx_marks_the_span_error_and_logs_correlated() -> anyhow::Result<()> 
         .await?;
     sse.until_turn_end(first.body["promptId"].as_str().unwrap())
         .await?;
+    assert!(d.stdout().is_empty(), "stdout must stay empty");
     Ok(())
 }
 
@@ -315,6 +317,7 @@ async fn a_child_crash_is_logged_as_unexpected_exit() -> anyhow::Result<()> {
         dispatch.status_code, 2,
         "the crashed turn's dispatch span is an error"
     );
+    assert!(d.stdout().is_empty(), "stdout must stay empty");
     Ok(())
 }
 
@@ -364,6 +367,7 @@ async fn cancel_and_vote_link_to_the_prompt() -> anyhow::Result<()> {
             assert_eq!(target.attributes["acpd.prompt.id"], p.as_str());
         }
     }
+    assert!(d.stdout().is_empty(), "stdout must stay empty");
     Ok(())
 }
 
@@ -421,6 +425,7 @@ async fn metrics_arrive_with_documented_names_units_and_attributes() -> anyhow::
             .iter()
             .any(|p| p.attributes.get("acpd.stop_reason") == Some(&json!("end_turn")))
     );
+    assert!(d.stdout().is_empty(), "stdout must stay empty");
     Ok(())
 }
 
@@ -481,6 +486,7 @@ async fn prometheus_endpoint_parses() -> anyhow::Result<()> {
         text.contains("http_route=\"/session/{id}/prompt\""),
         "{text}"
     );
+    assert!(d.stdout().is_empty(), "stdout must stay empty");
     Ok(())
 }
 
@@ -548,6 +554,7 @@ async fn trace_view_shows_the_cross_process_trace_without_a_collector() -> anyho
         html.contains("<title>acpd traces</title>") && html.contains("'.json'"),
         "the page loads its data from <path>.json"
     );
+    assert!(d.stdout().is_empty(), "stdout must stay empty");
     Ok(())
 }
 
@@ -582,5 +589,50 @@ async fn shutdown_with_a_collector_that_never_answers_is_bounded() -> anyhow::Re
         "the unflushed signals are reported: {log:?}"
     );
     let _ = Value::Null;
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_stderr_lines_become_logs_correlated_to_the_turn() -> anyhow::Result<()> {
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let d = daemon_exporting_to(&rx, &[]).await?;
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    let p = d
+        .prompt(
+            &s,
+            "stderr \u{1b}[31mwarning from https://bob:hunter2@example.com/x",
+        )
+        .await?;
+    let prompt_id = p.body["promptId"].as_str().unwrap().to_string();
+    sse.until_turn_end(&prompt_id).await?;
+    let logs = rx
+        .wait_for_logs(WAIT, |logs| {
+            logs.iter().any(|l| l.event_name == "acpd.child.stderr")
+        })
+        .await?;
+    let line = logs
+        .iter()
+        .find(|l| l.event_name == "acpd.child.stderr")
+        .unwrap();
+    assert_eq!(
+        line.body, "warning from https://***@example.com/x",
+        "sanitised: no escapes, no credentials"
+    );
+    assert!(line.attributes.contains_key("acpd.child.id"));
+    let spans = rx
+        .wait_for_spans(WAIT, |spans| {
+            spans.iter().any(|s| s.name == "acp session/prompt")
+        })
+        .await?;
+    let acp = spans
+        .iter()
+        .find(|s| s.name == "acp session/prompt")
+        .unwrap();
+    assert_eq!(
+        line.trace_id, acp.trace_id,
+        "the stderr line belongs to the running turn's trace"
+    );
+    assert!(d.stdout().is_empty());
     Ok(())
 }
