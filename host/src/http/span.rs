@@ -61,6 +61,17 @@ fn method_attr(m: &axum::http::Method) -> &'static str {
     }
 }
 
+/// At most one `acpd.traceparent.invalid` record per second: a client sending garbage on every
+/// request must not flood the logs.
+fn invalid_traceparent_log_allowed() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.swap(now, Ordering::Relaxed) != now
+}
+
 pub async fn trace(req: Request, next: Next) -> Response {
     // Looking at telemetry must not fill the trace view with its own requests.
     if req.uri().path().starts_with("/debug/") || req.uri().path() == "/metrics" {
@@ -72,7 +83,9 @@ pub async fn trace(req: Request, next: Next) -> Response {
     let parent = match propagation::extract_headers(req.headers()) {
         Ok(cx) => cx,
         Err(why) => {
-            tracing::debug!(name: "acpd.traceparent.invalid", target: "acpd::http", "{why}; starting a new trace");
+            if invalid_traceparent_log_allowed() {
+                tracing::debug!(name: "acpd.traceparent.invalid", target: "acpd::http", "{why}; starting a new trace");
+            }
             Context::new()
         }
     };
