@@ -20,54 +20,32 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// Path of the `acpd` binary, built once per test process (same profile as the tests).
 pub fn acpd_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target profile dir")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "acpd", "--bin", "acpd"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p acpd failed");
-        dir.join("acpd")
-    })
+    BIN.get_or_init(|| build_bin("acpd", "acpd"))
 }
 
-/// Path of the standalone `acpd-demo-agent` binary, built once per test process (same
-/// profile as the tests).
+/// Path of the standalone `acpd-demo-agent` binary, built once per test process.
 pub fn demo_agent_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target profile dir")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args([
-            "build",
-            "-q",
-            "-p",
-            "acpd-demo-agent",
-            "--bin",
-            "acpd-demo-agent",
-        ]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p acpd-demo-agent failed");
-        dir.join("acpd-demo-agent")
-    })
+    BIN.get_or_init(|| build_bin("acpd-demo-agent", "acpd-demo-agent"))
+}
+
+/// Builds a workspace binary with the tests' own cargo and profile; returns its path.
+fn build_bin(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-q", "-p", package, "--bin", bin]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p {package} failed");
+    dir.join(bin)
 }
 
 pub struct DaemonBuilder {
