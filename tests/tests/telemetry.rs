@@ -76,7 +76,11 @@ async fn one_trace_across_the_process_boundary(protocol: Protocol) -> anyhow::Re
     let spans = rx
         .wait_for_spans(WAIT, |spans| {
             let t: Vec<_> = spans.iter().filter(|s| s.trace_id == TRACE).collect();
+            // Every span asserted below: they end (and are batched out) at different times.
             [
+                "POST /session/{id}/prompt",
+                "bridge prompt.dispatch",
+                "acp session/prompt",
                 "invoke_agent",
                 "chat",
                 "execute_tool write",
@@ -174,16 +178,15 @@ async fn concurrent_sessions_get_their_own_traces() -> anyhow::Result<()> {
     eb.until_turn_end(&idb).await?;
     let spans = rx
         .wait_for_spans(WAIT, |spans| {
-            spans
-                .iter()
-                .filter(|s| s.name == "acp session/prompt")
-                .count()
-                >= 2
-                && spans
-                    .iter()
-                    .filter(|s| s.name.starts_with("invoke_agent"))
-                    .count()
-                    >= 2
+            let count = |prefix: &str| spans.iter().filter(|s| s.name.starts_with(prefix)).count();
+            [
+                "POST /session/{id}/prompt",
+                "bridge prompt.dispatch",
+                "acp session/prompt",
+                "invoke_agent",
+            ]
+            .iter()
+            .all(|n| count(n) >= 2)
         })
         .await?;
     let trace_of = |prompt: &str| {
