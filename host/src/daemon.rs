@@ -14,7 +14,10 @@ use crate::telemetry::Telemetry;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let telemetry = Telemetry::init(&config.telemetry).await?;
+    // An unusable exporter setting (a bad OTEL_* endpoint, say) is a configuration error.
+    let telemetry = Telemetry::init(&config.telemetry)
+        .await
+        .map_err(|e| crate::config::ConfigError::new("telemetry", format!("{e:#}")))?;
     let bridge = Bridge::new(config.clone(), telemetry.child_env())?;
     let host = config
         .server

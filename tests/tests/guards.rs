@@ -643,6 +643,11 @@ async fn invalid_config_exits_2_with_one_line_naming_the_key() -> Result<()> {
             "server.token",
         ),
         (
+            with(&["--port", "0"]),
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "notaurl")],
+            "telemetry",
+        ),
+        (
             with(&["--agent-scope", "galaxy", "--port", "0"]),
             vec![],
             "agent.scope",
