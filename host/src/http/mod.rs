@@ -27,31 +27,35 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(bridge: Arc<Bridge>, telemetry: Arc<Telemetry>, port: u16) -> Self {
-        let hostname = bridge.config.server.hostname.to_ascii_lowercase();
-        let allowed_hosts = if is_loopback_host(&hostname) {
-            let bind = if hostname.contains(':') && !hostname.starts_with('[') {
-                format!("[{hostname}]")
-            } else {
-                hostname
-            };
-            [
-                "localhost".to_string(),
-                "127.0.0.1".into(),
-                "[::1]".into(),
-                bind,
-            ]
-            .iter()
-            .map(|h| format!("{h}:{port}"))
-            .collect()
-        } else {
-            Vec::new()
-        };
+        let allowed_hosts = allowed_hosts(&bridge.config.server.hostname, port);
         Self {
             bridge,
             telemetry,
             allowed_hosts: Arc::new(allowed_hosts),
         }
     }
+}
+
+/// The `Host` values a loopback bind accepts (DNS-rebinding defence); none to check otherwise.
+fn allowed_hosts(hostname: &str, port: u16) -> Vec<String> {
+    let hostname = hostname.to_ascii_lowercase();
+    if !is_loopback_host(&hostname) {
+        return Vec::new();
+    }
+    let bind = if hostname.contains(':') && !hostname.starts_with('[') {
+        format!("[{hostname}]")
+    } else {
+        hostname
+    };
+    [
+        "localhost".to_string(),
+        "127.0.0.1".into(),
+        "[::1]".into(),
+        bind,
+    ]
+    .iter()
+    .map(|h| format!("{h}:{port}"))
+    .collect()
 }
 
 pub fn router(state: AppState) -> Router {
@@ -87,4 +91,27 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), guard::host))
         .layer(axum::middleware::from_fn(span::trace))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allowed_hosts;
+
+    #[test]
+    fn host_check_applies_to_loopback_binds_only() {
+        assert_eq!(
+            allowed_hosts("127.0.0.1", 4170),
+            [
+                "localhost:4170",
+                "127.0.0.1:4170",
+                "[::1]:4170",
+                "127.0.0.1:4170"
+            ]
+        );
+        assert!(allowed_hosts("::1", 1).contains(&"[::1]:1".to_string()));
+        assert!(allowed_hosts("LOCALHOST", 2).contains(&"localhost:2".to_string()));
+        // A non-loopback bind is reached under names acpd cannot know: no Host check.
+        assert!(allowed_hosts("0.0.0.0", 4170).is_empty());
+        assert!(allowed_hosts("10.1.2.3", 4170).is_empty());
+    }
 }
