@@ -78,10 +78,6 @@ impl ApiError {
     pub fn agent_unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "agent_unavailable", message).retry_after(5)
     }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "internal_error", message)
-    }
 }
 
 impl fmt::Display for ApiError {

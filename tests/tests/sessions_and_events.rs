@@ -508,6 +508,12 @@ async fn slow_subscriber_is_evicted_without_slowing_others() -> Result<()> {
         "{:?}",
         evicted.data
     );
+    let status = d.get(&format!("/session/{}", s.id)).await?;
+    assert_eq!(
+        status.body["dropped"]["evictedSubscribers"], 1,
+        "the eviction is counted: {}",
+        status.body
+    );
     let seen = ids(before);
     let last_seen = seen.last().copied().unwrap_or(0);
     assert_eq!(

@@ -330,10 +330,6 @@ impl AgentConn {
         self.routes.lock().remove(session_id);
     }
 
-    pub fn session_count(&self) -> usize {
-        self.routes.lock().len()
-    }
-
     pub async fn new_session(
         &self,
         cwd: PathBuf,

@@ -28,6 +28,17 @@ pub struct BusStats {
     pub refused_permissions: AtomicU64,
 }
 
+impl BusStats {
+    pub fn json(&self) -> Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "ringEvictedEvents": n(&self.ring_evicted_events),
+            "evictedSubscribers": n(&self.evicted_subscribers),
+            "refusedPermissionRequests": n(&self.refused_permissions),
+        })
+    }
+}
+
 pub struct EventBus {
     epoch: String,
     limits: BusLimits,

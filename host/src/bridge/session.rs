@@ -145,10 +145,6 @@ impl Session {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn life(&self) -> Life {
-        self.lock().life
-    }
-
     pub fn agent(&self) -> Option<Arc<AgentConn>> {
         self.lock().agent.clone()
     }
@@ -709,6 +705,7 @@ impl Session {
             "pendingPermissions": st.permissions.len(),
             "clients": st.clients.len(),
             "lastEventId": self.bus.last_id(),
+            "dropped": self.bus.stats.json(),
             "eventEpoch": self.bus.epoch(),
         })
     }

@@ -37,14 +37,17 @@ const ROUTES: &[&str] = &[
 ];
 
 pub fn route_template(path: &str) -> Option<&'static str> {
-    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    ROUTES.iter().copied().find(|t| {
-        let tsegs: Vec<&str> = t.split('/').collect();
-        tsegs.len() == segs.len()
-            && tsegs
-                .iter()
-                .zip(&segs)
-                .all(|(t, s)| t.starts_with('{') && !s.is_empty() || t == s)
+    let path = path.trim_end_matches('/');
+    // Segment by segment, without allocating: this runs on every request.
+    ROUTES.iter().copied().find(|template| {
+        let (mut t, mut p) = (template.split('/'), path.split('/'));
+        loop {
+            match (t.next(), p.next()) {
+                (None, None) => return true,
+                (Some(ts), Some(ps)) if ts == ps || (ts.starts_with('{') && !ps.is_empty()) => {}
+                _ => return false,
+            }
+        }
     })
 }
 
