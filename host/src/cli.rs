@@ -25,6 +25,33 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run the built-in demo ACP agent on stdin/stdout (the default agent).
     DemoAgent,
+    /// Inspect or try out a WASM plugin component.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Print a component's package version, roles, imports and exports (without running it).
+    Inspect {
+        /// The `.wasm` component (or `builtin:<name>`).
+        file: String,
+    },
+    /// Run a plugin's hooks on sample spans, logs, requests and errors in the real engine,
+    /// and print what it changed.
+    Test {
+        /// The `.wasm` component (or `builtin:<name>`).
+        file: String,
+        /// The plugin's config (the `[plugins.config]` table) as a TOML or JSON file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Sample input: JSON with any of `spans`, `logs`, `request`, `errors`.
+        #[arg(long)]
+        input: PathBuf,
+        /// HMAC key for `keyed-hash`, as `id=value` (repeatable; for trying things out).
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -68,6 +95,9 @@ struct ServeArgs {
     /// Seconds before an unanswered permission request resolves `cancelled`.
     #[arg(long, allow_negative_numbers = true)]
     permission_timeout: Option<String>,
+    /// Run without any plugin (the same as `plugins = []` in the config).
+    #[arg(long)]
+    no_plugins: bool,
 }
 
 impl ServeArgs {
@@ -85,6 +115,9 @@ impl ServeArgs {
         }
         if self.require_auth {
             set("server.require_auth", Value::Boolean(true));
+        }
+        if self.no_plugins {
+            set("plugins", Value::Array(Vec::new()));
         }
         if !self.allow_origin.is_empty() {
             set(
@@ -145,16 +178,28 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::DemoAgent => run_async(async { acpd_demo_agent::run_stdio().await }),
+        Command::Plugin(cmd) => crate::plugin_cli::run(match cmd {
+            PluginCommand::Inspect { file } => crate::plugin_cli::Command::Inspect { file },
+            PluginCommand::Test {
+                file,
+                config,
+                input,
+                keys,
+            } => crate::plugin_cli::Command::Test {
+                file,
+                config,
+                input,
+                keys,
+            },
+        }),
         Command::Serve(args) => {
             let file = args
                 .config
                 .clone()
                 .or_else(|| std::env::var_os("ACPD_CONFIG").map(PathBuf::from));
-            let config = match config::load(
-                file.as_deref(),
-                |k| std::env::var(k).ok(),
-                &args.overrides(),
-            ) {
+            let overrides = args.overrides();
+            let config = match config::load(file.as_deref(), |k| std::env::var(k).ok(), &overrides)
+            {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("acpd: {e}");
@@ -162,7 +207,12 @@ pub fn main() -> ExitCode {
                 }
             };
             run_async(async move {
-                crate::daemon::run(config).await.map_err(|e| {
+                // A plugin reload re-reads the same layers (the file and env may have changed).
+                let reread = Box::new(move || {
+                    config::load(file.as_deref(), |k| std::env::var(k).ok(), &overrides)
+                        .map_err(|e| e.to_string())
+                });
+                crate::daemon::run(config, reread).await.map_err(|e| {
                     match e.downcast::<config::ConfigError>() {
                         Ok(c) => {
                             eprintln!("acpd: {c}");

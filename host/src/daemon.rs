@@ -10,15 +10,29 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::http::{AppState, router};
+use crate::plugins::PluginHost;
 use crate::telemetry::Telemetry;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub type Reread = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     let config = Arc::new(config);
     // An unusable exporter setting (a bad OTEL_* endpoint, say) is a configuration error.
     let telemetry = Telemetry::init(&config.telemetry)
         .await
         .map_err(|e| crate::config::ConfigError::new("telemetry", format!("{e:#}")))?;
-    let bridge = Bridge::new(config.clone(), telemetry.child_env())?;
+    // Plugins are compiled (or taken from the cache) and initialised before the first request.
+    let plugins = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || PluginHost::start(&config, reread))
+            .await?
+            .map_err(|e| crate::config::ConfigError::new("plugins", format!("{e:#}")))?
+    };
+    let (child_env, mut child_env_remove) = telemetry.child_env();
+    // HMAC keys read from the environment are the daemon's secrets, not the agent's.
+    child_env_remove.extend(config.keys.values().filter_map(|k| k.env.clone()));
+    let bridge = Bridge::new(config.clone(), (child_env, child_env_remove))?;
+    watch_sighup(plugins)?;
     let host = config
         .server
         .hostname
@@ -96,4 +110,22 @@ async fn deadline_after_drain(mut drained: tokio::sync::watch::Receiver<bool>, l
         std::future::pending::<()>().await;
     }
     tokio::time::sleep(limit).await;
+}
+
+/// SIGHUP reloads the plugin set (the same as `POST /admin/plugins/reload`).
+fn watch_sighup(plugins: Arc<PluginHost>) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let p = plugins.clone();
+            match tokio::task::spawn_blocking(move || p.reload()).await {
+                Ok(Ok(set)) => eprintln!("acpd: plugins reloaded (set {})", set.generation),
+                Ok(Err(e)) => {
+                    eprintln!("acpd: plugin reload refused, the previous set keeps running: {e}")
+                }
+                Err(e) => eprintln!("acpd: plugin reload failed: {e}"),
+            }
+        }
+    });
+    Ok(())
 }

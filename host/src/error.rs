@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 use std::fmt;
 
+use crate::plugins::{self, Hook};
 use crate::telemetry::sanitize::sanitize;
 
 /// Boxed so `Result<T, ApiError>` stays one pointer wide on the happy path.
@@ -90,11 +91,66 @@ impl std::error::Error for ApiError {}
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// An error as a client sees it.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    /// Extra envelope fields, as in `ErrorBody::context`.
+    pub context: Map<String, Value>,
+    pub retry_after: Option<u64>,
+    /// Set when an error-translation plugin said whether retrying may help.
+    pub retryable: Option<bool>,
+}
+
+/// Where the client sees an error.
+#[derive(Debug, Clone, Copy)]
+pub enum Surface {
+    Http,
+    Sse,
+}
+
 /// What a client is shown of an error, whether as an HTTP error body or an SSE `turn_error`:
-/// the one place where error translation happens, ending with the built-in sanitiser so no
-/// step before it can leak terminal escapes, URL credentials or unbounded text.
-pub fn client_visible(e: &ApiError) -> ApiError {
-    let mut shown = e.clone();
+/// the one place where error translation happens (the `error` plugins; on failure or no
+/// answer, the daemon's own wording), ending with the built-in sanitiser so no step before it
+/// can leak terminal escapes, URL credentials or unbounded text.
+pub fn client_visible(e: &ApiError, surface: Surface) -> Shown {
+    let mut shown = Shown {
+        status: e.status,
+        code: e.code.to_string(),
+        message: e.message.clone(),
+        context: e.context.clone(),
+        retry_after: e.retry_after,
+        retryable: None,
+    };
+    if let Some(set) = plugins::current()
+        && set.has(Hook::Error)
+    {
+        let info = plugins::ErrorInfo {
+            surface: match surface {
+                Surface::Http => plugins::Surface::Http,
+                Surface::Sse => plugins::Surface::Sse,
+            },
+            code: e.code.to_string(),
+            status: e.status,
+            message: e.message.clone(),
+            retry_after: e.retry_after.map(|s| s.min(u64::from(u32::MAX)) as u32),
+            context_json: Value::Object(e.context.clone()).to_string(),
+            rpc_code: e
+                .context
+                .get("rpcCode")
+                .and_then(Value::as_i64)
+                .map(|c| c as i32),
+        };
+        if let Some(t) = set.translate(&info) {
+            shown.status = t.status;
+            shown.code = t.code;
+            shown.message = t.message;
+            shown.retryable = Some(t.retryable);
+            shown.retry_after = t.retry_after.map(u64::from);
+        }
+    }
     shown.message = sanitize(&shown.message);
     for v in shown.context.values_mut() {
         if let Value::String(s) = v {

@@ -1,7 +1,8 @@
 //! acpd: serves ACP coding agents to HTTP+SSE clients.
 //!
 //! The pipeline, in dependency order: `http` -> `bridge` -> {`acp`, `child`}; `config`,
-//! `error` and `telemetry` are used by all of them.
+//! `error` and `telemetry` are used by all of them; `plugins` (the WASM hooks) is called from
+//! `http` (request enrichment), `error` (translation) and `telemetry` (export redaction).
 
 pub mod acp;
 pub mod bridge;
@@ -11,4 +12,6 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod http;
+pub mod plugin_cli;
+pub mod plugins;
 pub mod telemetry;

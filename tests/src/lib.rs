@@ -2,6 +2,7 @@
 //! as a child process speaking ACP over pipes) on 127.0.0.1 with a free port, and talks to it
 //! over HTTP and SSE. Every wait has a deadline.
 
+pub mod guests;
 pub mod otlp;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -203,6 +204,11 @@ pub struct Resp {
 }
 
 impl Daemon {
+    /// The `--config` file, when the daemon was started with one (rewrite it, then reload).
+    pub fn config_path(&self) -> PathBuf {
+        self._config_dir.path().join("acpd.toml")
+    }
+
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder {
             config: None,

@@ -17,7 +17,7 @@ use super::events::{EventBus, now_ms};
 use super::trace::{self, TurnTrace};
 use crate::acp::{AgentConn, PromptError, SessionSink};
 use crate::child::ExitInfo;
-use crate::error::{ApiError, client_visible};
+use crate::error::{ApiError, Surface, client_visible};
 use crate::telemetry::semconv::PERMISSION_DECISION;
 use crate::telemetry::{propagation, spans};
 use opentelemetry::KeyValue;
@@ -226,7 +226,9 @@ impl Session {
         let last = self.bus.last_id();
         let mut prompt = prompt;
         let id = prompt.id.clone();
-        prompt.trace = Some(TurnTrace::admit(&self.id, &id));
+        let trace = TurnTrace::admit(&self.id, &id);
+        trace.record_input(&prompt.text);
+        prompt.trace = Some(trace);
         self.bus.publish(
             "pending_prompt_added",
             Some(&id),
@@ -449,8 +451,11 @@ impl Session {
                 );
             }
             Err(e) => {
-                let shown = client_visible(e);
+                let shown = client_visible(e, Surface::Sse);
                 let mut data = json!({"sessionId": self.id, "message": shown.message, "code": shown.code, "promptId": prompt_id});
+                if let Some(r) = shown.retryable {
+                    data["retryable"] = json!(r);
+                }
                 if let Some(rpc) = shown.context.get("rpcCode") {
                     data["rpcCode"] = rpc.clone();
                 }

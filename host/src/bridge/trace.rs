@@ -43,8 +43,33 @@ impl TurnTrace {
         }
     }
 
+    /// The prompt's text, when the operator opted into content capture (redaction plugins
+    /// see it before it is exported).
+    pub fn record_input(&self, text: &str) {
+        if crate::telemetry::capture_content() {
+            spans::set(
+                &self.dispatch,
+                KeyValue::new(GEN_AI_INPUT_MESSAGES, text.to_string()),
+            );
+        }
+    }
+
     /// The turn leaves the queue: records the wait, opens the ACP client span.
     pub fn start(&mut self, session_id: &str, child_id: &str) -> Context {
+        // The `dispatch` hook: enrichment for this prompt's bridge spans.
+        let enriched = match crate::plugins::current() {
+            Some(set) if set.has(crate::plugins::Hook::Dispatch) => set.observe(
+                crate::plugins::Hook::Dispatch,
+                &[
+                    (SESSION_ID, session_id.to_string().into()),
+                    (CHILD_ID, child_id.to_string().into()),
+                ],
+            ),
+            _ => Vec::new(),
+        };
+        for kv in &enriched {
+            spans::set(&self.dispatch, kv.clone());
+        }
         let wait = self.admitted.elapsed();
         self.started = Some(Instant::now());
         spans::set(
@@ -91,17 +116,23 @@ impl TurnTrace {
                 .get("kind")
                 .and_then(Value::as_str)
                 .unwrap_or("other");
+            let mut attrs = vec![
+                KeyValue::new(GEN_AI_OPERATION_NAME, "execute_tool"),
+                KeyValue::new(GEN_AI_TOOL_NAME, title.to_string()),
+                KeyValue::new(GEN_AI_TOOL_CALL_ID, id.to_string()),
+                KeyValue::new(GEN_AI_TOOL_TYPE, tool_kind.to_string()),
+                KeyValue::new(SESSION_ID, session_id.to_string()),
+            ];
+            if crate::telemetry::capture_content()
+                && let Some(input) = update.get("rawInput")
+            {
+                attrs.push(KeyValue::new(GEN_AI_TOOL_CALL_ARGUMENTS, input.to_string()));
+            }
             let cx = spans::start(
                 format!("execute_tool {title}"),
                 SpanKind::Internal,
                 self.parent(),
-                vec![
-                    KeyValue::new(GEN_AI_OPERATION_NAME, "execute_tool"),
-                    KeyValue::new(GEN_AI_TOOL_NAME, title.to_string()),
-                    KeyValue::new(GEN_AI_TOOL_CALL_ID, id.to_string()),
-                    KeyValue::new(GEN_AI_TOOL_TYPE, tool_kind.to_string()),
-                    KeyValue::new(SESSION_ID, session_id.to_string()),
-                ],
+                attrs,
             );
             self.tools.insert(id.to_string(), cx);
         }

@@ -102,6 +102,8 @@ pub fn load(
         let message = e.inner().message().to_string();
         ConfigError::new(if key == "." { "config".into() } else { key }, message)
     })?;
+    let mut config = config;
+    config.source = file.map(Path::to_path_buf);
     config.validate()?;
     Ok(config)
 }

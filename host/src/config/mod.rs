@@ -21,6 +21,53 @@ pub struct Config {
     pub agent: AgentConfig,
     pub limits: Limits,
     pub telemetry: TelemetryConfig,
+    /// `[[plugins]]`, in hook order. Unset: the first-party set built into the binary;
+    /// `plugins = []`: none.
+    pub plugins: Option<Vec<PluginSpec>>,
+    /// `[keys]`: HMAC keys for the plugins' `keyed-hash`, by id; plugins never see them.
+    pub keys: BTreeMap<String, KeySpec>,
+    pub plugin_host: PluginHostConfig,
+    /// The file this configuration was read from (plugin paths are relative to it).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// One `[[plugins]]` entry.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSpec {
+    /// Unique; names the plugin in metrics, logs and /health.
+    pub name: String,
+    /// A `.wasm` component (relative to the config file), or `builtin:<name>`.
+    pub path: String,
+    /// Pins the file: a mismatch refuses to load it.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Linear memory cap (default 32 MiB).
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Per-call deadline (default 2 ms on the request path, 10 ms per export batch).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Passed to the plugin's `init` as JSON.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// Where an HMAC key comes from: exactly one of `env`, `file`, `value` (`value` is for demos).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginHostConfig {
+    /// Compiled components are cached here (default `$XDG_CACHE_HOME/acpd/plugins`).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// `[telemetry]`: OTLP export and the embedded trace view. Standard `OTEL_*` env vars also
@@ -53,6 +100,10 @@ pub struct TelemetryConfig {
     /// Agents without a configured collector export to the daemon itself (a loopback OTLP
     /// endpoint), so their spans show in the trace view.
     pub agent_ingest: bool,
+    /// Record prompt text (`gen_ai.input.messages`) and tool arguments
+    /// (`gen_ai.tool.call.arguments`) on spans. Off by default: content is the user's; turn it
+    /// on with a redaction plugin in place.
+    pub capture_content: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -79,6 +130,7 @@ impl Default for TelemetryConfig {
             view_traces: 200,
             view_spans_per_trace: 2000,
             agent_ingest: true,
+            capture_content: false,
         }
     }
 }

@@ -6,15 +6,19 @@ use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use serde_json::{Value, json};
 
-use crate::error::{ApiError, client_visible};
+use crate::error::{ApiError, Surface, client_visible};
 use crate::telemetry::semconv::*;
 use crate::telemetry::spans::RequestFacts;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut shown = client_visible(&self);
-        record(&shown);
+        // Telemetry keeps the daemon's own code and detail; the client sees the translation.
+        record(&self);
+        let mut shown = client_visible(&self, Surface::Http);
         let mut body = json!({"error": shown.message, "code": shown.code});
+        if let Some(r) = shown.retryable {
+            body["retryable"] = json!(r);
+        }
         if let Value::Object(map) = &mut body {
             for (k, v) in std::mem::take(&mut shown.context) {
                 map.entry(k).or_insert(v);

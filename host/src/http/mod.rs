@@ -1,6 +1,7 @@
 //! The HTTP+SSE API (see shared/API.md): router, guards, handlers, error responses.
 
 mod body;
+mod enrich;
 mod error;
 mod guard;
 mod routes;
@@ -82,9 +83,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(routes::metrics))
         .route("/debug/traces", get(routes::trace_page))
         .route("/debug/traces.json", get(routes::traces_json))
+        .route("/admin/plugins/reload", post(routes::reload_plugins))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         // Layers run bottom-up: the last added is the outermost.
+        .layer(from_fn_with_state(state.clone(), enrich::request_hook))
         .layer(from_fn_with_state(state.clone(), guard::admission))
         .layer(from_fn_with_state(state.clone(), guard::auth))
         .layer(from_fn_with_state(state.clone(), guard::cors))

@@ -50,6 +50,7 @@ pub async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>)
         "pendingPermissions": sessions.iter().map(|s| s.pending_permission_count()).sum::<usize>(),
         "childrenAlive": state.bridge.live_children(),
         "draining": state.bridge.is_draining(),
+        "plugins": crate::plugins::current().map_or(Value::Array(Vec::new()), |set| set.health()),
     }))
 }
 
@@ -341,5 +342,32 @@ pub async fn traces_json(
                 .with("traceId", id.as_str())
         }),
         None => Ok(Json(ring.list_json(q.limit.unwrap_or(50).clamp(1, 500)))),
+    }
+}
+
+/// `POST /admin/plugins/reload`: loads and initialises the configured plugin set and swaps it
+/// in; a set that fails leaves the running one in place (422). Needs the token: an admin
+/// route is never open, even on loopback.
+pub async fn reload_plugins(State(state): State<AppState>) -> Result<Json<Value>> {
+    if state.bridge.config.server.token.is_none() {
+        return Err(ApiError::new(
+            403,
+            "token_required",
+            "Admin routes need a configured token (--token or ACPD_TOKEN)",
+        ));
+    }
+    let Some(host) = crate::plugins::host().cloned() else {
+        return Err(ApiError::new(
+            503,
+            "plugins_unavailable",
+            "This daemon runs no plugin host",
+        ));
+    };
+    match tokio::task::spawn_blocking(move || host.reload()).await {
+        Ok(Ok(set)) => Ok(Json(
+            json!({"generation": set.generation, "plugins": set.health()}),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(422, "plugin_reload_failed", e.0)),
+        Err(e) => Err(ApiError::new(500, "internal_error", e.to_string())),
     }
 }

@@ -34,6 +34,7 @@ const ROUTES: &[&str] = &[
     "/session/{id}/heartbeat",
     "/session/{id}/events",
     "/workspace/{id}/sessions",
+    "/admin/plugins/reload",
 ];
 
 pub fn route_template(path: &str) -> Option<&'static str> {

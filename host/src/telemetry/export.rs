@@ -1,6 +1,6 @@
-//! The export stage: every span and log record passes one processing step (today the built-in
-//! sanitiser; the redaction plugins plug in here) before fan-out to OTLP and the trace view.
-//! It runs on the SDK's batch threads, off the request path.
+//! The export stage: every span and log record passes the redaction plugins (`export-spans`,
+//! `export-logs`, failing closed) and then the built-in sanitiser before fan-out to OTLP and
+//! the trace view. It runs on the SDK's batch threads, off the request path.
 
 use opentelemetry::logs::{AnyValue, LogRecord as _};
 use opentelemetry::{KeyValue, Value};
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::sanitize::sanitize;
 use super::view::{TraceRing, ViewSpan};
+use crate::plugins::{self, Hook, LogItem};
 
 /// The processing step for one span: every string value is sanitised (terminal escapes, URL
 /// credentials, length).
@@ -27,6 +28,35 @@ pub fn process_span(span: &mut SpanData) {
     }
     if let opentelemetry::trace::Status::Error { description } = &mut span.status {
         *description = sanitize(description).into();
+    }
+}
+
+/// A record with attributes only (metric label sets), to pass the span redaction plugins.
+pub fn attribute_record(attributes: Vec<KeyValue>) -> SpanData {
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+    SpanData {
+        span_context: SpanContext::empty_context(),
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Internal,
+        name: "metric labels".into(),
+        start_time: std::time::UNIX_EPOCH,
+        end_time: std::time::UNIX_EPOCH,
+        attributes,
+        dropped_attributes_count: 0,
+        events: opentelemetry_sdk::trace::SpanEvents::default(),
+        links: opentelemetry_sdk::trace::SpanLinks::default(),
+        status: Status::Unset,
+        instrumentation_scope: opentelemetry::InstrumentationScope::builder("acpd").build(),
+    }
+}
+
+/// The `export-spans` plugins, when there are any.
+pub fn redact_spans(batch: &mut [SpanData]) {
+    if let Some(set) = plugins::current()
+        && set.has(Hook::ExportSpans)
+    {
+        set.spans(batch);
     }
 }
 
@@ -69,6 +99,7 @@ impl StageSpanExporter {
 
 impl SpanExporter for StageSpanExporter {
     async fn export(&self, mut batch: Vec<SpanData>) -> OTelSdkResult {
+        redact_spans(&mut batch);
         batch.iter_mut().for_each(process_span);
         self.ring
             .push(batch.iter().map(|s| ViewSpan::from_sdk(s, &self.service)));
@@ -95,19 +126,105 @@ impl SpanExporter for StageSpanExporter {
     }
 }
 
-#[derive(Debug)]
 pub struct StageLogExporter {
     otlp: opentelemetry_otlp::LogExporter,
+    /// Makes blank records: the SDK's records cannot lose an attribute, so redacted records
+    /// are rebuilt.
+    blank: opentelemetry_sdk::logs::SdkLogger,
+    _provider: opentelemetry_sdk::logs::SdkLoggerProvider,
+}
+
+impl std::fmt::Debug for StageLogExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageLogExporter")
+            .field("otlp", &self.otlp)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StageLogExporter {
     pub fn new(otlp: opentelemetry_otlp::LogExporter) -> Self {
-        Self { otlp }
+        use opentelemetry::logs::LoggerProvider as _;
+        let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder().build();
+        Self {
+            otlp,
+            blank: provider.logger("acpd"),
+            _provider: provider,
+        }
+    }
+
+    fn redact_logs(
+        &self,
+        set: &plugins::PluginSet,
+        batch: &LogBatch<'_>,
+    ) -> Vec<(SdkLogRecord, opentelemetry::InstrumentationScope)> {
+        use opentelemetry::logs::Logger as _;
+        let mut items = Vec::new();
+        let mut kept = Vec::new();
+        for (origin, (r, scope)) in batch.iter().enumerate() {
+            items.push(LogItem {
+                body: r.body().cloned(),
+                severity: r.severity_number().map_or(0, |s| s as u8),
+                event_name: r.event_name(),
+                attrs: r.attributes_iter().cloned().collect(),
+                dropped: false,
+                origin,
+            });
+            kept.push((r, scope));
+        }
+        set.logs(&mut items);
+        items
+            .into_iter()
+            .filter_map(|mut item| {
+                let (src, scope) = kept.get(item.origin)?;
+                let mut rec = self.blank.create_log_record();
+                if let Some(e) = src.event_name() {
+                    rec.set_event_name(e);
+                }
+                if let Some(t) = src.target() {
+                    rec.set_target(t.clone());
+                }
+                if let Some(t) = src.timestamp() {
+                    rec.set_timestamp(t);
+                }
+                if let Some(t) = src.observed_timestamp() {
+                    rec.set_observed_timestamp(t);
+                }
+                if let Some(t) = src.severity_text() {
+                    rec.set_severity_text(t);
+                }
+                if let Some(s) = src.severity_number() {
+                    rec.set_severity_number(s);
+                }
+                if let Some(tc) = src.trace_context() {
+                    rec.set_trace_context(tc.trace_id, tc.span_id, tc.trace_flags);
+                }
+                if let Some(body) = item.body.take() {
+                    let body = match body {
+                        AnyValue::String(s) => AnyValue::String(sanitize(s.as_str()).into()),
+                        other => other,
+                    };
+                    rec.set_body(body);
+                }
+                for (k, v) in item.attrs {
+                    rec.add_attribute(k, v);
+                }
+                Some((rec, (*scope).clone()))
+            })
+            .collect()
     }
 }
 
 impl LogExporter for StageLogExporter {
     async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+        if let Some(set) = plugins::current()
+            && set.has(Hook::ExportLogs)
+        {
+            let owned = self.redact_logs(&set, &batch);
+            let refs: Vec<(&SdkLogRecord, &opentelemetry::InstrumentationScope)> =
+                owned.iter().map(|(r, s)| (r, s)).collect();
+            return self.otlp.export(LogBatch::new(&refs)).await;
+        }
         // Records arrive borrowed: the processed copies are what leaves the process.
         let owned: Vec<(SdkLogRecord, opentelemetry::InstrumentationScope)> = batch
             .iter()

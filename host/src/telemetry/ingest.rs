@@ -69,15 +69,111 @@ async fn traces(State(s): State<Ingest>, headers: HeaderMap, body: Bytes) -> (St
     let Some(req) = req else {
         return (StatusCode::BAD_REQUEST, Vec::new());
     };
-    let spans: Vec<ViewSpan> = super::view::from_proto(&req)
-        .into_iter()
-        .map(sanitize_view)
-        .collect();
+    let mut spans: Vec<ViewSpan> = super::view::from_proto(&req);
+    redact_views(&mut spans);
+    let spans: Vec<ViewSpan> = spans.into_iter().map(sanitize_view).collect();
     s.ring.push(spans);
     (
         StatusCode::OK,
         ExportTraceServiceResponse::default().encode_to_vec(),
     )
+}
+
+/// The agents' spans pass the same `export-spans` plugins as the daemon's own (failing closed
+/// the same way) before the trace view shows them.
+fn redact_views(spans: &mut [ViewSpan]) {
+    use opentelemetry::trace::{SpanContext, SpanKind, Status};
+    use opentelemetry::{KeyValue, Value};
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+    let Some(set) = crate::plugins::current().filter(|s| s.has(crate::plugins::Hook::ExportSpans))
+    else {
+        return;
+    };
+    fn value(j: &serde_json::Value) -> Value {
+        match j {
+            serde_json::Value::String(s) => Value::String(s.clone().into()),
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) if n.is_i64() => {
+                Value::I64(n.as_i64().unwrap_or_default())
+            }
+            serde_json::Value::Number(n) => Value::F64(n.as_f64().unwrap_or_default()),
+            other => Value::String(other.to_string().into()),
+        }
+    }
+    fn json(v: &Value) -> serde_json::Value {
+        match v {
+            Value::String(s) => serde_json::Value::String(s.to_string()),
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::I64(i) => serde_json::json!(i),
+            Value::F64(f) => serde_json::json!(f),
+            other => serde_json::Value::String(other.to_string()),
+        }
+    }
+    let kvs = |attrs: &[(String, serde_json::Value)]| -> Vec<KeyValue> {
+        attrs
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), value(v)))
+            .collect()
+    };
+    let mut batch: Vec<SpanData> = spans
+        .iter()
+        .map(|v| {
+            let mut events = SpanEvents::default();
+            for e in &v.events {
+                events.events.push(opentelemetry::trace::Event::new(
+                    e.name.clone(),
+                    std::time::UNIX_EPOCH,
+                    kvs(&e.attributes),
+                    0,
+                ));
+            }
+            SpanData {
+                span_context: SpanContext::empty_context(),
+                parent_span_id: opentelemetry::trace::SpanId::INVALID,
+                parent_span_is_remote: false,
+                span_kind: match v.kind.as_str() {
+                    "server" => SpanKind::Server,
+                    "client" => SpanKind::Client,
+                    "producer" => SpanKind::Producer,
+                    "consumer" => SpanKind::Consumer,
+                    _ => SpanKind::Internal,
+                },
+                name: v.name.clone().into(),
+                start_time: std::time::UNIX_EPOCH,
+                end_time: std::time::UNIX_EPOCH,
+                attributes: kvs(&v.attributes),
+                dropped_attributes_count: 0,
+                events,
+                links: SpanLinks::default(),
+                status: if v.status == "error" {
+                    Status::error(v.status_message.clone())
+                } else {
+                    Status::Unset
+                },
+                instrumentation_scope: opentelemetry::InstrumentationScope::builder("agent")
+                    .build(),
+            }
+        })
+        .collect();
+    set.spans(&mut batch);
+    for (view, data) in spans.iter_mut().zip(batch) {
+        view.name = data.name.into_owned();
+        view.attributes = data
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.to_string(), json(&kv.value)))
+            .collect();
+        if let Status::Error { description } = &data.status {
+            view.status_message = description.to_string();
+        }
+        for (ve, de) in view.events.iter_mut().zip(data.events.events.iter()) {
+            ve.attributes = de
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.to_string(), json(&kv.value)))
+                .collect();
+        }
+    }
 }
 
 /// The processing stage for spans that arrive already encoded.

@@ -22,6 +22,13 @@ pub fn meta_keys() -> &'static [String] {
     META_KEYS.get_or_init(|| TelemetryConfig::default().meta_keys)
 }
 
+static CAPTURE_CONTENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether prompt text and tool arguments go on spans (`telemetry.capture_content`).
+pub fn capture_content() -> bool {
+    CAPTURE_CONTENT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 use opentelemetry::KeyValue;
 use opentelemetry::global;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
@@ -70,6 +77,7 @@ impl Telemetry {
     /// exporter's channel is created there).
     pub async fn init(cfg: &TelemetryConfig) -> anyhow::Result<Arc<Self>> {
         let _ = META_KEYS.set(cfg.meta_keys.clone());
+        CAPTURE_CONTENT.store(cfg.capture_content, std::sync::atomic::Ordering::Relaxed);
         let ring = Arc::new(TraceRing::new(cfg.view_traces, cfg.view_spans_per_trace));
         let shutdown_timeout = Duration::from_millis(cfg.shutdown_timeout_ms);
         if !cfg.enabled || env_true("OTEL_SDK_DISABLED") {

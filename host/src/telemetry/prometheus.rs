@@ -106,6 +106,8 @@ pub fn encode(rm: &ResourceMetrics) -> String {
             AggregatedMetrics::I64(d) => add(&mut families, metric, d),
         }
     }
+    let redacted = redacted_labels(rm);
+    let shown = |l: &String| redacted.get(l).cloned().unwrap_or_else(|| l.clone());
     let mut out = String::new();
     let resource = rm.resource();
     if !resource.is_empty() {
@@ -121,7 +123,7 @@ pub fn encode(rm: &ResourceMetrics) -> String {
         family.series.sort_by(|a, b| a.0.cmp(&b.0));
         for (labels, samples) in &family.series {
             for s in samples {
-                let mut all = labels.clone();
+                let mut all = shown(labels);
                 if let Some(le) = &s.le {
                     if !all.is_empty() {
                         all.push(',');
@@ -138,6 +140,71 @@ pub fn encode(rm: &ResourceMetrics) -> String {
         }
     }
     out
+}
+
+/// Label values leave the process too: every distinct label set passes the `export-spans`
+/// plugins (as attribute-only records) before it is written. Maps a label text to its
+/// redacted form; empty when no plugin redacts spans.
+fn redacted_labels(rm: &ResourceMetrics) -> std::collections::HashMap<String, String> {
+    use opentelemetry::KeyValue;
+    let mut map = std::collections::HashMap::new();
+    let Some(set) = crate::plugins::current().filter(|s| s.has(crate::plugins::Hook::ExportSpans))
+    else {
+        return map;
+    };
+    fn points<T>(data: &MetricData<T>) -> Vec<Vec<KeyValue>> {
+        match data {
+            MetricData::Gauge(g) => g
+                .data_points()
+                .map(|p| p.attributes().cloned().collect())
+                .collect(),
+            MetricData::Sum(s) => s
+                .data_points()
+                .map(|p| p.attributes().cloned().collect())
+                .collect(),
+            MetricData::Histogram(h) => h
+                .data_points()
+                .map(|p| p.attributes().cloned().collect())
+                .collect(),
+            MetricData::ExponentialHistogram(_) => Vec::new(),
+        }
+    }
+    let mut sets: Vec<Vec<KeyValue>> = rm
+        .scope_metrics()
+        .flat_map(|sm| sm.metrics())
+        .flat_map(|m| match m.data() {
+            AggregatedMetrics::F64(d) => points(d),
+            AggregatedMetrics::U64(d) => points(d),
+            AggregatedMetrics::I64(d) => points(d),
+        })
+        .filter(|a| !a.is_empty())
+        .collect();
+    sets.push(
+        rm.resource()
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+            .collect(),
+    );
+    let original: Vec<String> = sets
+        .iter()
+        .map(|a| labels(a.iter().map(|kv| (kv.key.as_str(), &kv.value))))
+        .collect();
+    let mut batch: Vec<opentelemetry_sdk::trace::SpanData> = sets
+        .into_iter()
+        .map(super::export::attribute_record)
+        .collect();
+    set.spans(&mut batch);
+    for (before, span) in original.into_iter().zip(batch) {
+        let after = labels(
+            span.attributes
+                .iter()
+                .map(|kv| (kv.key.as_str(), &kv.value)),
+        );
+        if after != before {
+            map.insert(before, after);
+        }
+    }
+    map
 }
 
 fn add<T: Num>(families: &mut BTreeMap<String, Family>, metric: &Metric, data: &MetricData<T>) {

@@ -73,3 +73,6 @@ pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
 pub const PROMPT_BUCKETS: [f64; 14] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
 ];
+/// Opt-in content capture (`telemetry.capture_content`), GenAI semconv names.
+pub const GEN_AI_INPUT_MESSAGES: &str = "gen_ai.input.messages";
+pub const GEN_AI_TOOL_CALL_ARGUMENTS: &str = "gen_ai.tool.call.arguments";

@@ -28,6 +28,11 @@ pub fn start_linked(
     links: Vec<SpanContext>,
 ) -> Context {
     let tracer = global::tracer("acpd");
+    let mut attrs = attrs;
+    // Request enrichment is inherited by every span the request causes.
+    if let Some(Enrichment(extra)) = parent.get::<Enrichment>() {
+        attrs.extend(extra.iter().cloned());
+    }
     let span = tracer
         .span_builder(name)
         .with_kind(kind)
@@ -42,6 +47,11 @@ pub fn start_linked(
         .start_with_context(&tracer, parent);
     parent.with_span(span)
 }
+
+/// Attributes the `request` plugins added; carried in the context so the spans a request
+/// causes (including its prompt's, after the response) carry them too.
+#[derive(Clone, Debug)]
+pub struct Enrichment(pub Arc<Vec<KeyValue>>);
 
 pub fn set(cx: &Context, kv: KeyValue) {
     cx.span().set_attribute(kv);

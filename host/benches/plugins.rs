@@ -1,0 +1,385 @@
+//! Plugin hook costs (criterion), plus one summary run that prints the figures the plugin
+//! work is judged by, measured in the same process so their ratios are comparable:
+//! - `export-spans` on 512 spans x 20 attributes with the first-party redaction rules, as the
+//!   WASM plugin through the daemon's real hook (pack, call, validate, apply) and as the same
+//!   rules compiled natively (the plugin crate's own code over the same packed view);
+//! - a hook with no plugin, a no-op plugin call, and the `request` hook with `enrich`.
+//!
+//! `cargo bench -p acpd --bench plugins` (the no-op plugin is the tests' fixture, built here).
+
+use acpd::config::PluginSpec;
+use acpd::plugins::{self, Hook, PluginSet};
+use criterion::{BatchSize, Criterion, criterion_group};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SPANS: usize = 512;
+const ATTRS: usize = 20;
+
+/// 20 attributes like acpd's own spans, 3 of them sensitive (a key, an e-mail, URL credentials).
+fn attributes(i: usize) -> Vec<KeyValue> {
+    let mut a = vec![
+        KeyValue::new("http.request.method", "POST"),
+        KeyValue::new("http.route", "/session/{id}/prompt"),
+        KeyValue::new("url.path", format!("/session/{i:08x}/prompt")),
+        KeyValue::new("url.scheme", "http"),
+        KeyValue::new("server.address", "127.0.0.1"),
+        KeyValue::new("server.port", 4170),
+        KeyValue::new("client.address", "127.0.0.1"),
+        KeyValue::new("user_agent.original", "curl/8.5.0"),
+        KeyValue::new("http.response.status_code", 202),
+        KeyValue::new(
+            "session.id",
+            format!("5f0c{i:04}-8b1e-4e2a-9d3c-6a7b8c9d0e1f"),
+        ),
+        KeyValue::new("acpd.prompt.id", format!("p-{i}")),
+        KeyValue::new("acpd.client.id", "cli-7"),
+        KeyValue::new("acpd.workspace.id", "main"),
+        KeyValue::new("acpd.bridge.operation", "prompt.dispatch"),
+        KeyValue::new("acpd.prompt.queue_wait_ms", 0.42),
+        KeyValue::new("gen_ai.tool.name", "Write notes.txt"),
+        KeyValue::new(
+            "gen_ai.tool.call.arguments",
+            format!(
+                r#"{{"path":"notes.txt","content":"key sk-proj-{i:04}Ab3dE5fG7hI9jK1lM3nO5pQ7rS9tU"}}"#
+            ),
+        ),
+        KeyValue::new(
+            "gen_ai.input.messages",
+            format!("please mail the report to user{i}@example.com today"),
+        ),
+        KeyValue::new(
+            "acpd.agent.endpoint",
+            "https://svc:hunter2@agents.internal/v1",
+        ),
+        KeyValue::new("acpd.tool.status", "completed"),
+    ];
+    a.truncate(ATTRS);
+    a
+}
+
+fn batch() -> Vec<SpanData> {
+    (0..SPANS)
+        .map(|i| SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(i as u128 + 1),
+                SpanId::from(i as u64 + 1),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "bridge prompt.dispatch".into(),
+            start_time: std::time::UNIX_EPOCH,
+            end_time: std::time::UNIX_EPOCH,
+            attributes: attributes(i),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: InstrumentationScope::builder("acpd").build(),
+        })
+        .collect()
+}
+
+fn spec(name: &str, path: &str, config: serde_json::Value) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        path: path.into(),
+        sha256: None,
+        memory_mib: None,
+        // Generous: the figures are the measurement; a timeout would measure the safety net.
+        deadline_ms: Some(1000),
+        config: Some(config),
+    }
+}
+
+fn load(host: &plugins::PluginHost, spec: PluginSpec, bytes: &[u8]) -> PluginSet {
+    let keys = plugins::resolve_keys(&Default::default()).unwrap();
+    let p = host
+        .instantiate(
+            &spec,
+            bytes,
+            spec.path.clone(),
+            plugins::sha256_hex(bytes),
+            &keys,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+    PluginSet::single(p)
+}
+
+fn builtin(name: &str) -> &'static [u8] {
+    plugins::builtin::bytes(name).unwrap_or_else(|| {
+        panic!(
+            "built-in {name} missing: {}",
+            plugins::builtin::available_note()
+        )
+    })
+}
+
+/// The tests' hostile fixture in `ok` mode is the no-op plugin (it exports every hook).
+fn noop_wasm() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().join("wasm-guests");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+        .current_dir(root)
+        .args([
+            "build",
+            "-q",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "guest",
+            "-p",
+            "acpd-test-hostile",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "building the no-op plugin failed");
+    target.join("wasm32-wasip2/guest/acpd_test_hostile.wasm")
+}
+
+fn request_facts() -> Vec<(&'static str, Value)> {
+    vec![
+        ("http.request.method", "POST".into()),
+        ("url.path", "/session/abc/prompt".into()),
+        ("http.route", "/session/{id}/prompt".into()),
+        ("http.request.header.x-team", "payments".into()),
+        ("http.request.header.user-agent", "curl/8.5.0".into()),
+        ("session.id", "abc".into()),
+        ("acpd.workspace.id", "main".into()),
+        ("acpd.workspace.path", "/srv/repos/payments/api".into()),
+    ]
+}
+
+struct Sets {
+    redact: PluginSet,
+    enrich: PluginSet,
+    noop: PluginSet,
+    none: PluginSet,
+}
+
+fn sets() -> Sets {
+    let host = plugins::standalone().unwrap();
+    let noop = std::fs::read(noop_wasm()).unwrap();
+    Sets {
+        redact: load(
+            &host,
+            spec("redact", "builtin:redact", serde_json::json!({})),
+            builtin("redact"),
+        ),
+        enrich: load(
+            &host,
+            spec(
+                "enrich",
+                "builtin:enrich",
+                serde_json::json!({
+                    "static": {"deployment.environment": "prod"},
+                    "headers": {"x-team": "team.name"},
+                    "workspaces": [{"glob": "/srv/repos/payments/**", "attributes": {"org.unit": "payments"}}]
+                }),
+            ),
+            builtin("enrich"),
+        ),
+        noop: load(
+            &host,
+            spec("noop", "noop.wasm", serde_json::json!({"mode": "ok"})),
+            &noop,
+        ),
+        none: PluginSet::default(),
+    }
+}
+
+/// The same redaction rules, compiled natively: the plugin crate's own code (its kernels are
+/// the SDK's native ones, on the same `regex` crate), fed the same packed batch. Packing and
+/// applying edits are not timed here; the WASM figure includes both (conservative).
+mod native {
+    use acpd_plugin_redact::Redactor;
+    use acpd_plugin_sdk::testing::Batch;
+    use acpd_plugin_sdk::{AttrValue, Config, SpanEdits};
+    use opentelemetry::Value;
+    use opentelemetry_sdk::trace::SpanData;
+
+    pub struct Native {
+        batch: Batch,
+        redactor: Redactor,
+    }
+
+    impl Native {
+        pub fn new(input: &[SpanData]) -> Self {
+            let mut batch = Batch::new();
+            for s in input {
+                let attrs: Vec<(&str, AttrValue)> = s
+                    .attributes
+                    .iter()
+                    .map(|kv| {
+                        let v = match &kv.value {
+                            Value::I64(i) => AttrValue::Int(*i),
+                            Value::F64(f) => AttrValue::Double(*f),
+                            Value::Bool(b) => AttrValue::Bool(*b),
+                            other => AttrValue::Str(other.to_string()),
+                        };
+                        (kv.key.as_str(), v)
+                    })
+                    .collect();
+                batch = batch.span(&s.name, &attrs);
+            }
+            let redactor = Redactor::new(&Config::from_json("{}").unwrap()).unwrap();
+            Self { batch, redactor }
+        }
+
+        /// One batch; returns the number of edits (so the work cannot be optimised away).
+        pub fn run(&mut self) -> usize {
+            let mut out = SpanEdits::default();
+            self.redactor
+                .redact_spans(&self.batch.spans_view(), &mut out);
+            std::hint::black_box(out.attrs.len())
+        }
+    }
+}
+
+fn criterion_benches(c: &mut Criterion) {
+    let s = sets();
+    let input = batch();
+    let mut g = c.benchmark_group("export-spans 512x20");
+    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    g.bench_function("wasm redact", |b| {
+        b.iter_batched(
+            || input.clone(),
+            |mut x| s.redact.spans(&mut x),
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("native redact", |b| {
+        let mut r = native::Native::new(&input);
+        b.iter(|| r.run())
+    });
+    g.bench_function("no plugin", |b| {
+        b.iter_batched(
+            || input.clone(),
+            |mut x| {
+                if s.none.has(Hook::ExportSpans) {
+                    s.none.spans(&mut x)
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+    let facts = request_facts();
+    let mut g = c.benchmark_group("request hook");
+    g.bench_function("no plugin", |b| b.iter(|| s.none.has(Hook::Request)));
+    g.bench_function("no-op plugin", |b| {
+        b.iter(|| s.noop.observe(Hook::Request, &[]))
+    });
+    g.bench_function("enrich, 8 facts", |b| {
+        b.iter(|| s.enrich.observe(Hook::Request, &facts))
+    });
+    g.finish();
+}
+
+/// Median of 7 rounds of `n` calls, in ns per call.
+fn median_ns(n: u32, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut rounds: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / f64::from(n)
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[3]
+}
+
+fn summary() {
+    let s = sets();
+    let input = batch();
+    // Sanity: the WASM plugin really redacts (not the safety net, not a no-op).
+    let mut probe = input.clone();
+    s.redact.spans(&mut probe);
+    let text = format!("{:?}", probe[0].attributes);
+    assert!(
+        !text.contains("hunter2") && !text.contains("@example.com"),
+        "{text}"
+    );
+    assert!(text.contains("prompt.dispatch"), "structure kept: {text}");
+    assert_eq!(s.redact.health()[0]["state"], "active");
+
+    let mut copies: Vec<Vec<SpanData>> = (0..40).map(|_| input.clone()).collect();
+    let clone_ns = median_ns(20, || {
+        let _ = std::hint::black_box(input.clone());
+    });
+    let wasm_ns = median_ns(20, || {
+        let mut b = copies.pop().unwrap_or_else(|| input.clone());
+        s.redact.spans(&mut b);
+        std::hint::black_box(&b);
+    }) - clone_ns;
+    let mut native = native::Native::new(&input);
+    let edits = native.run();
+    assert!(
+        edits >= SPANS * 3,
+        "the native rules redact too: {edits} edits"
+    );
+    let native_ns = median_ns(20, || {
+        native.run();
+    });
+    let none_ns = median_ns(1_000_000, || {
+        std::hint::black_box(s.none.has(Hook::ExportSpans));
+    });
+    let noop_ns = median_ns(20_000, || {
+        std::hint::black_box(s.noop.observe(Hook::Request, &[]));
+    });
+    let facts = request_facts();
+    let enrich_ns = median_ns(20_000, || {
+        std::hint::black_box(s.enrich.observe(Hook::Request, &facts));
+    });
+    let per = (SPANS) as f64;
+    println!("\n== plugin hook figures (one run, same process)");
+    println!("export-spans 512x20, default redaction rules:");
+    println!(
+        "  wasm   {:>9.0} ns/span  ({:.2} ms/batch)",
+        wasm_ns / per,
+        wasm_ns / 1e6
+    );
+    println!(
+        "  native {:>9.0} ns/span  ({:.2} ms/batch)",
+        native_ns / per,
+        native_ns / 1e6
+    );
+    println!(
+        "  ratio wasm/native = {:.2}x (target <= 2x, floor 3x)",
+        wasm_ns / native_ns
+    );
+    println!("hook with no plugin: {none_ns:.1} ns");
+    println!(
+        "no-op plugin call (request hook): {:.0} ns (target <= 500 ns)",
+        noop_ns
+    );
+    println!("request hook, enrich with 8 facts: {:.0} ns", enrich_ns);
+}
+
+criterion_group!(benches, criterion_benches);
+
+fn main() {
+    summary();
+    // `ACPD_BENCH_SUMMARY=1`: the one-run figures only, without the criterion groups.
+    if std::env::var_os("ACPD_BENCH_SUMMARY").is_some() {
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,111 @@
+//! Builds the first-party plugins (`plugins/*`) for `wasm32-wasip2` and embeds them, so the
+//! binary runs its default plugin set with no files beside it. A machine without the wasm
+//! target still builds the daemon: the plugins are then missing, and the daemon says so.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PLUGINS: &[(&str, &str)] = &[
+    ("redact", "acpd-plugin-redact"),
+    ("enrich", "acpd-plugin-enrich"),
+    ("errors", "acpd-plugin-errors"),
+];
+
+fn main() {
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("builtin");
+    std::fs::create_dir_all(&out).unwrap();
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().unwrap().to_path_buf();
+    for dir in ["plugins", "sdk", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
+    println!("cargo:rerun-if-env-changed=ACPD_SKIP_BUILTIN_PLUGINS");
+
+    let mut notes = Vec::new();
+    for (name, package) in PLUGINS {
+        let dest = out.join(format!("{name}.wasm"));
+        if env::var_os("ACPD_SKIP_BUILTIN_PLUGINS").is_some() {
+            std::fs::write(&dest, b"").unwrap();
+            notes.push(format!("{name}: skipped (ACPD_SKIP_BUILTIN_PLUGINS)"));
+            continue;
+        }
+        match build(&root, &guest_target_dir(), package) {
+            Ok(wasm) => {
+                std::fs::copy(&wasm, &dest).unwrap();
+            }
+            Err(e) => {
+                std::fs::write(&dest, b"").unwrap();
+                println!("cargo:warning=built-in plugin {name} not embedded: {e}");
+                notes.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    let note = if notes.is_empty() {
+        "all built".to_string()
+    } else {
+        notes.join("; ").replace('\n', " ")
+    };
+    println!("cargo:rustc-env=ACPD_BUILTIN_PLUGINS_NOTE={note}");
+}
+
+/// `<target>/wasm-guests`: beside the host's own artifacts, shared with the tests' builds of
+/// their plugins, never the directory the outer cargo holds locked.
+fn guest_target_dir() -> PathBuf {
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    // OUT_DIR = <target>[/<triple>]/<profile>/build/<pkg>-<hash>/out
+    let profile_dir = out.ancestors().nth(3).unwrap();
+    profile_dir
+        .parent()
+        .unwrap_or(profile_dir)
+        .join("wasm-guests")
+}
+
+fn build(root: &Path, target_dir: &Path, package: &str) -> Result<PathBuf, String> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args([
+            "build",
+            "--quiet",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "guest",
+            "-p",
+            package,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+    // The outer build's settings are for the host, not for a wasm guest.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let output = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(6).collect();
+        return Err(tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+    }
+    let wasm = target_dir
+        .join("wasm32-wasip2/guest")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    if wasm.is_file() {
+        Ok(wasm)
+    } else {
+        Err(format!("{} not produced", wasm.display()))
+    }
+}

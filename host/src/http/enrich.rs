@@ -1,0 +1,114 @@
+//! The `request` hook: enrichment plugins see who is asking (method, route, headers, the
+//! session's workspace) and add attributes to the request span, which the spans the request
+//! causes inherit (`telemetry::spans::Enrichment`). Runs after the guards, before the handler.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry::context::FutureExt;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::{Context, Value};
+use std::sync::Arc;
+
+use super::AppState;
+use super::span::route_template;
+use crate::plugins::{self, Hook};
+use crate::telemetry::semconv::*;
+use crate::telemetry::spans::Enrichment;
+
+/// Headers never shown to a plugin: credentials.
+fn secret_header(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie" | "x-api-key"
+    ) || name.contains("token")
+        || name.contains("secret")
+        || name.contains("password")
+}
+
+pub async fn request_hook(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(set) = plugins::current().filter(|s| s.has(Hook::Request)) else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path().to_string();
+    if path.starts_with("/debug/") || path == "/metrics" || path.starts_with("/admin/") {
+        return next.run(req).await;
+    }
+    let route = route_template(&path);
+    let mut facts: Vec<(&str, Value)> = vec![
+        (
+            HTTP_REQUEST_METHOD,
+            req.method().as_str().to_string().into(),
+        ),
+        (URL_PATH, path.clone().into()),
+    ];
+    if let Some(r) = route {
+        facts.push((HTTP_ROUTE, r.into()));
+    }
+    let header_keys: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter(|(n, _)| !secret_header(n.as_str()))
+        .filter_map(|(n, v)| {
+            Some((
+                format!("http.request.header.{}", n.as_str()),
+                v.to_str().ok()?.chars().take(1024).collect(),
+            ))
+        })
+        .take(64)
+        .collect();
+    for (k, v) in &header_keys {
+        facts.push((k.as_str(), v.clone().into()));
+    }
+    // The workspace, where the request names one: the session's, or the one a new session asks
+    // for.
+    let mut req = req;
+    let session_id = path
+        .strip_prefix("/session/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| !id.is_empty())
+        .map(str::to_string);
+    if let Some(id) = &session_id
+        && let Ok(s) = state.bridge.session(id)
+    {
+        facts.push((SESSION_ID, s.id.clone().into()));
+        facts.push((WORKSPACE_ID, s.workspace.id.clone().into()));
+        facts.push(("acpd.workspace.path", s.workspace.cwd_str().into()));
+    } else if route == Some("/session") && req.method() == axum::http::Method::POST {
+        let (parts, body) = req.into_parts();
+        let limit = state.bridge.config.server.max_body_bytes;
+        let bytes = match axum::body::to_bytes(body, limit).await {
+            Ok(b) => b,
+            // Too large: the handler's own extractor gives the 413.
+            Err(_) => return next.run(Request::from_parts(parts, Body::empty())).await,
+        };
+        let cwd = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("cwd").and_then(|c| c.as_str()).map(str::to_string));
+        let ws = match cwd {
+            Some(c) => state
+                .bridge
+                .workspaces
+                .iter()
+                .find(|w| w.cwd_str() == c.trim_end_matches('/')),
+            None => Some(state.bridge.primary()),
+        };
+        if let Some(w) = ws {
+            facts.push((WORKSPACE_ID, w.id.clone().into()));
+            facts.push(("acpd.workspace.path", w.cwd_str().into()));
+        }
+        req = Request::from_parts(parts, Body::from(bytes));
+    }
+    let added = set.observe(Hook::Request, &facts);
+    drop(set);
+    if added.is_empty() {
+        return next.run(req).await;
+    }
+    let cx = Context::current();
+    for kv in &added {
+        cx.span().set_attribute(kv.clone());
+    }
+    let cx = cx.with_value(Enrichment(Arc::new(added)));
+    next.run(req).with_context(cx).await
+}

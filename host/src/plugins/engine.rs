@@ -1,0 +1,98 @@
+//! The one wasmtime `Engine` (settings that decide per-call cost, see notes/wasm-plugins.md),
+//! its epoch ticker, and the on-disk cache of compiled components.
+
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, OptLevel};
+
+/// One epoch tick: hook deadlines are counted in these.
+pub const TICK: Duration = Duration::from_millis(1);
+
+pub fn new_engine() -> anyhow::Result<Engine> {
+    let mut c = Config::new();
+    // On by default with component-model-async, and 3x the cost of a sync call: our hooks are
+    // plain synchronous functions.
+    c.concurrency_support(false);
+    c.epoch_interruption(true);
+    c.cranelift_opt_level(OptLevel::Speed);
+    c.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(16));
+    c.max_wasm_stack(1 << 20);
+    let engine = Engine::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
+    start_ticker(&engine);
+    Ok(engine)
+}
+
+/// Deadlines are only real if something advances the epoch: a thread that lives as long as
+/// the engine does.
+fn start_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let _ = std::thread::Builder::new()
+        .name("acpd-plugin-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        });
+}
+
+/// Where compiled artifacts live: `$ACPD_CACHE_DIR`, else `$XDG_CACHE_HOME/acpd/plugins`, else
+/// `$HOME/.cache/acpd/plugins`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("ACPD_CACHE_DIR") {
+        return Some(PathBuf::from(d).join("plugins"));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("acpd").join("plugins"))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compiles `bytes`, or loads the artifact compiled earlier for the same bytes by an engine
+/// with the same settings. Only artifacts this function wrote are ever deserialised.
+pub fn compile(engine: &Engine, bytes: &[u8], cache: Option<&Path>) -> anyhow::Result<Component> {
+    let Some(dir) = cache else {
+        return Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("{e:?}"));
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let key = format!(
+        "{}-{:016x}-{}.cwasm",
+        sha256_hex(bytes),
+        h.finish(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let path = dir.join(key);
+    if path.is_file() {
+        // SAFETY: the file was produced by `precompile_component` of an engine with the same
+        // compatibility hash, in a directory only this user writes.
+        if let Ok(c) = unsafe { Component::deserialize_file(engine, &path) } {
+            return Ok(c);
+        }
+    }
+    let artifact = engine
+        .precompile_component(bytes)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    if std::fs::create_dir_all(dir).is_ok() {
+        // Write-then-rename: a concurrent daemon never reads half an artifact.
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        if std::fs::write(&tmp, &artifact).is_ok() && std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    // SAFETY: `artifact` was just produced by this engine.
+    unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| anyhow::anyhow!("{e:?}"))
+}

@@ -1,0 +1,275 @@
+//! One live instance of a plugin: its Store, the exports it has, and calls with a deadline.
+//! A trap poisons an instance (wasmtime refuses to re-enter it): the caller drops it.
+
+use std::sync::Arc;
+use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::{Engine, Store, Trap};
+
+use super::bindings::AllHooks;
+use super::bindings::acpd::plugin::types::{AttrEdit, AttrRef, PluginError, PluginInfo};
+use super::bindings::exports::acpd::plugin::{
+    error_hooks, lifecycle, log_hooks, observe_hooks, span_hooks,
+};
+use super::kernels::{Shared, State};
+
+/// Why a call did not produce a usable answer (the `acpd.plugin.failure` label).
+#[derive(Debug, Clone)]
+pub enum Failure {
+    Trap(String),
+    Timeout,
+    Memory,
+    InvalidOutput(String),
+    /// The plugin returned `plugin-error::failed`.
+    Failed(String),
+    InvalidConfig(String),
+    /// Every instance is busy and the pool is at its bound.
+    Busy,
+    Quarantined,
+}
+
+impl Failure {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Trap(_) => "trap",
+            Failure::Timeout => "timeout",
+            Failure::Memory => "memory",
+            Failure::InvalidOutput(_) => "invalid_output",
+            Failure::Failed(_) => "failed",
+            Failure::InvalidConfig(_) => "invalid_config",
+            Failure::Busy => "busy",
+            Failure::Quarantined => "quarantined",
+        }
+    }
+
+    /// The instance cannot be entered again after these.
+    pub fn poisons(&self) -> bool {
+        matches!(self, Failure::Trap(_) | Failure::Timeout | Failure::Memory)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Trap(m) => write!(f, "trap: {m}"),
+            Failure::Timeout => write!(f, "deadline exceeded"),
+            Failure::Memory => write!(f, "memory limit exceeded"),
+            Failure::InvalidOutput(m) => write!(f, "invalid output: {m}"),
+            Failure::Failed(m) => write!(f, "plugin error: {m}"),
+            Failure::InvalidConfig(m) => write!(f, "invalid config: {m}"),
+            Failure::Busy => write!(f, "no free instance"),
+            Failure::Quarantined => write!(f, "quarantined"),
+        }
+    }
+}
+
+/// The linker every plugin is instantiated against: the `host` interface and a WASI that
+/// grants nothing.
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<State>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+    AllHooks::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(linker)
+}
+
+/// Type-checked once per plugin; instances are cheap to make from it.
+pub struct Pre {
+    pre: InstancePre<State>,
+    lifecycle: lifecycle::GuestIndices,
+    observe: Option<observe_hooks::GuestIndices>,
+    spans: Option<span_hooks::GuestIndices>,
+    logs: Option<log_hooks::GuestIndices>,
+    errors: Option<error_hooks::GuestIndices>,
+}
+
+/// Which hook interfaces a component exports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Exports {
+    pub observe: bool,
+    pub spans: bool,
+    pub logs: bool,
+    pub errors: bool,
+}
+
+impl Pre {
+    pub fn new(
+        linker: &Linker<State>,
+        component: &wasmtime::component::Component,
+    ) -> anyhow::Result<Self> {
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let lifecycle = lifecycle::GuestIndices::new(&pre).map_err(|e| {
+            anyhow::anyhow!("not an acpd:plugin@0.1 component (no lifecycle export): {e}")
+        })?;
+        Ok(Self {
+            observe: observe_hooks::GuestIndices::new(&pre).ok(),
+            spans: span_hooks::GuestIndices::new(&pre).ok(),
+            logs: log_hooks::GuestIndices::new(&pre).ok(),
+            errors: error_hooks::GuestIndices::new(&pre).ok(),
+            pre,
+            lifecycle,
+        })
+    }
+
+    pub fn exports(&self) -> Exports {
+        Exports {
+            observe: self.observe.is_some(),
+            spans: self.spans.is_some(),
+            logs: self.logs.is_some(),
+            errors: self.errors.is_some(),
+        }
+    }
+}
+
+pub struct Live {
+    store: Store<State>,
+    observe: Option<observe_hooks::Guest>,
+    spans: Option<span_hooks::Guest>,
+    logs: Option<log_hooks::Guest>,
+    errors: Option<error_hooks::Guest>,
+    pub calls: u64,
+}
+
+fn classify(store: &Store<State>, e: wasmtime::Error) -> Failure {
+    if store.data().limiter.exceeded {
+        return Failure::Memory;
+    }
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return Failure::Timeout;
+    }
+    let mut m = format!("{e:#}");
+    m.truncate(m.floor_char_boundary(2000));
+    Failure::Trap(m)
+}
+
+fn finish<R>(
+    store: &Store<State>,
+    r: wasmtime::Result<Result<R, PluginError>>,
+) -> Result<R, Failure> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(PluginError::Failed(m))) => Err(Failure::Failed(m)),
+        Ok(Err(PluginError::InvalidConfig(m))) => Err(Failure::InvalidConfig(m)),
+        Err(e) => Err(classify(store, e)),
+    }
+}
+
+fn missing() -> Failure {
+    Failure::Trap("hook not exported".into())
+}
+
+impl Live {
+    /// Instantiates and runs `init` within `init_ticks` epochs.
+    pub fn new(
+        pre: &Pre,
+        shared: Arc<Shared>,
+        max_memory: usize,
+        init_json: &str,
+        init_ticks: u64,
+    ) -> Result<(Live, PluginInfo), Failure> {
+        let mut store = Store::new(pre.pre.engine(), State::new(shared, max_memory));
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(init_ticks);
+        let instance = pre
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&store, e))?;
+        let load = |store: &mut Store<State>| -> wasmtime::Result<_> {
+            Ok((
+                pre.lifecycle.load(&mut *store, &instance)?,
+                pre.observe
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, &instance))
+                    .transpose()?,
+                pre.spans
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, &instance))
+                    .transpose()?,
+                pre.logs
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, &instance))
+                    .transpose()?,
+                pre.errors
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, &instance))
+                    .transpose()?,
+            ))
+        };
+        let (lifecycle, observe, spans, logs, errors) =
+            load(&mut store).map_err(|e| classify(&store, e))?;
+        let r = lifecycle.call_init(&mut store, init_json);
+        let info = finish(&store, r)?;
+        Ok((
+            Live {
+                store,
+                observe,
+                spans,
+                logs,
+                errors,
+                calls: 0,
+            },
+            info,
+        ))
+    }
+
+    fn arm(&mut self, ticks: u64) {
+        self.calls += 1;
+        self.store.data_mut().limiter.exceeded = false;
+        self.store.set_epoch_deadline(ticks);
+    }
+
+    pub fn memory_exceeded(&self) -> bool {
+        self.store.data().limiter.exceeded
+    }
+
+    pub fn observe(
+        &mut self,
+        which: super::Hook,
+        ticks: u64,
+        arena: &str,
+        attrs: &[AttrRef],
+    ) -> Result<Vec<AttrEdit>, Failure> {
+        self.arm(ticks);
+        let g = self.observe.as_ref().ok_or_else(missing)?;
+        let r = match which {
+            super::Hook::Dispatch => g.call_on_dispatch(&mut self.store, arena, attrs),
+            super::Hook::Child => g.call_on_child(&mut self.store, arena, attrs),
+            _ => g.call_on_request(&mut self.store, arena, attrs),
+        };
+        finish(&self.store, r)
+    }
+
+    pub fn spans(
+        &mut self,
+        ticks: u64,
+        batch: &span_hooks::SpanBatch,
+    ) -> Result<span_hooks::SpanEdits, Failure> {
+        self.arm(ticks);
+        let g = self.spans.as_ref().ok_or_else(missing)?;
+        let r = g.call_on_spans(&mut self.store, batch);
+        finish(&self.store, r)
+    }
+
+    pub fn logs(
+        &mut self,
+        ticks: u64,
+        batch: &log_hooks::LogBatch,
+    ) -> Result<log_hooks::LogEdits, Failure> {
+        self.arm(ticks);
+        let g = self.logs.as_ref().ok_or_else(missing)?;
+        let r = g.call_on_logs(&mut self.store, batch);
+        finish(&self.store, r)
+    }
+
+    pub fn translate(
+        &mut self,
+        ticks: u64,
+        err: &error_hooks::ErrorInfo,
+    ) -> Result<Option<error_hooks::ClientError>, Failure> {
+        self.arm(ticks);
+        let g = self.errors.as_ref().ok_or_else(missing)?;
+        let r = g.call_translate(&mut self.store, err);
+        finish(&self.store, r)
+    }
+}

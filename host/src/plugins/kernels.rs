@@ -1,0 +1,379 @@
+//! What a plugin can call: `host.log`, `host.count`, `keyed-hash` and the `pattern-set`
+//! kernel, plus a WASI that grants nothing (no files, sockets, env, args or real clocks;
+//! toolchains import WASI even for pure logic).
+
+use hmac::{Hmac, Mac};
+use regex::{Regex, RegexSet};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::acpd::plugin::host::{self, Level, Match, RangeMatch};
+
+/// Operator-held HMAC keys by id (`[keys]`); a plugin only ever sees digests.
+pub type Keys = Arc<BTreeMap<String, Vec<u8>>>;
+
+const MAX_PATTERNS: usize = 1024;
+const MAX_PATTERN_BYTES: usize = 256 * 1024;
+const MAX_MATCHES: usize = 100_000;
+const MAX_COUNTER_NAMES: usize = 64;
+
+/// What every instance of one plugin shares.
+pub struct Shared {
+    pub name: String,
+    pub keys: Keys,
+    log_budget: Mutex<(Instant, u32)>,
+    counter_names: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    pub fn new(name: String, keys: Keys) -> Self {
+        Self {
+            name,
+            keys,
+            log_budget: Mutex::new((Instant::now(), 0)),
+            counter_names: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// At most 50 plugin log lines per second: a chatty plugin cannot flood the logs.
+    fn log_allowed(&self) -> bool {
+        let mut b = self.log_budget.lock().unwrap_or_else(|p| p.into_inner());
+        if b.0.elapsed() >= Duration::from_secs(1) {
+            *b = (Instant::now(), 0);
+        }
+        b.1 += 1;
+        b.1 <= 50
+    }
+}
+
+pub struct PatternSet {
+    set: RegexSet,
+    regexes: Vec<Regex>,
+}
+
+impl PatternSet {
+    pub fn compile(patterns: &[String]) -> Result<Self, String> {
+        if patterns.len() > MAX_PATTERNS {
+            return Err(format!("at most {MAX_PATTERNS} patterns"));
+        }
+        if patterns.iter().map(String::len).sum::<usize>() > MAX_PATTERN_BYTES {
+            return Err(format!("patterns exceed {MAX_PATTERN_BYTES} bytes"));
+        }
+        let regexes = patterns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                regex::RegexBuilder::new(p)
+                    .size_limit(4 << 20)
+                    .build()
+                    .map_err(|e| format!("pattern {i}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let set = regex::RegexSetBuilder::new(patterns)
+            .size_limit(16 << 20)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { set, regexes })
+    }
+
+    /// Leftmost-first, non-overlapping matches of any pattern (an earlier pattern wins a tie).
+    pub fn find(&self, text: &str, out: &mut Vec<(u32, u32, u32)>) {
+        let hits = self.set.matches(text);
+        if !hits.matched_any() {
+            return;
+        }
+        let start = out.len();
+        for p in hits.iter() {
+            for m in self.regexes[p].find_iter(text) {
+                out.push((p as u32, m.start() as u32, m.end() as u32));
+            }
+        }
+        let found = &mut out[start..];
+        found.sort_by_key(|&(p, s, e)| (s, std::cmp::Reverse(e), p));
+        let mut end = 0u32;
+        let mut keep = start;
+        for i in start..out.len() {
+            let m = out[i];
+            if i == start || m.1 >= end {
+                end = m.2;
+                out[keep] = m;
+                keep += 1;
+            }
+        }
+        out.truncate(keep);
+    }
+}
+
+/// Memory accounting per instance: refusing growth traps the guest and marks the failure as
+/// `memory` (not a generic trap).
+pub struct Limiter {
+    limits: StoreLimits,
+    max_memory: usize,
+    pub exceeded: bool,
+}
+
+impl Limiter {
+    pub fn new(max_memory: usize) -> Self {
+        Self {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(max_memory)
+                .table_elements(100_000)
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .trap_on_grow_failure(true)
+                .build(),
+            max_memory,
+            exceeded: false,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.exceeded = true;
+        }
+        self.limits.memory_growing(current, desired, maximum)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+/// A clock frozen at the epoch: the WIT grants no clock.
+struct NoClock;
+
+impl wasmtime_wasi::HostWallClock for NoClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for NoClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// The data of one instance's Store.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: Limiter,
+    pub shared: Arc<Shared>,
+}
+
+impl State {
+    pub fn new(shared: Arc<Shared>, max_memory: usize) -> Self {
+        // Nothing inherited: no args, env, preopens, stdio or network; fixed clocks.
+        let mut b = WasiCtxBuilder::new();
+        b.allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .wall_clock(NoClock)
+            .monotonic_clock(NoClock);
+        let wasi = b.build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(max_memory),
+            shared,
+        }
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for State {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        if !self.shared.log_allowed() {
+            return Ok(());
+        }
+        let msg = crate::telemetry::sanitize::sanitize(&message);
+        let plugin = self.shared.name.as_str();
+        match level {
+            Level::Trace | Level::Debug => {
+                tracing::debug!(name: "acpd.plugin.log", target: "acpd::plugin", { "acpd.plugin.name" = plugin }, "{msg}")
+            }
+            Level::Info => {
+                tracing::info!(name: "acpd.plugin.log", target: "acpd::plugin", { "acpd.plugin.name" = plugin }, "{msg}")
+            }
+            Level::Warn => {
+                tracing::warn!(name: "acpd.plugin.log", target: "acpd::plugin", { "acpd.plugin.name" = plugin }, "{msg}")
+            }
+            Level::Error => {
+                tracing::error!(name: "acpd.plugin.log", target: "acpd::plugin", { "acpd.plugin.name" = plugin }, "{msg}")
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        // Plugin-chosen names become metric labels: bounded per plugin.
+        let mut names = self
+            .shared
+            .counter_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !names.contains(&name) {
+            if names.len() >= MAX_COUNTER_NAMES || name.len() > 64 {
+                return Ok(());
+            }
+            names.push(name.clone());
+        }
+        drop(names);
+        super::metrics::custom(&self.shared.name, &name, delta);
+        Ok(())
+    }
+
+    fn keyed_hash(
+        &mut self,
+        key_id: String,
+        data: String,
+        hex_len: u32,
+    ) -> wasmtime::Result<Result<String, String>> {
+        let Some(key) = self.shared.keys.get(&key_id) else {
+            return Ok(Err(format!("unknown key id `{key_id}`")));
+        };
+        Ok(Ok(keyed_hash(key, &data, hex_len)))
+    }
+}
+
+pub fn keyed_hash(key: &[u8], data: &str, hex_len: u32) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(data.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    if hex_len > 0 && (hex_len as usize) < hex.len() {
+        hex.truncate(hex_len as usize);
+    }
+    hex
+}
+
+impl host::HostPatternSet for State {
+    fn compile(
+        &mut self,
+        patterns: Vec<String>,
+    ) -> wasmtime::Result<Result<Resource<PatternSet>, String>> {
+        match PatternSet::compile(&patterns) {
+            Ok(set) => Ok(Ok(self.table.push(set)?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn find(&mut self, this: Resource<PatternSet>, text: String) -> wasmtime::Result<Vec<Match>> {
+        let set = self.table.get(&this)?;
+        let mut out = Vec::new();
+        set.find(&text, &mut out);
+        out.truncate(MAX_MATCHES);
+        Ok(out
+            .into_iter()
+            .map(|(pattern, start, end)| Match {
+                pattern,
+                start,
+                end,
+            })
+            .collect())
+    }
+
+    fn scan(
+        &mut self,
+        this: Resource<PatternSet>,
+        arena: String,
+        ranges: Vec<(u32, u32)>,
+    ) -> wasmtime::Result<Vec<RangeMatch>> {
+        let set = self.table.get(&this)?;
+        let mut found = Vec::new();
+        let mut out = Vec::new();
+        for (i, &(offset, len)) in ranges.iter().enumerate() {
+            let Some(text) =
+                arena.get(offset as usize..(offset as usize).saturating_add(len as usize))
+            else {
+                continue;
+            };
+            found.clear();
+            set.find(text, &mut found);
+            out.extend(found.iter().map(|&(pattern, start, end)| RangeMatch {
+                range: i as u32,
+                pattern,
+                start,
+                end,
+            }));
+            if out.len() >= MAX_MATCHES {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn drop(&mut self, this: Resource<PatternSet>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+/// The `types` interface has no functions; the world still names it as an import.
+impl super::bindings::acpd::plugin::types::Host for State {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_is_leftmost_first_without_overlaps() {
+        let set = PatternSet::compile(&["a+".into(), "aab".into(), "b".into()]).unwrap();
+        let mut out = Vec::new();
+        set.find("xaab b", &mut out);
+        // "aab" (pattern 1) starts where "aa" does and is longer; then the lone "b".
+        assert_eq!(out, vec![(1, 1, 4), (2, 5, 6)]);
+    }
+
+    #[test]
+    fn keyed_hash_truncates_and_depends_on_the_key() {
+        let a = keyed_hash(b"k1", "bob@example.com", 16);
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, keyed_hash(b"k2", "bob@example.com", 16));
+        assert_eq!(keyed_hash(b"k1", "x", 0).len(), 64);
+    }
+}

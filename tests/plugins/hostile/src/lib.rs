@@ -1,0 +1,140 @@
+//! Test fixture: a plugin that misbehaves on purpose. One component serves every fault test;
+//! its config's `mode` picks the misbehaviour, at every hook:
+//! `ok` (no edits), `tag` (marks every span, proving it ran), `trap`, `loop` (never returns),
+//! `alloc` (touches 1 GiB), `huge-output` (far more edits than allowed), `bad-index`
+//! (out-of-range indexes), `flaky` (fails every other call), `error-5xx` (an invalid error
+//! translation), `panic-init`, `bad-config` (refuses its config).
+
+use acpd_plugin_sdk::{
+    Attrs, ClientError, Config, Edits, Error, ErrorInfo, ErrorTranslator, LogBatch, LogEdits,
+    LogProcessor, Observer, Plugin, SpanBatch, SpanEdits, SpanProcessor, export_plugin,
+};
+
+#[derive(serde::Deserialize)]
+struct Cfg {
+    mode: String,
+}
+
+pub struct Hostile {
+    mode: String,
+    calls: u64,
+}
+
+impl Plugin for Hostile {
+    const NAME: &'static str = "hostile";
+    const VERSION: &'static str = "0.1.0";
+
+    fn init(config: Config) -> Result<Self, Error> {
+        let c: Cfg = config.parse()?;
+        match c.mode.as_str() {
+            "panic-init" => panic!("hostile: panicking in init on purpose"),
+            "bad-config" => Err(Error::config("hostile: this config is refused on purpose")),
+            "ok" | "tag" | "trap" | "loop" | "alloc" | "huge-output" | "bad-index" | "flaky"
+            | "error-5xx" => Ok(Hostile {
+                mode: c.mode,
+                calls: 0,
+            }),
+            other => Err(Error::config(format!("unknown mode {other:?}"))),
+        }
+    }
+}
+
+impl Hostile {
+    /// The misbehaviours shared by every hook; `Ok(true)` = go on with the hook's own answer.
+    fn misbehave(&mut self, out: &mut Edits, records: usize) -> Result<bool, Error> {
+        self.calls += 1;
+        match self.mode.as_str() {
+            "trap" => panic!("hostile: trapping on purpose"),
+            "loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut v: Vec<u8> = Vec::with_capacity(1 << 30);
+                v.resize(1 << 30, 1);
+                std::hint::black_box(&v);
+                Ok(true)
+            }
+            "huge-output" => {
+                // Far past every output bound: edit count, new keys per record, value size.
+                for i in 0..200u32 {
+                    out.upsert(0, format!("hostile.k{i}"), "x");
+                }
+                out.upsert(0, "hostile.big", "x".repeat(64 << 10));
+                Ok(false)
+            }
+            "bad-index" => {
+                out.replace(u32::MAX - 1, "x");
+                out.remove(records as u32 + 1_000_000);
+                Ok(false)
+            }
+            "flaky" if self.calls % 2 == 0 => Err(Error::failed("hostile: flaky failure")),
+            _ => Ok(true),
+        }
+    }
+}
+
+impl Observer for Hostile {
+    fn on_request(&mut self, attrs: &Attrs<'_>, out: &mut Edits) -> Result<(), Error> {
+        self.misbehave(out, attrs.len())?;
+        Ok(())
+    }
+
+    fn on_dispatch(&mut self, attrs: &Attrs<'_>, out: &mut Edits) -> Result<(), Error> {
+        self.misbehave(out, attrs.len())?;
+        Ok(())
+    }
+
+    fn on_child(&mut self, attrs: &Attrs<'_>, out: &mut Edits) -> Result<(), Error> {
+        self.misbehave(out, attrs.len())?;
+        Ok(())
+    }
+}
+
+impl SpanProcessor for Hostile {
+    fn on_spans(&mut self, batch: &SpanBatch<'_>, out: &mut SpanEdits) -> Result<(), Error> {
+        if self.misbehave(&mut out.attrs, batch.attrs().len())? && self.mode == "tag" {
+            for s in batch.spans() {
+                out.attrs.upsert(s.index, "hostile.seen", true);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LogProcessor for Hostile {
+    fn on_logs(&mut self, batch: &LogBatch<'_>, out: &mut LogEdits) -> Result<(), Error> {
+        self.misbehave(&mut out.attrs, batch.attrs().len())?;
+        Ok(())
+    }
+}
+
+impl ErrorTranslator for Hostile {
+    fn translate(&mut self, err: &ErrorInfo) -> Result<Option<ClientError>, Error> {
+        let mut scratch = Edits::default();
+        if !self.misbehave(&mut scratch, 0)? || !scratch.is_empty() {
+            // huge-output / bad-index at this hook: an answer the daemon must refuse.
+            return Ok(Some(ClientError {
+                status: 200,
+                code: "Not Snake".into(),
+                message: String::new(),
+                retryable: false,
+                retry_after: Some(u32::MAX),
+            }));
+        }
+        if self.mode == "error-5xx" {
+            return Ok(Some(ClientError {
+                status: 200,
+                code: err.code.clone(),
+                message: "invalid on purpose".into(),
+                retryable: false,
+                retry_after: None,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+export_plugin!(Hostile);
