@@ -21,6 +21,10 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     let telemetry = Telemetry::init(&config.telemetry)
         .await
         .map_err(|e| crate::config::ConfigError::new("telemetry", format!("{e:#}")))?;
+    let (child_env, mut child_env_remove) = telemetry.child_env();
+    // HMAC keys read from the environment are the daemon's secrets, not the agent's.
+    child_env_remove.extend(config.keys.values().filter_map(|k| k.env.clone()));
+    let bridge = Bridge::new(config.clone(), (child_env, child_env_remove))?;
     // Plugins are compiled (or taken from the cache) and initialised before the first request.
     let plugins = {
         let config = config.clone();
@@ -28,10 +32,6 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
             .await?
             .map_err(|e| crate::config::ConfigError::new("plugins", format!("{e:#}")))?
     };
-    let (child_env, mut child_env_remove) = telemetry.child_env();
-    // HMAC keys read from the environment are the daemon's secrets, not the agent's.
-    child_env_remove.extend(config.keys.values().filter_map(|k| k.env.clone()));
-    let bridge = Bridge::new(config.clone(), (child_env, child_env_remove))?;
     watch_sighup(plugins)?;
     let host = config
         .server

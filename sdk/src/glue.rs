@@ -62,20 +62,20 @@ fn install_once() {
     });
 }
 
-/// The hooks of the enabled roles: in the `all-hooks` world a component also exports the
-/// interfaces of roles it does not play, and the daemon must not call those.
-fn role_hooks() -> Vec<w::Hook> {
+/// The hooks of the roles the type plays: a component may export interfaces of roles it does
+/// not play (the `all-hooks` world), and the daemon must not call those.
+fn role_hooks(roles: &Roles) -> Vec<w::Hook> {
     let mut h = Vec::new();
-    if cfg!(feature = "observer") {
+    if roles.observe {
         h.extend([w::Hook::Request, w::Hook::Dispatch, w::Hook::Child]);
     }
-    if cfg!(feature = "spans") {
+    if roles.spans {
         h.push(w::Hook::ExportSpans);
     }
-    if cfg!(feature = "logs") {
+    if roles.logs {
         h.push(w::Hook::ExportLogs);
     }
-    if cfg!(feature = "errors") {
+    if roles.errors {
         h.push(w::Hook::Error);
     }
     h
@@ -92,10 +92,10 @@ fn wit_hook(h: Hook) -> w::Hook {
     }
 }
 
-pub fn init<T: Plugin>(config_json: &str) -> Result<w::PluginInfo, w::PluginError> {
+pub fn init<T: Plugin>(config_json: &str, roles: Roles) -> Result<w::PluginInfo, w::PluginError> {
     install_once();
     let plugin = T::init(Config::from_json(config_json).map_err(error)?).map_err(error)?;
-    let roles = role_hooks();
+    let roles = role_hooks(&roles);
     let mut selectors: Vec<w::Selector> = plugin
         .selectors()
         .into_iter()
@@ -147,124 +147,179 @@ pub(crate) fn wit_edits(e: Edits) -> Vec<w::AttrEdit> {
         .collect()
 }
 
+/// Which roles the registered type plays, decided in the user's crate where its type is
+/// concrete (see [`Wrap`]).
+pub struct Roles {
+    pub observe: bool,
+    pub spans: bool,
+    pub logs: bool,
+    pub errors: bool,
+}
+
+/// Dispatch by what a type implements, without requiring it (autoref specialisation): called
+/// as `(&Wrap::<T>::new()).__acpd_call(..)`, the `Specific` impl on `Wrap<T>` (needs the role's
+/// trait) matches first; when `T` lacks the trait, probing goes on to the `General` impl on
+/// `&Wrap<T>`, the no-op default. So a component of the `all-hooks` world, or of a crate whose
+/// SDK features were unified with another plugin's, still needs only the traits of its roles.
+pub struct Wrap<T>(std::marker::PhantomData<T>);
+
+impl<T> Wrap<T> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Wrap(std::marker::PhantomData)
+    }
+}
+
+macro_rules! role {
+    ($module:ident, $specific:ident, $general:ident, $bound:path, $args:ty, $ret:ty, $default:expr, $call:expr) => {
+        pub trait $specific {
+            fn __acpd_call(&self, args: $args) -> Result<$ret, w::PluginError>;
+            fn __acpd_has(&self) -> bool {
+                true
+            }
+        }
+
+        impl<T: Plugin + $bound> $specific for Wrap<T> {
+            fn __acpd_call(&self, args: $args) -> Result<$ret, w::PluginError> {
+                with::<T, _>(|p| $call(p, args))
+            }
+        }
+
+        pub trait $general {
+            fn __acpd_call(&self, _args: $args) -> Result<$ret, w::PluginError> {
+                Ok($default)
+            }
+            fn __acpd_has(&self) -> bool {
+                false
+            }
+        }
+
+        impl<T> $general for &Wrap<T> {}
+    };
+}
+
 #[cfg(acpd_has_observe)]
 pub mod observe {
     use super::*;
-    #[cfg(feature = "observer")]
     use crate::views::Attrs;
 
-    #[cfg(feature = "observer")]
-    pub fn call<T: Plugin + crate::Observer>(
-        hook: Hook,
-        arena: String,
-        attrs: Vec<w::AttrRef>,
-    ) -> Result<Vec<w::AttrEdit>, w::PluginError> {
-        with::<T, _>(|p| {
-            let view = Attrs::new(&arena, &attrs);
-            let mut out = Edits::default();
-            match hook {
-                Hook::Dispatch => p.on_dispatch(&view, &mut out)?,
-                Hook::Child => p.on_child(&view, &mut out)?,
-                _ => p.on_request(&view, &mut out)?,
-            }
-            Ok(wit_edits(out))
-        })
+    pub type Args = (Hook, String, Vec<w::AttrRef>);
+
+    fn call<T: crate::Observer>(
+        p: &mut T,
+        (hook, arena, attrs): Args,
+    ) -> Result<Vec<w::AttrEdit>, Error> {
+        let view = Attrs::new(&arena, &attrs);
+        let mut out = Edits::default();
+        match hook {
+            Hook::Dispatch => p.on_dispatch(&view, &mut out)?,
+            Hook::Child => p.on_child(&view, &mut out)?,
+            _ => p.on_request(&view, &mut out)?,
+        }
+        Ok(wit_edits(out))
     }
 
-    #[cfg(not(feature = "observer"))]
-    pub fn call<T: Plugin>(
-        _: Hook,
-        _: String,
-        _: Vec<w::AttrRef>,
-    ) -> Result<Vec<w::AttrEdit>, w::PluginError> {
-        Ok(Vec::new())
-    }
+    role!(
+        observe,
+        Specific,
+        General,
+        crate::Observer,
+        Args,
+        Vec<w::AttrEdit>,
+        Vec::new(),
+        call
+    );
 }
 
 #[cfg(acpd_has_spans)]
 pub mod spans {
     use super::*;
     use crate::bindings::exports::acpd::plugin::span_hooks as s;
+    use crate::views::{SpanBatch, SpanKind, SpanMeta};
 
-    #[cfg(feature = "spans")]
-    pub fn call<T: Plugin + crate::SpanProcessor>(
+    fn call<T: crate::SpanProcessor>(
+        p: &mut T,
         batch: s::SpanBatch,
-    ) -> Result<s::SpanEdits, w::PluginError> {
-        use crate::views::{SpanBatch, SpanKind, SpanMeta};
-        with::<T, _>(|p| {
-            let metas = batch
-                .spans
-                .iter()
-                .map(|r| SpanMeta {
-                    name: r.name,
-                    kind: match r.kind {
-                        s::SpanKind::Internal => SpanKind::Internal,
-                        s::SpanKind::Server => SpanKind::Server,
-                        s::SpanKind::Client => SpanKind::Client,
-                        s::SpanKind::Producer => SpanKind::Producer,
-                        s::SpanKind::Consumer => SpanKind::Consumer,
-                    },
-                    is_error: r.is_error,
-                })
-                .collect();
-            let view = SpanBatch::new(&batch.arena, &batch.attrs, metas);
-            let mut out = crate::SpanEdits::default();
-            p.on_spans(&view, &mut out)?;
-            Ok(s::SpanEdits {
-                attrs: wit_edits(out.attrs),
-                renames: out.renames,
+    ) -> Result<s::SpanEdits, Error> {
+        let metas = batch
+            .spans
+            .iter()
+            .map(|r| SpanMeta {
+                name: r.name,
+                kind: match r.kind {
+                    s::SpanKind::Internal => SpanKind::Internal,
+                    s::SpanKind::Server => SpanKind::Server,
+                    s::SpanKind::Client => SpanKind::Client,
+                    s::SpanKind::Producer => SpanKind::Producer,
+                    s::SpanKind::Consumer => SpanKind::Consumer,
+                },
+                is_error: r.is_error,
             })
+            .collect();
+        let view = SpanBatch::new(&batch.arena, &batch.attrs, metas);
+        let mut out = crate::SpanEdits::default();
+        p.on_spans(&view, &mut out)?;
+        Ok(s::SpanEdits {
+            attrs: wit_edits(out.attrs),
+            renames: out.renames,
         })
     }
 
-    #[cfg(not(feature = "spans"))]
-    pub fn call<T: Plugin>(_: s::SpanBatch) -> Result<s::SpanEdits, w::PluginError> {
-        Ok(s::SpanEdits {
+    role!(
+        spans,
+        Specific,
+        General,
+        crate::SpanProcessor,
+        s::SpanBatch,
+        s::SpanEdits,
+        s::SpanEdits {
             attrs: Vec::new(),
-            renames: Vec::new(),
-        })
-    }
+            renames: Vec::new()
+        },
+        call
+    );
 }
 
 #[cfg(acpd_has_logs)]
 pub mod logs {
     use super::*;
     use crate::bindings::exports::acpd::plugin::log_hooks as l;
+    use crate::views::{LogBatch, LogMeta};
 
-    #[cfg(feature = "logs")]
-    pub fn call<T: Plugin + crate::LogProcessor>(
-        batch: l::LogBatch,
-    ) -> Result<l::LogEdits, w::PluginError> {
-        use crate::views::{LogBatch, LogMeta};
-        with::<T, _>(|p| {
-            let metas = batch
-                .logs
-                .iter()
-                .map(|r| LogMeta {
-                    body: r.body,
-                    severity: r.severity,
-                    event_name: r.event_name,
-                })
-                .collect();
-            let view = LogBatch::new(&batch.arena, &batch.attrs, metas);
-            let mut out = crate::LogEdits::default();
-            p.on_logs(&view, &mut out)?;
-            Ok(l::LogEdits {
-                attrs: wit_edits(out.attrs),
-                bodies: out.bodies,
-                drops: out.drops,
+    fn call<T: crate::LogProcessor>(p: &mut T, batch: l::LogBatch) -> Result<l::LogEdits, Error> {
+        let metas = batch
+            .logs
+            .iter()
+            .map(|r| LogMeta {
+                body: r.body,
+                severity: r.severity,
+                event_name: r.event_name,
             })
+            .collect();
+        let view = LogBatch::new(&batch.arena, &batch.attrs, metas);
+        let mut out = crate::LogEdits::default();
+        p.on_logs(&view, &mut out)?;
+        Ok(l::LogEdits {
+            attrs: wit_edits(out.attrs),
+            bodies: out.bodies,
+            drops: out.drops,
         })
     }
 
-    #[cfg(not(feature = "logs"))]
-    pub fn call<T: Plugin>(_: l::LogBatch) -> Result<l::LogEdits, w::PluginError> {
-        Ok(l::LogEdits {
+    role!(
+        logs,
+        Specific,
+        General,
+        crate::LogProcessor,
+        l::LogBatch,
+        l::LogEdits,
+        l::LogEdits {
             attrs: Vec::new(),
             bodies: Vec::new(),
-            drops: Vec::new(),
-        })
-    }
+            drops: Vec::new()
+        },
+        call
+    );
 }
 
 #[cfg(acpd_has_errors)]
@@ -272,38 +327,42 @@ pub mod errors {
     use super::*;
     use crate::bindings::exports::acpd::plugin::error_hooks as e;
 
-    #[cfg(feature = "errors")]
-    pub fn call<T: Plugin + crate::ErrorTranslator>(
+    fn call<T: crate::ErrorTranslator>(
+        p: &mut T,
         err: e::ErrorInfo,
-    ) -> Result<Option<e::ClientError>, w::PluginError> {
-        with::<T, _>(|p| {
-            let info = crate::ErrorInfo {
-                surface: match err.surface {
-                    e::Surface::Http => crate::Surface::Http,
-                    e::Surface::Sse => crate::Surface::Sse,
-                },
-                context: serde_json::from_str(&err.context_json)
-                    .unwrap_or(serde_json::Value::Object(Default::default())),
-                code: err.code,
-                status: err.status,
-                message: err.message,
-                retry_after: err.retry_after,
-                rpc_code: err.rpc_code,
-            };
-            Ok(p.translate(&info)?.map(|c| e::ClientError {
-                status: c.status,
-                code: c.code,
-                message: c.message,
-                retryable: c.retryable,
-                retry_after: c.retry_after,
-            }))
-        })
+    ) -> Result<Option<e::ClientError>, Error> {
+        let info = crate::ErrorInfo {
+            surface: match err.surface {
+                e::Surface::Http => crate::Surface::Http,
+                e::Surface::Sse => crate::Surface::Sse,
+            },
+            context: serde_json::from_str(&err.context_json)
+                .unwrap_or(serde_json::Value::Object(Default::default())),
+            code: err.code,
+            status: err.status,
+            message: err.message,
+            retry_after: err.retry_after,
+            rpc_code: err.rpc_code,
+        };
+        Ok(p.translate(&info)?.map(|c| e::ClientError {
+            status: c.status,
+            code: c.code,
+            message: c.message,
+            retryable: c.retryable,
+            retry_after: c.retry_after,
+        }))
     }
 
-    #[cfg(not(feature = "errors"))]
-    pub fn call<T: Plugin>(_: e::ErrorInfo) -> Result<Option<e::ClientError>, w::PluginError> {
-        Ok(None)
-    }
+    role!(
+        errors,
+        Specific,
+        General,
+        crate::ErrorTranslator,
+        e::ErrorInfo,
+        Option<e::ClientError>,
+        None,
+        call
+    );
 }
 
 #[cfg(acpd_has_observe)]
@@ -319,7 +378,12 @@ macro_rules! __acpd_observe {
                 ::std::vec::Vec<$crate::bindings::acpd::plugin::types::AttrEdit>,
                 $crate::bindings::acpd::plugin::types::PluginError,
             > {
-                $crate::glue::observe::call::<$ty>($crate::Hook::Request, arena, attrs)
+                use $crate::glue::observe::{General as _, Specific as _};
+                (&$crate::glue::Wrap::<$ty>::new()).__acpd_call((
+                    $crate::Hook::Request,
+                    arena,
+                    attrs,
+                ))
             }
             fn on_dispatch(
                 arena: ::std::string::String,
@@ -328,7 +392,12 @@ macro_rules! __acpd_observe {
                 ::std::vec::Vec<$crate::bindings::acpd::plugin::types::AttrEdit>,
                 $crate::bindings::acpd::plugin::types::PluginError,
             > {
-                $crate::glue::observe::call::<$ty>($crate::Hook::Dispatch, arena, attrs)
+                use $crate::glue::observe::{General as _, Specific as _};
+                (&$crate::glue::Wrap::<$ty>::new()).__acpd_call((
+                    $crate::Hook::Dispatch,
+                    arena,
+                    attrs,
+                ))
             }
             fn on_child(
                 arena: ::std::string::String,
@@ -337,10 +406,15 @@ macro_rules! __acpd_observe {
                 ::std::vec::Vec<$crate::bindings::acpd::plugin::types::AttrEdit>,
                 $crate::bindings::acpd::plugin::types::PluginError,
             > {
-                $crate::glue::observe::call::<$ty>($crate::Hook::Child, arena, attrs)
+                use $crate::glue::observe::{General as _, Specific as _};
+                (&$crate::glue::Wrap::<$ty>::new()).__acpd_call(($crate::Hook::Child, arena, attrs))
             }
         }
     };
+    (has $ty:ty) => {{
+        use $crate::glue::observe::{General as _, Specific as _};
+        (&$crate::glue::Wrap::<$ty>::new()).__acpd_has()
+    }};
 }
 
 #[cfg(not(acpd_has_observe))]
@@ -348,6 +422,9 @@ macro_rules! __acpd_observe {
 #[macro_export]
 macro_rules! __acpd_observe {
     ($glue:ident, $ty:ty) => {};
+    (has $ty:ty) => {
+        false
+    };
 }
 
 #[cfg(acpd_has_spans)]
@@ -362,10 +439,15 @@ macro_rules! __acpd_spans {
                 $crate::bindings::exports::acpd::plugin::span_hooks::SpanEdits,
                 $crate::bindings::acpd::plugin::types::PluginError,
             > {
-                $crate::glue::spans::call::<$ty>(batch)
+                use $crate::glue::spans::{General as _, Specific as _};
+                (&$crate::glue::Wrap::<$ty>::new()).__acpd_call(batch)
             }
         }
     };
+    (has $ty:ty) => {{
+        use $crate::glue::spans::{General as _, Specific as _};
+        (&$crate::glue::Wrap::<$ty>::new()).__acpd_has()
+    }};
 }
 
 #[cfg(not(acpd_has_spans))]
@@ -373,6 +455,9 @@ macro_rules! __acpd_spans {
 #[macro_export]
 macro_rules! __acpd_spans {
     ($glue:ident, $ty:ty) => {};
+    (has $ty:ty) => {
+        false
+    };
 }
 
 #[cfg(acpd_has_logs)]
@@ -387,10 +472,15 @@ macro_rules! __acpd_logs {
                 $crate::bindings::exports::acpd::plugin::log_hooks::LogEdits,
                 $crate::bindings::acpd::plugin::types::PluginError,
             > {
-                $crate::glue::logs::call::<$ty>(batch)
+                use $crate::glue::logs::{General as _, Specific as _};
+                (&$crate::glue::Wrap::<$ty>::new()).__acpd_call(batch)
             }
         }
     };
+    (has $ty:ty) => {{
+        use $crate::glue::logs::{General as _, Specific as _};
+        (&$crate::glue::Wrap::<$ty>::new()).__acpd_has()
+    }};
 }
 
 #[cfg(not(acpd_has_logs))]
@@ -398,6 +488,9 @@ macro_rules! __acpd_logs {
 #[macro_export]
 macro_rules! __acpd_logs {
     ($glue:ident, $ty:ty) => {};
+    (has $ty:ty) => {
+        false
+    };
 }
 
 #[cfg(acpd_has_errors)]
@@ -414,10 +507,15 @@ macro_rules! __acpd_errors {
                 >,
                 $crate::bindings::acpd::plugin::types::PluginError,
             > {
-                $crate::glue::errors::call::<$ty>(err)
+                use $crate::glue::errors::{General as _, Specific as _};
+                (&$crate::glue::Wrap::<$ty>::new()).__acpd_call(err)
             }
         }
     };
+    (has $ty:ty) => {{
+        use $crate::glue::errors::{General as _, Specific as _};
+        (&$crate::glue::Wrap::<$ty>::new()).__acpd_has()
+    }};
 }
 
 #[cfg(not(acpd_has_errors))]
@@ -425,4 +523,7 @@ macro_rules! __acpd_errors {
 #[macro_export]
 macro_rules! __acpd_errors {
     ($glue:ident, $ty:ty) => {};
+    (has $ty:ty) => {
+        false
+    };
 }

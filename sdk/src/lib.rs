@@ -219,7 +219,13 @@ macro_rules! export_plugin {
                 $crate::bindings::acpd::plugin::types::PluginInfo,
                 $crate::bindings::acpd::plugin::types::PluginError,
             > {
-                $crate::glue::init::<$ty>(&config_json)
+                let roles = $crate::glue::Roles {
+                    observe: $crate::__acpd_observe!(has $ty),
+                    spans: $crate::__acpd_spans!(has $ty),
+                    logs: $crate::__acpd_logs!(has $ty),
+                    errors: $crate::__acpd_errors!(has $ty),
+                };
+                $crate::glue::init::<$ty>(&config_json, roles)
             }
         }
         $crate::__acpd_observe!(__AcpdGlue, $ty);

@@ -12,6 +12,9 @@ use crate::bindings::acpd::plugin::types::{AttrRef, StrRef, ValueRef};
 use crate::edits::{AttrValue, Edit, Edits, LogEdits, SpanEdits};
 use crate::views::{Attrs, LogBatch, LogMeta, SpanBatch, SpanKind, SpanMeta};
 
+/// One record's attributes after edits, in order.
+pub type Record = Vec<(String, AttrValue)>;
+
 /// Records (spans, logs, or one request's attributes) packed as the daemon packs them.
 #[derive(Default)]
 pub struct Batch {
@@ -100,7 +103,7 @@ impl Batch {
     }
 
     /// Each record's attributes after `edits`, as the daemon would apply them.
-    pub fn apply(&self, edits: &Edits) -> Vec<Vec<(String, AttrValue)>> {
+    pub fn apply(&self, edits: &Edits) -> Vec<Record> {
         let records = self.spans.len().max(self.logs.len()).max(1);
         let mut slots: Vec<Option<(u32, String, AttrValue)>> =
             self.values.iter().cloned().map(Some).collect();
@@ -134,7 +137,7 @@ impl Batch {
     }
 
     /// Each span's name and attributes after `edits`.
-    pub fn apply_spans(&self, edits: &SpanEdits) -> Vec<(String, Vec<(String, AttrValue)>)> {
+    pub fn apply_spans(&self, edits: &SpanEdits) -> Vec<(String, Record)> {
         let mut names = self.names.clone();
         for (i, n) in edits.renames() {
             names[*i as usize] = n.clone();
@@ -143,7 +146,7 @@ impl Batch {
     }
 
     /// Each log's body and attributes after `edits` (`None`: dropped).
-    pub fn apply_logs(&self, edits: &LogEdits) -> Vec<Option<(String, Vec<(String, AttrValue)>)>> {
+    pub fn apply_logs(&self, edits: &LogEdits) -> Vec<Option<(String, Record)>> {
         let mut bodies = self.bodies.clone();
         for (i, b) in edits.bodies() {
             bodies[*i as usize] = b.clone();

@@ -76,6 +76,20 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
         Ok((c, _, _)) => {
             spans::set(&span, KeyValue::new(PROCESS_PID, i64::from(c.pid)));
             spans::set(&span, KeyValue::new(CHILD_ID, c.id.clone()));
+            // The `child` hook: enrichment for the lifecycle span.
+            if let Some(set) = crate::plugins::current()
+                && set.has(crate::plugins::Hook::Child)
+            {
+                let facts = [
+                    (CHILD_EVENT, "spawn".into()),
+                    (CHILD_ID, c.id.clone().into()),
+                    (PROCESS_PID, i64::from(c.pid).into()),
+                    (PROCESS_EXECUTABLE_NAME, exe.clone().into()),
+                ];
+                for kv in set.observe(crate::plugins::Hook::Child, &facts) {
+                    spans::set(&span, kv);
+                }
+            }
             metrics()
                 .child_lifecycle
                 .add(1, &[KeyValue::new(CHILD_EVENT, "spawn")]);

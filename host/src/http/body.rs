@@ -10,7 +10,7 @@ use crate::error::ApiError;
 
 pub struct JsonBody<T>(pub T);
 
-fn too_large(limit: usize) -> ApiError {
+pub fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         413,
         "payload_too_large",

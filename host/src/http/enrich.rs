@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use opentelemetry::context::FutureExt;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, Value};
@@ -80,8 +80,8 @@ pub async fn request_hook(State(state): State<AppState>, req: Request, next: Nex
         let limit = state.bridge.config.server.max_body_bytes;
         let bytes = match axum::body::to_bytes(body, limit).await {
             Ok(b) => b,
-            // Too large: the handler's own extractor gives the 413.
-            Err(_) => return next.run(Request::from_parts(parts, Body::empty())).await,
+            // The same answer the handler's extractor gives; the body is gone either way.
+            Err(_) => return super::body::too_large(limit).into_response(),
         };
         let cwd = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()

@@ -7,6 +7,8 @@ static REDACT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/builtin/redact.
 static ENRICH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/builtin/enrich.wasm"));
 static ERRORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/builtin/errors.wasm"));
 
+pub const NAMES: [&str; 3] = ["enrich", "redact", "errors"];
+
 pub fn bytes(name: &str) -> Option<&'static [u8]> {
     let b: &'static [u8] = match name {
         "redact" => REDACT,
@@ -24,7 +26,7 @@ pub fn available_note() -> &'static str {
 
 /// The default set, in hook order: enrichment first, redaction after it, then errors.
 pub fn defaults() -> Vec<PluginSpec> {
-    ["enrich", "redact", "errors"]
+    NAMES
         .into_iter()
         .filter(|n| bytes(n).is_some())
         .map(|n| PluginSpec {

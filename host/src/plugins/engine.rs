@@ -41,15 +41,30 @@ fn start_ticker(engine: &Engine) {
 }
 
 /// Where compiled artifacts live: `$ACPD_CACHE_DIR`, else `$XDG_CACHE_HOME/acpd/plugins`, else
-/// `$HOME/.cache/acpd/plugins`.
+/// `$HOME/.cache/acpd/plugins`, else a private directory in the system temp dir.
 pub fn default_cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("ACPD_CACHE_DIR") {
         return Some(PathBuf::from(d).join("plugins"));
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("acpd").join("plugins"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match base {
+        Some(b) => Some(b.join("acpd").join("plugins")),
+        None => private_temp_dir(),
+    }
+}
+
+/// `<tmp>/acpd-<uid>`, only if it is ours and nobody else can write it: deserialising an
+/// artifact runs its code, so a directory others can write would be an injection point.
+fn private_temp_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let uid = nix::unistd::geteuid().as_raw();
+    let dir = std::env::temp_dir().join(format!("acpd-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let private = meta.is_dir() && meta.uid() == uid && meta.permissions().mode() & 0o077 == 0;
+    private.then(|| dir.join("plugins"))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -204,6 +204,9 @@ impl PluginSet {
             }) else {
                 continue;
             };
+            if edits.is_empty() {
+                continue;
+            }
             let check = validate(
                 &edits,
                 &pk.attrs,

@@ -218,6 +218,13 @@ impl PluginHost {
         let host = Arc::new(PluginHost::new(cache, reread)?);
         let keys = resolve_keys(&config.keys).map_err(|e| anyhow::anyhow!("{e}"))?;
         let specs = effective_specs(config);
+        if config.plugins.is_none() && specs.len() < builtin::NAMES.len() {
+            tracing::warn!(
+                target: "acpd::plugin",
+                "some built-in plugins are not in this build ({}); `rustup target add wasm32-wasip2` and rebuild",
+                builtin::available_note()
+            );
+        }
         let mut slots = Vec::new();
         for spec in &specs {
             match host.load_one(spec, config, &keys) {

@@ -218,6 +218,7 @@ pub struct Plugin {
     pub(super) pool: Arc<Mutex<Vec<Live>>>,
     live: Arc<AtomicUsize>,
     breaker: Mutex<Breaker>,
+    quarantine_flag: std::sync::atomic::AtomicBool,
     labels: [[opentelemetry::KeyValue; 2]; 6],
 }
 
@@ -259,6 +260,7 @@ impl Plugin {
             pool: Arc::new(Mutex::new(vec![live])),
             live: Arc::new(AtomicUsize::new(1)),
             breaker: Mutex::new(Breaker::new()),
+            quarantine_flag: std::sync::atomic::AtomicBool::new(false),
             labels: metrics::hook_labels(&name_for_labels),
         });
         Ok(plugin)
@@ -279,11 +281,20 @@ impl Plugin {
         self.live.load(Ordering::Relaxed)
     }
 
+    /// Lock-free on the hot path: the breaker's mutex is only taken while a quarantine is on.
     fn quarantined(&self) -> bool {
-        self.breaker
+        if !self.quarantine_flag.load(Ordering::Acquire) {
+            return false;
+        }
+        let on = self
+            .breaker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .quarantined()
+            .quarantined();
+        if !on {
+            self.quarantine_flag.store(false, Ordering::Release);
+        }
+        on
     }
 
     fn instantiate(&self) -> Result<Live, Failure> {
@@ -406,6 +417,7 @@ impl Plugin {
             );
         }
         if opened {
+            self.quarantine_flag.store(true, Ordering::Release);
             metrics::state(&self.name, 2);
             tracing::error!(
                 name: "acpd.plugin.quarantined",

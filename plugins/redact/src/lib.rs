@@ -255,7 +255,7 @@ pub fn luhn(text: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// What one scanned text becomes.

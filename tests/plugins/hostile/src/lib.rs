@@ -70,7 +70,7 @@ impl Hostile {
                 out.remove(records as u32 + 1_000_000);
                 Ok(false)
             }
-            "flaky" if self.calls % 2 == 0 => Err(Error::failed("hostile: flaky failure")),
+            "flaky" if self.calls.is_multiple_of(2) => Err(Error::failed("hostile: flaky failure")),
             _ => Ok(true),
         }
     }
