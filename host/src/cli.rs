@@ -51,6 +51,9 @@ enum PluginCommand {
         /// HMAC key for `keyed-hash`, as `id=value` (repeatable; for trying things out).
         #[arg(long = "key")]
         keys: Vec<String>,
+        /// Per-call deadline, as `deadline_ms` in acpd.toml (default: the daemon's).
+        #[arg(long)]
+        deadline_ms: Option<u64>,
     },
 }
 
@@ -185,11 +188,13 @@ pub fn main() -> ExitCode {
                 config,
                 input,
                 keys,
+                deadline_ms,
             } => crate::plugin_cli::Command::Test {
                 file,
                 config,
                 input,
                 keys,
+                deadline_ms,
             },
         }),
         Command::Serve(args) => {

@@ -24,6 +24,7 @@ pub enum Command {
         config: Option<PathBuf>,
         input: PathBuf,
         keys: Vec<String>,
+        deadline_ms: Option<u64>,
     },
 }
 
@@ -41,7 +42,8 @@ pub fn run(cmd: Command) -> ExitCode {
             config,
             input,
             keys,
-        } => test(&file, config.as_deref(), &input, &keys),
+            deadline_ms,
+        } => test(&file, config.as_deref(), &input, &keys, deadline_ms),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,7 +67,7 @@ fn inspect(file: &str) -> anyhow::Result<()> {
     let bytes = read(file)?;
     let mut info = plugins::inspect(&bytes)?;
     // Selectors and version come from `init`: run it with an empty config if it accepts one.
-    if let Ok(set) = load(file, &bytes, Json::Object(Map::new()), &[]) {
+    if let Ok(set) = load(file, &bytes, Json::Object(Map::new()), &[], None) {
         if let Some(h) = set.health().as_array().and_then(|a| a.first()).cloned() {
             info["name"] = h["name"].clone();
             info["version"] = h["version"].clone();
@@ -78,7 +80,13 @@ fn inspect(file: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(file: &str, bytes: &[u8], config: Json, keys: &[String]) -> anyhow::Result<PluginSet> {
+fn load(
+    file: &str,
+    bytes: &[u8],
+    config: Json,
+    keys: &[String],
+    deadline_ms: Option<u64>,
+) -> anyhow::Result<PluginSet> {
     let host = plugins::standalone()?;
     let mut key_specs = std::collections::BTreeMap::new();
     for k in keys {
@@ -105,7 +113,7 @@ fn load(file: &str, bytes: &[u8], config: Json, keys: &[String]) -> anyhow::Resu
         path: file.to_string(),
         sha256: None,
         memory_mib: None,
-        deadline_ms: None,
+        deadline_ms,
         config: Some(config),
     };
     let digest = plugins::sha256_hex(bytes);
@@ -130,9 +138,15 @@ fn read_config(path: Option<&Path>) -> anyhow::Result<Json> {
     Ok(serde_json::to_value(table)?)
 }
 
-fn test(file: &str, config: Option<&Path>, input: &Path, keys: &[String]) -> anyhow::Result<()> {
+fn test(
+    file: &str,
+    config: Option<&Path>,
+    input: &Path,
+    keys: &[String],
+    deadline_ms: Option<u64>,
+) -> anyhow::Result<()> {
     let bytes = read(file)?;
-    let set = load(file, &bytes, read_config(config)?, keys)?;
+    let set = load(file, &bytes, read_config(config)?, keys, deadline_ms)?;
     let text = std::fs::read_to_string(input)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", input.display()))?;
     let input: Json =

@@ -138,6 +138,7 @@ pii = { value = "test-only-key-0123456789abcdef" }
 [[plugins]]
 name = "enrich"
 path = "builtin:enrich"
+deadline_ms = 200
 [plugins.config]
 static = { "org.name" = "acme" }
 headers = { "x-team" = "team.name" }
@@ -145,7 +146,8 @@ headers = { "x-team" = "team.name" }
 [[plugins]]
 name = "redact"
 path = "builtin:redact"
-# The debug build on a loaded 2-core CI machine: the deadline's own test is the `loop` one.
+# Deadlines here absorb a debug build on a loaded 2-core CI machine (tests run in parallel);
+# the deadline itself is what the `loop` test checks.
 deadline_ms = 200
 [plugins.config]
 hash_key = "pii"
@@ -154,6 +156,7 @@ actions = { email = "hash" }
 [[plugins]]
 name = "errors"
 path = "builtin:errors"
+deadline_ms = 200
 "#;
 
 #[tokio::test]
@@ -467,12 +470,15 @@ fn reload_config(mode: &str) -> String {
 [[plugins]]
 name = "enrich"
 path = "builtin:enrich"
+deadline_ms = 200
 [plugins.config]
 static = {{ "org.name" = "acme" }}
 
+# This test is about the swap, not deadlines (a debug build on a loaded CI machine).
 [[plugins]]
 name = "hostile"
 path = {}
+deadline_ms = 200
 [plugins.config]
 mode = "{mode}"
 "#,
@@ -660,6 +666,8 @@ async fn plugin_cli_inspects_and_tests_the_example() -> anyhow::Result<()> {
         .arg(ex.join("config.toml"))
         .arg("--input")
         .arg(ex.join("sample.json"))
+        // A debug build on a loaded CI machine; the daemon's deadlines are tested elsewhere.
+        .args(["--deadline-ms", "200"])
         .output()?;
     assert!(
         out.status.success(),
@@ -671,6 +679,10 @@ async fn plugin_cli_inspects_and_tests_the_example() -> anyhow::Result<()> {
     let after = report["spans"]["after"].to_string();
     assert!(before.contains("OPS-"), "sample has ticket ids: {before}");
     assert!(!after.contains("OPS-"), "ticket ids redacted: {after}");
+    assert!(
+        after.contains("[ticket]") && after.contains("[customer]"),
+        "by the plugin: {after}"
+    );
     Ok(())
 }
 
