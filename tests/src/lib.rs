@@ -3,6 +3,7 @@
 //! over HTTP and SSE. Every wait has a deadline.
 
 pub mod guests;
+pub mod load;
 pub mod otlp;
 
 use anyhow::{Context, Result, anyhow, bail};

@@ -189,14 +189,33 @@ enum Mode {
     Answer,
     Fail(u16),
     Hang,
+    /// Answers success without decoding or storing: a collector on another machine, whose
+    /// work must not be charged to the daemon in throughput runs.
+    Sink,
 }
 
 #[derive(Default)]
 struct Store {
     traces: Vec<ExportTraceServiceRequest>,
+    /// Spans in `traces`, kept as they arrive so load runs can count without decoding again.
+    span_count: usize,
+    sink_requests: u64,
+    sink_bytes: u64,
     metrics: Vec<ExportMetricsServiceRequest>,
     logs: Vec<ExportLogsServiceRequest>,
     requests: Vec<RecvRequest>,
+}
+
+impl Store {
+    fn push_trace(&mut self, r: ExportTraceServiceRequest) {
+        self.span_count += r
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum::<usize>();
+        self.traces.push(r);
+    }
 }
 
 struct Shared {
@@ -249,6 +268,17 @@ impl Receiver {
     /// A receiver that accepts connections and requests but never answers (until dropped).
     pub async fn start_hanging(protocol: Protocol) -> Result<Receiver> {
         Self::start_with(protocol, Mode::Hang).await
+    }
+
+    /// A receiver that answers success and keeps only request and byte counts (no decoding).
+    pub async fn start_sink(protocol: Protocol) -> Result<Receiver> {
+        Self::start_with(protocol, Mode::Sink).await
+    }
+
+    /// Export requests and body bytes a sink received.
+    pub fn sink_totals(&self) -> (u64, u64) {
+        let s = self.shared.store.lock().unwrap();
+        (s.sink_requests, s.sink_bytes)
     }
 
     /// A receiver that answers every export with the HTTP `status` (e.g. 503), or for gRPC
@@ -363,6 +393,28 @@ impl Receiver {
         pred: impl Fn(&[RecvSpan]) -> bool,
     ) -> Result<Vec<RecvSpan>> {
         self.wait_until(within, "spans", Self::spans, pred).await
+    }
+
+    /// Spans received so far (cheap: no decoding or copying).
+    pub fn span_count(&self) -> usize {
+        self.shared.store.lock().unwrap().span_count
+    }
+
+    /// Waits until at least `n` spans have arrived; returns the count.
+    pub async fn wait_for_span_count(&self, n: usize, within: Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let count = self.span_count();
+            if count >= n {
+                return Ok(count);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                bail!("OTLP receiver: {count} of {n} spans within {within:?}");
+            }
+        }
     }
 
     /// Waits until `pred` holds for all log records received so far; returns them.
@@ -518,6 +570,12 @@ async fn handle_http(
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return (status, "failing on purpose").into_response();
         }
+        Mode::Sink => {
+            let mut s = shared.store.lock().unwrap();
+            s.sink_requests += 1;
+            s.sink_bytes += body.len() as u64;
+            return StatusCode::OK.into_response();
+        }
         Mode::Answer => {}
     }
     let json = headers
@@ -526,7 +584,7 @@ async fn handle_http(
         .is_some_and(|ct| ct.starts_with("application/json"));
     let decoded = match signal {
         Signal::Traces => decode::<ExportTraceServiceRequest>(json, body)
-            .map(|r| Box::new(move |s: &mut Store| s.traces.push(r)) as Push),
+            .map(|r| Box::new(move |s: &mut Store| s.push_trace(r)) as Push),
         Signal::Metrics => decode::<ExportMetricsServiceRequest>(json, body)
             .map(|r| Box::new(move |s: &mut Store| s.metrics.push(r)) as Push),
         Signal::Logs => decode::<ExportLogsServiceRequest>(json, body)
@@ -608,7 +666,7 @@ impl Grpc {
             decode_error: None,
         };
         match self.0.mode {
-            Mode::Answer => Ok((request.into_inner(), record)),
+            Mode::Answer | Mode::Sink => Ok((request.into_inner(), record)),
             Mode::Fail(status) => {
                 self.0.record(record);
                 Err(tonic::Status::new(grpc_code(status), "failing on purpose"))
@@ -630,7 +688,7 @@ impl TraceService for Grpc {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let (body, record) = self.admit(Signal::Traces, request).await?;
         self.0.store(|s| {
-            s.traces.push(body);
+            s.push_trace(body);
             s.requests.push(record);
         });
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))

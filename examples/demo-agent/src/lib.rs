@@ -58,6 +58,9 @@ type Cx = ConnectionTo<Client>;
 /// - `crash`: chunk "about to crash", then the process exits with code 3.
 /// - `unknown`: sends the request `demo/unknownRequest` to the client and reports its answer.
 /// - `flood <n=100> [size=1024]`: n chunks of `size` 'x' bytes.
+/// - `bench [chunks=4] [tools=0]`: no delay; the first chunk is `recv=<ns>` (wall clock when the
+///   request arrived), then `tools` completed tool calls and filler chunks, and the last chunk is
+///   `last=<ns>` (just before it is written): the load harness measures the daemon between them.
 /// - `env <NAME>`, `pwd`, `pid`, `stderr <text>`, `meta`: report process facts.
 ///
 /// Must run inside a tokio runtime that outlives it (OTLP export, when enabled, uses it).
@@ -69,7 +72,7 @@ pub async fn run_stdio() -> anyhow::Result<()> {
     let (out_tx, out_rx) = mpsc::channel::<Out>(64);
     let writer = tokio::spawn(write_stdout(out_rx));
 
-    let incoming = futures::io::BufReader::new(tokio::io::stdin().compat()).lines();
+    let incoming = futures::io::BufReader::new(stdin().compat()).lines();
     let outgoing = futures::sink::unfold(out_tx.clone(), async |tx, line: String| {
         tx.send(Out::Line(line))
             .await
@@ -123,6 +126,7 @@ pub async fn run_stdio() -> anyhow::Result<()> {
         )
         .on_receive_request(
             async move |req: PromptRequest, responder, cx: Cx| {
+                let received_ns = wall_ns();
                 let Some((cwd, session_cancel)) = s3.begin_turn(&req.session_id) else {
                     return responder.respond_with_error(
                         Error::invalid_params().data(json!({ "unknownSessionId": req.session_id })),
@@ -144,6 +148,7 @@ pub async fn run_stdio() -> anyhow::Result<()> {
                         request: responder.cancellation(),
                     },
                     trace: trace.clone(),
+                    received_ns,
                 };
                 let telemetry = tel.clone();
                 // The turn talks to the client (fs, permission), so it must run outside the
@@ -189,8 +194,35 @@ enum Out {
     Stop,
 }
 
+/// stdin as an async pipe when it is one (as under acpd): tokio's `stdin()` reads on the
+/// blocking pool, a thread hop per read. A terminal or file falls back to it.
+fn stdin() -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
+    use std::os::fd::AsFd as _;
+    let pipe = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(tokio::net::unix::pipe::Receiver::from_owned_fd);
+    match pipe {
+        Ok(p) => Box::new(p),
+        Err(_) => Box::new(tokio::io::stdin()),
+    }
+}
+
+/// stdout as an async pipe when it is one; see [`stdin`].
+fn stdout() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
+    use std::os::fd::AsFd as _;
+    let pipe = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(tokio::net::unix::pipe::Sender::from_owned_fd);
+    match pipe {
+        Ok(p) => Box::new(p),
+        Err(_) => Box::new(tokio::io::stdout()),
+    }
+}
+
 async fn write_stdout(mut rx: mpsc::Receiver<Out>) -> io::Result<()> {
-    let mut stdout = tokio::io::stdout();
+    let mut stdout = stdout();
     while let Some(out) = rx.recv().await {
         match out {
             Out::Line(mut line) => {
@@ -279,6 +311,15 @@ struct Turn {
     cwd: PathBuf,
     cancel: TurnCancel,
     trace: TurnTrace,
+    /// Wall clock (ns since the epoch) when `session/prompt` arrived.
+    received_ns: u128,
+}
+
+/// Wall clock in ns since the epoch: comparable across processes on one machine.
+pub fn wall_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 type TurnResult = Result<PromptResponse, Error>;
@@ -330,6 +371,11 @@ impl Turn {
                 let n = arg.parse().unwrap_or(100);
                 let size = split_word(tail).0.parse().unwrap_or(1024);
                 self.flood(n, size)
+            }
+            "bench" => {
+                let chunks = arg.parse().unwrap_or(4);
+                let tools = split_word(tail).0.parse().unwrap_or(0);
+                self.bench(chunks, tools)
             }
             "env" if !arg.is_empty() => match std::env::var(arg) {
                 Ok(value) => self.reply(format!("env {arg}={value}")),
@@ -551,6 +597,25 @@ impl Turn {
             self.say(chunk.clone())?;
         }
         llm.finish("stop");
+        done(StopReason::EndTurn)
+    }
+
+    fn bench(&self, chunks: u32, tools: u32) -> TurnResult {
+        self.say(format!("recv={} ", self.received_ns))?;
+        for _ in 0..tools {
+            let id = self.state.next_tool_call_id();
+            let tool = self.trace.tool("bench", &id);
+            let call = ToolCall::new(id.clone(), "bench")
+                .kind(ToolKind::Other)
+                .status(ToolCallStatus::InProgress);
+            self.update(SessionUpdate::ToolCall(call))?;
+            self.set_status(&id, ToolCallStatus::Completed)?;
+            tool.completed();
+        }
+        for _ in 2..chunks {
+            self.say("x ")?;
+        }
+        self.say(format!("last={}", wall_ns()))?;
         done(StopReason::EndTurn)
     }
 }

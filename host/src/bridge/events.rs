@@ -146,6 +146,9 @@ impl EventBus {
     }
 
     /// Appends an event and fans it out. Returns its id, or None once the bus is closed.
+    ///
+    /// The payload is serialised before the lock is taken; under it only the id is written
+    /// into the frame, so subscribers and other publishers wait for a copy, not for serde.
     pub fn publish(
         &self,
         kind: &str,
@@ -153,19 +156,28 @@ impl EventBus {
         data: Value,
         originator: Option<&str>,
     ) -> Option<u64> {
+        let mut tail = String::with_capacity(128);
+        tail.push_str(",\"v\":1,\"type\":");
+        push_json(&mut tail, &Value::from(kind));
+        tail.push_str(",\"data\":");
+        push_json(&mut tail, &data);
+        if let Some(p) = prompt_id {
+            tail.push_str(",\"promptId\":");
+            push_json(&mut tail, &Value::from(p));
+        }
+        if let Some(o) = originator {
+            tail.push_str(",\"originatorClientId\":");
+            push_json(&mut tail, &Value::from(o));
+        }
         let mut inner = self.lock();
         if inner.closed {
             return None;
         }
         let id = inner.last_id + 1;
-        let mut env = json!({"id": id, "v": 1, "type": kind, "data": data, "_meta": {"serverTimestamp": now_ms()}});
-        if let Some(p) = prompt_id {
-            env["promptId"] = json!(p);
-        }
-        if let Some(o) = originator {
-            env["originatorClientId"] = json!(o);
-        }
-        let frame = Bytes::from(format!("id: {id}\nevent: {kind}\ndata: {env}\n\n"));
+        let frame = Bytes::from(format!(
+            "id: {id}\nevent: {kind}\ndata: {{\"id\":{id}{tail},\"_meta\":{{\"serverTimestamp\":{}}}}}\n\n",
+            now_ms()
+        ));
         inner.last_id = id;
         inner.ring.push_back((id, frame.clone()));
         while inner.ring.len() > self.limits.ring {
@@ -264,6 +276,12 @@ impl EventBus {
     }
 }
 
+/// Appends `v` as JSON (serialising a `Value` into a `String` cannot fail).
+fn push_json(out: &mut String, v: &Value) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{v}");
+}
+
 /// Queues a frame for one subscriber; false means it overflowed and is evicted.
 fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> bool {
     if sub.tx.is_closed() {
@@ -334,6 +352,32 @@ mod tests {
             Next::Frame(f) => assert!(text(&f).starts_with("id: 4\n")),
             _ => panic!("expected a frame"),
         }
+    }
+
+    #[test]
+    fn a_frame_is_one_json_envelope() {
+        let bus = bus(10, 8);
+        let mut sub = bus.subscribe(None, None).unwrap();
+        bus.publish(
+            "turn_complete",
+            Some("p\"1"),
+            json!({"a": [1, "x\n"]}),
+            Some("c"),
+        );
+        let Ok(frame) = sub.rx.try_recv() else {
+            panic!("no frame")
+        };
+        let text = text(&frame);
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let env: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(env["id"], 1);
+        assert_eq!(env["v"], 1);
+        assert_eq!(env["type"], "turn_complete");
+        assert_eq!(env["data"], json!({"a": [1, "x\n"]}));
+        assert_eq!(env["promptId"], "p\"1");
+        assert_eq!(env["originatorClientId"], "c");
+        assert!(env["_meta"]["serverTimestamp"].as_u64().unwrap() > 0);
+        assert!(text.starts_with("id: 1\nevent: turn_complete\ndata: {"));
     }
 
     #[test]

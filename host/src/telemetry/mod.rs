@@ -8,6 +8,7 @@ mod ingest;
 pub mod metrics;
 pub mod prometheus;
 pub mod propagation;
+pub mod queue;
 pub mod sanitize;
 pub mod semconv;
 pub mod spans;
@@ -36,7 +37,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{ManualReader, PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -110,13 +111,13 @@ impl Telemetry {
         };
         let collector = otlp_spans.is_some();
         let stage = export::StageSpanExporter::new(otlp_spans, ring.clone(), service);
-        let mut batch = BatchConfigBuilder::default();
-        if env("OTEL_BSP_SCHEDULE_DELAY").is_none() {
-            batch = batch.with_scheduled_delay(Duration::from_millis(cfg.span_delay_ms));
-        }
-        let processor = BatchSpanProcessor::builder(stage)
-            .with_batch_config(batch.build())
-            .build();
+        let export_dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let processor = queue::QueueProcessor::new(
+            stage,
+            queue::QueueConfig::from_env(Duration::from_millis(cfg.span_delay_ms)),
+            export_dropped.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("span export thread: {e}"))?;
         let tracer = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_resource(resource.clone())
@@ -137,7 +138,7 @@ impl Telemetry {
         let meter = meter.build();
         global::set_meter_provider(meter.clone());
         metrics::install();
-        register_observers(&ring);
+        register_observers(&ring, export_dropped);
 
         let logger = match exports("LOGS", cfg) {
             Some(t) => Some(
@@ -414,7 +415,7 @@ fn resource(cfg: &TelemetryConfig) -> Resource {
     .build()
 }
 
-fn register_observers(ring: &Arc<TraceRing>) {
+fn register_observers(ring: &Arc<TraceRing>, export_dropped: Arc<std::sync::atomic::AtomicU64>) {
     let ring = ring.clone();
     let _ = global::meter("acpd")
         .u64_observable_counter(semconv::M_TELEMETRY_DROPPED)
@@ -422,7 +423,21 @@ fn register_observers(ring: &Arc<TraceRing>) {
         .with_description("Telemetry items dropped by a bounded buffer")
         .with_callback(move |o| {
             let (spans, _traces) = ring.dropped();
-            o.observe(spans, &[KeyValue::new(semconv::SIGNAL, "traces")]);
+            let export = export_dropped.load(std::sync::atomic::Ordering::Relaxed);
+            o.observe(
+                export,
+                &[
+                    KeyValue::new(semconv::SIGNAL, "traces"),
+                    KeyValue::new(semconv::DROP_STAGE, "export_queue"),
+                ],
+            );
+            o.observe(
+                spans,
+                &[
+                    KeyValue::new(semconv::SIGNAL, "traces"),
+                    KeyValue::new(semconv::DROP_STAGE, "trace_view"),
+                ],
+            );
         })
         .build();
 }

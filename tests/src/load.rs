@@ -1,0 +1,958 @@
+//! The load harness: drives a running `acpd` (release build under `cargo bench`) serving the demo
+//! agent's no-delay `bench` command on 127.0.0.1, and reports what BENCHMARKS.md quotes:
+//! daemon overhead, admission and `/health` throughput, SSE fan-out, RSS, span export and
+//! start-up, each with telemetry off / on / on+plugins from the same run.
+//!
+//! `cargo bench -p acpd-tests --bench load` runs it in full; the `load_harness` test runs the
+//! short mode (a few seconds, debug build), which asserts that every measurement works and
+//! loses nothing, never how fast it is.
+
+use crate::otlp::{Protocol, Receiver};
+use crate::{Daemon, SessionRef, Sse, WAIT, agent_text};
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use serde_json::json;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Opts {
+    /// Sequential prompts per session for the overhead percentiles.
+    pub overhead_prompts: usize,
+    pub concurrency: &'static [usize],
+    pub admissions: usize,
+    pub health_requests: usize,
+    /// Turns of `flood` per fan-out shape, and chunks per turn.
+    pub fanout_turns: usize,
+    pub fanout_chunks: usize,
+    pub fanout_width: usize,
+    /// Prompts between the two RSS readings of the leak check.
+    pub leak_prompts: usize,
+    /// Spans per second offered to the export stage, and for how long.
+    pub export_rate: usize,
+    pub export_secs: f64,
+    pub startups: usize,
+}
+
+impl Opts {
+    pub const FULL: Opts = Opts {
+        overhead_prompts: 200,
+        concurrency: &[1, 16, 64],
+        admissions: 4000,
+        health_requests: 20_000,
+        fanout_turns: 10,
+        fanout_chunks: 200,
+        fanout_width: 100,
+        leak_prompts: 10_000,
+        export_rate: 5000,
+        export_secs: 10.0,
+        startups: 10,
+    };
+
+    /// Proves every part works in a few seconds; the figures mean nothing.
+    pub const SHORT: Opts = Opts {
+        overhead_prompts: 5,
+        concurrency: &[1, 4],
+        admissions: 40,
+        health_requests: 100,
+        fanout_turns: 1,
+        fanout_chunks: 20,
+        fanout_width: 8,
+        leak_prompts: 50,
+        export_rate: 500,
+        export_secs: 0.5,
+        startups: 1,
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Telemetry {
+    Off,
+    On,
+    OnPlugins,
+}
+
+impl Telemetry {
+    pub const ALL: [Telemetry; 3] = [Telemetry::Off, Telemetry::On, Telemetry::OnPlugins];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Telemetry::Off => "telemetry off",
+            Telemetry::On => "telemetry on",
+            Telemetry::OnPlugins => "on + plugins",
+        }
+    }
+}
+
+/// Pause between one session's turns in the overhead runs (uniform, ms): 16 sessions then offer
+/// about 400 turns/s, well below what two cores serve, so the figures are the daemon's path and
+/// not a queue.
+pub const THINK_MS: (u64, u64) = (20, 60);
+
+/// Tool calls per `bench` turn in the export run: each is an `execute_tool` span.
+const EXPORT_TOOLS: usize = 8;
+
+/// Limits raised so the harness measures the daemon, not its admission caps; the replay ring
+/// is small so the leak check sees steady state after its warm-up. The agent's own telemetry
+/// is off in every mode: the figures are the daemon's.
+fn bench_config(extra: &str) -> String {
+    format!(
+        "[limits]\nmax_sessions = 512\nmax_sessions_per_workspace = 512\n\
+         max_pending_prompts_per_session = 1000000\nmax_subscribers_per_session = 256\n\
+         event_ring = 256\n\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{extra}"
+    )
+}
+
+/// A daemon in one telemetry mode, with its OTLP receiver when telemetry is on.
+pub struct Target {
+    pub mode: Telemetry,
+    pub d: Arc<Daemon>,
+    pub rx: Option<Receiver>,
+}
+
+impl Target {
+    pub async fn start(mode: Telemetry) -> Result<Target> {
+        Self::start_with(mode, &[]).await
+    }
+
+    /// Telemetry (when on) goes to a sink that neither decodes nor stores: a collector
+    /// elsewhere, whose work is not the daemon's.
+    pub async fn start_sink(mode: Telemetry) -> Result<Target> {
+        let rx = match mode {
+            Telemetry::Off => None,
+            _ => Some(Receiver::start_sink(Protocol::HttpProtobuf).await?),
+        };
+        Self::start_to(mode, rx, &[]).await
+    }
+
+    pub async fn start_with(mode: Telemetry, env: &[(&str, &str)]) -> Result<Target> {
+        let rx = match mode {
+            Telemetry::Off => None,
+            _ => Some(Receiver::start(Protocol::HttpProtobuf).await?),
+        };
+        Self::start_to(mode, rx, env).await
+    }
+
+    async fn start_to(
+        mode: Telemetry,
+        rx: Option<Receiver>,
+        env: &[(&str, &str)],
+    ) -> Result<Target> {
+        let mut b = Daemon::builder().config(&bench_config(""));
+        match (&rx, mode) {
+            (None, _) | (_, Telemetry::Off) => {
+                b = b.env("OTEL_SDK_DISABLED", "true").args(&["--no-plugins"]);
+            }
+            (Some(rx), _) => {
+                b = b
+                    .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
+                    .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env());
+                if mode == Telemetry::On {
+                    b = b.args(&["--no-plugins"]);
+                }
+            }
+        }
+        for (k, v) in env {
+            b = b.env(k, v);
+        }
+        Ok(Target {
+            mode,
+            d: Arc::new(b.start().await?),
+            rx,
+        })
+    }
+
+    pub fn rss_kib(&self) -> Result<u64> {
+        rss_kib(self.d.pid())
+    }
+}
+
+/// Resident set of a process, from /proc.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")
+}
+
+pub fn wall_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Percentile of sorted samples (nearest rank).
+pub fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// A session with its SSE stream open, ready for timed turns.
+struct Client {
+    s: SessionRef,
+    sse: Sse,
+}
+
+impl Client {
+    async fn open(d: &Daemon) -> Result<Client> {
+        let s = d.create_session().await?;
+        let sse = d.events(&s, None, None).await?;
+        Ok(Client { s, sse })
+    }
+
+    /// One timed turn: (POST -> agent has `session/prompt`, agent's last chunk -> client has
+    /// `turn_complete`), in ns.
+    async fn timed_turn(&mut self, d: &Daemon, text: &str) -> Result<(u64, u64)> {
+        let t0 = wall_ns();
+        let r = d.prompt(&self.s, text).await?;
+        ensure!(r.status == 202, "prompt -> {}: {}", r.status, r.body);
+        let id = r.body["promptId"].as_str().context("promptId")?.to_string();
+        let frames = self.sse.until_turn_end(&id).await?;
+        let t_end = wall_ns();
+        let last = frames.last().context("no frames")?;
+        ensure!(
+            last.event == "turn_complete",
+            "turn ended with {}: {}",
+            last.event,
+            last.data
+        );
+        let text = agent_text(&frames);
+        let stamp = |key: &str| -> Result<u128> {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {key} in {text:?}"))
+        };
+        let (recv, sent) = (stamp("recv=")?, stamp("last=")?);
+        Ok((
+            recv.saturating_sub(t0) as u64,
+            t_end.saturating_sub(sent) as u64,
+        ))
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Overhead {
+    pub sessions: usize,
+    pub to_agent: Vec<u64>,
+    pub to_client: Vec<u64>,
+}
+
+impl Overhead {
+    pub fn p(&self, which: &[u64], p: f64) -> u64 {
+        pct(which, p)
+    }
+}
+
+/// `sessions` clients each run `prompts` turns, pausing a pseudo-random `think` (min, max ms)
+/// between turns so the sessions' turns overlap at random, as real clients' do; (0, 0) runs
+/// them back to back, which saturates the machine and measures queueing instead.
+pub async fn overhead(
+    d: &Arc<Daemon>,
+    sessions: usize,
+    prompts: usize,
+    think: (u64, u64),
+) -> Result<Overhead> {
+    let mut clients = Vec::new();
+    for _ in 0..sessions {
+        clients.push(Client::open(d).await?);
+    }
+    // Warm-up: the child, connections, first allocations.
+    for c in clients.iter_mut() {
+        c.timed_turn(d, "bench 4").await?;
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::with_capacity(prompts);
+                let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+                for _ in 0..prompts {
+                    if think.1 > 0 {
+                        // xorshift: deterministic, no dependency.
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let ms = think.0 + seed % (think.1 - think.0 + 1);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    out.push(c.timed_turn(&d, "bench 4").await?);
+                }
+                Ok::<_, anyhow::Error>(out)
+            })
+        })
+        .collect();
+    let mut o = Overhead {
+        sessions,
+        ..Default::default()
+    };
+    for t in tasks {
+        for (a, b) in t.await?? {
+            o.to_agent.push(a);
+            o.to_client.push(b);
+        }
+    }
+    o.to_agent.sort_unstable();
+    o.to_client.sort_unstable();
+    Ok(o)
+}
+
+/// Prompts admitted per second by `clients` concurrent posters; then waits until every
+/// admitted turn has completed (none lost).
+pub async fn admissions(d: &Daemon, total: usize) -> Result<f64> {
+    const CLIENTS: usize = 8;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(Client::open(d).await?);
+    }
+    let per = total.div_ceil(CLIENTS);
+    let started = Instant::now();
+    let posters: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let (http, url, client_id) = (
+                d.http.clone(),
+                d.url(&format!("/session/{}/prompt", c.s.id)),
+                c.s.client_id.clone(),
+            );
+            tokio::spawn(async move {
+                for _ in 0..per {
+                    let r = http
+                        .post(&url)
+                        .header("X-Qwen-Client-Id", &client_id)
+                        .json(&json!({"prompt": [{"type": "text", "text": "bench 2"}]}))
+                        .send()
+                        .await?;
+                    ensure!(r.status() == 202, "admission failed: {}", r.status());
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for p in posters {
+        p.await??;
+    }
+    let rate = (per * CLIENTS) as f64 / started.elapsed().as_secs_f64();
+    // Every admitted prompt ends with exactly one turn_complete.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for c in clients.iter_mut() {
+        let mut done = 0;
+        while done < per {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let f = c
+                .sse
+                .next_within(left)
+                .await
+                .map_err(|e| anyhow!("admitted turns did not all complete ({done}/{per}): {e}"))?
+                .context("stream ended")?;
+            match f.event.as_str() {
+                "turn_complete" => done += 1,
+                "turn_error" => bail!("an admitted turn failed: {}", f.data),
+                _ => {}
+            }
+        }
+    }
+    Ok(rate)
+}
+
+/// `GET /health` requests per second from 8 concurrent clients.
+pub async fn health(d: &Daemon, total: usize) -> Result<f64> {
+    const CLIENTS: usize = 8;
+    let per = total.div_ceil(CLIENTS);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (http, url) = (d.http.clone(), d.url("/health"));
+            tokio::spawn(async move {
+                for _ in 0..per {
+                    let r = http.get(&url).send().await?;
+                    ensure!(r.status() == 200, "health -> {}", r.status());
+                    r.bytes().await?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok((per * CLIENTS) as f64 / started.elapsed().as_secs_f64())
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Fanout {
+    pub events: usize,
+    pub per_sec: f64,
+}
+
+/// Reads one subscriber's frames until `turns` turns have ended; checks ids are gapless.
+async fn drain_subscriber(mut sse: Sse, turns: usize) -> Result<usize> {
+    let (mut seen, mut ended, mut last_id) = (0usize, 0usize, None::<u64>);
+    while ended < turns {
+        let f = sse
+            .next_within(WAIT)
+            .await?
+            .context("stream ended during fan-out")?;
+        ensure!(f.event != "client_evicted", "a subscriber was evicted");
+        if let Some(id) = f.id {
+            if let Some(prev) = last_id {
+                ensure!(id == prev + 1, "gap in SSE ids: {prev} then {id}");
+            }
+            last_id = Some(id);
+            seen += 1;
+        }
+        match f.event.as_str() {
+            "turn_complete" => ended += 1,
+            "turn_error" => bail!("turn_error during fan-out: {}", f.data),
+            _ => {}
+        }
+    }
+    Ok(seen)
+}
+
+/// `sessions` sessions with `width` subscribers each; every session runs `turns` floods of
+/// `chunks` chunks. Events delivered per second, all subscribers together.
+pub async fn fanout(
+    d: &Arc<Daemon>,
+    sessions: usize,
+    width: usize,
+    turns: usize,
+    chunks: usize,
+) -> Result<Fanout> {
+    let mut readers = Vec::new();
+    let mut owners = Vec::new();
+    for _ in 0..sessions {
+        let s = d.create_session().await?;
+        for _ in 0..width {
+            readers.push(tokio::spawn(drain_subscriber(
+                d.events(&s, None, None).await?,
+                turns,
+            )));
+        }
+        owners.push(s);
+    }
+    let started = Instant::now();
+    let drivers: Vec<_> = owners
+        .into_iter()
+        .map(|s| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut sse = d.events(&s, None, None).await?;
+                for _ in 0..turns {
+                    let r = d.prompt(&s, &format!("flood {chunks} 64")).await?;
+                    ensure!(r.status == 202, "prompt -> {}", r.status);
+                    let id = r.body["promptId"].as_str().context("promptId")?.to_string();
+                    sse.until_turn_end(&id).await?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in drivers {
+        t.await??;
+    }
+    let mut events = 0;
+    for r in readers {
+        events += r.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Each turn publishes at least its chunks and a turn_complete to every subscriber.
+    let floor = sessions * width * turns * (chunks + 1);
+    ensure!(events >= floor, "lost events: {events} < {floor}");
+    Ok(Fanout {
+        events,
+        per_sec: events as f64 / elapsed,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub idle_kib: u64,
+    pub sessions_100_kib: u64,
+    pub warm_kib: u64,
+    pub after_kib: u64,
+    pub prompts: usize,
+}
+
+/// RSS idle, with 100 sessions, and before/after `prompts` prompts (after a warm-up that fills
+/// the replay rings and the trace view, so growth means a leak).
+pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Memory> {
+    let d = &t.d;
+    d.get("/health").await?;
+    let idle_kib = t.rss_kib()?;
+    let mut sessions = Vec::new();
+    for _ in 0..sessions_n {
+        sessions.push(d.create_session().await?);
+    }
+    let sessions_100_kib = t.rss_kib()?;
+    let workers: Vec<SessionRef> = sessions.into_iter().take(16).collect();
+    let run = |count: usize| {
+        let tasks: Vec<_> = workers
+            .iter()
+            .cloned()
+            .map(|s| {
+                let d = d.clone();
+                let per = count.div_ceil(16);
+                tokio::spawn(async move {
+                    let mut sse = d.events(&s, None, None).await?;
+                    for _ in 0..per {
+                        let r = d.prompt(&s, "bench 2").await?;
+                        ensure!(r.status == 202, "prompt -> {}", r.status);
+                        let id = r.body["promptId"].as_str().context("promptId")?.to_string();
+                        sse.until_turn_end(&id).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect::<Vec<_>>();
+        async move {
+            for t in tasks {
+                t.await??;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    run((prompts / 4).clamp(1000, 2500).min(prompts)).await?;
+    let warm_kib = t.rss_kib()?;
+    run(prompts).await?;
+    let after_kib = t.rss_kib()?;
+    Ok(Memory {
+        idle_kib,
+        sessions_100_kib,
+        warm_kib,
+        after_kib,
+        prompts,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Export {
+    pub offered_per_sec: f64,
+    pub spans: usize,
+    pub received: usize,
+    pub dropped: u64,
+    pub spans_per_prompt: usize,
+}
+
+/// `acpd.telemetry.dropped` for the export queue, from `/metrics`.
+pub async fn export_dropped(d: &Daemon) -> Result<u64> {
+    let text = d.http.get(d.url("/metrics")).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("acpd_telemetry_dropped") && l.contains("export_queue"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// Offers `rate` spans/s for `secs` (prompts of `bench 2 8`, paced), then waits for the receiver
+/// to have every span. Needs a target with telemetry on.
+pub async fn export(t: &Target, rate: usize, secs: f64) -> Result<Export> {
+    let rx = t.rx.as_ref().context("export needs telemetry on")?;
+    let d = &t.d;
+    let prompt = format!("bench 2 {EXPORT_TOOLS}");
+    // Calibrate: the spans of one prompt's trace, once its dispatch span (the last to end) is in.
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    let r = d.prompt(&s, &prompt).await?;
+    let pid = r.body["promptId"].as_str().context("promptId")?.to_string();
+    sse.until_turn_end(&pid).await?;
+    let spans = rx
+        .wait_for_spans(WAIT, |spans| {
+            spans.iter().any(|s| {
+                s.name == "bridge prompt.dispatch" && s.attr_str("acpd.prompt.id") == Some(&pid)
+            })
+        })
+        .await?;
+    let trace = spans
+        .iter()
+        .find(|s| s.name == "bridge prompt.dispatch" && s.attr_str("acpd.prompt.id") == Some(&pid))
+        .map(|s| s.trace_id.clone())
+        .context("dispatch span")?;
+    let per_prompt = spans.iter().filter(|s| s.trace_id == trace).count();
+    ensure!(
+        per_prompt >= 3 + EXPORT_TOOLS,
+        "only {per_prompt} spans per prompt"
+    );
+    // Everything that ended before the dispatch span is in; the SSE stream stays open so its
+    // GET span cannot arrive during the count.
+    let before = rx.span_count();
+    let dropped_before = export_dropped(d).await?;
+
+    let prompts = ((rate as f64 * secs) / per_prompt as f64).ceil() as usize;
+    let interval = Duration::from_secs_f64(per_prompt as f64 / rate as f64);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut inflight = Vec::with_capacity(prompts);
+    for _ in 0..prompts {
+        tick.tick().await;
+        let (d2, s2, p2) = (d.clone(), s.clone(), prompt.clone());
+        inflight.push(tokio::spawn(async move {
+            let r = d2.prompt(&s2, &p2).await?;
+            ensure!(r.status == 202, "prompt -> {}", r.status);
+            Ok(())
+        }));
+    }
+    for f in inflight {
+        f.await??;
+    }
+    let offered = (prompts * per_prompt) as f64 / started.elapsed().as_secs_f64();
+    let expected = before + prompts * per_prompt;
+    let received = rx
+        .wait_for_span_count(expected, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|_| rx.span_count());
+    drop(sse);
+    Ok(Export {
+        offered_per_sec: offered,
+        spans: prompts * per_prompt,
+        received: received - before,
+        dropped: export_dropped(d).await? - dropped_before,
+        spans_per_prompt: per_prompt,
+    })
+}
+
+/// Beyond the rate: a collector that never answers and a 256-span queue. Every span offered
+/// is either queued, in the one stuck export, or counted as dropped.
+pub async fn export_overload(prompts: usize) -> Result<(usize, u64)> {
+    let rx = Receiver::start_hanging(Protocol::HttpProtobuf).await?;
+    let t = Target::start_to(
+        Telemetry::OnPlugins,
+        Some(rx),
+        &[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "256"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "64"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await?;
+    let d = &t.d;
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    let mut offered = 0;
+    for _ in 0..prompts {
+        let r = d.prompt(&s, &format!("bench 2 {EXPORT_TOOLS}")).await?;
+        let id = r.body["promptId"].as_str().context("promptId")?.to_string();
+        sse.until_turn_end(&id).await?;
+        offered += 3 + EXPORT_TOOLS;
+    }
+    let dropped = export_dropped(d).await?;
+    let held = 256 + 64;
+    ensure!(
+        dropped as usize + held >= offered,
+        "{offered} spans offered, {dropped} counted as dropped, at most {held} held"
+    );
+    Ok((offered, dropped))
+}
+
+/// Time from exec to the first `/health` 200 (the agent starts lazily, so it is excluded).
+pub async fn startup(plugins: bool) -> Result<Duration> {
+    use tokio::io::AsyncBufReadExt;
+    let ws = tempfile::tempdir()?;
+    let started = Instant::now();
+    let mut cmd = tokio::process::Command::new(crate::acpd_bin());
+    cmd.args(["serve", "--port", "0", "--workspace"])
+        .arg(ws.path())
+        .env("OTEL_SDK_DISABLED", "true")
+        .env("ACPD_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if !plugins {
+        cmd.arg("--no-plugins");
+    }
+    let mut child = cmd.spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("acpd listening on http://") {
+                return Ok(rest.trim().to_string());
+            }
+        }
+        bail!("acpd exited before listening")
+    })
+    .await
+    .map_err(|_| anyhow!("no listening line within {WAIT:?}"))??;
+    let r = reqwest::get(format!("http://{addr}/health")).await?;
+    ensure!(r.status() == 200, "health -> {}", r.status());
+    let took = started.elapsed();
+    child.kill().await?;
+    Ok(took)
+}
+
+/// The physical floor: a loopback HTTP round trip to a minimal server, and a one-way pipe
+/// write between two threads (half a ping-pong). Medians, in ns.
+pub async fn floors(n: usize) -> Result<(u64, u64)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/");
+    let mut http_ns = Vec::with_capacity(n);
+    for i in 0..n + 10 {
+        let t0 = Instant::now();
+        http.get(&url).send().await?.bytes().await?;
+        if i >= 10 {
+            http_ns.push(t0.elapsed().as_nanos() as u64);
+        }
+    }
+    server.abort();
+    http_ns.sort_unstable();
+
+    let pipe_ns = tokio::task::spawn_blocking(move || -> Result<u64> {
+        use std::io::{Read, Write};
+        let (mut a_rx, mut a_tx) = std::io::pipe()?;
+        let (mut b_rx, mut b_tx) = std::io::pipe()?;
+        let echo = std::thread::spawn(move || {
+            let mut buf = [0u8; 128];
+            while let Ok(k) = a_rx.read(&mut buf) {
+                if k == 0 || b_tx.write_all(&buf[..k]).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = [b'x'; 128];
+        let mut buf = [0u8; 128];
+        let mut rtt = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t0 = Instant::now();
+            a_tx.write_all(&line)?;
+            b_rx.read_exact(&mut buf)?;
+            rtt.push(t0.elapsed().as_nanos() as u64 / 2);
+        }
+        drop(a_tx);
+        let _ = echo.join();
+        rtt.sort_unstable();
+        Ok(pct(&rtt, 50.0))
+    })
+    .await??;
+    Ok((pct(&http_ns, 50.0), pipe_ns))
+}
+
+/// Everything the harness measured in one run.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub text: String,
+}
+
+impl Report {
+    fn line(&mut self, s: impl AsRef<str>) {
+        println!("{}", s.as_ref());
+        self.text.push_str(s.as_ref());
+        self.text.push('\n');
+    }
+}
+
+/// Sections of a run; `ACPD_LOAD_ONLY=overhead,export` (comma-separated) runs only those.
+pub const SECTIONS: [&str; 7] = [
+    "floor",
+    "overhead",
+    "admission",
+    "fanout",
+    "memory",
+    "export",
+    "startup",
+];
+
+fn wanted(section: &str) -> bool {
+    std::env::var("ACPD_LOAD_ONLY")
+        .map(|only| only.split(',').any(|s| s.trim() == section))
+        .unwrap_or(true)
+}
+
+/// Runs every measurement; prints the report as it goes and returns it.
+pub async fn run(o: Opts) -> Result<Report> {
+    let mut rep = Report::default();
+    if wanted("floor") {
+        floor_section(&mut rep, &o).await?;
+    }
+    if wanted("overhead") {
+        overhead_section(&mut rep, &o).await?;
+    }
+    if wanted("admission") {
+        admission_section(&mut rep, &o).await?;
+    }
+    if wanted("fanout") {
+        fanout_section(&mut rep, &o).await?;
+    }
+    if wanted("memory") {
+        memory_section(&mut rep, &o).await?;
+    }
+    if wanted("export") {
+        export_section(&mut rep, &o).await?;
+    }
+    if wanted("startup") {
+        startup_section(&mut rep, &o).await?;
+    }
+    Ok(rep)
+}
+
+async fn floor_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    let (http_floor, pipe_floor) = floors(if o.overhead_prompts > 50 { 2000 } else { 50 }).await?;
+    rep.line(format!(
+        "floor: loopback HTTP round trip p50 {:.1} us; pipe write one-way p50 {:.1} us",
+        us(http_floor),
+        us(pipe_floor)
+    ));
+    Ok(())
+}
+
+async fn overhead_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    let runs = o.concurrency.iter().map(|&n| (n, THINK_MS, "")).chain([(
+        16,
+        (0, 0),
+        ", back to back: saturated, queueing",
+    )]);
+    for (n, think, note) in runs {
+        let mut row = format!("overhead @{n:>2} sessions{note} (p50/p99 us)  ");
+        for mode in Telemetry::ALL {
+            let t = Target::start_sink(mode).await?;
+            let r = overhead(&t.d, n, o.overhead_prompts, think).await?;
+            let _ = write!(
+                row,
+                "| {}: to agent {:.0}/{:.0}, to client {:.0}/{:.0} ",
+                mode.label(),
+                us(r.p(&r.to_agent, 50.0)),
+                us(r.p(&r.to_agent, 99.0)),
+                us(r.p(&r.to_client, 50.0)),
+                us(r.p(&r.to_client, 99.0)),
+            );
+        }
+        rep.line(row);
+    }
+    Ok(())
+}
+
+async fn admission_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    let mut adm = Vec::new();
+    let mut hl = Vec::new();
+    for mode in Telemetry::ALL {
+        let t = Target::start_sink(mode).await?;
+        adm.push(admissions(&t.d, o.admissions).await?);
+        hl.push(health(&t.d, o.health_requests).await?);
+    }
+    rep.line(format!(
+        "admission prompts/s: off {:.0} | on {:.0} | on+plugins {:.0}  (on/off {:.2}, on+plugins/off {:.2})",
+        adm[0],
+        adm[1],
+        adm[2],
+        adm[1] / adm[0],
+        adm[2] / adm[0]
+    ));
+    rep.line(format!(
+        "GET /health req/s:   off {:.0} | on {:.0} | on+plugins {:.0}  (on+plugins/off {:.2})",
+        hl[0],
+        hl[1],
+        hl[2],
+        hl[2] / hl[0]
+    ));
+    Ok(())
+}
+
+async fn fanout_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    for (sessions, width, name) in [
+        (1, o.fanout_width, "1 session x N subscribers"),
+        (o.fanout_width, 1, "N sessions x 1 subscriber"),
+    ] {
+        let mut row = format!("fan-out {name} (N={}), events/s: ", o.fanout_width);
+        for mode in Telemetry::ALL {
+            let t = Target::start_sink(mode).await?;
+            let f = fanout(&t.d, sessions, width, o.fanout_turns, o.fanout_chunks).await?;
+            let _ = write!(
+                row,
+                "| {} {:.0} ({} events, none lost) ",
+                mode.label(),
+                f.per_sec,
+                f.events
+            );
+        }
+        rep.line(row);
+    }
+    Ok(())
+}
+
+async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    for mode in Telemetry::ALL {
+        let t = Target::start_sink(mode).await?;
+        let sessions = if o.leak_prompts >= 1000 { 100 } else { 20 };
+        let m = memory(&t, o.leak_prompts, sessions).await?;
+        rep.line(format!(
+            "RSS MiB ({}): idle {:.1} | {} sessions {:.1} | warm {:.1} | after {} more prompts {:.1} (growth {:+.2})",
+            mode.label(),
+            m.idle_kib as f64 / 1024.0,
+            sessions,
+            m.sessions_100_kib as f64 / 1024.0,
+            m.warm_kib as f64 / 1024.0,
+            m.prompts,
+            m.after_kib as f64 / 1024.0,
+            (m.after_kib as f64 - m.warm_kib as f64) / 1024.0
+        ));
+    }
+    Ok(())
+}
+
+async fn export_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    for mode in [Telemetry::On, Telemetry::OnPlugins] {
+        let t = Target::start(mode).await?;
+        let e = export(&t, o.export_rate, o.export_secs).await?;
+        rep.line(format!(
+            "export ({}): offered {:.0} spans/s for {:.1} s ({} spans, {} per prompt): received {}, dropped {}",
+            mode.label(),
+            e.offered_per_sec,
+            o.export_secs,
+            e.spans,
+            e.spans_per_prompt,
+            e.received,
+            e.dropped
+        ));
+        ensure!(
+            e.dropped == 0 && e.received >= e.spans,
+            "spans lost at {:.0} spans/s: received {} of {}, dropped {}",
+            e.offered_per_sec,
+            e.received,
+            e.spans,
+            e.dropped
+        );
+    }
+    let (offered, dropped) = export_overload(if o.export_secs >= 5.0 { 100 } else { 40 }).await?;
+    rep.line(format!(
+        "export overload (collector never answers, queue 256): {offered} spans offered, {dropped} counted as dropped"
+    ));
+    ensure!(dropped > 0, "the drop counter did not move under overload");
+    Ok(())
+}
+
+async fn startup_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    startup(true).await?; // compiles the plugins into the on-disk cache, as any first start does
+    for plugins in [false, true] {
+        let mut times = Vec::new();
+        for _ in 0..o.startups {
+            times.push(startup(plugins).await?.as_micros() as u64);
+        }
+        times.sort_unstable();
+        rep.line(format!(
+            "start-up exec -> first /health 200 ({}): median {:.1} ms, max {:.1} ms",
+            if plugins {
+                "default plugins, compiled cache warm"
+            } else {
+                "no plugins"
+            },
+            pct(&times, 50.0) as f64 / 1000.0,
+            *times.last().unwrap_or(&0) as f64 / 1000.0
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! The load harness's short mode: every measurement runs end to end and loses nothing (each
+//! step checks its own counts). Speed is not asserted here; `cargo bench --bench load` measures.
+
+use acpd_tests::load::{Opts, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_measurement_runs_in_short_mode() {
+    let report = run(Opts::SHORT).await.expect("load harness");
+    for part in [
+        "floor:",
+        "overhead @ 1 sessions",
+        "admission prompts/s",
+        "GET /health req/s",
+        "fan-out 1 session x N subscribers",
+        "fan-out N sessions x 1 subscriber",
+        "RSS MiB (on + plugins)",
+        "export (on + plugins)",
+        "export overload",
+        "start-up exec -> first /health 200 (no plugins)",
+    ] {
+        assert!(
+            report.text.contains(part),
+            "no {part:?} in:\n{}",
+            report.text
+        );
+    }
+}
