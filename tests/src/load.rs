@@ -482,11 +482,14 @@ pub struct Memory {
     pub sessions_100_kib: u64,
     pub warm_kib: u64,
     pub after_kib: u64,
+    /// After a second round of `prompts`: a leak keeps growing, a pool filling up does not.
+    pub after2_kib: u64,
     pub prompts: usize,
 }
 
-/// RSS idle, with 100 sessions, and before/after `prompts` prompts (after a warm-up that fills
-/// the replay rings and the trace view, so growth means a leak).
+/// RSS idle, with 100 sessions, then after a warm-up of `prompts` prompts (fills the replay
+/// rings, the trace view and the plugin instance pools) and after each of two more rounds of
+/// `prompts`: growth that repeats is a leak.
 pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Memory> {
     let d = &t.d;
     d.get("/health").await?;
@@ -523,15 +526,18 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
             Ok::<_, anyhow::Error>(())
         }
     };
-    run((prompts / 4).clamp(1000, 2500).min(prompts)).await?;
+    run(prompts).await?;
     let warm_kib = t.rss_kib()?;
     run(prompts).await?;
     let after_kib = t.rss_kib()?;
+    run(prompts).await?;
+    let after2_kib = t.rss_kib()?;
     Ok(Memory {
         idle_kib,
         sessions_100_kib,
         warm_kib,
         after_kib,
+        after2_kib,
         prompts,
     })
 }
@@ -890,7 +896,7 @@ async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
         let sessions = if o.leak_prompts >= 1000 { 100 } else { 20 };
         let m = memory(&t, o.leak_prompts, sessions).await?;
         rep.line(format!(
-            "RSS MiB ({}): idle {:.1} | {} sessions {:.1} | warm {:.1} | after {} more prompts {:.1} (growth {:+.2})",
+            "RSS MiB ({}): idle {:.1} | {} sessions {:.1} | warm {:.1} | +{} prompts {:.1} ({:+.2}) | +{} more {:.1} ({:+.2})",
             mode.label(),
             m.idle_kib as f64 / 1024.0,
             sessions,
@@ -898,7 +904,10 @@ async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
             m.warm_kib as f64 / 1024.0,
             m.prompts,
             m.after_kib as f64 / 1024.0,
-            (m.after_kib as f64 - m.warm_kib as f64) / 1024.0
+            (m.after_kib as f64 - m.warm_kib as f64) / 1024.0,
+            m.prompts,
+            m.after2_kib as f64 / 1024.0,
+            (m.after2_kib as f64 - m.after_kib as f64) / 1024.0
         ));
     }
     Ok(())
