@@ -196,6 +196,19 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
+/// Submits a prompt; its id, once admitted (202).
+async fn submit(d: &Daemon, s: &SessionRef, text: &str) -> Result<String> {
+    let r = d.prompt(s, text).await?;
+    ensure!(r.status == 202, "prompt -> {}: {}", r.status, r.body);
+    Ok(r.body["promptId"].as_str().context("promptId")?.to_string())
+}
+
+/// Submits a prompt and reads `sse` until its turn ends.
+async fn turn(d: &Daemon, s: &SessionRef, sse: &mut Sse, text: &str) -> Result<Vec<crate::Frame>> {
+    let id = submit(d, s, text).await?;
+    sse.until_turn_end(&id).await
+}
+
 /// A session with its SSE stream open, ready for timed turns.
 struct Client {
     s: SessionRef,
@@ -213,10 +226,7 @@ impl Client {
     /// `turn_complete`), in ns.
     async fn timed_turn(&mut self, d: &Daemon, text: &str) -> Result<(u64, u64)> {
         let t0 = wall_ns();
-        let r = d.prompt(&self.s, text).await?;
-        ensure!(r.status == 202, "prompt -> {}: {}", r.status, r.body);
-        let id = r.body["promptId"].as_str().context("promptId")?.to_string();
-        let frames = self.sse.until_turn_end(&id).await?;
+        let frames = turn(d, &self.s, &mut self.sse, text).await?;
         let t_end = wall_ns();
         let last = frames.last().context("no frames")?;
         ensure!(
@@ -245,12 +255,6 @@ pub struct Overhead {
     pub sessions: usize,
     pub to_agent: Vec<u64>,
     pub to_client: Vec<u64>,
-}
-
-impl Overhead {
-    pub fn p(&self, which: &[u64], p: f64) -> u64 {
-        pct(which, p)
-    }
 }
 
 /// `sessions` clients each run `prompts` turns, pausing a pseudo-random `think` (min, max ms)
@@ -450,12 +454,9 @@ pub async fn fanout(
             tokio::spawn(async move {
                 let mut sse = d.events(&s, None, None).await?;
                 for _ in 0..turns {
-                    let r = d.prompt(&s, &format!("flood {chunks} 64")).await?;
-                    ensure!(r.status == 202, "prompt -> {}", r.status);
-                    let id = r.body["promptId"].as_str().context("promptId")?.to_string();
-                    sse.until_turn_end(&id).await?;
+                    turn(&d, &s, &mut sse, &format!("flood {chunks} 64")).await?;
                 }
-                Ok(())
+                Ok::<_, anyhow::Error>(())
             })
         })
         .collect();
@@ -510,12 +511,9 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
                 tokio::spawn(async move {
                     let mut sse = d.events(&s, None, None).await?;
                     for _ in 0..per {
-                        let r = d.prompt(&s, "bench 2").await?;
-                        ensure!(r.status == 202, "prompt -> {}", r.status);
-                        let id = r.body["promptId"].as_str().context("promptId")?.to_string();
-                        sse.until_turn_end(&id).await?;
+                        turn(&d, &s, &mut sse, "bench 2").await?;
                     }
-                    Ok(())
+                    Ok::<_, anyhow::Error>(())
                 })
             })
             .collect::<Vec<_>>();
@@ -570,8 +568,7 @@ pub async fn export(t: &Target, rate: usize, secs: f64) -> Result<Export> {
     // Calibrate: the spans of one prompt's trace, once its dispatch span (the last to end) is in.
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
-    let r = d.prompt(&s, &prompt).await?;
-    let pid = r.body["promptId"].as_str().context("promptId")?.to_string();
+    let pid = submit(d, &s, &prompt).await?;
     sse.until_turn_end(&pid).await?;
     let spans = rx
         .wait_for_spans(WAIT, |spans| {
@@ -604,11 +601,7 @@ pub async fn export(t: &Target, rate: usize, secs: f64) -> Result<Export> {
     for _ in 0..prompts {
         tick.tick().await;
         let (d2, s2, p2) = (d.clone(), s.clone(), prompt.clone());
-        inflight.push(tokio::spawn(async move {
-            let r = d2.prompt(&s2, &p2).await?;
-            ensure!(r.status == 202, "prompt -> {}", r.status);
-            Ok(())
-        }));
+        inflight.push(tokio::spawn(async move { submit(&d2, &s2, &p2).await }));
     }
     for f in inflight {
         f.await??;
@@ -648,9 +641,7 @@ pub async fn export_overload(prompts: usize) -> Result<(usize, u64)> {
     let mut sse = d.events(&s, None, None).await?;
     let mut offered = 0;
     for _ in 0..prompts {
-        let r = d.prompt(&s, &format!("bench 2 {EXPORT_TOOLS}")).await?;
-        let id = r.body["promptId"].as_str().context("promptId")?.to_string();
-        sse.until_turn_end(&id).await?;
+        turn(d, &s, &mut sse, &format!("bench 2 {EXPORT_TOOLS}")).await?;
         offered += 3 + EXPORT_TOOLS;
     }
     let dropped = export_dropped(d).await?;
@@ -781,6 +772,14 @@ fn wanted(section: &str) -> bool {
 
 /// Runs every measurement; prints the report as it goes and returns it.
 pub async fn run(o: Opts) -> Result<Report> {
+    if let Ok(only) = std::env::var("ACPD_LOAD_ONLY")
+        && let Some(bad) = only
+            .split(',')
+            .map(str::trim)
+            .find(|s| !SECTIONS.contains(s))
+    {
+        bail!("ACPD_LOAD_ONLY: no section {bad:?}; sections: {SECTIONS:?}");
+    }
     let mut rep = Report::default();
     if wanted("floor") {
         floor_section(&mut rep, &o).await?;
@@ -831,10 +830,10 @@ async fn overhead_section(rep: &mut Report, o: &Opts) -> Result<()> {
                 row,
                 "| {}: to agent {:.0}/{:.0}, to client {:.0}/{:.0} ",
                 mode.label(),
-                us(r.p(&r.to_agent, 50.0)),
-                us(r.p(&r.to_agent, 99.0)),
-                us(r.p(&r.to_client, 50.0)),
-                us(r.p(&r.to_client, 99.0)),
+                us(pct(&r.to_agent, 50.0)),
+                us(pct(&r.to_agent, 99.0)),
+                us(pct(&r.to_client, 50.0)),
+                us(pct(&r.to_client, 99.0)),
             );
         }
         rep.line(row);
