@@ -308,6 +308,55 @@ mode = "{mode}"
     )
 }
 
+/// A plugin that tries every way out of its sandbox (files, directory listing, writes, env,
+/// args, a TCP connection to a listener of ours, the clock), at init
+/// and at every batch, is denied each time, and the daemon's env stays out of its reach.
+#[tokio::test]
+async fn a_plugin_cannot_reach_files_sockets_env_or_the_clock() -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let config = format!("{}connect = \"{addr}\"\n", hostile_config("escape"));
+    let d = start_with(&rx, &config, &[("ACPD_ESCAPE_SECRET", "s3cr3t-env-value")]).await?;
+    assert_eq!(d.get("/health").await?.status, 200);
+    let spans = rx
+        .wait_for_spans(WAIT, |spans| {
+            spans
+                .iter()
+                .any(|s| s.attr_str("hostile.escape.call.net").is_some())
+        })
+        .await?;
+    let span = spans
+        .iter()
+        .find(|s| s.attr_str("hostile.escape.call.net").is_some())
+        .unwrap();
+    let mut tried = Vec::new();
+    for stage in ["init", "call"] {
+        for what in [
+            "fs_read", "fs_list", "fs_write", "env", "args", "net", "clock",
+        ] {
+            let key = format!("hostile.escape.{stage}.{what}");
+            let outcome = span.attr_str(&key).unwrap_or("missing");
+            assert!(
+                outcome.starts_with("denied"),
+                "{key}: {outcome} (span {})",
+                span_text(span)
+            );
+            tried.push(key);
+        }
+    }
+    assert_eq!(tried.len(), 14);
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the plugin reached our TCP listener"
+    );
+    assert!(!std::path::Path::new("/tmp/acpd-hostile-escape").exists());
+    let text = span_text(span);
+    assert!(!text.contains("s3cr3t-env-value"), "{text}");
+    Ok(())
+}
+
 /// A plugin that fails at every hook: the daemon keeps serving, the failure is counted and
 /// logged, and exports fail closed (the safety net masks every non-structural value).
 async fn hostile_mode_keeps_serving_and_fails_closed(

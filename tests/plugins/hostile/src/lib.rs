@@ -3,7 +3,9 @@
 //! `ok` (no edits), `tag` (marks every span, proving it ran), `trap`, `loop` (never returns),
 //! `alloc` (touches 1 GiB), `huge-output` (far more edits than allowed), `bad-index`
 //! (out-of-range indexes), `flaky` (fails every other call), `error-5xx` (an invalid error
-//! translation), `panic-init`, `bad-config` (refuses its config).
+//! translation), `panic-init`, `bad-config` (refuses its config), `escape` (tries to reach files,
+//! sockets, env, args and the clock, at init and at every span batch, and reports each outcome
+//! as a `hostile.escape.*` span attribute: the sandbox must deny them all).
 
 use acpd_plugin_sdk::{
     Attrs, ClientError, Config, Edits, Error, ErrorInfo, ErrorTranslator, LogBatch, LogEdits,
@@ -13,11 +15,78 @@ use acpd_plugin_sdk::{
 #[derive(serde::Deserialize)]
 struct Cfg {
     mode: String,
+    /// `escape`: an address to try a TCP connection to.
+    #[serde(default)]
+    connect: Option<String>,
 }
 
 pub struct Hostile {
     mode: String,
     calls: u64,
+    connect: Option<String>,
+    /// `escape`: what was tried at init, and how it ended.
+    at_init: Vec<(String, String)>,
+}
+
+/// Every way out of the sandbox that std offers a guest; each outcome is "denied: ..." or
+/// "ALLOWED: ...".
+fn escape_attempts(connect: Option<&str>) -> Vec<(String, String)> {
+    fn shown<T: std::fmt::Debug, E: std::fmt::Display>(r: Result<T, E>) -> String {
+        match r {
+            Ok(v) => format!("ALLOWED: {v:?}"),
+            Err(e) => format!("denied: {e}"),
+        }
+    }
+    let mut out = vec![
+        (
+            "fs_read".into(),
+            shown(std::fs::read_to_string("/etc/hostname")),
+        ),
+        (
+            "fs_list".into(),
+            shown(std::fs::read_dir(".").map(|d| d.count())),
+        ),
+        (
+            "fs_write".into(),
+            shown(std::fs::write("/tmp/acpd-hostile-escape", "x")),
+        ),
+    ];
+    let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    out.push((
+        "env".into(),
+        if env.is_empty() {
+            "denied: no variables".into()
+        } else {
+            format!("ALLOWED: {env:?}")
+        },
+    ));
+    let args: Vec<String> = std::env::args().collect();
+    out.push((
+        "args".into(),
+        if args.is_empty() {
+            "denied: no arguments".into()
+        } else {
+            format!("ALLOWED: {args:?}")
+        },
+    ));
+    if let Some(addr) = connect {
+        out.push(("net".into(), shown(std::net::TcpStream::connect(addr))));
+    }
+    // The clock is frozen: time does not pass, however much work is done between two reads.
+    let (wall, mono) = (std::time::SystemTime::now(), std::time::Instant::now());
+    let mut x = 0u64;
+    for i in 0..2_000_000u64 {
+        x = std::hint::black_box(x.wrapping_add(i));
+    }
+    out.push((
+        "clock".into(),
+        if std::time::SystemTime::now() == wall && mono.elapsed().is_zero() {
+            "denied: frozen".into()
+        } else {
+            "ALLOWED: time passes".into()
+        },
+    ));
+    out
 }
 
 impl Plugin for Hostile {
@@ -30,9 +99,15 @@ impl Plugin for Hostile {
             "panic-init" => panic!("hostile: panicking in init on purpose"),
             "bad-config" => Err(Error::config("hostile: this config is refused on purpose")),
             "ok" | "tag" | "trap" | "loop" | "alloc" | "huge-output" | "bad-index" | "flaky"
-            | "error-5xx" => Ok(Hostile {
+            | "error-5xx" | "escape" => Ok(Hostile {
+                at_init: if c.mode == "escape" {
+                    escape_attempts(c.connect.as_deref())
+                } else {
+                    Vec::new()
+                },
                 mode: c.mode,
                 calls: 0,
+                connect: c.connect,
             }),
             other => Err(Error::config(format!("unknown mode {other:?}"))),
         }
@@ -98,6 +173,25 @@ impl SpanProcessor for Hostile {
         if self.misbehave(&mut out.attrs, batch.attrs().len())? && self.mode == "tag" {
             for s in batch.spans() {
                 out.attrs.upsert(s.index, "hostile.seen", true);
+            }
+        }
+        if self.mode == "escape" {
+            let now = escape_attempts(self.connect.as_deref());
+            for s in batch.spans() {
+                for (what, outcome) in &self.at_init {
+                    out.attrs.upsert(
+                        s.index,
+                        format!("hostile.escape.init.{what}"),
+                        outcome.as_str(),
+                    );
+                }
+                for (what, outcome) in &now {
+                    out.attrs.upsert(
+                        s.index,
+                        format!("hostile.escape.call.{what}"),
+                        outcome.as_str(),
+                    );
+                }
             }
         }
         Ok(())
