@@ -639,3 +639,81 @@ async fn agent_stderr_lines_become_logs_correlated_to_the_turn() -> anyhow::Resu
     assert!(d.stdout().is_empty());
     Ok(())
 }
+
+/// The daemon's token is a credential: whatever clients send (right, wrong, or a near miss that
+/// contains it), it never reaches a span, a log record, an error body, `/metrics` or the view.
+#[tokio::test]
+async fn the_token_never_reaches_spans_logs_or_error_bodies() -> anyhow::Result<()> {
+    const TOKEN: &str = "tok-9d1e-never-exported";
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let d = Daemon::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
+        .args(&["--token", TOKEN])
+        .start()
+        .await?;
+    let bearer = format!("Bearer {TOKEN}");
+    let mut bodies = Vec::new();
+    for auth in [
+        None,
+        Some(format!("Bearer {TOKEN}x")),
+        Some(TOKEN.to_string()),
+    ] {
+        let mut req = d.http.post(d.url("/session")).json(&json!({}));
+        if let Some(a) = &auth {
+            req = req.header("Authorization", a);
+        }
+        let r = d.send(req).await?;
+        assert_eq!(r.status, 401, "{auth:?}");
+        bodies.push(r.body.to_string());
+    }
+    let authed = |req: reqwest::RequestBuilder| req.header("Authorization", &bearer);
+    let r = d
+        .send(authed(d.http.post(d.url("/session"))).json(&json!({"sessionScope": "thread"})))
+        .await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["sessionId"].is_string(), "{}", r.body);
+    let r = d
+        .send(authed(d.http.get(d.url(&format!("/health?token={TOKEN}")))))
+        .await?;
+    assert_eq!(r.status, 200);
+    for path in ["/session/nope", "/session/nope/prompt"] {
+        let r = d
+            .send(authed(d.http.post(d.url(path))).json(&json!({"prompt": []})))
+            .await?;
+        assert!(r.status >= 400, "{path}: {}", r.status);
+        bodies.push(r.body.to_string());
+    }
+    let spans = rx
+        .wait_for_spans(WAIT, |spans| {
+            spans.iter().filter(|s| s.name == "POST /session").count() >= 4
+                && spans.iter().any(|s| s.name == "GET /health")
+        })
+        .await?;
+    let logs = rx.wait_for_logs(WAIT, |logs| !logs.is_empty()).await?;
+    for s in &spans {
+        let text = format!(
+            "{} {} {} {:?}",
+            s.name,
+            Value::Object(s.attributes.clone()),
+            s.status_message,
+            s.events
+        );
+        assert!(!text.contains(TOKEN), "span {}: {text}", s.name);
+    }
+    for l in &logs {
+        let text = format!("{} {}", l.body, Value::Object(l.attributes.clone()));
+        assert!(!text.contains(TOKEN), "log {}: {text}", l.event_name);
+    }
+    for b in &bodies {
+        assert!(!b.contains(TOKEN), "error body: {b}");
+    }
+    for path in ["/metrics", "/debug/traces.json?limit=500"] {
+        let text = authed(d.http.get(d.url(path))).send().await?.text().await?;
+        assert!(!text.contains(TOKEN), "{path}");
+    }
+    assert!(!d.log().iter().any(|l| l.contains(TOKEN)), "stderr");
+    Ok(())
+}
