@@ -44,6 +44,14 @@ pub const AGENT_NAME: &str = "acpd-demo-agent";
 pub const CRASH_EXIT_CODE: i32 = 3;
 /// Env var: milliseconds to wait before answering `initialize`.
 pub const INIT_DELAY_ENV: &str = "ACPD_DEMO_INIT_DELAY_MS";
+/// Env var: a misbehaviour for acpd's fault tests: `silent-new` (never answers `session/new`),
+/// `close-stdout` (closes stdout once `initialize` is answered, then keeps running) or
+/// `ignore-term` (survives SIGTERM and stdin EOF: only SIGKILL stops it).
+pub const FAULT_ENV: &str = "ACPD_DEMO_FAULT";
+
+fn fault(name: &str) -> bool {
+    std::env::var(FAULT_ENV).is_ok_and(|f| f.trim() == name)
+}
 
 type Cx = ConnectionTo<Client>;
 
@@ -65,6 +73,12 @@ type Cx = ConnectionTo<Client>;
 ///
 /// Must run inside a tokio runtime that outlives it (OTLP export, when enabled, uses it).
 pub async fn run_stdio() -> anyhow::Result<()> {
+    let ignore_term = fault("ignore-term");
+    if ignore_term {
+        // A handler replaces the default action, so SIGTERM no longer ends the process.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move { while term.recv().await.is_some() {} });
+    }
     // Built first and inside the runtime; `None` (nothing built) without the OTLP env.
     let telemetry = Telemetry::from_env().map(Arc::new);
     // We own stdout through one writer task so that `crash` can exit right after its last
@@ -109,7 +123,14 @@ pub async fn run_stdio() -> anyhow::Result<()> {
             on_receive_request!(),
         )
         .on_receive_request(
-            async move |req: NewSessionRequest, responder, _cx: Cx| {
+            async move |req: NewSessionRequest, responder, cx: Cx| {
+                if fault("silent-new") {
+                    return cx.spawn(async move {
+                        std::future::pending::<()>().await;
+                        drop(responder);
+                        Ok(())
+                    });
+                }
                 let id = SessionId::new(format!("demo-{}", uuid::Uuid::new_v4()));
                 s1.open_session(&id, req.cwd);
                 responder.respond(NewSessionResponse::new(id))
@@ -178,6 +199,9 @@ pub async fn run_stdio() -> anyhow::Result<()> {
         .await;
 
     drop(state);
+    if ignore_term {
+        std::future::pending::<()>().await;
+    }
     // Stop after everything queued so far has been written.
     let _ = out_tx.send(Out::Stop).await;
     let written = writer.await;
@@ -208,6 +232,14 @@ fn stdin() -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
     }
 }
 
+/// Closes fd 1, as an agent that shuts its output would (the writer drops its own duplicate).
+fn close_fd1() {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: fd 1 is open for the life of the process and nothing else takes ownership of it;
+    // the writer writes through its own duplicate, dropped just before this call.
+    drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(1) });
+}
+
 /// stdout as an async pipe when it is one; see [`stdin`].
 fn stdout() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
     use std::os::fd::AsFd as _;
@@ -223,12 +255,21 @@ fn stdout() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
 
 async fn write_stdout(mut rx: mpsc::Receiver<Out>) -> io::Result<()> {
     let mut stdout = stdout();
+    // The `close-stdout` fault: the first line written is the answer to `initialize`.
+    let close_after_first = fault("close-stdout");
     while let Some(out) = rx.recv().await {
         match out {
             Out::Line(mut line) => {
                 line.push('\n');
                 stdout.write_all(line.as_bytes()).await?;
                 stdout.flush().await?;
+                if close_after_first {
+                    drop(stdout);
+                    close_fd1();
+                    // Keep draining so senders never block; nothing is written any more.
+                    while rx.recv().await.is_some() {}
+                    return Ok(());
+                }
             }
             Out::Exit(code) => std::process::exit(code),
             Out::Stop => break,

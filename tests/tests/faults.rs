@@ -1,0 +1,173 @@
+//! Agents that misbehave (the demo agent's `ACPD_DEMO_FAULT` modes and delays, over the same
+//! ACP pipes as always): each ends in a clear client-visible error within its deadline, and no
+//! agent process outlives what it was for.
+
+use acpd_tests::*;
+use anyhow::{Result, bail};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Tight agent deadlines, plus the agent's environment (`KEY = "value"` lines).
+fn config(agent_env: &str) -> String {
+    format!(
+        "[agent]\ninit_timeout_ms = 500\nsession_timeout_ms = 500\nturn_timeout_secs = 1\n\
+         cancel_grace_ms = 300\nstop_grace_ms = 300\n\n[agent.env]\n{agent_env}\n"
+    )
+}
+
+/// Live (non-zombie) processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+                let state = rest.next();
+                let ppid = rest.next().and_then(|v| v.parse::<u32>().ok());
+                state != Some("Z") && ppid == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `done` holds; /proc has no event to await.
+async fn eventually(what: &str, within: Duration, done: impl Fn() -> bool) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("{what}: not within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_that_hangs_in_initialize_is_refused_in_time_and_stopped() -> Result<()> {
+    let d = Daemon::builder()
+        .config(&config("ACPD_DEMO_INIT_DELAY_MS = \"600000\""))
+        .start()
+        .await?;
+    let started = Instant::now();
+    let r = d
+        .post("/session", json!({"sessionScope": "thread"}))
+        .await?;
+    let took = started.elapsed();
+    eprintln!("{} {} after {took:?}", r.status, r.body["code"]);
+    assert!(r.status >= 500, "{}: {}", r.status, r.body);
+    assert!(r.body["code"].is_string(), "{}", r.body);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    eventually("the hung agent is stopped", WAIT, || {
+        children_of(d.pid()).is_empty()
+    })
+    .await?;
+    assert_eq!(d.get("/health").await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_that_never_answers_session_new_fails_the_request_in_time() -> Result<()> {
+    let mut d = Daemon::builder()
+        .config(&config("ACPD_DEMO_FAULT = \"silent-new\""))
+        .start()
+        .await?;
+    let started = Instant::now();
+    let r = d
+        .post("/session", json!({"sessionScope": "thread"}))
+        .await?;
+    let took = started.elapsed();
+    eprintln!("{} {} after {took:?}", r.status, r.body["code"]);
+    assert!(r.status >= 500, "{}: {}", r.status, r.body);
+    assert!(r.body["code"].is_string(), "{}", r.body);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let children = children_of(d.pid());
+    let status = d.terminate(Duration::from_secs(10)).await?;
+    assert!(status.success(), "{status:?}");
+    for c in children {
+        assert!(!group_alive(c), "agent group {c} outlived the daemon");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_turn_that_never_finishes_ends_at_the_turn_deadline() -> Result<()> {
+    let d = Daemon::builder().config(&config("")).start().await?;
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    let started = Instant::now();
+    let r = d.prompt(&s, "slow 100000 1000").await?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["promptId"].as_str().unwrap().to_string();
+    let frames = sse.until_turn_end(&id).await?;
+    let took = started.elapsed();
+    let end = frames.last().unwrap();
+    eprintln!("{} {} after {took:?}", end.event, end.data["data"]);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        end.event == "turn_error" || end.data["data"]["stopReason"] == "cancelled",
+        "{}: {}",
+        end.event,
+        end.data
+    );
+    // The session is usable again.
+    let r = d.prompt(&s, "hello again").await?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["promptId"].as_str().unwrap().to_string();
+    let frames = sse.until_turn_end(&id).await?;
+    assert_eq!(frames.last().unwrap().event, "turn_complete");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_that_closes_stdout_but_keeps_running_is_stopped() -> Result<()> {
+    let d = Daemon::builder()
+        .config(
+            &config("ACPD_DEMO_FAULT = \"close-stdout\"")
+                .replace("session_timeout_ms = 500", "session_timeout_ms = 15000"),
+        )
+        .start()
+        .await?;
+    let started = Instant::now();
+    let r = d
+        .post("/session", json!({"sessionScope": "thread"}))
+        .await?;
+    let took = started.elapsed();
+    eprintln!("{} {} after {took:?}", r.status, r.body["code"]);
+    assert!(r.status >= 500, "{}: {}", r.status, r.body);
+    assert!(r.body["code"].is_string(), "{}", r.body);
+    // Seen as soon as the pipe closes, not at the 15 s session deadline.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    eventually("the mute agent is stopped", WAIT, || {
+        children_of(d.pid()).is_empty()
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_that_ignores_sigterm_is_killed_at_shutdown() -> Result<()> {
+    let mut d = Daemon::builder()
+        .config(&config("ACPD_DEMO_FAULT = \"ignore-term\""))
+        .start()
+        .await?;
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    let r = d.prompt(&s, "env ACPD_DEMO_FAULT").await?;
+    let id = r.body["promptId"].as_str().unwrap().to_string();
+    let frames = sse.until_turn_end(&id).await?;
+    assert_eq!(agent_text(&frames), "env ACPD_DEMO_FAULT=ignore-term");
+    let child = d.child_pid(&s).await?;
+    let started = Instant::now();
+    let status = d.terminate(Duration::from_secs(10)).await?;
+    eprintln!("daemon exited {status:?} after {:?}", started.elapsed());
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!group_alive(child), "the agent outlived the daemon");
+    Ok(())
+}
