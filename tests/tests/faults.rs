@@ -171,3 +171,58 @@ async fn an_agent_that_ignores_sigterm_is_killed_at_shutdown() -> Result<()> {
     assert!(!group_alive(child), "the agent outlived the daemon");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_agent_that_writes_a_line_without_end_is_cut_off_at_the_line_bound() -> Result<()> {
+    let d = Daemon::builder()
+        .config(
+            &config("ACPD_DEMO_FAULT = \"huge-line\"")
+                .replace("session_timeout_ms = 500", "session_timeout_ms = 15000")
+                .replace("[agent]\n", "[agent]\nmax_line_bytes = 1048576\n"),
+        )
+        .start()
+        .await?;
+    let started = Instant::now();
+    let r = d
+        .post("/session", json!({"sessionScope": "thread"}))
+        .await?;
+    let took = started.elapsed();
+    eprintln!("{} {} after {took:?}", r.status, r.body["code"]);
+    assert!(r.status >= 500, "{}: {}", r.status, r.body);
+    assert!(r.body["code"].is_string(), "{}", r.body);
+    // Cut off at 1 MiB, not at the 15 s session deadline, with the daemon's memory bounded.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let rss = acpd_tests::load::rss_kib(d.pid())?;
+    assert!(rss < 200 * 1024, "daemon RSS {rss} KiB");
+    eventually("the flooding agent is stopped", WAIT, || {
+        children_of(d.pid()).is_empty()
+    })
+    .await?;
+    assert_eq!(d.get("/health").await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_that_writes_only_garbage_is_refused_in_time_and_stopped() -> Result<()> {
+    let d = Daemon::builder()
+        .config(&config("ACPD_DEMO_FAULT = \"garbage\""))
+        .start()
+        .await?;
+    let started = Instant::now();
+    let r = d
+        .post("/session", json!({"sessionScope": "thread"}))
+        .await?;
+    let took = started.elapsed();
+    eprintln!("{} {} after {took:?}", r.status, r.body["code"]);
+    assert!(r.status >= 500, "{}: {}", r.status, r.body);
+    assert!(r.body["code"].is_string(), "{}", r.body);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let rss = acpd_tests::load::rss_kib(d.pid())?;
+    assert!(rss < 200 * 1024, "daemon RSS {rss} KiB");
+    eventually("the garbage agent is stopped", WAIT, || {
+        children_of(d.pid()).is_empty()
+    })
+    .await?;
+    assert_eq!(d.get("/health").await?.status, 200);
+    Ok(())
+}

@@ -45,8 +45,10 @@ pub const CRASH_EXIT_CODE: i32 = 3;
 /// Env var: milliseconds to wait before answering `initialize`.
 pub const INIT_DELAY_ENV: &str = "ACPD_DEMO_INIT_DELAY_MS";
 /// Env var: a misbehaviour for acpd's fault tests: `silent-new` (never answers `session/new`),
-/// `close-stdout` (closes stdout once `initialize` is answered, then keeps running) or
-/// `ignore-term` (survives SIGTERM and stdin EOF: only SIGKILL stops it).
+/// `close-stdout` (closes stdout once `initialize` is answered, then keeps running),
+/// `ignore-term` (survives SIGTERM and stdin EOF: only SIGKILL stops it), `huge-line` (after
+/// answering `initialize`, writes one line that never ends) or `garbage` (writes non-JSON lines
+/// without end instead of answering).
 pub const FAULT_ENV: &str = "ACPD_DEMO_FAULT";
 
 fn fault(name: &str) -> bool {
@@ -255,14 +257,29 @@ fn stdout() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
 
 async fn write_stdout(mut rx: mpsc::Receiver<Out>) -> io::Result<()> {
     let mut stdout = stdout();
+    if fault("garbage") {
+        // Until the reader goes away (the write then fails).
+        for n in 0u64.. {
+            stdout
+                .write_all(format!("garbage {n}, not JSON-RPC\n").as_bytes())
+                .await?;
+        }
+    }
     // The `close-stdout` fault: the first line written is the answer to `initialize`.
     let close_after_first = fault("close-stdout");
+    let endless_line_after_first = fault("huge-line");
     while let Some(out) = rx.recv().await {
         match out {
             Out::Line(mut line) => {
                 line.push('\n');
                 stdout.write_all(line.as_bytes()).await?;
                 stdout.flush().await?;
+                if endless_line_after_first {
+                    let chunk = vec![b'x'; 64 << 10];
+                    loop {
+                        stdout.write_all(&chunk).await?;
+                    }
+                }
                 if close_after_first {
                     drop(stdout);
                     close_fd1();

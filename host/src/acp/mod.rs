@@ -4,6 +4,7 @@
 //! -32601 from the crate.
 
 pub mod fs;
+mod lines;
 
 use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::ConnectionTo;
@@ -14,7 +15,7 @@ use agent_client_protocol::v1::schema::{
     RequestPermissionResponse, SessionId, WriteTextFileRequest, WriteTextFileResponse,
 };
 use agent_client_protocol::{
-    Agent, ByteStreams, Client, UntypedMessage, on_receive_notification, on_receive_request,
+    Agent, Client, UntypedMessage, on_receive_notification, on_receive_request,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -22,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{self, ChildProc, ExitInfo, SpawnSpec};
@@ -110,6 +110,8 @@ pub struct AgentConn {
 pub struct Timeouts {
     pub init: Duration,
     pub stop_grace: Duration,
+    /// The longest line the agent may write (`agent.max_line_bytes`).
+    pub max_line_bytes: usize,
 }
 
 impl AgentConn {
@@ -124,7 +126,7 @@ impl AgentConn {
         })?;
         let routes = Arc::new(Routes::default());
         let (cx_tx, cx_rx) = oneshot::channel();
-        let transport = ByteStreams::new(stdin.compat_write(), stdout.compat());
+        let transport = lines::transport(stdin, stdout, t.max_line_bytes);
         let (r_notify, r_perm, r_read, r_write) = (
             routes.clone(),
             routes.clone(),
@@ -138,6 +140,9 @@ impl AgentConn {
             .on_receive_notification(
                 async move |n: UntypedMessage, _cx| {
                     route_update(&r_notify, n);
+                    // An agent streaming fast would otherwise have this loop publish a long
+                    // burst before any SSE task runs, and overflow subscribers that keep up.
+                    tokio::task::yield_now().await;
                     Ok(())
                 },
                 on_receive_notification!(),

@@ -118,6 +118,7 @@ impl Bridge {
             let timeouts = Timeouts {
                 init: Duration::from_millis(config.agent.init_timeout_ms),
                 stop_grace: Duration::from_millis(config.agent.stop_grace_ms),
+                max_line_bytes: config.agent.max_line_bytes,
             };
             let agents = AgentPool::new(
                 cwd.clone(),

@@ -179,6 +179,9 @@ pub struct AgentConfig {
     pub stop_grace_ms: u64,
     /// Crash-loop backoff ceiling.
     pub restart_backoff_max_ms: u64,
+    /// The longest line (one JSON-RPC message) the agent may write; a longer one ends its
+    /// connection. Generous: messages carry whole files.
+    pub max_line_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +227,7 @@ impl Default for AgentConfig {
             cancel_grace_ms: 30_000,
             stop_grace_ms: 1_500,
             restart_backoff_max_ms: 30_000,
+            max_line_bytes: 64 << 20,
         }
     }
 }
@@ -312,6 +316,7 @@ impl Config {
                 self.limits.max_subscribers_per_session,
             ),
             ("server.max_body_bytes", self.server.max_body_bytes),
+            ("agent.max_line_bytes", self.agent.max_line_bytes),
             ("telemetry.view_traces", self.telemetry.view_traces),
             (
                 "telemetry.view_spans_per_trace",

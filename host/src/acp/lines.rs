@@ -1,0 +1,129 @@
+//! The ACP transport over a child's pipes: newline-delimited JSON-RPC, as the crate's
+//! `ByteStreams`, but every incoming line is bounded. An agent that writes a line longer than
+//! `agent.max_line_bytes` (or never ends one) ends its connection with a clear error instead of
+//! growing the daemon's memory without limit.
+
+use agent_client_protocol::Lines;
+use futures::{Sink, Stream};
+use std::io;
+use std::pin::Pin;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+pub type LineSink = Pin<Box<dyn Sink<String, Error = io::Error> + Send>>;
+pub type LineStream = Pin<Box<dyn Stream<Item = io::Result<String>> + Send>>;
+
+pub fn transport(
+    to_agent: impl AsyncWrite + Send + Unpin + 'static,
+    from_agent: impl AsyncRead + Send + Unpin + 'static,
+    max_line: usize,
+) -> Lines<LineSink, LineStream> {
+    let outgoing = futures::sink::unfold(to_agent, async |mut w, line: String| {
+        let mut bytes = line.into_bytes();
+        bytes.push(b'\n');
+        w.write_all(&bytes).await?;
+        w.flush().await?;
+        Ok::<_, io::Error>(w)
+    });
+    let reader = BufReader::with_capacity(64 << 10, from_agent);
+    let incoming = futures::stream::unfold(Some((reader, Vec::new())), move |state| async move {
+        let (mut reader, mut buf) = state?;
+        match read_line(&mut reader, &mut buf, max_line).await {
+            Ok(Some(line)) => Some((Ok(line), Some((reader, buf)))),
+            Ok(None) => None,
+            // After an error the stream ends: the rest of an oversized line is not JSON-RPC.
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Lines::new(Box::pin(outgoing), Box::pin(incoming))
+}
+
+/// The next line without its newline, `None` at EOF. Never holds more than `max` bytes.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Option<String>> {
+    buf.clear();
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            break;
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (available.len(), false),
+        };
+        if buf.len() + take > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the agent wrote a line longer than {max} bytes"),
+            ));
+        }
+        buf.extend_from_slice(&available[..take]);
+        r.consume(take + usize::from(done));
+        if done {
+            break;
+        }
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    String::from_utf8(std::mem::take(buf))
+        .map(Some)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the agent wrote invalid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<Result<String, String>> {
+        let mut r = BufReader::with_capacity(4, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            match read_line(&mut r, &mut buf, max).await {
+                Ok(Some(l)) => out.push(Ok(l)),
+                Ok(None) => return out,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn splits_lines_across_buffer_refills() {
+        let got = lines(b"{\"a\":1}\r\n\nlast-without-newline", 64).await;
+        assert_eq!(
+            got,
+            [
+                Ok("{\"a\":1}".to_string()),
+                Ok(String::new()),
+                Ok("last-without-newline".to_string())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_bound_is_an_error_not_a_buffer() {
+        let got = lines(b"short\n0123456789abcdef\nnever read\n", 10).await;
+        assert_eq!(got[0], Ok("short".to_string()));
+        assert!(
+            got[1]
+                .as_ref()
+                .is_err_and(|e| e.contains("longer than 10 bytes")),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 2);
+        // Exactly at the bound is fine.
+        assert_eq!(
+            lines(b"0123456789\n", 10).await,
+            [Ok("0123456789".to_string())]
+        );
+    }
+}
