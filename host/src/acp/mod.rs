@@ -35,8 +35,9 @@ use opentelemetry::{Context, KeyValue};
 
 /// The bridge's side of a routed ACP session. Calls come from the dispatch loop: return fast.
 pub trait SessionSink: Send + Sync {
-    /// A `session/update` notification, as received.
-    fn update(&self, notification: Value);
+    /// A `session/update` notification, as received. True when the session's subscribers are
+    /// behind, so the reader should yield before the next one.
+    fn update(&self, notification: Value) -> bool;
     /// A permission request; answer through `reply` (dropping it answers `cancelled`).
     fn permission(
         &self,
@@ -139,10 +140,11 @@ impl AgentConn {
             .name("acpd")
             .on_receive_notification(
                 async move |n: UntypedMessage, _cx| {
-                    route_update(&r_notify, n);
                     // An agent streaming fast would otherwise have this loop publish a long
-                    // burst before any SSE task runs, and overflow subscribers that keep up.
-                    tokio::task::yield_now().await;
+                    // burst before any SSE writer runs, and overflow subscribers that keep up.
+                    if route_update(&r_notify, n) {
+                        tokio::task::yield_now().await;
+                    }
                     Ok(())
                 },
                 on_receive_notification!(),
@@ -488,17 +490,21 @@ impl AgentConn {
     }
 }
 
-fn route_update(routes: &Routes, n: UntypedMessage) {
+/// Delivers a `session/update`; true when that session's subscribers are behind.
+fn route_update(routes: &Routes, n: UntypedMessage) -> bool {
     if n.method != "session/update" {
-        return; // vendor notifications (qwen/notify/...) are ignored, as the spec asks
+        return false; // vendor notifications (qwen/notify/...) are ignored, as the spec asks
     }
     let Some(sid) = n.params.get("sessionId").and_then(Value::as_str) else {
-        return;
+        return false;
     };
     match routes.sink(sid) {
         Some((sink, false)) => sink.update(n.params),
-        Some((_, true)) => {}
-        None => tracing::debug!(session.id = sid, "update for an unknown session dropped"),
+        Some((_, true)) => false,
+        None => {
+            tracing::debug!(session.id = sid, "update for an unknown session dropped");
+            false
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub struct EventBus {
     epoch: String,
     limits: BusLimits,
     inner: Mutex<Inner>,
+    /// Some subscriber's queue was at least half full after the last publish.
+    behind: AtomicBool,
     pub stats: BusStats,
 }
 
@@ -123,6 +125,7 @@ impl EventBus {
                 subs: Vec::new(),
                 closed: false,
             }),
+            behind: AtomicBool::new(false),
             stats: BusStats::default(),
         }
     }
@@ -133,6 +136,12 @@ impl EventBus {
 
     pub fn last_id(&self) -> u64 {
         self.lock().last_id
+    }
+
+    /// True when a subscriber's queue was at least half full after the last publish: a
+    /// publisher that can wait (the agent's reader) should let the SSE writers run first.
+    pub fn subscribers_behind(&self) -> bool {
+        self.behind.load(Ordering::Relaxed)
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -189,6 +198,11 @@ impl EventBus {
         let limits = self.limits;
         let before = inner.subs.len();
         inner.subs.retain_mut(|sub| deliver(sub, &frame, &limits));
+        let behind = inner.subs.iter().any(|sub| {
+            (limits.queue_frames - sub.tx.capacity()) * 2 >= limits.queue_frames
+                || sub.shared.queued_bytes.load(Ordering::Relaxed) * 2 >= limits.queue_bytes
+        });
+        self.behind.store(behind, Ordering::Relaxed);
         let evicted = before - inner.subs.len();
         if evicted > 0 {
             self.stats
@@ -352,6 +366,21 @@ mod tests {
             Next::Frame(f) => assert!(text(&f).starts_with("id: 4\n")),
             _ => panic!("expected a frame"),
         }
+    }
+
+    #[tokio::test]
+    async fn reports_subscribers_behind_at_half_a_queue() {
+        let bus = bus(100, 4);
+        let mut sub = bus.subscribe(None, None).unwrap();
+        bus.publish("x", None, json!({}), None);
+        assert!(!bus.subscribers_behind(), "one of four queued");
+        bus.publish("x", None, json!({}), None);
+        assert!(bus.subscribers_behind(), "two of four queued");
+        for _ in 0..2 {
+            assert!(matches!(sub.next().await, Next::Frame(_)));
+        }
+        bus.publish("x", None, json!({}), None);
+        assert!(!bus.subscribers_behind(), "caught up");
     }
 
     #[test]

@@ -721,7 +721,7 @@ impl Session {
 }
 
 impl SessionSink for Session {
-    fn update(&self, notification: Value) {
+    fn update(&self, notification: Value) -> bool {
         let mut st = self.lock();
         if let (Some(r), Some(update)) = (st.running.as_mut(), notification.get("update")) {
             r.trace.observe(&self.id, update);
@@ -737,6 +737,7 @@ impl SessionSink for Session {
             notification,
             originator.as_deref(),
         );
+        self.bus.subscribers_behind()
     }
 
     fn permission(
