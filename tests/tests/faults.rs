@@ -15,8 +15,9 @@ fn config(agent_env: &str) -> String {
     )
 }
 
-/// Live (non-zombie) processes whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
+/// Live (non-zombie) processes whose `/proc/<pid>/stat` fields after the state satisfy `pred`
+/// (they start with ppid, then pgrp).
+fn live_processes(pred: impl Fn(&[&str]) -> bool) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -25,11 +26,23 @@ fn children_of(pid: u32) -> Vec<u32> {
             std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
                 let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
                 let state = rest.next();
-                let ppid = rest.next().and_then(|v| v.parse::<u32>().ok());
-                state != Some("Z") && ppid == Some(pid)
+                let fields: Vec<&str> = rest.take(2).collect();
+                state != Some("Z") && pred(&fields)
             })
         })
         .collect()
+}
+
+/// Live processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let pid = pid.to_string();
+    live_processes(|f| f.first() == Some(&pid.as_str()))
+}
+
+/// Live processes in process group `pgid` (an exited child not yet reaped does not count).
+fn group_members(pgid: u32) -> Vec<u32> {
+    let pgid = pgid.to_string();
+    live_processes(|f| f.get(1) == Some(&pgid.as_str()))
 }
 
 /// Waits (bounded) until `done` holds; /proc has no event to await.
@@ -86,7 +99,11 @@ async fn an_agent_that_never_answers_session_new_fails_the_request_in_time() -> 
     let status = d.terminate(Duration::from_secs(10)).await?;
     assert!(status.success(), "{status:?}");
     for c in children {
-        assert!(!group_alive(c), "agent group {c} outlived the daemon");
+        assert_eq!(
+            group_members(c),
+            Vec::<u32>::new(),
+            "agent group {c} outlived the daemon"
+        );
     }
     Ok(())
 }
@@ -168,7 +185,11 @@ async fn an_agent_that_ignores_sigterm_is_killed_at_shutdown() -> Result<()> {
         "{:?}",
         started.elapsed()
     );
-    assert!(!group_alive(child), "the agent outlived the daemon");
+    assert_eq!(
+        group_members(child),
+        Vec::<u32>::new(),
+        "the agent outlived the daemon"
+    );
     Ok(())
 }
 
@@ -224,5 +245,105 @@ async fn an_agent_that_writes_only_garbage_is_refused_in_time_and_stopped() -> R
     })
     .await?;
     assert_eq!(d.get("/health").await?.status, 200);
+    Ok(())
+}
+
+/// SIGTERM while 8 sessions are prompting: the daemon exits in bounded time with status 0,
+/// every turn that completed before it has its spans at the collector (flushed, not lost), and
+/// no agent process is left.
+#[tokio::test]
+async fn sigterm_under_load_exits_in_time_flushes_telemetry_and_leaves_no_agent() -> Result<()> {
+    use acpd_tests::otlp::{Protocol, Receiver};
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let mut d = Daemon::builder()
+        .config("[agent]\nscope = \"session\"\nstop_grace_ms = 300\n\n[limits]\nshutdown_timeout_secs = 3\n")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
+        .start()
+        .await?;
+    let d_ref = &d;
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        let s = d_ref.create_session().await?;
+        let sse = d_ref.events(&s, None, None).await?;
+        let child = d_ref.child_pid(&s).await?;
+        sessions.push((s, sse, child));
+    }
+    // Each session keeps one short turn in flight; collect the ids of completed turns.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut loops = Vec::new();
+    let children: Vec<u32> = sessions.iter().map(|(_, _, c)| *c).collect();
+    for (s, mut sse, _) in sessions {
+        let (http, url, done_tx) = (
+            d_ref.http.clone(),
+            d_ref.url(&format!("/session/{}/prompt", s.id)),
+            done_tx.clone(),
+        );
+        loops.push(tokio::spawn(async move {
+            loop {
+                let Ok(r) = http
+                    .post(&url)
+                    .header("X-Qwen-Client-Id", &s.client_id)
+                    .json(&json!({"prompt": [{"type": "text", "text": "slow 3 20"}]}))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if r.status() != 202 {
+                    return; // draining or gone
+                }
+                let Ok(body) = r.json::<serde_json::Value>().await else {
+                    return;
+                };
+                let id = body["promptId"].as_str().unwrap_or_default().to_string();
+                match sse.until_turn_end(&id).await {
+                    Ok(frames) if frames.last().is_some_and(|f| f.event == "turn_complete") => {
+                        let _ = done_tx.send(id);
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    drop(done_tx);
+    let mut completed = Vec::new();
+    while completed.len() < 24 {
+        let id = tokio::time::timeout(WAIT, done_rx.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the prompt loops stopped early"))?;
+        completed.push(id);
+    }
+    let started = Instant::now();
+    let status = d.terminate(Duration::from_secs(15)).await?;
+    let took = started.elapsed();
+    eprintln!(
+        "daemon exited {status:?} after {took:?} with {} turns done",
+        completed.len()
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    for l in loops {
+        tokio::time::timeout(WAIT, l).await??;
+    }
+    while let Ok(id) = done_rx.try_recv() {
+        completed.push(id);
+    }
+    for c in &children {
+        assert_eq!(
+            group_members(*c),
+            Vec::<u32>::new(),
+            "agent group {c} outlived the daemon"
+        );
+    }
+    // Flushed at exit: the daemon is gone, so what is at the receiver now is all there is.
+    let spans = rx.spans();
+    for id in &completed {
+        assert!(
+            spans.iter().any(|s| s.name == "bridge prompt.dispatch"
+                && s.attr_str("acpd.prompt.id") == Some(id.as_str())),
+            "no dispatch span for completed turn {id}"
+        );
+    }
     Ok(())
 }
