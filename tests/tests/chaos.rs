@@ -130,10 +130,10 @@ async fn random_sigkills_under_load_lose_no_turn_and_leave_every_session_usable(
         seed ^= seed << 17;
         let s = &sessions[(seed % SESSIONS as u64) as usize];
         let r = d.get(&format!("/session/{}", s.id)).await?;
-        if let Some(pid) = r.body["child"]["pid"].as_u64() {
-            if signal(pid as u32, nix::sys::signal::Signal::SIGKILL).is_ok() {
-                kills += 1;
-            }
+        if let Some(pid) = r.body["child"]["pid"].as_u64()
+            && signal(pid as u32, nix::sys::signal::Signal::SIGKILL).is_ok()
+        {
+            kills += 1;
         }
         peak_rss = peak_rss.max(acpd_tests::load::rss_kib(d.pid())?);
     }
