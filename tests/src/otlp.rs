@@ -219,7 +219,8 @@ impl Store {
 }
 
 struct Shared {
-    mode: Mode,
+    /// Switchable while running: a collector that goes away and comes back.
+    mode: Mutex<Mode>,
     store: Mutex<Store>,
     /// Signalled after every request (answered or not).
     changed: Notify,
@@ -270,6 +271,12 @@ impl Receiver {
         Self::start_with(protocol, Mode::Hang).await
     }
 
+    /// From now on, answer and store every export (a collector that came back). Requests left
+    /// hanging earlier stay hanging until the receiver is dropped.
+    pub fn recover(&self) {
+        *self.shared.mode.lock().unwrap() = Mode::Answer;
+    }
+
     /// A receiver that answers success and keeps only request and byte counts (no decoding).
     pub async fn start_sink(protocol: Protocol) -> Result<Receiver> {
         Self::start_with(protocol, Mode::Sink).await
@@ -294,7 +301,7 @@ impl Receiver {
             .context("bind the OTLP receiver")?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            mode,
+            mode: Mutex::new(mode),
             store: Mutex::default(),
             changed: Notify::new(),
             closed: watch::Sender::new(false),
@@ -559,7 +566,8 @@ async fn handle_http(
         headers: header_map(headers),
         decode_error: None,
     };
-    match shared.mode {
+    let mode = *shared.mode.lock().unwrap();
+    match mode {
         Mode::Hang => {
             shared.record(request);
             shared.closed().await;
@@ -665,7 +673,8 @@ impl Grpc {
             headers,
             decode_error: None,
         };
-        match self.0.mode {
+        let mode = *self.0.mode.lock().unwrap();
+        match mode {
             Mode::Answer | Mode::Sink => Ok((request.into_inner(), record)),
             Mode::Fail(status) => {
                 self.0.record(record);
