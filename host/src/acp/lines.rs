@@ -126,4 +126,50 @@ mod tests {
             [Ok("0123456789".to_string())]
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any bytes, any buffer size: lines come back as written, none longer than the
+            /// bound, and a stream that stays under the bound loses nothing.
+            #[test]
+            fn lines_round_trip_within_the_bound(
+                parts in proptest::collection::vec("[ -~]{0,40}", 0..20),
+                max in 1usize..48,
+                capacity in 1usize..16,
+            ) {
+                let input = parts.iter().map(|p| format!("{p}\n")).collect::<String>();
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let got = rt.block_on(async {
+                    let mut r = BufReader::with_capacity(capacity, input.as_bytes());
+                    let mut buf = Vec::new();
+                    let mut out = Vec::new();
+                    loop {
+                        match read_line(&mut r, &mut buf, max).await {
+                            Ok(Some(l)) => out.push(Ok(l)),
+                            Ok(None) => return out,
+                            Err(e) => { out.push(Err(e.to_string())); return out; }
+                        }
+                    }
+                });
+                for (i, line) in got.iter().enumerate() {
+                    match line {
+                        Ok(l) => {
+                            prop_assert!(l.len() <= max);
+                            prop_assert_eq!(l, parts[i].trim_end_matches('\r'));
+                        }
+                        Err(_) => {
+                            prop_assert!(parts[i].len() > max, "refused a line within the bound");
+                            prop_assert_eq!(i, got.len() - 1, "the stream ends at the error");
+                        }
+                    }
+                }
+                if parts.iter().all(|p| p.len() <= max) {
+                    prop_assert_eq!(got.len(), parts.len());
+                }
+            }
+        }
+    }
 }

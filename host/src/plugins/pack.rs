@@ -275,4 +275,66 @@ mod tests {
         assert_eq!(p.arena, "bac");
         assert!(matches!(p.attrs[1].value, ValueRef::Int(7)));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn edit(attrs: u32, records: u32) -> impl Strategy<Value = AttrEdit> {
+            let key = prop_oneof![
+                "[a-z][a-z0-9._-]{0,20}",
+                Just("session.id".to_string()),
+                ".{0,140}",
+            ];
+            let value = prop_oneof![
+                ".{0,64}".prop_map(AttrValue::Str),
+                (4090usize..4100).prop_map(|n| AttrValue::Str("x".repeat(n))),
+                any::<i64>().prop_map(AttrValue::Int),
+                any::<bool>().prop_map(AttrValue::Boolean),
+            ];
+            prop_oneof![
+                (0..attrs + 3, value.clone()).prop_map(|(i, v)| AttrEdit::Replace((i, v))),
+                (0..attrs + 3).prop_map(AttrEdit::Remove),
+                (0..records + 2, key, value).prop_map(|(r, k, v)| AttrEdit::Upsert((r, k, v))),
+            ]
+        }
+
+        proptest! {
+            /// Whatever a plugin sends, validation never panics, and what it accepts keeps
+            /// every output bound: the model below restates PLUGINS.md's rules.
+            #[test]
+            fn accepted_edits_keep_every_bound(
+                (n, records, edits) in (0u32..6, 1u32..4).prop_flat_map(|(n, r)| {
+                    (Just(n), Just(r), proptest::collection::vec(edit(n, r), 0..80))
+                })
+            ) {
+                let p = packed(n as usize);
+                let result = validate(&edits, &p.attrs, records as usize, |k| k == "session.id", |i| packed_len(&p, i));
+                if result.is_ok() {
+                    let mut seen = std::collections::HashSet::new();
+                    let mut new_keys = vec![0usize; records as usize];
+                    for e in &edits {
+                        match e {
+                            AttrEdit::Replace((i, v)) => {
+                                prop_assert!((*i as usize) < p.attrs.len());
+                                prop_assert!(seen.insert(*i));
+                                prop_assert!(value_len(v) <= MAX_VALUE_BYTES.max(packed_len(&p, *i as usize)));
+                            }
+                            AttrEdit::Remove(i) => {
+                                prop_assert!((*i as usize) < p.attrs.len());
+                                prop_assert!(seen.insert(*i));
+                            }
+                            AttrEdit::Upsert((r, k, v)) => {
+                                prop_assert!(*r < records);
+                                prop_assert!(valid_key(k) && k != "session.id");
+                                prop_assert!(value_len(v) <= MAX_VALUE_BYTES);
+                                new_keys[*r as usize] += 1;
+                                prop_assert!(new_keys[*r as usize] <= MAX_NEW_KEYS_PER_RECORD);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
