@@ -80,8 +80,9 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 mod tests {
     use super::*;
 
-    async fn lines(input: &[u8], max: usize) -> Vec<Result<String, String>> {
-        let mut r = BufReader::with_capacity(4, input);
+    /// Every line of `input` read through a `capacity`-byte buffer, up to the first error.
+    async fn lines_with(input: &[u8], max: usize, capacity: usize) -> Vec<Result<String, String>> {
+        let mut r = BufReader::with_capacity(capacity, input);
         let mut buf = Vec::new();
         let mut out = Vec::new();
         loop {
@@ -94,6 +95,10 @@ mod tests {
                 }
             }
         }
+    }
+
+    async fn lines(input: &[u8], max: usize) -> Vec<Result<String, String>> {
+        lines_with(input, max, 4).await
     }
 
     #[tokio::test]
@@ -142,18 +147,7 @@ mod tests {
             ) {
                 let input = parts.iter().map(|p| format!("{p}\n")).collect::<String>();
                 let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-                let got = rt.block_on(async {
-                    let mut r = BufReader::with_capacity(capacity, input.as_bytes());
-                    let mut buf = Vec::new();
-                    let mut out = Vec::new();
-                    loop {
-                        match read_line(&mut r, &mut buf, max).await {
-                            Ok(Some(l)) => out.push(Ok(l)),
-                            Ok(None) => return out,
-                            Err(e) => { out.push(Err(e.to_string())); return out; }
-                        }
-                    }
-                });
+                let got = rt.block_on(lines_with(input.as_bytes(), max, capacity));
                 for (i, line) in got.iter().enumerate() {
                     match line {
                         Ok(l) => {
