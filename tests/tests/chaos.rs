@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const SESSIONS: usize = 32;
+/// How a turn cut short by a SIGKILL may end: the agent exited mid-turn, or the session could
+/// not get a live agent (the restart was killed too).
+const KILLED_CODES: [&str; 2] = ["agent_exited", "agent_unavailable"];
 
 #[derive(Default, Debug)]
 struct Tally {
@@ -67,6 +70,13 @@ async fn client(
                 if f.event == "turn_complete" {
                     tally.completed.fetch_add(1, Ordering::Relaxed);
                 } else {
+                    // A killed agent is reported as such (retryable), never as its own error.
+                    let code = f.data["data"]["code"].as_str().unwrap_or_default();
+                    ensure!(
+                        KILLED_CODES.contains(&code),
+                        "a turn ended by a kill reported {code}: {}",
+                        f.data
+                    );
                     tally.errored.fetch_add(1, Ordering::Relaxed);
                 }
                 break;

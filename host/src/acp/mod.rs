@@ -461,7 +461,10 @@ impl AgentConn {
                 Ok(resp) => Ok(serde_json::to_value(resp.stop_reason).ok()
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_else(|| "end_turn".into())),
-                Err(e) if agent_client_protocol::is_incoming_transport_closed(&e) => Err(PromptError::AgentGone),
+                // EOF from the agent, or the connection ended some other way (a write into the
+                // pipe of an agent that was just killed): either way the agent is gone.
+                Err(e) if agent_client_protocol::is_incoming_transport_closed(&e)
+                    || agent_client_protocol::is_connection_terminated(&e) => Err(PromptError::AgentGone),
                 Err(e) => Err(PromptError::Rpc { code: i32::from(e.code), message: rpc_text(&e) }),
             },
             // Not before the agent's last updates were routed: they belong to this turn.
