@@ -364,6 +364,36 @@ pub fn group_alive(pgid: u32) -> bool {
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), None).is_ok()
 }
 
+/// Live (non-zombie) processes whose `/proc/<pid>/stat` fields after the state (ppid, pgrp,
+/// ...) satisfy `pred`.
+fn live_processes(pred: impl Fn(&[&str]) -> bool) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+                let state = rest.next();
+                let fields: Vec<&str> = rest.take(2).collect();
+                state != Some("Z") && pred(&fields)
+            })
+        })
+        .collect()
+}
+
+/// Live processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let pid = pid.to_string();
+    live_processes(|f| f.first() == Some(&pid.as_str()))
+}
+
+/// Live processes in process group `pgid` (an exited process not yet reaped does not count).
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let pgid = pgid.to_string();
+    live_processes(|f| f.get(1) == Some(&pgid.as_str()))
+}
+
 /// True while process `pid` exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -880,22 +880,6 @@ fn agent_with_grandchild() -> String {
     format!("sh -c 'sleep 300 </dev/null >/dev/null 2>&1 & exec \"$0\" demo-agent' '{bin}'")
 }
 
-fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-                let state = rest.next();
-                let pgrp = rest.nth(1).and_then(|p| p.parse::<u32>().ok());
-                state != Some("Z") && pgrp == Some(pgid)
-            })
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn sigterm_stops_the_agents_whole_process_group() -> Result<()> {
     let mut d = Daemon::builder()

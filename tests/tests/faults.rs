@@ -15,36 +15,6 @@ fn config(agent_env: &str) -> String {
     )
 }
 
-/// Live (non-zombie) processes whose `/proc/<pid>/stat` fields after the state satisfy `pred`
-/// (they start with ppid, then pgrp).
-fn live_processes(pred: impl Fn(&[&str]) -> bool) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
-                let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-                let state = rest.next();
-                let fields: Vec<&str> = rest.take(2).collect();
-                state != Some("Z") && pred(&fields)
-            })
-        })
-        .collect()
-}
-
-/// Live processes whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let pid = pid.to_string();
-    live_processes(|f| f.first() == Some(&pid.as_str()))
-}
-
-/// Live processes in process group `pgid` (an exited child not yet reaped does not count).
-fn group_members(pgid: u32) -> Vec<u32> {
-    let pgid = pgid.to_string();
-    live_processes(|f| f.get(1) == Some(&pgid.as_str()))
-}
-
 /// Waits (bounded) until `done` holds; /proc has no event to await.
 async fn eventually(what: &str, within: Duration, done: impl Fn() -> bool) -> Result<()> {
     let deadline = Instant::now() + within;

@@ -197,11 +197,16 @@ impl EventBus {
         }
         let limits = self.limits;
         let before = inner.subs.len();
-        inner.subs.retain_mut(|sub| deliver(sub, &frame, &limits));
-        let behind = inner.subs.iter().any(|sub| {
-            (limits.queue_frames - sub.tx.capacity()) * 2 >= limits.queue_frames
-                || sub.shared.queued_bytes.load(Ordering::Relaxed) * 2 >= limits.queue_bytes
-        });
+        let mut behind = false;
+        inner
+            .subs
+            .retain_mut(|sub| match deliver(sub, &frame, &limits) {
+                Delivery::Evicted => false,
+                Delivery::Queued { half_full } => {
+                    behind |= half_full;
+                    true
+                }
+            });
         self.behind.store(behind, Ordering::Relaxed);
         let evicted = before - inner.subs.len();
         if evicted > 0 {
@@ -296,10 +301,18 @@ fn push_json(out: &mut String, v: &Value) {
     let _ = write!(out, "{v}");
 }
 
-/// Queues a frame for one subscriber; false means it overflowed and is evicted.
-fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> bool {
+/// What queuing a frame did to one subscriber.
+enum Delivery {
+    /// It overflowed (or was gone) and leaves the bus.
+    Evicted,
+    /// Queued; `half_full` when its queue now holds at least half its frames or bytes.
+    Queued { half_full: bool },
+}
+
+/// Queues a frame for one subscriber.
+fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> Delivery {
     if sub.tx.is_closed() {
-        return false;
+        return Delivery::Evicted;
     }
     // Bytes are counted before the frame is sent: the receiver subtracts them as soon as it
     // takes the frame, so counting after `try_send` could drive the counter below zero.
@@ -313,10 +326,11 @@ fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> bool {
             .queued_bytes
             .fetch_sub(frame.len(), Ordering::Relaxed);
         sub.shared.evicted.store(true, Ordering::Release);
-        return false;
+        return Delivery::Evicted;
     }
     let frames = limits.queue_frames - sub.tx.capacity();
     let high = frames * 4 >= limits.queue_frames * 3 || queued * 4 >= limits.queue_bytes * 3;
+    let half_full = frames * 2 >= limits.queue_frames || queued * 2 >= limits.queue_bytes;
     if high && !sub.warned {
         let warning = synthetic(
             "slow_client_warning",
@@ -328,10 +342,10 @@ fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> bool {
             sub.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         }
         sub.warned = true;
-    } else if sub.warned && frames * 2 < limits.queue_frames && queued * 2 < limits.queue_bytes {
+    } else if sub.warned && !half_full {
         sub.warned = false;
     }
-    true
+    Delivery::Queued { half_full }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ static CAPTURE_CONTENT: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 
 /// Whether prompt text and tool arguments go on spans (`telemetry.capture_content`).
 pub fn capture_content() -> bool {
-    CAPTURE_CONTENT.load(std::sync::atomic::Ordering::Relaxed)
+    CAPTURE_CONTENT.load(Ordering::Relaxed)
 }
 
 use opentelemetry::KeyValue;
@@ -41,6 +41,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -78,7 +79,7 @@ impl Telemetry {
     /// exporter's channel is created there).
     pub async fn init(cfg: &TelemetryConfig) -> anyhow::Result<Arc<Self>> {
         let _ = META_KEYS.set(cfg.meta_keys.clone());
-        CAPTURE_CONTENT.store(cfg.capture_content, std::sync::atomic::Ordering::Relaxed);
+        CAPTURE_CONTENT.store(cfg.capture_content, Ordering::Relaxed);
         let ring = Arc::new(TraceRing::new(cfg.view_traces, cfg.view_spans_per_trace));
         let shutdown_timeout = Duration::from_millis(cfg.shutdown_timeout_ms);
         if !cfg.enabled || env_true("OTEL_SDK_DISABLED") {
@@ -111,7 +112,7 @@ impl Telemetry {
         };
         let collector = otlp_spans.is_some();
         let stage = export::StageSpanExporter::new(otlp_spans, ring.clone(), service);
-        let export_dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let export_dropped = Arc::new(AtomicU64::new(0));
         let processor = queue::QueueProcessor::new(
             stage,
             queue::QueueConfig::from_env(Duration::from_millis(cfg.span_delay_ms)),
@@ -415,7 +416,7 @@ fn resource(cfg: &TelemetryConfig) -> Resource {
     .build()
 }
 
-fn register_observers(ring: &Arc<TraceRing>, export_dropped: Arc<std::sync::atomic::AtomicU64>) {
+fn register_observers(ring: &Arc<TraceRing>, export_dropped: Arc<AtomicU64>) {
     let ring = ring.clone();
     let _ = global::meter("acpd")
         .u64_observable_counter(semconv::M_TELEMETRY_DROPPED)
@@ -423,7 +424,7 @@ fn register_observers(ring: &Arc<TraceRing>, export_dropped: Arc<std::sync::atom
         .with_description("Telemetry items dropped by a bounded buffer")
         .with_callback(move |o| {
             let (spans, _traces) = ring.dropped();
-            let export = export_dropped.load(std::sync::atomic::Ordering::Relaxed);
+            let export = export_dropped.load(Ordering::Relaxed);
             o.observe(
                 export,
                 &[

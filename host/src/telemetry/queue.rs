@@ -22,11 +22,7 @@ pub struct QueueConfig {
 impl QueueConfig {
     /// Defaults as the SDK's (2048 / 512), overridable by the standard `OTEL_BSP_*` variables.
     pub fn from_env(delay: Duration) -> Self {
-        let num = |k: &str| {
-            std::env::var(k)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
+        let num = |k: &str| super::env(k).and_then(|v| v.trim().parse::<u64>().ok());
         let max_queue = num("OTEL_BSP_MAX_QUEUE_SIZE").map_or(2048, |n| n.max(1) as usize);
         let max_batch = num("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
             .map_or(512, |n| n.max(1) as usize)
