@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod plugin_cli;
 pub mod plugins;

@@ -2,11 +2,11 @@
 //! the hostile test fixtures, for `wasm32-wasip2`, once per test process.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    crate::manifest_dir()
         .parent()
         .expect("workspace root")
         .to_path_buf()

@@ -20,6 +20,14 @@ use tokio::process::{Child, Command};
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Path of the `acpd` binary, built once per test process (same profile as the tests).
+/// This package's directory in the checkout being tested. `cargo test` sets it at run time; the
+/// compile-time value can name another checkout that shared the build cache (and may be gone).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn acpd_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| build_bin("acpd", "acpd"))

@@ -435,6 +435,53 @@ async fn invalid_prompts_are_400() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn client_named_session_ids_and_bad_paths_or_queries_get_json_errors() -> Result<()> {
+    let d = Daemon::start().await?;
+    let long = "a".repeat(257);
+    for id in [
+        "a%23b",
+        "a#b",
+        "a?b",
+        "x/y",
+        ".",
+        "..",
+        "",
+        "tab\there",
+        "caf\u{e9}",
+        long.as_str(),
+    ] {
+        let r = d.post("/session", json!({"sessionId": id})).await?;
+        assert_envelope(&r, 400, "invalid_session_id");
+    }
+    // The same rule on load, reached through a percent-encoded path.
+    let r = d.post("/session/a%25b/load", json!({})).await?;
+    assert_envelope(&r, 400, "invalid_session_id");
+    // A well-formed id is restored through the agent's `session/load`, and addressable.
+    let id = "Team-1.session_2:x";
+    let r = d.post("/session", json!({"sessionId": id})).await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["sessionId"], id);
+    assert_eq!(d.get(&format!("/session/{id}")).await?.status, 200);
+
+    // Path and query values axum cannot decode are JSON 400s too, not plain text.
+    for path in [
+        "/session/%FF%FE",
+        "/workspace/x/sessions?size=-",
+        "/workspace/x/sessions?size=99999999999999999999",
+        "/debug/traces.json?limit=many",
+    ] {
+        let r = d.get(path).await?;
+        assert_envelope(&r, 400, "invalid_request");
+    }
+    // A body that is not an object where the body is ignored anyway.
+    for body in [json!([]), json!(503), json!("x")] {
+        let r = d.post("/session/whatever/cancel", body).await?;
+        assert_envelope(&r, 400, "invalid_request");
+    }
+    Ok(())
+}
+
 /// Sends `head` (request line and headers, no blank line), then `body`, over a raw TCP
 /// connection and reads the response until the server closes it: (status, JSON body).
 async fn raw_http(d: &Daemon, head: &str, body: &[u8]) -> Result<(u16, Value)> {

@@ -704,9 +704,8 @@ async fn plugin_cli_inspects_and_tests_the_example() -> anyhow::Result<()> {
         "exports only its roles: {info}"
     );
 
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
+    let tests_dir = acpd_tests::manifest_dir();
+    let root = tests_dir.parent().unwrap();
     let ex = root.join("examples/ticket-redact");
     let out = std::process::Command::new(acpd_bin())
         .args(["plugin", "test"])

@@ -4,7 +4,6 @@
 
 use acpd_tests::*;
 use serde_json::json;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -15,8 +14,7 @@ struct Mock {
 }
 
 async fn start_mock(scenario: &str) -> anyhow::Result<Mock> {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/agents/mock_llm.py");
+    let script = acpd_tests::manifest_dir().join("../../shared/tools/agents/mock_llm.py");
     anyhow::ensure!(
         script.exists(),
         "mock LLM not found at {}",

@@ -24,21 +24,31 @@ pub fn transport(
         w.flush().await?;
         Ok::<_, io::Error>(w)
     });
+    Lines::new(Box::pin(outgoing), incoming(from_agent, max_line))
+}
+
+/// The agent's output as lines, ending after the first error.
+pub(crate) fn incoming(
+    from_agent: impl AsyncRead + Send + Unpin + 'static,
+    max_line: usize,
+) -> LineStream {
     let reader = BufReader::with_capacity(64 << 10, from_agent);
-    let incoming = futures::stream::unfold(Some((reader, Vec::new())), move |state| async move {
-        let (mut reader, mut buf) = state?;
-        match read_line(&mut reader, &mut buf, max_line).await {
-            Ok(Some(line)) => Some((Ok(line), Some((reader, buf)))),
-            Ok(None) => None,
-            // After an error the stream ends: the rest of an oversized line is not JSON-RPC.
-            Err(e) => Some((Err(e), None)),
-        }
-    });
-    Lines::new(Box::pin(outgoing), Box::pin(incoming))
+    Box::pin(futures::stream::unfold(
+        Some((reader, Vec::new())),
+        move |state| async move {
+            let (mut reader, mut buf) = state?;
+            match read_line(&mut reader, &mut buf, max_line).await {
+                Ok(Some(line)) => Some((Ok(line), Some((reader, buf)))),
+                Ok(None) => None,
+                // After an error the stream ends: the rest of an oversized line is not JSON-RPC.
+                Err(e) => Some((Err(e), None)),
+            }
+        },
+    ))
 }
 
 /// The next line without its newline, `None` at EOF. Never holds more than `max` bytes.
-async fn read_line<R: AsyncBufRead + Unpin>(
+pub(crate) async fn read_line<R: AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     max: usize,

@@ -4,7 +4,7 @@
 //! -32601 from the crate.
 
 pub mod fs;
-mod lines;
+pub(crate) mod lines;
 
 use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::ConnectionTo;
@@ -15,7 +15,7 @@ use agent_client_protocol::v1::schema::{
     RequestPermissionResponse, SessionId, WriteTextFileRequest, WriteTextFileResponse,
 };
 use agent_client_protocol::{
-    Agent, Client, UntypedMessage, on_receive_notification, on_receive_request,
+    Agent, Client, Lines, UntypedMessage, on_receive_notification, on_receive_request,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use self::lines::{LineSink, LineStream};
 use crate::child::{self, ChildProc, ExitInfo, SpawnSpec};
 use crate::error::ApiError;
 use crate::telemetry::sanitize::sanitize;
@@ -63,7 +64,7 @@ pub enum PromptError {
 }
 
 #[derive(Default)]
-struct Routes {
+pub(crate) struct Routes {
     map: Mutex<HashMap<String, Route>>,
 }
 
@@ -128,79 +129,7 @@ impl AgentConn {
         let routes = Arc::new(Routes::default());
         let (cx_tx, cx_rx) = oneshot::channel();
         let transport = lines::transport(stdin, stdout, t.max_line_bytes);
-        let (r_notify, r_perm, r_read, r_write) = (
-            routes.clone(),
-            routes.clone(),
-            routes.clone(),
-            routes.clone(),
-        );
-        let (root_read, root_write) = (root.clone(), root.clone());
-        let connection = Client
-            .v1()
-            .name("acpd")
-            .on_receive_notification(
-                async move |n: UntypedMessage, _cx| {
-                    // An agent streaming fast would otherwise have this loop publish a long
-                    // burst before any SSE writer runs, and overflow subscribers that keep up.
-                    if route_update(&r_notify, n) {
-                        tokio::task::yield_now().await;
-                    }
-                    Ok(())
-                },
-                on_receive_notification!(),
-            )
-            .on_receive_request(
-                async move |req: RequestPermissionRequest, responder, _cx| {
-                    let (tx, rx) = oneshot::channel();
-                    match r_perm.sink(&req.session_id.to_string()) {
-                        Some((sink, _)) => sink.permission(req, tx),
-                        None => drop(tx),
-                    }
-                    tokio::spawn(async move {
-                        let outcome = rx.await.unwrap_or(RequestPermissionOutcome::Cancelled);
-                        let _ = responder.respond(RequestPermissionResponse::new(outcome));
-                    });
-                    Ok(())
-                },
-                on_receive_request!(),
-            )
-            .on_receive_request(
-                async move |req: ReadTextFileRequest, responder, _cx| {
-                    let known = r_read.sink(&req.session_id.to_string()).is_some();
-                    let root = root_read.clone();
-                    tokio::spawn(async move {
-                        let result = match known {
-                            true => fs::read(&root, &req.path, req.line, req.limit).await,
-                            false => Err(unknown_session()),
-                        };
-                        let _ =
-                            responder.respond_with_result(result.map(ReadTextFileResponse::new));
-                    });
-                    Ok(())
-                },
-                on_receive_request!(),
-            )
-            .on_receive_request(
-                async move |req: WriteTextFileRequest, responder, _cx| {
-                    let known = r_write.sink(&req.session_id.to_string()).is_some();
-                    let root = root_write.clone();
-                    tokio::spawn(async move {
-                        let result = match known {
-                            true => fs::write(&root, &req.path, &req.content).await,
-                            false => Err(unknown_session()),
-                        };
-                        let _ = responder
-                            .respond_with_result(result.map(|()| WriteTextFileResponse::new()));
-                    });
-                    Ok(())
-                },
-                on_receive_request!(),
-            )
-            .connect_with(transport, async move |cx: ConnectionTo<Agent>| {
-                let _ = cx_tx.send(cx.clone());
-                cx.incoming_closed().await;
-                Ok(())
-            });
+        let connection = serve(transport, routes.clone(), root.clone(), cx_tx);
         let watched = child.clone();
         let closed = CancellationToken::new();
         let closed_guard = closed.clone().drop_guard();
@@ -438,6 +367,10 @@ impl AgentConn {
         tokio::select! {
             r = tokio::time::timeout(deadline, fut) => match r {
                 Ok(Ok(v)) => Ok(v),
+                // The pipe closed or broke (stdout closed, a line over the bound, invalid
+                // UTF-8): the agent is gone for this request, as if it had exited.
+                Ok(Err(e)) if connection_ended(&e) => Err(ApiError::agent_unavailable(
+                    format!("the agent's connection ended during {method}"))),
                 Ok(Err(e)) => Err(ApiError::new(502, "agent_error", format!("{method} failed: {}", rpc_text(&e)))
                     .with("rpcCode", i32::from(e.code))),
                 Err(_) => Err(ApiError::agent_unavailable(format!("the agent did not answer {method} within {} ms", deadline.as_millis()))),
@@ -463,8 +396,7 @@ impl AgentConn {
                     .unwrap_or_else(|| "end_turn".into())),
                 // EOF from the agent, or the connection ended some other way (a write into the
                 // pipe of an agent that was just killed): either way the agent is gone.
-                Err(e) if agent_client_protocol::is_incoming_transport_closed(&e)
-                    || agent_client_protocol::is_connection_terminated(&e) => Err(PromptError::AgentGone),
+                Err(e) if connection_ended(&e) => Err(PromptError::AgentGone),
                 Err(e) => Err(PromptError::Rpc { code: i32::from(e.code), message: rpc_text(&e) }),
             },
             // Not before the agent's last updates were routed: they belong to this turn.
@@ -493,6 +425,90 @@ impl AgentConn {
     }
 }
 
+/// The client side of one ACP connection over `transport`, until the agent's output ends:
+/// `ready` gets the handle to send requests with; agent requests are answered through `routes`,
+/// file access confined to `root`.
+pub(crate) async fn serve(
+    transport: Lines<LineSink, LineStream>,
+    routes: Arc<Routes>,
+    root: PathBuf,
+    ready: oneshot::Sender<ConnectionTo<Agent>>,
+) -> Result<(), agent_client_protocol::Error> {
+    let (r_notify, r_perm, r_read, r_write) = (
+        routes.clone(),
+        routes.clone(),
+        routes.clone(),
+        routes.clone(),
+    );
+    let (root_read, root_write) = (root.clone(), root.clone());
+    Client
+        .v1()
+        .name("acpd")
+        .on_receive_notification(
+            async move |n: UntypedMessage, _cx| {
+                // An agent streaming fast would otherwise have this loop publish a long
+                // burst before any SSE writer runs, and overflow subscribers that keep up.
+                if route_update(&r_notify, n) {
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            },
+            on_receive_notification!(),
+        )
+        .on_receive_request(
+            async move |req: RequestPermissionRequest, responder, _cx| {
+                let (tx, rx) = oneshot::channel();
+                match r_perm.sink(&req.session_id.to_string()) {
+                    Some((sink, _)) => sink.permission(req, tx),
+                    None => drop(tx),
+                }
+                tokio::spawn(async move {
+                    let outcome = rx.await.unwrap_or(RequestPermissionOutcome::Cancelled);
+                    let _ = responder.respond(RequestPermissionResponse::new(outcome));
+                });
+                Ok(())
+            },
+            on_receive_request!(),
+        )
+        .on_receive_request(
+            async move |req: ReadTextFileRequest, responder, _cx| {
+                let known = r_read.sink(&req.session_id.to_string()).is_some();
+                let root = root_read.clone();
+                tokio::spawn(async move {
+                    let result = match known {
+                        true => fs::read(&root, &req.path, req.line, req.limit).await,
+                        false => Err(unknown_session()),
+                    };
+                    let _ = responder.respond_with_result(result.map(ReadTextFileResponse::new));
+                });
+                Ok(())
+            },
+            on_receive_request!(),
+        )
+        .on_receive_request(
+            async move |req: WriteTextFileRequest, responder, _cx| {
+                let known = r_write.sink(&req.session_id.to_string()).is_some();
+                let root = root_write.clone();
+                tokio::spawn(async move {
+                    let result = match known {
+                        true => fs::write(&root, &req.path, &req.content).await,
+                        false => Err(unknown_session()),
+                    };
+                    let _ = responder
+                        .respond_with_result(result.map(|()| WriteTextFileResponse::new()));
+                });
+                Ok(())
+            },
+            on_receive_request!(),
+        )
+        .connect_with(transport, async move |cx: ConnectionTo<Agent>| {
+            let _ = ready.send(cx.clone());
+            cx.incoming_closed().await;
+            Ok(())
+        })
+        .await
+}
+
 /// Delivers a `session/update`; true when that session's subscribers are behind.
 fn route_update(routes: &Routes, n: UntypedMessage) -> bool {
     if n.method != "session/update" {
@@ -518,4 +534,11 @@ fn unknown_session() -> agent_client_protocol::Error {
 
 fn rpc_text(e: &agent_client_protocol::Error) -> String {
     sanitize(&format!("{} (code {})", e.message, i32::from(e.code)))
+}
+
+/// The crate's own errors for a connection that ended under a pending request: the agent's
+/// stdout reached EOF, or the transport failed (a line over the bound, invalid UTF-8).
+fn connection_ended(e: &agent_client_protocol::Error) -> bool {
+    agent_client_protocol::is_connection_terminated(e)
+        || agent_client_protocol::is_incoming_transport_closed(e)
 }

@@ -416,6 +416,7 @@ impl Bridge {
         id: &str,
         ws: Option<Arc<Workspace>>,
     ) -> Result<Arc<Session>, ApiError> {
+        check_session_id(id)?;
         if let Ok(s) = self.session(id) {
             s.ensure_agent(true).await?;
             return Ok(s);
@@ -547,4 +548,30 @@ fn agent_command(config: &Config) -> Result<(String, Vec<String>), ConfigError> 
             Ok((me.display().to_string(), vec!["demo-agent".into()]))
         }
     }
+}
+
+/// Longest session id a client may name (`sessionId` on create, `/session/{id}/load`).
+pub const MAX_SESSION_ID_LEN: usize = 256;
+
+/// A client-named session id reaches the agent, URLs, span attributes and logs. It is held to
+/// the characters every client puts in a URL path unchanged (agents' ids are UUIDs and fit):
+/// an id with `%`, `#`, `?` or `/` would reach a careless client's session as another id, and
+/// `.`/`..` would be removed by URL normalisation.
+fn check_session_id(id: &str) -> Result<(), ApiError> {
+    let well_formed = (1..=MAX_SESSION_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        && id != "."
+        && id != "..";
+    if !well_formed {
+        return Err(ApiError::new(
+            400,
+            "invalid_session_id",
+            format!(
+                "A session id is 1 to {MAX_SESSION_ID_LEN} of A-Z a-z 0-9 . _ : - (not . or ..)"
+            ),
+        ));
+    }
+    Ok(())
 }

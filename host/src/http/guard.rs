@@ -76,8 +76,9 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
         return next.run(req).await;
     };
     // The trace page is static HTML (its data comes from the guarded JSON route), so a browser
-    // can open it; it sends the token it is given as `?token=` on its own requests.
-    let public = req.uri().path() == "/debug/traces"
+    // can open it; it sends the token it is given as `?token=` on its own requests. The API
+    // document describes routes, not state, so tools can fetch it without the token.
+    let public = matches!(req.uri().path(), "/debug/traces" | "/openapi.json")
         || (matches!(req.uri().path(), "/health" | "/capabilities") && !server.require_auth);
     if public || bearer_matches(req.headers(), token) {
         return next.run(req).await;

@@ -1,18 +1,23 @@
 //! The HTTP+SSE API (see shared/API.md): router, guards, handlers, error responses.
 
-mod body;
+pub(crate) mod body;
 mod enrich;
 mod error;
+mod extract;
 mod guard;
-mod routes;
+pub mod openapi;
+pub(crate) mod routes;
+mod schema;
 mod span;
-mod sse;
+pub(crate) mod sse;
 pub mod time;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
 use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::bridge::Bridge;
 use crate::config::is_loopback_host;
@@ -59,31 +64,35 @@ fn allowed_hosts(hostname: &str, port: u16) -> Vec<String> {
     .collect()
 }
 
+/// Every route with its OpenAPI entry: each handler is mounted from its `#[utoipa::path]`.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::capabilities))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(routes::create_session))
+        .routes(routes!(routes::status, routes::close))
+        .routes(routes!(routes::load_session))
+        .routes(routes!(routes::prompt))
+        .routes(routes!(routes::cancel))
+        .routes(routes!(routes::vote))
+        .routes(routes!(routes::pending_prompts))
+        .routes(routes!(routes::delete_pending))
+        .routes(routes!(routes::heartbeat))
+        .routes(routes!(sse::events))
+        .routes(routes!(routes::workspace_sessions))
+        .routes(routes!(routes::metrics))
+        .routes(routes!(routes::trace_page))
+        .routes(routes!(routes::traces_json))
+        .routes(routes!(routes::reload_plugins))
+        .split_for_parts();
+    utoipa::Modify::modify(&openapi::Guards, &mut doc);
+    (router, doc)
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(routes::health))
-        .route("/capabilities", get(routes::capabilities))
-        .route("/session", post(routes::create_session))
-        .route("/session/{id}", get(routes::status).delete(routes::close))
-        .route("/session/{id}/load", post(routes::load_session))
-        .route("/session/{id}/prompt", post(routes::prompt))
-        .route("/session/{id}/cancel", post(routes::cancel))
-        .route("/session/{id}/permission/{request_id}", post(routes::vote))
-        .route(
-            "/session/{id}/pending-prompts",
-            get(routes::pending_prompts),
-        )
-        .route(
-            "/session/{id}/pending-prompts/{prompt_id}",
-            axum::routing::delete(routes::delete_pending),
-        )
-        .route("/session/{id}/heartbeat", post(routes::heartbeat))
-        .route("/session/{id}/events", get(sse::events))
-        .route("/workspace/{id}/sessions", get(routes::workspace_sessions))
-        .route("/metrics", get(routes::metrics))
-        .route("/debug/traces", get(routes::trace_page))
-        .route("/debug/traces.json", get(routes::traces_json))
-        .route("/admin/plugins/reload", post(routes::reload_plugins))
+    api()
+        .0
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         // Layers run bottom-up: the last added is the outermost.
@@ -99,6 +108,46 @@ pub fn router(state: AppState) -> Router {
 #[cfg(test)]
 mod tests {
     use super::allowed_hosts;
+
+    #[test]
+    fn every_documented_route_has_a_span_name_and_every_span_name_a_route() {
+        let (_, doc) = super::api();
+        let mut documented: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        let mut named: Vec<&str> = super::span::ROUTES.to_vec();
+        documented.sort_unstable();
+        named.sort_unstable();
+        assert_eq!(documented, named);
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_every_operation_is_guarded() {
+        let doc: serde_json::Value = serde_json::from_str(super::openapi::document()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() >= 18, "{}", paths.len());
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                let responses = op["responses"].as_object().unwrap();
+                for status in ["401", "403", "503"] {
+                    assert!(responses.contains_key(status), "{method} {path}: {status}");
+                }
+                assert!(op["security"].is_array(), "{method} {path}");
+                // Every schema a response names exists.
+                for r in responses.values() {
+                    if let Some(name) = r.pointer("/content/application~1json/schema/$ref") {
+                        let name = name.as_str().unwrap().rsplit('/').next().unwrap();
+                        assert!(doc["components"]["schemas"][name].is_object(), "{name}");
+                    }
+                }
+            }
+        }
+        assert!(
+            doc["components"]["schemas"]["ErrorBody"]["required"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("code"))
+        );
+    }
 
     #[test]
     fn host_check_applies_to_loopback_binds_only() {

@@ -2,13 +2,15 @@
 
 use agent_client_protocol::v1::schema::{ContentBlock, Meta};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::JsonBody;
+use super::extract::{Path, Query};
+use super::schema::{Empty, ErrorBody, HeartbeatBody, PromptAccepted, SessionInfo};
 use super::{AppState, time};
 use crate::bridge::{CreateScope, Prompt, Session};
 use crate::error::ApiError;
@@ -37,6 +39,9 @@ pub struct HealthQuery {
     deep: Option<String>,
 }
 
+#[utoipa::path(get, path = "/health", tag = "daemon",
+    params(("deep" = Option<String>, Query, description = "`1` or `true` adds counts and plugin states")),
+    responses((status = 200, description = "The daemon serves", body = super::schema::Health)))]
 pub async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>) -> Json<Value> {
     let deep = q.deep.as_deref().is_some_and(|d| d == "1" || d == "true");
     if !deep {
@@ -54,6 +59,8 @@ pub async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>)
     }))
 }
 
+#[utoipa::path(get, path = "/capabilities", tag = "daemon",
+    responses((status = 200, description = "What this daemon implements", body = super::schema::Capabilities)))]
 pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
     let b = &state.bridge;
     let l = &b.config.limits;
@@ -78,13 +85,20 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateBody {
+    /// An absolute path inside a configured workspace (default: the primary workspace).
     cwd: Option<String>,
+    /// `single` (default: attach to the workspace's session) or `thread` (always create).
+    #[schema(pattern = "^(single|thread)$")]
     session_scope: Option<String>,
+    /// Attach to this session, or restore it through the agent's `session/load`.
+    #[schema(pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._:-]{1,256}$")]
     session_id: Option<String>,
+    /// Passed to the agent's `session/new`; trace-context keys are the daemon's.
     #[serde(rename = "_meta")]
+    #[schema(value_type = Option<Object>)]
     meta: Option<Meta>,
 }
 
@@ -104,21 +118,30 @@ fn checked_client(s: &Session, headers: &HeaderMap) -> Result<Option<String>> {
     Ok(client)
 }
 
-fn session_body(s: &Session, attached: bool, client_id: &str) -> Value {
-    json!({
-        "sessionId": s.id,
-        "workspaceCwd": s.workspace.cwd_str(),
-        "attached": attached,
-        "clientId": client_id,
-        "createdAt": time::rfc3339(s.created_at),
-    })
+fn session_body(s: &Session, attached: bool, client_id: &str) -> SessionInfo {
+    SessionInfo {
+        session_id: s.id.clone(),
+        workspace_cwd: s.workspace.cwd_str().to_string(),
+        attached,
+        client_id: client_id.to_string(),
+        created_at: time::rfc3339(s.created_at),
+        last_event_id: None,
+    }
 }
 
+#[utoipa::path(post, path = "/session", tag = "sessions",
+    request_body(content = CreateBody, description = "An empty body is `{}`"),
+    responses(
+        (status = 200, description = "Created or attached", body = SessionInfo),
+        (status = 400, description = "`invalid_json`, `invalid_request`, `workspace_mismatch`, `invalid_session_id`", body = ErrorBody),
+        (status = 502, description = "The agent failed `session/new` (`agent_error`, `agent_exited`)", body = ErrorBody),
+        (status = 503, description = "`session_limit_exceeded`, `agent_unavailable` (with `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn create_session(
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<SessionInfo>> {
     let scope = match body.session_scope.as_deref() {
         None | Some("single") => CreateScope::Single,
         Some("thread") => CreateScope::Thread,
@@ -146,26 +169,51 @@ pub async fn create_session(
     )))
 }
 
+#[utoipa::path(post, path = "/session/{id}/load", tag = "sessions",
+    params(("id" = String, Path, description = "Session id", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._:-]{1,256}$")),
+    request_body(content = Empty, description = "A JSON object (ignored); an empty body is `{}`"),
+    responses(
+        (status = 200, description = "Loaded (or already live); `lastEventId` set", body = SessionInfo),
+        (status = 400, description = "`invalid_json`, `invalid_request`, `invalid_session_id`", body = ErrorBody),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 410, description = "`session_not_restorable`: the agent cannot load sessions", body = ErrorBody),
+        (status = 502, description = "The agent failed `session/load`", body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`", body = ErrorBody),
+    ))]
 pub async fn load_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(_): JsonBody<Value>,
-) -> Result<Json<Value>> {
+    JsonBody(_): JsonBody<serde_json::Map<String, Value>>,
+) -> Result<Json<SessionInfo>> {
     let s = state.bridge.load_session(&id, None).await?;
     let client_id = s.attach_client(client_header(&headers));
     let mut body = session_body(&s, true, &client_id);
-    body["lastEventId"] = json!(s.bus.last_id());
+    body.last_event_id = Some(s.bus.last_id());
     Ok(Json(body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct PromptBody {
+    /// ACP `ContentBlock`s (`{"type":"text","text":"..."}`, `image`, `audio`, `resource_link`,
+    /// `resource`), at least one.
+    #[schema(schema_with = super::openapi::content_blocks)]
     prompt: Vec<Value>,
+    /// Passed to the agent's `session/prompt`; trace-context keys are the daemon's.
     #[serde(rename = "_meta")]
+    #[schema(value_type = Option<Object>)]
     meta: Option<Meta>,
 }
 
+#[utoipa::path(post, path = "/session/{id}/prompt", tag = "prompts",
+    params(("id" = String, Path, description = "Session id"), ("X-Qwen-Client-Id" = Option<String>, Header, description = "The client id the daemon issued for this session", pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    request_body(content = PromptBody),
+    responses(
+        (status = 202, description = "Queued; the turn's events arrive on SSE", body = PromptAccepted),
+        (status = 400, description = "`invalid_json`, `invalid_request`, `invalid_client_id`", body = ErrorBody),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 503, description = "`prompt_queue_full` (with `limit`, `pendingCount`, `Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn prompt(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -179,27 +227,30 @@ pub async fn prompt(
             "prompt must contain at least one content block",
         ));
     }
-    let blocks = body
-        .prompt
-        .into_iter()
-        .enumerate()
-        .map(|(i, b)| {
-            serde_json::from_value::<ContentBlock>(b).map_err(|e| {
-                ApiError::invalid_request(format!("prompt[{i}] is not an ACP ContentBlock: {e}"))
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let blocks: Vec<ContentBlock> = super::body::prompt_blocks(body.prompt)?;
     let (prompt_id, last) = s.enqueue(Prompt::new(blocks, client_meta(body.meta), client))?;
     request_fact(PROMPT_ID, &prompt_id);
-    let body = json!({"promptId": prompt_id, "lastEventId": last, "eventEpoch": s.bus.epoch()});
+    let body = PromptAccepted {
+        prompt_id,
+        last_event_id: last,
+        event_epoch: s.bus.epoch().to_string(),
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+#[utoipa::path(post, path = "/session/{id}/cancel", tag = "prompts",
+    params(("id" = String, Path, description = "Session id"), ("X-Qwen-Client-Id" = Option<String>, Header, description = "The client id the daemon issued for this session", pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    request_body(content = Empty, description = "A JSON object (ignored); an empty body is `{}`"),
+    responses(
+        (status = 204, description = "The running prompt (if any) is cancelled"),
+        (status = 400, description = "`invalid_json`, `invalid_client_id`", body = ErrorBody),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(_): JsonBody<Value>,
+    JsonBody(_): JsonBody<serde_json::Map<String, Value>>,
 ) -> Result<StatusCode> {
     let s = state.bridge.session(&id)?;
     s.check_client(client_header(&headers))?;
@@ -207,23 +258,41 @@ pub async fn cancel(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct VoteBody {
+    /// `{"outcome":"selected","optionId":"..."}` or `{"outcome":"cancelled"}`.
+    #[schema(value_type = Object)]
     outcome: Value,
 }
 
+#[utoipa::path(post, path = "/session/{id}/permission/{request_id}", tag = "prompts",
+    params(("id" = String, Path, description = "Session id"),
+           ("request_id" = String, Path, description = "The `requestId` of a `permission_request` event"),
+           ("X-Qwen-Client-Id" = Option<String>, Header, description = "The client id the daemon issued for this session", pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    request_body(content = VoteBody),
+    responses(
+        (status = 200, description = "Vote taken (first responder wins)", body = Empty),
+        (status = 400, description = "`invalid_json`, `invalid_request`, `invalid_option_id`, `invalid_client_id`", body = ErrorBody),
+        (status = 404, description = "`session_not_found`, `permission_not_pending`", body = ErrorBody),
+    ))]
 pub async fn vote(
     State(state): State<AppState>,
     Path((id, request_id)): Path<(String, String)>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<VoteBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Empty>> {
     let s = found(&state, &id)?;
     let client = checked_client(&s, &headers)?;
     s.vote(&request_id, &body.outcome, client.as_deref())?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
+#[utoipa::path(get, path = "/session/{id}/pending-prompts", tag = "prompts",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The running prompt, then the queue", body = super::schema::PendingPrompts),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    ))]
 pub async fn pending_prompts(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -232,6 +301,16 @@ pub async fn pending_prompts(
     Ok(Json(json!({"pendingPrompts": s.pending_prompts()})))
 }
 
+#[utoipa::path(delete, path = "/session/{id}/pending-prompts/{prompt_id}", tag = "prompts",
+    params(("id" = String, Path, description = "Session id"),
+           ("prompt_id" = String, Path, description = "A queued prompt's id"),
+           ("X-Qwen-Client-Id" = Option<String>, Header, description = "The client id the daemon issued for this session", pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    responses(
+        (status = 204, description = "Removed from the queue"),
+        (status = 400, description = "`invalid_client_id`", body = ErrorBody),
+        (status = 404, description = "`session_not_found`, `prompt_not_found`", body = ErrorBody),
+        (status = 409, description = "`prompt_running`: cancel it instead", body = ErrorBody),
+    ))]
 pub async fn delete_pending(
     State(state): State<AppState>,
     Path((id, prompt_id)): Path<(String, String)>,
@@ -243,24 +322,45 @@ pub async fn delete_pending(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/session/{id}/heartbeat", tag = "sessions",
+    params(("id" = String, Path, description = "Session id"), ("X-Qwen-Client-Id" = String, Header, description = "The client id the daemon issued for this session (required here)", pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    responses(
+        (status = 200, description = "The client is live", body = HeartbeatBody),
+        (status = 400, description = "`invalid_client_id` (the header is required here)", body = ErrorBody),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    ))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>> {
+) -> Result<Json<HeartbeatBody>> {
     let s = state.bridge.session(&id)?;
     let client = s
         .check_client(client_header(&headers))?
         .ok_or_else(|| ApiError::new(400, "invalid_client_id", "X-Qwen-Client-Id is required"))?;
-    Ok(Json(
-        json!({"sessionId": s.id, "clientId": client, "lastSeenAt": time::rfc3339(std::time::SystemTime::now())}),
-    ))
+    Ok(Json(HeartbeatBody {
+        session_id: s.id.clone(),
+        client_id: client,
+        last_seen_at: time::rfc3339(std::time::SystemTime::now()),
+    }))
 }
 
+#[utoipa::path(get, path = "/session/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "Session status", body = super::schema::SessionStatus),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    ))]
 pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
     Ok(Json(state.bridge.session(&id)?.status()))
 }
 
+#[utoipa::path(delete, path = "/session/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Closed: `session_closed` is published, then its streams end"),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    ))]
 pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
     state.bridge.close_session(&id)?;
     Ok(StatusCode::NO_CONTENT)
@@ -268,9 +368,17 @@ pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Res
 
 #[derive(Deserialize)]
 pub struct ListQuery {
-    size: Option<usize>,
+    size: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/workspace/{id}/sessions", tag = "sessions",
+    params(("id" = String, Path, description = "Workspace id, or its URL-encoded absolute path"),
+           ("size" = Option<i64>, Query, description = "Page size, clamped to 1..=1000 (default 100)")),
+    responses(
+        (status = 200, description = "The workspace's sessions", body = super::schema::WorkspaceSessions),
+        (status = 400, description = "A malformed query", body = ErrorBody),
+        (status = 404, description = "`workspace_not_found`", body = ErrorBody),
+    ))]
 pub async fn workspace_sessions(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -280,7 +388,7 @@ pub async fn workspace_sessions(
         ApiError::new(404, "workspace_not_found", "No such workspace")
             .with("workspace", key.as_str())
     })?;
-    let size = q.size.unwrap_or(100).clamp(1, 1000);
+    let size = q.size.unwrap_or(100).clamp(1, 1000) as usize;
     let sessions: Vec<Value> = state
         .bridge
         .sessions()
@@ -304,6 +412,8 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::new(405, "method_not_allowed", "Method not allowed")
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "telemetry",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.telemetry.prometheus();
     (
@@ -316,6 +426,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/debug/traces", tag = "telemetry",
+    responses((status = 200, description = "The embedded trace view (HTML; data from `/debug/traces.json`)", content_type = "text/html", body = String)))]
 pub async fn trace_page() -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -328,9 +440,17 @@ pub async fn trace_page() -> Response {
 #[serde(rename_all = "camelCase")]
 pub struct TracesQuery {
     trace_id: Option<String>,
-    limit: Option<usize>,
+    limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/debug/traces.json", tag = "telemetry",
+    params(("traceId" = Option<String>, Query, description = "One trace, whole"),
+           ("limit" = Option<i64>, Query, description = "Recent traces to list, clamped to 1..=500 (default 50)")),
+    responses(
+        (status = 200, description = "Recent traces (after redaction), or one trace", body = Object),
+        (status = 400, description = "A malformed query", body = ErrorBody),
+        (status = 404, description = "`trace_not_found`", body = ErrorBody),
+    ))]
 pub async fn traces_json(
     State(state): State<AppState>,
     Query(q): Query<TracesQuery>,
@@ -341,13 +461,23 @@ pub async fn traces_json(
             ApiError::new(404, "trace_not_found", "No such trace in the view")
                 .with("traceId", id.as_str())
         }),
-        None => Ok(Json(ring.list_json(q.limit.unwrap_or(50).clamp(1, 500)))),
+        None => Ok(Json(
+            ring.list_json(q.limit.unwrap_or(50).clamp(1, 500) as usize),
+        )),
     }
 }
 
 /// `POST /admin/plugins/reload`: loads and initialises the configured plugin set and swaps it
 /// in; a set that fails leaves the running one in place (422). Needs the token: an admin
 /// route is never open, even on loopback.
+#[utoipa::path(post, path = "/admin/plugins/reload", tag = "plugins",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The new plugin set is live", body = super::schema::Reloaded),
+        (status = 403, description = "`token_required`: admin routes need a configured token", body = ErrorBody),
+        (status = 422, description = "`plugin_reload_failed`: the running set is kept", body = ErrorBody),
+        (status = 503, description = "`plugins_unavailable`", body = ErrorBody),
+    ))]
 pub async fn reload_plugins(State(state): State<AppState>) -> Result<Json<Value>> {
     if state.bridge.config.server.token.is_none() {
         return Err(ApiError::new(

@@ -17,9 +17,10 @@ use crate::telemetry::spans::RequestFacts;
 use crate::telemetry::{metrics, propagation, spans};
 
 /// Route templates, for span names and `http.route` (never the raw path: unbounded cardinality).
-const ROUTES: &[&str] = &[
+pub(super) const ROUTES: &[&str] = &[
     "/health",
     "/capabilities",
+    "/openapi.json",
     "/metrics",
     "/debug/traces",
     "/debug/traces.json",

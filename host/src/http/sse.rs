@@ -1,11 +1,13 @@
 //! `GET /session/:id/events`: replay from `Last-Event-ID`, then live frames, heartbeats, and
 //! an eviction notice when the client falls too far behind.
 
+use super::extract::Path;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -45,6 +47,44 @@ impl Drop for Open {
     }
 }
 
+/// `Last-Event-ID`: absent is `None` (live only); anything but a non-negative integer (surrounding
+/// whitespace allowed) is 400 `invalid_last_event_id`.
+pub(crate) fn parse_last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            400,
+            "invalid_last_event_id",
+            "Last-Event-ID must be a non-negative integer",
+        )
+    };
+    match headers.get("last-event-id") {
+        None => Ok(None),
+        Some(v) => {
+            let text = v.to_str().map_err(|_| invalid())?;
+            text.trim().parse::<u64>().map(Some).map_err(|_| invalid())
+        }
+    }
+}
+
+/// `X-Qwen-Event-Epoch`, as sent. A value that is not ASCII is still an epoch the client holds,
+/// and never this bus's (a UUID): it must mismatch, not read as no epoch at all.
+pub(crate) fn event_epoch(headers: &HeaderMap) -> Option<Cow<'_, str>> {
+    headers
+        .get("x-qwen-event-epoch")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+}
+
+#[utoipa::path(get, path = "/session/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "Session id"),
+           ("Last-Event-ID" = Option<String>, Header, description = "Replay every retained event after this id", pattern = "^[0-9]{1,19}$"),
+           ("X-Qwen-Event-Epoch" = Option<String>, Header, description = "The epoch the client's ids belong to; a mismatch asks the client to resync"),
+           ("X-Qwen-Client-Id" = Option<String>, Header, description = "The client id the daemon issued for this session", pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    responses(
+        (status = 200, description = "The session's event stream: `id:`/`event:`/`data:` frames, heartbeats", content_type = "text/event-stream", body = super::schema::SseFrame),
+        (status = 400, description = "`invalid_last_event_id`, `invalid_client_id`", body = super::schema::ErrorBody),
+        (status = 404, description = "`session_not_found`", body = super::schema::ErrorBody),
+        (status = 429, description = "`subscriber_limit_exceeded`", body = super::schema::ErrorBody),
+    ))]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -52,30 +92,10 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let session = state.bridge.session(&id)?;
     session.check_client(client_header(&headers))?;
-    let last_event_id = match headers
-        .get("last-event-id")
-        .map(|v| v.to_str().map(str::trim))
-    {
-        None => None,
-        Some(Ok(v)) => Some(v.parse::<u64>().map_err(|_| {
-            ApiError::new(
-                400,
-                "invalid_last_event_id",
-                "Last-Event-ID must be a non-negative integer",
-            )
-        })?),
-        Some(Err(_)) => {
-            return Err(ApiError::new(
-                400,
-                "invalid_last_event_id",
-                "Last-Event-ID must be a non-negative integer",
-            ));
-        }
-    };
-    let epoch = headers
-        .get("x-qwen-event-epoch")
-        .and_then(|v| v.to_str().ok());
-    let sub = session.bus.subscribe(last_event_id, epoch)?;
+    let last_event_id = parse_last_event_id(&headers)?;
+    let sub = session
+        .bus
+        .subscribe(last_event_id, event_epoch(&headers).as_deref())?;
     let mut preface: VecDeque<Bytes> = VecDeque::with_capacity(sub.preface.len() + 1);
     preface.push_back(Bytes::from_static(b"retry: 3000\n\n"));
     preface.extend(sub.preface.iter().cloned());

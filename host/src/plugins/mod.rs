@@ -7,14 +7,14 @@
 //! - `pack` / `hooks`: packed attributes in, validated sparse edits out, per-hook policy;
 //! - `builtin`: the first-party plugins embedded in the binary.
 
-mod bindings;
+pub(crate) mod bindings;
 pub mod builtin;
 mod engine;
 mod hooks;
 mod instance;
 mod kernels;
 mod metrics;
-mod pack;
+pub(crate) mod pack;
 mod plugin;
 
 use arc_swap::ArcSwap;
