@@ -70,16 +70,21 @@ pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Re
     resp
 }
 
+/// Routes open without the token. The trace page is static HTML (its data comes from the
+/// guarded JSON route), so a browser can open it; it sends the token it is given as `?token=` on
+/// its own requests. The API document describes routes, not state, so tools can fetch it.
+pub(super) const PUBLIC: &[&str] = &["/debug/traces", "/openapi.json"];
+/// Open without the token unless `--require-auth`.
+pub(super) const PUBLIC_UNLESS_REQUIRED: &[&str] = &["/health", "/capabilities"];
+
 pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let server = &state.bridge.config.server;
     let Some(token) = server.token.as_deref() else {
         return next.run(req).await;
     };
-    // The trace page is static HTML (its data comes from the guarded JSON route), so a browser
-    // can open it; it sends the token it is given as `?token=` on its own requests. The API
-    // document describes routes, not state, so tools can fetch it without the token.
-    let public = matches!(req.uri().path(), "/debug/traces" | "/openapi.json")
-        || (matches!(req.uri().path(), "/health" | "/capabilities") && !server.require_auth);
+    let path = req.uri().path();
+    let public =
+        PUBLIC.contains(&path) || (PUBLIC_UNLESS_REQUIRED.contains(&path) && !server.require_auth);
     if public || bearer_matches(req.headers(), token) {
         return next.run(req).await;
     }

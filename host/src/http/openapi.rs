@@ -28,9 +28,6 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response as ApiResponse, Respo
 )]
 pub struct ApiDoc;
 
-/// Routes a client may call without the token (unless `--require-auth` guards the first two).
-const PUBLIC: &[&str] = &["/health", "/capabilities", "/openapi.json", "/debug/traces"];
-
 /// Applied to the finished document: the routes are only known once the router is built.
 pub(super) struct Guards;
 
@@ -75,7 +72,10 @@ impl Modify for Guards {
                 .insert(name.to_string(), error_response(text));
         }
         for (path, item) in api.paths.paths.iter_mut() {
-            let public = PUBLIC.contains(&path.as_str());
+            let public = super::guard::PUBLIC
+                .iter()
+                .chain(super::guard::PUBLIC_UNLESS_REQUIRED)
+                .any(|p| p == path);
             for op in [&mut item.get, &mut item.post, &mut item.delete]
                 .into_iter()
                 .flatten()
