@@ -551,10 +551,16 @@ pub struct Export {
 
 /// `acpd.telemetry.dropped` for the export queue, from `/metrics`.
 pub async fn export_dropped(d: &Daemon) -> Result<u64> {
+    spans_dropped(d, "export_queue").await
+}
+
+/// `acpd.telemetry.dropped` for spans at one `acpd.drop.stage`, from `/metrics`.
+pub async fn spans_dropped(d: &Daemon, stage: &str) -> Result<u64> {
     let text = d.http.get(d.url("/metrics")).send().await?.text().await?;
+    let label = format!("acpd_drop_stage=\"{stage}\"");
     Ok(text
         .lines()
-        .filter(|l| l.starts_with("acpd_telemetry_dropped") && l.contains("export_queue"))
+        .filter(|l| l.starts_with("acpd_telemetry_dropped") && l.contains(&label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64)
 }

@@ -38,6 +38,11 @@ const STRUCTURAL: &[&str] = &[
     "acpd.plugin.name",
     "acpd.plugin.hook",
     "acpd.plugin.failure",
+    "acpd.plugin.reason",
+    "acpd.agent.load_session",
+    // The daemon's own metric labels: a masked `acpd.drop.stage` would hide what was lost.
+    "acpd.signal",
+    "acpd.drop.stage",
     "http.route",
     "http.request.method",
     "http.response.status_code",
@@ -554,6 +559,29 @@ fn apply_log_edits(batch: &mut [LogItem], locs: &[(usize, usize)], edits: log_ho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The labels of the daemon's own metrics carry fixed vocabularies, not content: with the
+    /// redaction plugin down they must stay readable (`/metrics`, OTLP), or an operator cannot
+    /// tell what was dropped or why a plugin was skipped.
+    #[test]
+    fn the_daemons_metric_labels_are_structure() {
+        use crate::telemetry::semconv::*;
+        for key in [
+            SIGNAL,
+            DROP_STAGE,
+            SSE_REASON,
+            ERROR_TYPE,
+            HTTP_ROUTE,
+            HTTP_REQUEST_METHOD,
+            HTTP_RESPONSE_STATUS_CODE,
+            "acpd.plugin.name",
+            "acpd.plugin.hook",
+            "acpd.plugin.failure",
+            "acpd.plugin.reason",
+        ] {
+            assert!(structural(key), "{key}");
+        }
+    }
 
     #[test]
     fn the_safety_net_masks_content_and_keeps_structure() {

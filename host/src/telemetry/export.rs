@@ -9,6 +9,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter, SdkLogRecord};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::sanitize::sanitize;
@@ -73,6 +74,8 @@ pub struct StageSpanExporter {
     otlp: Option<opentelemetry_otlp::SpanExporter>,
     ring: Arc<TraceRing>,
     service: String,
+    /// Spans of batches the collector did not take (refused, failed, timed out): lost to OTLP.
+    export_failed: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for StageSpanExporter {
@@ -88,11 +91,13 @@ impl StageSpanExporter {
         otlp: Option<opentelemetry_otlp::SpanExporter>,
         ring: Arc<TraceRing>,
         service: String,
+        export_failed: Arc<AtomicU64>,
     ) -> Self {
         Self {
             otlp,
             ring,
             service,
+            export_failed,
         }
     }
 }
@@ -103,10 +108,15 @@ impl SpanExporter for StageSpanExporter {
         batch.iter_mut().for_each(process_span);
         self.ring
             .push(batch.iter().map(|s| ViewSpan::from_sdk(s, &self.service)));
-        match &self.otlp {
-            Some(otlp) => otlp.export(batch).await,
-            None => Ok(()),
+        let Some(otlp) = &self.otlp else {
+            return Ok(());
+        };
+        let n = batch.len() as u64;
+        let result = otlp.export(batch).await;
+        if result.is_err() {
+            self.export_failed.fetch_add(n, Ordering::Relaxed);
         }
+        result
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {

@@ -111,7 +111,13 @@ impl Telemetry {
             None => None,
         };
         let collector = otlp_spans.is_some();
-        let stage = export::StageSpanExporter::new(otlp_spans, ring.clone(), service);
+        let export_failed = Arc::new(AtomicU64::new(0));
+        let stage = export::StageSpanExporter::new(
+            otlp_spans,
+            ring.clone(),
+            service,
+            export_failed.clone(),
+        );
         let export_dropped = Arc::new(AtomicU64::new(0));
         let processor = queue::QueueProcessor::new(
             stage,
@@ -139,7 +145,7 @@ impl Telemetry {
         let meter = meter.build();
         global::set_meter_provider(meter.clone());
         metrics::install();
-        register_observers(&ring, export_dropped);
+        register_observers(&ring, export_dropped, export_failed);
 
         let logger = match exports("LOGS", cfg) {
             Some(t) => Some(
@@ -416,7 +422,11 @@ fn resource(cfg: &TelemetryConfig) -> Resource {
     .build()
 }
 
-fn register_observers(ring: &Arc<TraceRing>, export_dropped: Arc<AtomicU64>) {
+fn register_observers(
+    ring: &Arc<TraceRing>,
+    export_dropped: Arc<AtomicU64>,
+    export_failed: Arc<AtomicU64>,
+) {
     let ring = ring.clone();
     let _ = global::meter("acpd")
         .u64_observable_counter(semconv::M_TELEMETRY_DROPPED)
@@ -437,6 +447,13 @@ fn register_observers(ring: &Arc<TraceRing>, export_dropped: Arc<AtomicU64>) {
                 &[
                     KeyValue::new(semconv::SIGNAL, "traces"),
                     KeyValue::new(semconv::DROP_STAGE, "trace_view"),
+                ],
+            );
+            o.observe(
+                export_failed.load(Ordering::Relaxed),
+                &[
+                    KeyValue::new(semconv::SIGNAL, "traces"),
+                    KeyValue::new(semconv::DROP_STAGE, "export_failed"),
                 ],
             );
         })

@@ -51,7 +51,8 @@ pub const PERMISSION_REQUEST_ID: &str = "acpd.permission.request_id";
 pub const TOOL_STATUS: &str = "acpd.tool.status";
 pub const SSE_REASON: &str = "acpd.sse.reason";
 pub const SIGNAL: &str = "acpd.signal";
-/// Where a telemetry item was dropped: `export_queue` (lost to OTLP and the view) or `trace_view`.
+/// Where a telemetry item was dropped: `export_queue` (lost to OTLP and the view),
+/// `export_failed` (in a batch the collector did not take: lost to OTLP only) or `trace_view`.
 pub const DROP_STAGE: &str = "acpd.drop.stage";
 
 // Metrics
