@@ -99,23 +99,6 @@ async fn health_until(
     }
 }
 
-/// Pids of the live (non-zombie) direct children of `parent`, from /proc.
-fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-                let state = rest.next();
-                let ppid = rest.next().and_then(|p| p.parse::<u32>().ok());
-                state != Some("Z") && ppid == Some(parent)
-            })
-        })
-        .collect()
-}
-
 fn pid_reply(frames: &[Frame]) -> Result<u32> {
     let text = agent_text(frames);
     text.strip_prefix("pid ")

@@ -10,15 +10,20 @@ use serde_json::{Value, json};
 const TOKEN: &str = "openapi-test-token-5c1e";
 const METHODS: [&str; 5] = ["GET", "POST", "DELETE", "PUT", "PATCH"];
 
-/// Every (method, concrete path) the document lists, path parameters filled with `x`.
+/// A template's path with every parameter filled with `x`.
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Every (method, concrete path, template) the document lists.
 fn operations(doc: &Value) -> Vec<(Method, String, String)> {
     let mut out = Vec::new();
     for (template, item) in doc["paths"].as_object().expect("paths") {
-        let concrete: String = template
-            .split('/')
-            .map(|seg| if seg.starts_with('{') { "x" } else { seg })
-            .collect::<Vec<_>>()
-            .join("/");
+        let concrete = concrete(template);
         for m in METHODS {
             if item.get(m.to_ascii_lowercase()).is_some() {
                 out.push((m.parse().unwrap(), concrete.clone(), template.clone()));
@@ -53,7 +58,7 @@ async fn the_document_lists_exactly_the_routes_that_exist() -> Result<()> {
     let auth = format!("Bearer {TOKEN}");
 
     for (template, item) in doc["paths"].as_object().unwrap() {
-        let concrete = operations(&json!({"paths": {template: item}}))[0].1.clone();
+        let concrete = concrete(template);
         for m in METHODS {
             let method: Method = m.parse().unwrap();
             let body = if m == "POST" { json!({}) } else { Value::Null };

@@ -86,7 +86,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::traces_json))
         .routes(routes!(routes::reload_plugins))
         .split_for_parts();
-    utoipa::Modify::modify(&openapi::Guards, &mut doc);
+    openapi::add_guards(&mut doc);
     (router, doc)
 }
 

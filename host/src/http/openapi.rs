@@ -5,7 +5,6 @@
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::LazyLock;
-use utoipa::Modify;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response as ApiResponse, ResponseBuilder};
@@ -28,60 +27,57 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response as ApiResponse, Respo
 )]
 pub struct ApiDoc;
 
-/// Applied to the finished document: the routes are only known once the router is built.
-pub(super) struct Guards;
-
-impl Modify for Guards {
-    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
-        let components = api.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "Required when the daemon has a token (always on a non-loopback bind)",
-                    ))
-                    .build(),
-            ),
-        );
-        for (name, text) in [
-            (
-                "Unauthorized",
-                "`unauthorized`: a token is configured and the request lacks it",
-            ),
-            (
-                "Forbidden",
-                "`invalid_host` (DNS-rebinding defence on loopback binds) or `cors_denied`",
-            ),
-            (
-                "Draining",
-                "`daemon_draining`: the daemon is shutting down (with `Retry-After`)",
-            ),
-            (
-                "TooLarge",
-                "`payload_too_large`: the body exceeds `server.max_body_bytes`",
-            ),
-            (
-                "BadRequest",
-                "`invalid_json`, `invalid_request`: a malformed body, path or query",
-            ),
-        ] {
-            components
-                .responses
-                .insert(name.to_string(), error_response(text));
-        }
-        for (path, item) in api.paths.paths.iter_mut() {
-            let public = super::guard::PUBLIC
-                .iter()
-                .chain(super::guard::PUBLIC_UNLESS_REQUIRED)
-                .any(|p| p == path);
-            for op in [&mut item.get, &mut item.post, &mut item.delete]
-                .into_iter()
-                .flatten()
-            {
-                guard(op, public);
-            }
+/// What the guards add to every route, applied to the finished document: the routes are only
+/// known once the router is built.
+pub(super) fn add_guards(api: &mut utoipa::openapi::OpenApi) {
+    let components = api.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "Required when the daemon has a token (always on a non-loopback bind)",
+                ))
+                .build(),
+        ),
+    );
+    for (name, text) in [
+        (
+            "Unauthorized",
+            "`unauthorized`: a token is configured and the request lacks it",
+        ),
+        (
+            "Forbidden",
+            "`invalid_host` (DNS-rebinding defence on loopback binds) or `cors_denied`",
+        ),
+        (
+            "Draining",
+            "`daemon_draining`: the daemon is shutting down (with `Retry-After`)",
+        ),
+        (
+            "TooLarge",
+            "`payload_too_large`: the body exceeds `server.max_body_bytes`",
+        ),
+        (
+            "BadRequest",
+            "`invalid_json`, `invalid_request`: a malformed body, path or query",
+        ),
+    ] {
+        components
+            .responses
+            .insert(name.to_string(), error_response(text));
+    }
+    for (path, item) in api.paths.paths.iter_mut() {
+        let public = super::guard::PUBLIC
+            .iter()
+            .chain(super::guard::PUBLIC_UNLESS_REQUIRED)
+            .any(|p| p == path);
+        for op in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            guard(op, public);
         }
     }
 }
@@ -187,7 +183,7 @@ pub fn content_blocks() -> utoipa::openapi::schema::Array {
 
 /// `ContentBlock` and what it references, as the ACP schema crate derives them (schemars), so
 /// the document describes exactly what the daemon's parser accepts.
-fn acp_definitions() -> serde_json::Map<String, serde_json::Value> {
+fn acp_definitions() -> Map {
     let mut settings = schemars::generate::SchemaSettings::draft2020_12();
     settings.definitions_path = "/components/schemas/".into();
     let mut generator = settings.into_generator();
@@ -197,62 +193,62 @@ fn acp_definitions() -> serde_json::Map<String, serde_json::Value> {
         defs.insert("ContentBlock".into(), root.to_value());
     }
     for schema in defs.values_mut() {
-        split_ref_siblings(schema);
-        accept_what_is_defaulted(schema);
+        bottom_up(schema, &mut |node| {
+            split_ref_siblings(node);
+            accept_what_is_defaulted(node);
+        });
     }
     defs
 }
 
-/// The ACP crate reads some fields leniently (`x-deserialize-default-on-error`: an invalid value
-/// becomes the default, as `annotations` on a content block): the document says so, and that
-/// any value is accepted there, keeping the intended shape as the first alternative.
-fn accept_what_is_defaulted(schema: &mut serde_json::Value) {
-    match schema {
+/// Calls `f` on every object in `v`, children first.
+fn bottom_up(v: &mut serde_json::Value, f: &mut impl FnMut(&mut Map)) {
+    match v {
         serde_json::Value::Object(map) => {
-            for v in map.values_mut() {
-                accept_what_is_defaulted(v);
-            }
-            if map.get("x-deserialize-default-on-error") == Some(&serde_json::Value::Bool(true)) {
-                let description = map.remove("description");
-                let shape = std::mem::take(map);
-                map.insert(
-                    "anyOf".into(),
-                    serde_json::json!([shape, {"description": "Any other value is read as absent"}]),
-                );
-                if let Some(d) = description {
-                    map.insert("description".into(), d);
-                }
-            }
+            map.values_mut().for_each(|c| bottom_up(c, f));
+            f(map);
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(accept_what_is_defaulted),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|c| bottom_up(c, f)),
         _ => {}
+    }
+}
+
+type Map = serde_json::Map<String, serde_json::Value>;
+
+/// Replaces `map` by `{key: alternatives(rest)}`, its description kept beside.
+fn wrap(map: &mut Map, key: &str, alternatives: impl FnOnce(Map) -> serde_json::Value) {
+    let description = map.remove("description");
+    let rest = std::mem::take(map);
+    map.insert(key.into(), alternatives(rest));
+    if let Some(d) = description {
+        map.insert("description".into(), d);
     }
 }
 
 /// `{"$ref": X, ...more}` becomes `{"allOf": [{"$ref": X}, {...more}]}`: the same in JSON
 /// Schema 2020-12, but tools that still read `$ref` as "replace this object" (OpenAPI 3.0's
 /// rule) would otherwise drop the tag constraints of every `ContentBlock` variant.
-fn split_ref_siblings(schema: &mut serde_json::Value) {
-    match schema {
-        serde_json::Value::Object(map) => {
-            for v in map.values_mut() {
-                split_ref_siblings(v);
-            }
-            if map.contains_key("$ref") && map.keys().any(|k| k != "$ref" && k != "description") {
-                let reference = map.remove("$ref").expect("checked");
-                let description = map.remove("description");
-                let rest = std::mem::take(map);
-                map.insert(
-                    "allOf".into(),
-                    serde_json::json!([{"$ref": reference}, rest]),
-                );
-                if let Some(d) = description {
-                    map.insert("description".into(), d);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(split_ref_siblings),
-        _ => {}
+fn split_ref_siblings(map: &mut Map) {
+    if map.contains_key("$ref") && map.keys().any(|k| k != "$ref" && k != "description") {
+        let reference = map.remove("$ref").expect("checked");
+        wrap(
+            map,
+            "allOf",
+            |rest| serde_json::json!([{"$ref": reference}, rest]),
+        );
+    }
+}
+
+/// The ACP crate reads some fields leniently (`x-deserialize-default-on-error`: an invalid value
+/// becomes the default, as `annotations` on a content block): the document says so, and that
+/// any value is accepted there, keeping the intended shape as the first alternative.
+fn accept_what_is_defaulted(map: &mut Map) {
+    if map.get("x-deserialize-default-on-error") == Some(&serde_json::Value::Bool(true)) {
+        wrap(
+            map,
+            "anyOf",
+            |shape| serde_json::json!([shape, {"description": "Any other value is read as absent"}]),
+        );
     }
 }
 
