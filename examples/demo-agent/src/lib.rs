@@ -155,11 +155,13 @@ pub async fn run_stdio() -> anyhow::Result<()> {
                         Error::invalid_params().data(json!({ "unknownSessionId": req.session_id })),
                     );
                 };
+                let text = prompt_text(&req);
                 let trace = TurnTrace::start(
-                    tel.as_deref(),
+                    tel.as_ref(),
                     req.meta.as_ref(),
                     &req.session_id.to_string(),
-                    &prompt_text(&req),
+                    &text,
+                    command_label(&text),
                 );
                 let turn = Turn {
                     cx: cx.clone(),
@@ -395,6 +397,35 @@ fn split_word(s: &str) -> (&str, &str) {
     }
 }
 
+/// The prompt commands (first words) the agent knows.
+const COMMANDS: &[&str] = &[
+    "read",
+    "write",
+    "slow",
+    "crash",
+    "unknown",
+    "flood",
+    "bench",
+    "env",
+    "pwd",
+    "pid",
+    "stderr",
+    "meta",
+    "telemetry",
+    "telemetry-flood",
+];
+
+/// The prompt's command word as a metric label: one of [`COMMANDS`], else `echo`, so a
+/// prompt's text never becomes a label value.
+fn command_label(text: &str) -> &'static str {
+    let word = split_word(text).0.to_lowercase();
+    COMMANDS
+        .iter()
+        .find(|c| **c == word)
+        .copied()
+        .unwrap_or("echo")
+}
+
 /// The prompt's text blocks, concatenated.
 fn prompt_text(req: &PromptRequest) -> String {
     req.prompt
@@ -449,6 +480,27 @@ impl Turn {
                 self.reply("ok")
             }
             "meta" => self.reply(serde_json::to_string(&req.meta)?),
+            "telemetry" if !rest.is_empty() => {
+                self.trace.secret(rest);
+                self.reply(format!(
+                    "telemetry: {} bytes put into a span name, span and event attributes, \
+                     a log record and a metric point",
+                    rest.len()
+                ))
+            }
+            "telemetry-flood" => {
+                let n = arg.parse().unwrap_or(1000);
+                let flood = self.trace.flood(n).await;
+                let flushed = if flood.flushed {
+                    "all flushed"
+                } else {
+                    "a flush did not confirm: some may be lost"
+                };
+                self.reply(format!(
+                    "telemetry-flood: emitted {} spans and {} log records ({} flushes, {flushed})",
+                    flood.spans, flood.logs, flood.flushes
+                ))
+            }
             _ => self.echo(&text),
         }
     }
@@ -675,5 +727,23 @@ impl Turn {
         }
         self.say(format!("last={}", wall_ns()))?;
         done(StopReason::EndTurn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_label_is_a_known_word_or_echo() {
+        assert_eq!(
+            command_label("  Telemetry sk-live-123 user@example.com"),
+            "telemetry"
+        );
+        assert_eq!(command_label("telemetry-flood 10"), "telemetry-flood");
+        assert_eq!(command_label("read a.txt"), "read");
+        assert_eq!(command_label("pid"), "pid");
+        assert_eq!(command_label("hunter2 is my password"), "echo");
+        assert_eq!(command_label(""), "echo");
     }
 }
