@@ -3,6 +3,9 @@
 //! `invoke_agent` / `chat` / `execute_tool` spans under the `_meta` traceparent of each prompt
 //! (over HTTP/protobuf, HTTP/JSON and gRPC), flushes them at the end of each turn, creates
 //! nothing without the env, and a dead collector neither delays answers nor hangs its exit.
+//! Its metrics and log records travel the same way, each signal where the env routes it, with
+//! the `OTEL_EXPORTER_OTLP_HEADERS` credential; `telemetry <text>` puts the text verbatim into
+//! all three signals and `telemetry-flood <n>` delivers all of its n spans and log records.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher as _;
@@ -11,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use acpd_tests::demo_agent_bin;
-use acpd_tests::otlp::{Protocol, Receiver, RecvSpan};
+use acpd_tests::otlp::{Protocol, Receiver, RecvLog, RecvMetric, RecvSpan, Signal};
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
@@ -223,6 +226,15 @@ impl Agent {
             .await
             .context("the agent did not exit after stdin EOF")??;
         Ok((status, started.elapsed()))
+    }
+
+    /// The agent's message chunks from update `from` on, concatenated.
+    fn said(&self, from: usize) -> String {
+        self.updates[from..]
+            .iter()
+            .filter(|u| u["update"]["sessionUpdate"] == "agent_message_chunk")
+            .filter_map(|u| u["update"]["content"]["text"].as_str())
+            .collect()
     }
 
     fn junk(&self) -> Vec<String> {
@@ -438,7 +450,13 @@ async fn without_the_otlp_env_or_when_disabled_nothing_is_built() -> Result<()> 
     };
     let exporter_none = {
         let mut env = rx.otel_env();
-        env.push(("OTEL_TRACES_EXPORTER", "none".to_owned()));
+        for name in [
+            "OTEL_TRACES_EXPORTER",
+            "OTEL_METRICS_EXPORTER",
+            "OTEL_LOGS_EXPORTER",
+        ] {
+            env.push((name, "none".to_owned()));
+        }
         env
     };
     for env in [Vec::new(), disabled, exporter_none] {
@@ -502,4 +520,314 @@ async fn hanging_http_collector_is_bounded() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_grpc_collector_is_bounded() -> Result<()> {
     hanging_collector_is_bounded(Protocol::Grpc).await
+}
+
+/// What the redaction tests feed through the agent: an API key, an email address and a URL
+/// with credentials.
+const SECRET: &str = "sk-live-1234567890abcdef user@example.com https://bob:hunter2@example.com/x";
+/// The per-child credential, as acpd passes it.
+const CREDENTIAL: (&str, &str) = ("x-acpd-test-key", "cred-8d3f2a");
+/// With this interval only the agent's per-turn flush can deliver metrics within [`WAIT`].
+const NO_METRIC_TICK: (&str, &str) = ("OTEL_METRIC_EXPORT_INTERVAL", "600000");
+
+fn quiet_env(rx: &Receiver) -> Vec<(&'static str, String)> {
+    let mut env = rx.otel_env();
+    env.push((
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        format!("{}={}", CREDENTIAL.0, CREDENTIAL.1),
+    ));
+    for (k, v) in [NO_BATCH_TICK, NO_METRIC_TICK] {
+        env.push((k, v.to_owned()));
+    }
+    env
+}
+
+fn metric<'a>(metrics: &'a [RecvMetric], name: &str) -> Option<&'a RecvMetric> {
+    metrics.iter().rev().find(|m| m.name == name)
+}
+
+fn has_point(metrics: &[RecvMetric], name: &str, key: &str, value: &str) -> bool {
+    metric(metrics, name).is_some_and(|m| {
+        m.points
+            .iter()
+            .any(|p| p.attributes.get(key).and_then(Value::as_str) == Some(value))
+    })
+}
+
+fn log_of<'a>(logs: &'a [RecvLog], event: &str) -> Vec<&'a RecvLog> {
+    logs.iter().filter(|l| l.event_name == event).collect()
+}
+
+/// `telemetry <secret>` under a caller's traceparent: the secret arrives verbatim in a span
+/// name, span and event attributes, a log record's body and attribute and a metric point; the
+/// prompt's own log record and metrics arrive too, all from the turn's flush, and every export
+/// request carries the credential header.
+async fn secret_reaches_all_three_signals(protocol: Protocol) -> Result<()> {
+    let rx = Receiver::start(protocol).await?;
+    let mut agent = Agent::spawn(&quiet_env(&rx)).await?;
+    let session = agent.new_session().await?;
+    let (trace, parent) = (random_hex(2), random_hex(1));
+    let meta = json!({ "traceparent": format!("00-{trace}-{parent}-01") });
+    let from = agent.updates.len();
+    let prompt = format!("telemetry {SECRET}");
+    agent.prompt(&session, &prompt, Some(meta)).await?;
+    let reply = agent.said(from);
+    assert!(reply.starts_with("telemetry: "), "{reply:?}");
+    assert!(
+        !reply.contains("hunter2"),
+        "the reply never echoes the text"
+    );
+
+    // Spans: `demo.secret <text>` under `invoke_agent`, with the attribute and the event.
+    let spans = rx
+        .wait_for_spans(WAIT, |s| in_trace(s, &trace).len() >= 3)
+        .await?;
+    let spans = in_trace(&spans, &trace);
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let invoke = one(&spans, "invoke_agent acpd-demo-agent");
+    assert_eq!(invoke.parent_span_id, parent);
+    check_invoke(invoke, &session);
+    let secret = one(&spans, &format!("demo.secret {SECRET}"));
+    assert_eq!(secret.parent_span_id, invoke.span_id);
+    assert_eq!(secret.attr_str("demo.text"), Some(SECRET));
+    assert_eq!(secret.events.len(), 1, "{secret:#?}");
+    assert_eq!(secret.events[0].0, "demo.secret");
+    assert_eq!(secret.events[0].1.get("demo.text"), Some(&json!(SECRET)));
+    one(&spans, "chat demo-model");
+
+    // Logs: the prompt in the turn's span, the secret in the secret span.
+    let logs = rx
+        .wait_for_logs(WAIT, |l| {
+            !log_of(l, "demo.user_prompt").is_empty() && !log_of(l, "demo.secret").is_empty()
+        })
+        .await?;
+    let prompted = log_of(&logs, "demo.user_prompt");
+    assert_eq!(prompted.len(), 1, "{logs:#?}");
+    let prompted = prompted[0];
+    assert_eq!(prompted.body, prompt);
+    assert_eq!(prompted.attributes.get("prompt"), Some(&json!(prompt)));
+    assert_eq!(prompted.attributes.get("session.id"), Some(&json!(session)));
+    assert_eq!(
+        (prompted.trace_id.as_str(), prompted.span_id.as_str()),
+        (trace.as_str(), invoke.span_id.as_str())
+    );
+    assert_eq!(prompted.service_name, "acpd-demo-agent");
+    assert_eq!(prompted.severity_number, 9, "INFO");
+    assert!(prompted.time_ns > 0);
+    let logged = log_of(&logs, "demo.secret");
+    assert_eq!(logged.len(), 1, "{logs:#?}");
+    let logged = logged[0];
+    assert_eq!(logged.body, SECRET);
+    assert_eq!(logged.attributes.get("demo.text"), Some(&json!(SECRET)));
+    assert_eq!(
+        (logged.trace_id.as_str(), logged.span_id.as_str()),
+        (trace.as_str(), secret.span_id.as_str())
+    );
+
+    // Metrics: the secret as a point attribute, the prompt counted and timed by command.
+    let metrics = rx
+        .wait_for_metrics(WAIT, |m| {
+            has_point(m, "demo.secret.count", "demo.text", SECRET)
+                && has_point(m, "demo.prompts", "demo.command", "telemetry")
+                && has_point(m, "demo.turn.duration", "demo.outcome", "end_turn")
+        })
+        .await?;
+    let count = metric(&metrics, "demo.secret.count").unwrap();
+    assert_eq!((count.kind, count.is_monotonic), ("sum", true));
+    assert_eq!(count.points.len(), 1);
+    assert!((count.points[0].value - 1.0).abs() < f64::EPSILON);
+    assert_eq!(count.service_name, "acpd-demo-agent");
+    let duration = metric(&metrics, "demo.turn.duration").unwrap();
+    assert_eq!((duration.kind, duration.unit.as_str()), ("histogram", "s"));
+    let point = &duration.points[0];
+    assert_eq!(
+        point.attributes.get("demo.command"),
+        Some(&json!("telemetry"))
+    );
+    assert!((point.value - 1.0).abs() < f64::EPSILON, "{point:?}");
+
+    // Every request of every signal carried the credential.
+    let requests = rx.requests();
+    for signal in [Signal::Traces, Signal::Metrics, Signal::Logs] {
+        assert!(
+            requests.iter().any(|r| r.signal == signal),
+            "{signal:?}: {}",
+            rx.summary()
+        );
+    }
+    for r in &requests {
+        assert_eq!(
+            r.headers.get(CREDENTIAL.0).map(String::as_str),
+            Some(CREDENTIAL.1),
+            "{r:?}"
+        );
+        assert!(r.decode_error.is_none(), "{r:?}");
+    }
+
+    let (status, _) = agent.close().await?;
+    assert!(status.success(), "{status:?}; stderr {:?}", agent.stderr());
+    assert_eq!(agent.junk(), Vec::<String>::new());
+    assert_eq!(agent.stderr(), Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_in_all_signals_over_http_protobuf() -> Result<()> {
+    secret_reaches_all_three_signals(Protocol::HttpProtobuf).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_in_all_signals_over_http_json() -> Result<()> {
+    secret_reaches_all_three_signals(Protocol::HttpJson).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_in_all_signals_over_grpc() -> Result<()> {
+    secret_reaches_all_three_signals(Protocol::Grpc).await
+}
+
+/// Each signal goes where its own `OTEL_EXPORTER_OTLP_<SIGNAL>_*` variables say: traces to the
+/// general HTTP/protobuf endpoint, metrics over gRPC and logs over HTTP/JSON to receivers of
+/// their own, each with its own headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_signal_follows_its_own_endpoint_protocol_and_headers() -> Result<()> {
+    let traces = Receiver::start(Protocol::HttpProtobuf).await?;
+    let metrics = Receiver::start(Protocol::Grpc).await?;
+    let logs = Receiver::start(Protocol::HttpJson).await?;
+    let mut env = quiet_env(&traces);
+    env.extend([
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            metrics.signal_endpoint(Signal::Metrics),
+        ),
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc".to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+            "x-signal=metrics".to_owned(),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            logs.signal_endpoint(Signal::Logs),
+        ),
+        ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/json".to_owned()),
+    ]);
+    let mut agent = Agent::spawn(&env).await?;
+    let session = agent.new_session().await?;
+    agent.prompt(&session, "hello", None).await?;
+    traces.wait_for_spans(WAIT, |s| s.len() >= 2).await?;
+    metrics
+        .wait_for_metrics(WAIT, |m| {
+            has_point(m, "demo.prompts", "demo.command", "echo")
+        })
+        .await?;
+    logs.wait_for_logs(WAIT, |l| !log_of(l, "demo.user_prompt").is_empty())
+        .await?;
+    assert!(agent.close().await?.0.success());
+    let only = |rx: &Receiver, signal: Signal| {
+        let requests = rx.requests();
+        assert!(
+            requests.iter().all(|r| r.signal == signal),
+            "{signal:?}: {}",
+            rx.summary()
+        );
+        requests
+    };
+    for r in only(&traces, Signal::Traces) {
+        assert_eq!(
+            r.headers.get(CREDENTIAL.0).map(String::as_str),
+            Some(CREDENTIAL.1)
+        );
+    }
+    // A signal's own headers replace the general ones (the SDK's rule, not a merge).
+    for r in only(&metrics, Signal::Metrics) {
+        assert_eq!(
+            r.headers.get("x-signal").map(String::as_str),
+            Some("metrics")
+        );
+        assert_eq!(r.headers.get(CREDENTIAL.0), None, "{r:?}");
+    }
+    for r in only(&logs, Signal::Logs) {
+        assert_eq!(
+            r.headers.get(CREDENTIAL.0).map(String::as_str),
+            Some(CREDENTIAL.1)
+        );
+        assert_eq!(
+            r.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+    }
+    Ok(())
+}
+
+/// `OTEL_TRACES_EXPORTER=none` switches off the spans only: the prompt's log record still
+/// carries the caller's trace context (the `_meta` parent), and metrics still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_traces_logs_and_metrics_still_flow() -> Result<()> {
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let mut env = quiet_env(&rx);
+    env.push(("OTEL_TRACES_EXPORTER", "none".to_owned()));
+    let mut agent = Agent::spawn(&env).await?;
+    let session = agent.new_session().await?;
+    let (trace, parent) = (random_hex(2), random_hex(1));
+    let meta = json!({ "traceparent": format!("00-{trace}-{parent}-01") });
+    agent
+        .prompt(&session, &format!("telemetry {SECRET}"), Some(meta))
+        .await?;
+    let logs = rx
+        .wait_for_logs(WAIT, |l| log_of(l, "demo.secret").len() == 1)
+        .await?;
+    for log in &logs {
+        assert_eq!(
+            (log.trace_id.as_str(), log.span_id.as_str()),
+            (trace.as_str(), parent.as_str())
+        );
+    }
+    rx.wait_for_metrics(WAIT, |m| {
+        has_point(m, "demo.secret.count", "demo.text", SECRET)
+    })
+    .await?;
+    assert!(agent.close().await?.0.success());
+    assert!(rx.spans().is_empty(), "{}", rx.summary());
+    assert!(rx.requests().iter().all(|r| r.signal != Signal::Traces));
+    assert_eq!(agent.stderr(), Vec::<String>::new());
+    Ok(())
+}
+
+/// `telemetry-flood <n>` with n well above the SDK's default queue sizes (2048): every span and
+/// log record arrives, because the agent paces itself by the queue size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_flood_delivers_every_item() -> Result<()> {
+    const N: usize = 5000;
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let mut agent = Agent::spawn(&quiet_env(&rx)).await?;
+    let session = agent.new_session().await?;
+    let from = agent.updates.len();
+    let started = Instant::now();
+    agent
+        .prompt(&session, &format!("telemetry-flood {N}"), None)
+        .await?;
+    let took = started.elapsed();
+    let reply = agent.said(from);
+    assert!(
+        reply.starts_with(&format!(
+            "telemetry-flood: emitted {N} spans and {N} log records ("
+        )) && reply.ends_with(", all flushed)"),
+        "{reply:?}"
+    );
+    // The turn's own spans (invoke_agent, chat) and its prompt log record come on top.
+    let spans = rx.wait_for_spans(WAIT, |s| s.len() >= N + 2).await?;
+    let logs = rx.wait_for_logs(WAIT, |l| l.len() > N).await?;
+    eprintln!("flood of {N}: answered in {took:?}, {reply}");
+    let mut indexes: Vec<i64> = spans
+        .iter()
+        .filter(|s| s.name == "demo.flood")
+        .filter_map(|s| s.attr("demo.flood.index").and_then(Value::as_i64))
+        .collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    assert_eq!(indexes.len(), N, "every flood span, once");
+    assert_eq!(log_of(&logs, "demo.flood").len(), N);
+    assert!(agent.close().await?.0.success());
+    assert_eq!(agent.stderr(), Vec::<String>::new());
+    Ok(())
 }

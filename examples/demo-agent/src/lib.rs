@@ -1,9 +1,30 @@
 //! A deterministic demo ACP agent for acpd's tests and demos.
 //!
-//! It speaks ACP v1 as an agent over this process's stdin/stdout. The first word of a prompt
-//! selects a scripted behaviour (see [`run_stdio`]); anything else is echoed back.
+//! It speaks ACP v1 as an agent over this process's stdin/stdout (see [`run_stdio`]). The first
+//! word of a prompt (case-insensitive; the prompt's text blocks are concatenated) selects a
+//! scripted behaviour:
+//! - (none of the below): echo "Hello from the demo agent. You said: <text>" in ~4 chunks.
+//! - `read <rel>`: tool call + `fs/read_text_file` of `<session cwd>/<rel>`.
+//! - `write <rel> <content...>`: tool call + `session/request_permission` + `fs/write_text_file`.
+//! - `slow [n=20] [ms=250]`: n chunks "tick <i> ", one per ms; honours `session/cancel`.
+//! - `crash`: chunk "about to crash", then the process exits with code 3.
+//! - `unknown`: sends the request `demo/unknownRequest` to the client and reports its answer.
+//! - `flood <n=100> [size=1024]`: n chunks of `size` 'x' bytes.
+//! - `bench [chunks=4] [tools=0]`: no delay; the first chunk is `recv=<ns>` (wall clock when the
+//!   request arrived), then `tools` completed tool calls and filler chunks, and the last chunk is
+//!   `last=<ns>` (just before it is written): the load harness measures the daemon between them.
+//! - `env <NAME>`, `pwd`, `pid`, `stderr <text>`, `meta`: report process facts.
+//! - `telemetry <text>`: puts `<text>` verbatim into a span name (`demo.secret <text>`), span and
+//!   span event attributes, a log record body and attribute and a metric point attribute (all
+//!   `demo.text`), then replies with its length (never the text). For redaction tests: the
+//!   agent itself redacts nothing.
+//! - `telemetry-flood [n=1000]`: emits n spans and n log records as fast as the SDK takes them,
+//!   flushes, and replies "telemetry-flood: emitted <s> spans and <l> log records (<f>
+//!   flushes, all flushed)". For ingest tests: a hostile, flooding agent.
 //!
-//! With the standard OTLP environment set it also exports its own spans (see [`telemetry`]).
+//! With the standard OTLP environment set it also exports its own spans, metrics and log
+//! records, each signal as that environment says (see [`telemetry`]); the two `telemetry`
+//! commands then have something to emit into (without it they only reply).
 
 pub mod telemetry;
 
@@ -59,19 +80,8 @@ type Cx = ConnectionTo<Client>;
 
 /// Serves ACP v1 as an agent on stdin/stdout until stdin reaches EOF.
 ///
-/// Only JSON-RPC lines go to stdout; diagnostics go to stderr. Prompt commands (first word,
-/// case-insensitive; the prompt's text blocks are concatenated):
-/// - (none): echo "Hello from the demo agent. You said: <text>" in ~4 chunks.
-/// - `read <rel>`: tool call + `fs/read_text_file` of `<session cwd>/<rel>`.
-/// - `write <rel> <content...>`: tool call + `session/request_permission` + `fs/write_text_file`.
-/// - `slow [n=20] [ms=250]`: n chunks "tick <i> ", one per ms; honours `session/cancel`.
-/// - `crash`: chunk "about to crash", then the process exits with code 3.
-/// - `unknown`: sends the request `demo/unknownRequest` to the client and reports its answer.
-/// - `flood <n=100> [size=1024]`: n chunks of `size` 'x' bytes.
-/// - `bench [chunks=4] [tools=0]`: no delay; the first chunk is `recv=<ns>` (wall clock when the
-///   request arrived), then `tools` completed tool calls and filler chunks, and the last chunk is
-///   `last=<ns>` (just before it is written): the load harness measures the daemon between them.
-/// - `env <NAME>`, `pwd`, `pid`, `stderr <text>`, `meta`: report process facts.
+/// Only JSON-RPC lines go to stdout; diagnostics go to stderr. The prompt commands are listed
+/// in the crate documentation.
 ///
 /// Must run inside a tokio runtime that outlives it (OTLP export, when enabled, uses it).
 pub async fn run_stdio() -> anyhow::Result<()> {

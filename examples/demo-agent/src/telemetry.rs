@@ -41,6 +41,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use agent_client_protocol::Error;
 use agent_client_protocol::v1::schema::{Meta, PromptResponse};
+use futures::channel::oneshot;
 use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _};
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
@@ -52,6 +53,7 @@ use opentelemetry_otlp::{
     ExporterBuildError, LogExporter, MetricExporter, Protocol, SpanExporter, WithExportConfig as _,
 };
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -339,44 +341,43 @@ impl Telemetry {
         }
     }
 
-    /// Runs one blocking call per exported signal, concurrently on the blocking pool, and waits
-    /// for them until `deadline`. Returns the signals that did not confirm, with the reason.
+    /// Runs one blocking call per exported signal, concurrently, each on a thread of its own,
+    /// and waits for them until `deadline`. Returns the signals that did not confirm, with the
+    /// reason.
+    ///
+    /// Not on tokio's blocking pool: the runtime waits for those threads when it shuts down,
+    /// and a metric flush is bounded only by the export timeout (the SDK waits for the periodic
+    /// reader without a deadline), so a dead collector would hold the exit for 10 s. A thread
+    /// still waiting when the process exits just ends with it.
     async fn each_provider(
         &self,
         deadline: tokio::time::Instant,
-        traces: impl FnOnce(SdkTracerProvider) -> opentelemetry_sdk::error::OTelSdkResult
-        + Send
-        + 'static,
-        metrics: impl FnOnce(SdkMeterProvider) -> opentelemetry_sdk::error::OTelSdkResult
-        + Send
-        + 'static,
-        logs: impl FnOnce(SdkLoggerProvider) -> opentelemetry_sdk::error::OTelSdkResult + Send + 'static,
+        traces: impl FnOnce(SdkTracerProvider) -> OTelSdkResult + Send + 'static,
+        metrics: impl FnOnce(SdkMeterProvider) -> OTelSdkResult + Send + 'static,
+        logs: impl FnOnce(SdkLoggerProvider) -> OTelSdkResult + Send + 'static,
     ) -> Vec<(Signal, String)> {
         let mut jobs = Vec::new();
         if let Some(t) = &self.traces {
             let p = t.provider.clone();
-            jobs.push((
-                Signal::Traces,
-                tokio::task::spawn_blocking(move || traces(p)),
-            ));
+            jobs.push((Signal::Traces, detached(move || traces(p))));
         }
         if let Some(m) = &self.metrics {
             let p = m.provider.clone();
-            jobs.push((
-                Signal::Metrics,
-                tokio::task::spawn_blocking(move || metrics(p)),
-            ));
+            jobs.push((Signal::Metrics, detached(move || metrics(p))));
         }
         if let Some(l) = &self.logs {
             let p = l.provider.clone();
-            jobs.push((Signal::Logs, tokio::task::spawn_blocking(move || logs(p))));
+            jobs.push((Signal::Logs, detached(move || logs(p))));
         }
         let waits = jobs.into_iter().map(|(signal, job)| async move {
-            let problem = match tokio::time::timeout_at(deadline, job).await {
-                Ok(Ok(Ok(()))) => return None,
-                Ok(Ok(Err(e))) => e.to_string(),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "no answer in time".to_owned(),
+            let problem = match job {
+                Err(e) => format!("no thread for it: {e}"),
+                Ok(answer) => match tokio::time::timeout_at(deadline, answer).await {
+                    Ok(Ok(Ok(()))) => return None,
+                    Ok(Ok(Err(e))) => e.to_string(),
+                    Ok(Err(_)) => "the call panicked".to_owned(),
+                    Err(_) => "no answer in time".to_owned(),
+                },
             };
             Some((signal, problem))
         });
@@ -425,6 +426,19 @@ impl Telemetry {
             eprintln!("{AGENT_NAME}: telemetry shutdown ({what}): {problem}");
         }
     }
+}
+
+/// Starts `call` on a new thread; its result arrives on the returned channel.
+fn detached<T: Send + 'static>(
+    call: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<oneshot::Receiver<T>> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("otel-flush".to_owned())
+        .spawn(move || {
+            let _ = tx.send(call());
+        })?;
+    Ok(rx)
 }
 
 /// Reads W3C trace context from a request's `_meta`: root keys `traceparent`/`tracestate`,
