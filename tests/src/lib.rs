@@ -4,6 +4,7 @@
 
 pub mod guests;
 pub mod load;
+pub mod mock_llm;
 pub mod otlp;
 
 use anyhow::{Context, Result, anyhow, bail};
