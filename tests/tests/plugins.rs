@@ -191,7 +191,8 @@ async fn first_party_plugins_redact_enrich_and_translate_end_to_end() -> anyhow:
                 s.name == "bridge prompt.dispatch"
                     && s.attr_str("acpd.prompt.id") == Some(&prompt_id)
             }) && spans.iter().any(|s| {
-                s.name.starts_with("execute_tool") && s.attr("gen_ai.tool.call.arguments").is_some()
+                s.name.starts_with("acpd.tool_call")
+                    && s.attr("gen_ai.tool.call.arguments").is_some()
             })
         })
         .await?;
@@ -216,7 +217,7 @@ async fn first_party_plugins_redact_enrich_and_translate_end_to_end() -> anyhow:
     let tool = spans
         .iter()
         .find(|s| {
-            s.name.starts_with("execute_tool") && s.attr("gen_ai.tool.call.arguments").is_some()
+            s.name.starts_with("acpd.tool_call") && s.attr("gen_ai.tool.call.arguments").is_some()
         })
         .unwrap();
     let args = tool.attr_str("gen_ai.tool.call.arguments").unwrap();

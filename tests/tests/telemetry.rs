@@ -85,7 +85,7 @@ async fn one_trace_across_the_process_boundary(protocol: Protocol) -> anyhow::Re
                 "chat",
                 "execute_tool write",
                 "permission.wait",
-                "execute_tool Write",
+                "acpd.tool_call edit",
             ]
             .iter()
             .all(|n| t.iter().any(|s| s.name.starts_with(n)))
@@ -114,10 +114,14 @@ async fn one_trace_across_the_process_boundary(protocol: Protocol) -> anyhow::Re
     assert_eq!(acp.kind, 3, "CLIENT");
     assert_eq!(acp.attributes["rpc.system"], "jsonrpc");
     assert!(
-        child_of(&trace, acp, "execute_tool Write"),
+        child_of(&trace, acp, "acpd.tool_call edit"),
         "daemon-observed tool span under the ACP span"
     );
-    assert!(child_of(&trace, acp, "permission.wait"));
+    let tool = find(&trace, "acpd.tool_call edit").unwrap();
+    assert!(
+        child_of(&trace, tool, "permission.wait"),
+        "the permission wait under the tool call that asked"
+    );
     // Across the process boundary: the agent's spans hang under the ACP client span.
     let agent = trace
         .iter()

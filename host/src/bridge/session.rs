@@ -18,7 +18,9 @@ use super::trace::{self, TurnTrace};
 use crate::acp::{AgentConn, PromptError, SessionSink};
 use crate::child::ExitInfo;
 use crate::error::{ApiError, Surface, client_visible};
-use crate::telemetry::semconv::PERMISSION_DECISION;
+use crate::telemetry::semconv::{
+    PERMISSION_DECISION, PERMISSION_OPTION_KIND, PERMISSION_REQUEST_ID, PROMPT_ID,
+};
 use crate::telemetry::{propagation, spans};
 use opentelemetry::KeyValue;
 
@@ -87,9 +89,22 @@ struct Running {
 }
 
 struct Pending {
-    options: Vec<String>,
+    /// Option ids with their ACP kinds (`allow_once`, ...), as the agent offered them.
+    options: Vec<(String, String)>,
     reply: oneshot::Sender<RequestPermissionOutcome>,
     span: opentelemetry::Context,
+    /// The prompt whose turn asked.
+    prompt: Option<String>,
+}
+
+/// What a vote decided, for the vote request's span.
+pub struct Voted {
+    /// The selected option id, or `cancelled`.
+    pub decision: String,
+    /// The selected option's ACP kind.
+    pub option_kind: Option<String>,
+    /// The prompt whose turn asked.
+    pub prompt_id: Option<String>,
 }
 
 impl Prompt {
@@ -203,6 +218,14 @@ impl Session {
         }
     }
 
+    /// `X-Qwen-Client-Id` when this session issued it, else nothing: for routes whose contract
+    /// does not include the header (never refused there, and not counted as the client's
+    /// activity either).
+    pub fn issued_client(&self, header: Option<&str>) -> Option<String> {
+        let id = header?;
+        self.lock().clients.contains_key(id).then(|| id.to_string())
+    }
+
     // ---- prompt queue -----------------------------------------------------------------
 
     /// Admits a prompt (FIFO, cap includes the running one). Returns the bus's last id before it.
@@ -295,6 +318,10 @@ impl Session {
             "session.cancel",
             &self.id,
             st.running.as_ref().map(|r| &r.trace.dispatch),
+            st.running
+                .iter()
+                .map(|r| KeyValue::new(PROMPT_ID, r.id.clone()))
+                .collect(),
         );
         let r = st.running.as_ref()?;
         if !r.cancel.is_cancelled() {
@@ -558,7 +585,7 @@ impl Session {
         request_id: &str,
         outcome: &Value,
         voter: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Voted, ApiError> {
         let parsed = match outcome.get("outcome").and_then(Value::as_str) {
             Some("selected") => match outcome.get("optionId").and_then(Value::as_str) {
                 Some(o) => Some(o.to_string()),
@@ -584,26 +611,60 @@ impl Session {
             )
             .with("requestId", request_id));
         };
-        if let Some(o) = &parsed
-            && !p.options.contains(o)
-        {
-            return Err(
-                ApiError::new(400, "invalid_option_id", format!("Unknown optionId: {o}"))
+        let option_kind = match &parsed {
+            Some(o) => match p.options.iter().find(|(id, _)| id == o) {
+                Some((_, kind)) => Some(kind.clone()),
+                None => {
+                    return Err(ApiError::new(
+                        400,
+                        "invalid_option_id",
+                        format!("Unknown optionId: {o}"),
+                    )
                     .with("requestId", request_id)
-                    .with("validOptionIds", p.options.clone()),
-            );
-        }
+                    .with(
+                        "validOptionIds",
+                        p.options
+                            .iter()
+                            .map(|(id, _)| id.clone())
+                            .collect::<Vec<_>>(),
+                    ));
+                }
+            },
+            None => None,
+        };
+        let voted = Voted {
+            decision: parsed.clone().unwrap_or_else(|| "cancelled".to_string()),
+            option_kind,
+            prompt_id: p.prompt.clone(),
+        };
         let outcome = match parsed {
             Some(o) => RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(o)),
             None => RequestPermissionOutcome::Cancelled,
         };
+        let mut attrs = vec![
+            KeyValue::new(PERMISSION_REQUEST_ID, request_id.to_string()),
+            KeyValue::new(PERMISSION_DECISION, voted.decision.clone()),
+        ];
+        attrs.extend(
+            voted
+                .option_kind
+                .iter()
+                .map(|k| KeyValue::new(PERMISSION_OPTION_KIND, k.clone())),
+        );
+        attrs.extend(
+            voted
+                .prompt_id
+                .iter()
+                .map(|p| KeyValue::new(PROMPT_ID, p.clone())),
+        );
         trace::linked_operation(
             "permission.vote",
             &self.id,
             st.running.as_ref().map(|r| &r.trace.dispatch),
+            attrs,
         );
         self.resolve(&mut st, request_id, outcome, voter);
-        Ok(())
+        Ok(voted)
     }
 
     fn resolve(
@@ -619,6 +680,9 @@ impl Session {
                 _ if voter.is_none() => "cancelled_by_daemon".to_string(),
                 _ => "cancelled".to_string(),
             };
+            if let Some((_, kind)) = p.options.iter().find(|(id, _)| *id == decision) {
+                spans::set(&p.span, KeyValue::new(PERMISSION_OPTION_KIND, kind.clone()));
+            }
             spans::set(&p.span, KeyValue::new(PERMISSION_DECISION, decision));
             spans::end(&p.span);
             let shown = serde_json::to_value(&outcome).unwrap_or(Value::Null);
@@ -747,13 +811,15 @@ impl SessionSink for Session {
     ) {
         let request_id = uuid::Uuid::new_v4().to_string();
         let mut st = self.lock();
+        let tool_call = request.tool_call.tool_call_id.to_string();
         let parent = st
             .running
             .as_ref()
             .map_or_else(opentelemetry::Context::current, |r| {
-                r.trace.parent().clone()
+                r.trace.permission_parent(&tool_call).clone()
             });
-        let span = trace::permission_wait(&parent, &self.id, &request_id);
+        let prompt = st.running.as_ref().map(|r| r.id.clone());
+        let span = trace::permission_wait(&parent, &self.id, &request_id, prompt.as_deref());
         if st.life == Life::Closed {
             return; // dropping `reply` answers cancelled
         }
@@ -765,10 +831,16 @@ impl SessionSink for Session {
             tracing::warn!(session.id = %self.id, "too many pending permission requests; answering cancelled");
             return;
         }
-        let options: Vec<String> = request
+        let options: Vec<(String, String)> = request
             .options
             .iter()
-            .map(|o| o.option_id.to_string())
+            .map(|o| {
+                let kind = serde_json::to_value(o.kind)
+                    .ok()
+                    .and_then(|k| k.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                (o.option_id.to_string(), kind)
+            })
             .collect();
         st.permissions.insert(
             request_id.clone(),
@@ -776,9 +848,9 @@ impl SessionSink for Session {
                 options,
                 reply,
                 span,
+                prompt: prompt.clone(),
             },
         );
-        let prompt = st.running.as_ref().map(|r| r.id.clone());
         let originator = st.running.as_ref().and_then(|r| r.originator.clone());
         self.bus.publish(
             "permission_request",

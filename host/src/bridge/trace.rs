@@ -1,6 +1,15 @@
 //! The telemetry of one turn: `bridge prompt.dispatch` (admission to end, under the request
 //! span), `acp session/prompt` (whose context goes to the agent), and the daemon-observed
-//! `execute_tool` and `permission.wait` spans under it.
+//! `acpd.tool_call <kind>` and `permission.wait` spans under it.
+//!
+//! The tool span is the daemon's *observation* of an ACP tool call (from `tool_call` to its
+//! final `tool_call_update`), not a tool execution: the agent runs the tool and, when it is
+//! instrumented (Qwen Code, the demo agent), emits its own `execute_tool` span for the same
+//! `gen_ai.tool.call.id`. A GenAI backend must count that one, once. So the daemon's span has
+//! no `gen_ai.operation.name` and is classified `CHAIN` for OpenInference (Phoenix would
+//! otherwise call any span with `gen_ai.tool.*` keys a TOOL), keeps `gen_ai.tool.call.id` as the
+//! join key to the agent's span, and is named from the bounded ACP `kind`, the free-text title
+//! (often a file path) going to `acpd.tool.title`.
 
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
@@ -101,35 +110,34 @@ impl TurnTrace {
         self.acp.as_ref().unwrap_or(&self.dispatch)
     }
 
-    /// Opens an `execute_tool` span at `tool_call` and ends it at a final `tool_call_update`.
+    /// Opens an `acpd.tool_call <kind>` span at `tool_call` and ends it at a final
+    /// `tool_call_update` (see the module comment for why it is not an `execute_tool` span).
     pub fn observe(&mut self, session_id: &str, update: &Value) {
         let kind = update.get("sessionUpdate").and_then(Value::as_str);
         let Some(id) = update.get("toolCallId").and_then(Value::as_str) else {
             return;
         };
         if kind == Some("tool_call") && !self.tools.contains_key(id) {
-            let title = update
-                .get("title")
-                .and_then(Value::as_str)
-                .unwrap_or("tool");
-            let tool_kind = update
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or("other");
+            let tool_kind = tool_kind(update.get("kind").and_then(Value::as_str));
             let mut attrs = vec![
-                KeyValue::new(GEN_AI_OPERATION_NAME, "execute_tool"),
-                KeyValue::new(GEN_AI_TOOL_NAME, title.to_string()),
+                KeyValue::new(TOOL_KIND, tool_kind),
                 KeyValue::new(GEN_AI_TOOL_CALL_ID, id.to_string()),
-                KeyValue::new(GEN_AI_TOOL_TYPE, tool_kind.to_string()),
+                // Every ACP tool call is a function the model called (not an extension or a
+                // datastore, the other GenAI values).
+                KeyValue::new(GEN_AI_TOOL_TYPE_KEY, "function"),
+                KeyValue::new(OPENINFERENCE_SPAN_KIND, "CHAIN"),
                 KeyValue::new(SESSION_ID, session_id.to_string()),
             ];
+            if let Some(title) = update.get("title").and_then(Value::as_str) {
+                attrs.push(KeyValue::new(TOOL_TITLE, title.to_string()));
+            }
             if crate::telemetry::capture_content()
                 && let Some(input) = update.get("rawInput")
             {
                 attrs.push(KeyValue::new(GEN_AI_TOOL_CALL_ARGUMENTS, input.to_string()));
             }
             let cx = spans::start(
-                format!("execute_tool {title}"),
+                format!("acpd.tool_call {tool_kind}"),
                 SpanKind::Internal,
                 self.parent(),
                 attrs,
@@ -149,6 +157,14 @@ impl TurnTrace {
             }
             spans::end(&cx);
         }
+    }
+
+    /// Where a permission request's `permission.wait` span hangs: under the open span of the
+    /// tool call it asks about (the wait is part of that call), else under the turn.
+    pub fn permission_parent(&self, tool_call_id: &str) -> &Context {
+        self.tools
+            .get(tool_call_id)
+            .unwrap_or_else(|| self.parent())
     }
 
     /// Ends every span of the turn with its outcome.
@@ -206,33 +222,79 @@ impl TurnTrace {
     }
 }
 
-/// A `permission.wait` span, from the agent's request to the vote or timeout.
-pub fn permission_wait(parent: &Context, session_id: &str, request_id: &str) -> Context {
-    spans::start(
-        "permission.wait",
-        SpanKind::Internal,
-        parent,
-        vec![
-            KeyValue::new(SESSION_ID, session_id.to_string()),
-            KeyValue::new(PERMISSION_REQUEST_ID, request_id.to_string()),
-        ],
-    )
+/// The ACP `ToolKind`s; anything else an agent sends is `other`, so span names stay a small,
+/// fixed set whatever the agent puts there.
+const TOOL_KINDS: &[&str] = &[
+    "read",
+    "edit",
+    "delete",
+    "move",
+    "search",
+    "execute",
+    "think",
+    "fetch",
+    "switch_mode",
+    "other",
+];
+
+fn tool_kind(kind: Option<&str>) -> &'static str {
+    kind.and_then(|k| TOOL_KINDS.iter().copied().find(|known| *known == k))
+        .unwrap_or("other")
 }
 
-/// A short bridge span in the current request's trace, linked to the prompt it acts on.
-pub fn linked_operation(operation: &'static str, session_id: &str, target: Option<&Context>) {
+/// A `permission.wait` span, from the agent's request to the vote or timeout.
+pub fn permission_wait(
+    parent: &Context,
+    session_id: &str,
+    request_id: &str,
+    prompt_id: Option<&str>,
+) -> Context {
+    let mut attrs = vec![
+        KeyValue::new(SESSION_ID, session_id.to_string()),
+        KeyValue::new(PERMISSION_REQUEST_ID, request_id.to_string()),
+    ];
+    if let Some(p) = prompt_id {
+        attrs.push(KeyValue::new(PROMPT_ID, p.to_string()));
+    }
+    spans::start("permission.wait", SpanKind::Internal, parent, attrs)
+}
+
+/// A short bridge span in the current request's trace, linked to the prompt it acts on, with
+/// the facts of what it did (`attrs`).
+pub fn linked_operation(
+    operation: &'static str,
+    session_id: &str,
+    target: Option<&Context>,
+    attrs: Vec<KeyValue>,
+) {
     let links = target
         .map(|cx| vec![spans::span_context(cx)])
         .unwrap_or_default();
+    let mut all = vec![
+        KeyValue::new(BRIDGE_OPERATION, operation),
+        KeyValue::new(SESSION_ID, session_id.to_string()),
+    ];
+    all.extend(attrs);
     let cx = spans::start_linked(
         format!("bridge {operation}"),
         SpanKind::Internal,
         &Context::current(),
-        vec![
-            KeyValue::new(BRIDGE_OPERATION, operation),
-            KeyValue::new(SESSION_ID, session_id.to_string()),
-        ],
+        all,
         links,
     );
     spans::end(&cx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tool_kind;
+
+    #[test]
+    fn tool_kinds_are_a_closed_set() {
+        assert_eq!(tool_kind(Some("edit")), "edit");
+        assert_eq!(tool_kind(Some("switch_mode")), "switch_mode");
+        assert_eq!(tool_kind(None), "other");
+        // An agent's invention (or a path) never reaches a span name.
+        assert_eq!(tool_kind(Some("Write target/notes.txt")), "other");
+    }
 }

@@ -14,7 +14,10 @@ use super::schema::{Empty, ErrorBody, HeartbeatBody, PromptAccepted, SessionInfo
 use super::{AppState, time};
 use crate::bridge::{CreateScope, Prompt, Session};
 use crate::error::ApiError;
-use crate::telemetry::semconv::{CLIENT_ID, PROMPT_ID, WORKSPACE_ID};
+use crate::telemetry::semconv::{
+    CLIENT_ID, PERMISSION_DECISION, PERMISSION_OPTION_KIND, PERMISSION_REQUEST_ID, PROMPT_ID,
+    WORKSPACE_ID,
+};
 use crate::telemetry::spans::{request_fact, session_fact};
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -102,20 +105,45 @@ pub struct CreateBody {
     meta: Option<Meta>,
 }
 
-/// The session, recorded on the request span once it is known to exist.
-fn found(state: &AppState, id: &str) -> Result<std::sync::Arc<Session>> {
-    let s = state.bridge.session(id)?;
-    session_fact(&s.id);
-    request_fact(WORKSPACE_ID, &s.workspace.id);
-    Ok(s)
+/// How a session-scoped route treats `X-Qwen-Client-Id`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClientHeader {
+    /// Part of the route's contract: when present it must be one this session issued (400
+    /// `invalid_client_id` otherwise).
+    Checked,
+    /// Not part of the route's contract (status, close, pending list): never refused, recorded
+    /// only when this session issued it, so a backend still sees who asked.
+    Noted,
 }
 
-fn checked_client(s: &Session, headers: &HeaderMap) -> Result<Option<String>> {
-    let client = s.check_client(client_header(headers))?;
+/// The session a session-scoped request acts on, and its validated client. Every route under
+/// `/session/{id}` goes through here, so each of their server spans carries `session.id`,
+/// `acpd.workspace.id` and (when known) `acpd.client.id`: an operator filtering a backend by
+/// session finds the cancel, vote, status and stream requests next to the prompts.
+pub(super) fn session_scope(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    client: ClientHeader,
+) -> Result<(std::sync::Arc<Session>, Option<String>)> {
+    let s = state.bridge.session(id)?;
+    record_session(&s);
+    let header = client_header(headers);
+    let client = match client {
+        ClientHeader::Checked => s.check_client(header)?,
+        ClientHeader::Noted => s.issued_client(header),
+    };
     if let Some(c) = &client {
         request_fact(CLIENT_ID, c);
     }
-    Ok(client)
+    Ok((s, client))
+}
+
+/// The session's facts on the request span, once it is known to exist (an id that names no
+/// session is not recorded: it is client input, and already in `url.path`).
+fn record_session(s: &Session) {
+    session_fact(&s.id);
+    request_fact(WORKSPACE_ID, &s.workspace.id);
 }
 
 fn session_body(s: &Session, attached: bool, client_id: &str) -> SessionInfo {
@@ -187,7 +215,9 @@ pub async fn load_session(
     JsonBody(_): JsonBody<serde_json::Map<String, Value>>,
 ) -> Result<Json<SessionInfo>> {
     let s = state.bridge.load_session(&id, None).await?;
+    record_session(&s);
     let client_id = s.attach_client(client_header(&headers));
+    request_fact(CLIENT_ID, &client_id);
     let mut body = session_body(&s, true, &client_id);
     body.last_event_id = Some(s.bus.last_id());
     Ok(Json(body))
@@ -220,8 +250,7 @@ pub async fn prompt(
     headers: HeaderMap,
     JsonBody(body): JsonBody<PromptBody>,
 ) -> Result<Response> {
-    let s = found(&state, &id)?;
-    let client = checked_client(&s, &headers)?;
+    let (s, client) = session_scope(&state, &id, &headers, ClientHeader::Checked)?;
     if body.prompt.is_empty() {
         return Err(ApiError::invalid_request(
             "prompt must contain at least one content block",
@@ -252,9 +281,10 @@ pub async fn cancel(
     headers: HeaderMap,
     JsonBody(_): JsonBody<serde_json::Map<String, Value>>,
 ) -> Result<StatusCode> {
-    let s = state.bridge.session(&id)?;
-    s.check_client(client_header(&headers))?;
-    s.cancel_running();
+    let (s, _) = session_scope(&state, &id, &headers, ClientHeader::Checked)?;
+    if let Some(prompt) = s.cancel_running() {
+        request_fact(PROMPT_ID, &prompt);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -281,9 +311,18 @@ pub async fn vote(
     headers: HeaderMap,
     JsonBody(body): JsonBody<VoteBody>,
 ) -> Result<Json<Empty>> {
-    let s = found(&state, &id)?;
-    let client = checked_client(&s, &headers)?;
-    s.vote(&request_id, &body.outcome, client.as_deref())?;
+    let (s, client) = session_scope(&state, &id, &headers, ClientHeader::Checked)?;
+    let voted = s.vote(&request_id, &body.outcome, client.as_deref())?;
+    // Recorded once the request is known to be pending: a path segment that names nothing
+    // is client input, already in `url.path`.
+    request_fact(PERMISSION_REQUEST_ID, &request_id);
+    request_fact(PERMISSION_DECISION, &voted.decision);
+    if let Some(kind) = &voted.option_kind {
+        request_fact(PERMISSION_OPTION_KIND, kind);
+    }
+    if let Some(prompt) = &voted.prompt_id {
+        request_fact(PROMPT_ID, prompt);
+    }
     Ok(Json(Empty {}))
 }
 
@@ -296,8 +335,9 @@ pub async fn vote(
 pub async fn pending_prompts(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let s = state.bridge.session(&id)?;
+    let (s, _) = session_scope(&state, &id, &headers, ClientHeader::Noted)?;
     Ok(Json(json!({"pendingPrompts": s.pending_prompts()})))
 }
 
@@ -316,9 +356,9 @@ pub async fn delete_pending(
     Path((id, prompt_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode> {
-    let s = state.bridge.session(&id)?;
-    s.check_client(client_header(&headers))?;
+    let (s, _) = session_scope(&state, &id, &headers, ClientHeader::Checked)?;
     s.remove_queued(&prompt_id)?;
+    request_fact(PROMPT_ID, &prompt_id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -334,9 +374,8 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<HeartbeatBody>> {
-    let s = state.bridge.session(&id)?;
-    let client = s
-        .check_client(client_header(&headers))?
+    let (s, client) = session_scope(&state, &id, &headers, ClientHeader::Checked)?;
+    let client = client
         .ok_or_else(|| ApiError::new(400, "invalid_client_id", "X-Qwen-Client-Id is required"))?;
     Ok(Json(HeartbeatBody {
         session_id: s.id.clone(),
@@ -351,8 +390,13 @@ pub async fn heartbeat(
         (status = 200, description = "Session status", body = super::schema::SessionStatus),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
     ))]
-pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
-    Ok(Json(state.bridge.session(&id)?.status()))
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    let (s, _) = session_scope(&state, &id, &headers, ClientHeader::Noted)?;
+    Ok(Json(s.status()))
 }
 
 #[utoipa::path(delete, path = "/session/{id}", tag = "sessions",
@@ -361,7 +405,13 @@ pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Re
         (status = 204, description = "Closed: `session_closed` is published, then its streams end"),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
     ))]
-pub async fn close(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
+pub async fn close(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode> {
+    // Recorded before the close removes it; a concurrent close still answers 404 below.
+    session_scope(&state, &id, &headers, ClientHeader::Noted)?;
     state.bridge.close_session(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }

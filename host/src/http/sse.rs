@@ -13,7 +13,6 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use super::AppState;
-use super::routes::client_header;
 use crate::bridge::events::{Next, Subscription};
 use crate::error::ApiError;
 use crate::telemetry::metrics;
@@ -90,8 +89,8 @@ pub async fn events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = state.bridge.session(&id)?;
-    session.check_client(client_header(&headers))?;
+    let (session, _) =
+        super::routes::session_scope(&state, &id, &headers, super::routes::ClientHeader::Checked)?;
     let last_event_id = parse_last_event_id(&headers)?;
     let sub = session
         .bus

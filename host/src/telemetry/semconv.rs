@@ -32,6 +32,11 @@ pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
 pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";
 pub const GEN_AI_TOOL_CALL_ID: &str = "gen_ai.tool.call.id";
 pub const GEN_AI_TOOL_TYPE: &str = "acpd.tool.kind";
+/// The GenAI `gen_ai.tool.type` key (`function`, `extension`, `datastore`); `GEN_AI_TOOL_TYPE`
+/// above is, despite its name, acpd's own ACP-kind key (`TOOL_KIND`).
+pub const GEN_AI_TOOL_TYPE_KEY: &str = "gen_ai.tool.type";
+/// OpenInference's span classification (Arize Phoenix reads it before any `gen_ai.*` key).
+pub const OPENINFERENCE_SPAN_KIND: &str = "openinference.span.kind";
 
 // acpd
 pub const SESSION_ID: &str = "session.id";
@@ -49,6 +54,12 @@ pub const AGENT_LOAD_SESSION: &str = "acpd.agent.load_session";
 pub const PERMISSION_DECISION: &str = "acpd.permission.decision";
 pub const PERMISSION_REQUEST_ID: &str = "acpd.permission.request_id";
 pub const TOOL_STATUS: &str = "acpd.tool.status";
+/// The ACP `kind` of a tool call (`read`, `edit`, ..., `other`): names the daemon's tool span.
+pub const TOOL_KIND: &str = "acpd.tool.kind";
+/// The ACP tool call's human-readable `title` (often holds a path: never in a span name).
+pub const TOOL_TITLE: &str = "acpd.tool.title";
+/// The ACP `kind` of the permission option a vote selected (`allow_once`, `reject_always`, ...).
+pub const PERMISSION_OPTION_KIND: &str = "acpd.permission.option_kind";
 pub const SSE_REASON: &str = "acpd.sse.reason";
 pub const SIGNAL: &str = "acpd.signal";
 /// Where a telemetry item was dropped: `export_queue` (lost to OTLP and the view),
