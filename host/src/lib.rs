@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod gateway;
 pub mod http;
 pub mod plugin_cli;
 pub mod plugins;

@@ -332,9 +332,7 @@ fn log_from_json(v: &Json) -> LogItem {
             .as_str()
             .map(|b| AnyValue::String(b.to_string().into())),
         severity: v["severity"].as_u64().unwrap_or(9).min(24) as u8,
-        event_name: v["event_name"]
-            .as_str()
-            .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
+        event_name: v["event_name"].as_str().map(|s| s.to_string().into()),
         attrs: attrs_from_json(&v["attributes"])
             .into_iter()
             .map(|(k, v)| (Key::from(k), value_to_any(v)))

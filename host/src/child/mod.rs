@@ -76,7 +76,8 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
         Ok((c, _, _)) => {
             spans::set(&span, KeyValue::new(PROCESS_PID, i64::from(c.pid)));
             spans::set(&span, KeyValue::new(CHILD_ID, c.id.clone()));
-            // The `child` hook: enrichment for the lifecycle span.
+            // The `child` hook: enrichment for the lifecycle span, and for everything the
+            // child's own telemetry sends through the gateway.
             if let Some(set) = crate::plugins::current()
                 && set.has(crate::plugins::Hook::Child)
             {
@@ -86,8 +87,12 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<(ChildProc, ChildStdin, ChildS
                     (PROCESS_PID, i64::from(c.pid).into()),
                     (PROCESS_EXECUTABLE_NAME, exe.clone().into()),
                 ];
-                for kv in set.observe(crate::plugins::Hook::Child, &facts) {
-                    spans::set(&span, kv);
+                let added = set.observe(crate::plugins::Hook::Child, &facts);
+                for kv in &added {
+                    spans::set(&span, kv.clone());
+                }
+                if let Some(g) = crate::gateway::current() {
+                    g.enrich_child(&c.id, added);
                 }
             }
             metrics()
@@ -106,12 +111,14 @@ fn spawn_process(
     spec: &SpawnSpec,
     span: &Context,
 ) -> std::io::Result<(ChildProc, ChildStdin, ChildStdout)> {
+    let id = format!("child-{}", NEXT_CHILD.fetch_add(1, Ordering::Relaxed));
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .envs(propagation::env(span))
+        .envs(gateway_credentials(spec, &id))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -119,11 +126,14 @@ fn spawn_process(
         // daemon's terminal does not hit the agent before the daemon drains it.
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
+    let mut child = cmd.spawn().inspect_err(|_| {
+        if let Some(g) = crate::gateway::current() {
+            g.forget_child(&id);
+        }
+    })?;
     let pid = child
         .id()
         .ok_or_else(|| std::io::Error::other("child exited at spawn"))?;
-    let id = format!("child-{}", NEXT_CHILD.fetch_add(1, Ordering::Relaxed));
     let stdin = child
         .stdin
         .take()
@@ -204,6 +214,12 @@ fn spawn_process(
                 tracing::warn!(name: "acpd.child.exit", target: "acpd::child", { "acpd.child.id" = %id, "process.exit.code" = code, "acpd.process.signal" = signal, "acpd.child.expected" = false }, "agent child exited unexpectedly");
             }
             let _ = exit_tx.send(Some(info));
+            // Its credential goes after a grace: what it sent just before exiting may still be
+            // on its way in.
+            if let Some(g) = crate::gateway::current() {
+                tokio::time::sleep(CREDENTIAL_GRACE).await;
+                g.forget_child(&id);
+            }
         });
     }
     Ok((
@@ -218,6 +234,25 @@ fn spawn_process(
         stdin,
         stdout,
     ))
+}
+
+/// How long a child's telemetry credential outlives the child.
+const CREDENTIAL_GRACE: Duration = Duration::from_secs(2);
+
+/// The child's own telemetry credential, when its environment points it at the gateway (an
+/// operator's `[agent.env]` may send it elsewhere, and then it gets none).
+fn gateway_credentials(spec: &SpawnSpec, child_id: &str) -> Vec<(String, String)> {
+    let Some(g) = crate::gateway::current() else {
+        return Vec::new();
+    };
+    let ours = spec
+        .env
+        .iter()
+        .any(|(k, v)| k == "OTEL_EXPORTER_OTLP_ENDPOINT" && v == g.endpoint());
+    if !ours {
+        return Vec::new();
+    }
+    g.credentials(child_id, &crate::bridge::workspace_id(&spec.cwd))
 }
 
 async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(

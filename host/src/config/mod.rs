@@ -97,9 +97,13 @@ pub struct TelemetryConfig {
     /// The trace view keeps this many recent traces, each up to `view_spans_per_trace` spans.
     pub view_traces: usize,
     pub view_spans_per_trace: usize,
-    /// Agents without a configured collector export to the daemon itself (a loopback OTLP
-    /// endpoint), so their spans show in the trace view.
+    /// Agents export their telemetry to the daemon (a loopback OTLP endpoint, each child with
+    /// its own credential): it passes the enrichment and redaction plugins, shows in the trace
+    /// view and goes on to the collector. false: agents get no telemetry endpoint from acpd.
     pub agent_ingest: bool,
+    /// With a collector configured, agents export straight to it, past the plugins: their
+    /// telemetry is NOT redacted. Off by default.
+    pub agent_direct: bool,
     /// Record prompt text (`gen_ai.input.messages`) and tool arguments
     /// (`gen_ai.tool.call.arguments`) on spans. Off by default: content is the user's; turn it
     /// on with a redaction plugin in place.
@@ -130,6 +134,7 @@ impl Default for TelemetryConfig {
             view_traces: 200,
             view_spans_per_trace: 2000,
             agent_ingest: true,
+            agent_direct: false,
             capture_content: false,
         }
     }

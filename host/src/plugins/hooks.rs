@@ -60,6 +60,7 @@ const STRUCTURAL: &[&str] = &[
     "process.exit.code",
     "acpd.process.signal",
     "event.name",
+    "acpd.drop.source",
 ];
 
 pub fn structural(key: &str) -> bool {
@@ -129,7 +130,7 @@ pub fn safety_net_spans(batch: &mut [SpanData]) {
 pub struct LogItem {
     pub body: Option<AnyValue>,
     pub severity: u8,
-    pub event_name: Option<&'static str>,
+    pub event_name: Option<std::borrow::Cow<'static, str>>,
     pub attrs: Vec<(Key, AnyValue)>,
     pub dropped: bool,
     /// The record this item came from (plugins never see it).
@@ -353,7 +354,7 @@ impl PluginSet {
                 let body_text = item.body.as_ref().map(pack::any_text).unwrap_or_default();
                 body_lens.push(body_text.len());
                 let body = pk.str(&body_text);
-                let event_name = pk.str(item.event_name.unwrap_or(""));
+                let event_name = pk.str(item.event_name.as_deref().unwrap_or(""));
                 refs.push(log_hooks::LogRef {
                     body,
                     severity: item.severity,
@@ -588,7 +589,7 @@ mod tests {
         let mut items = vec![LogItem {
             body: Some(AnyValue::String("token sk-123".into())),
             severity: 9,
-            event_name: Some("acpd.child.stderr"),
+            event_name: Some("acpd.child.stderr".into()),
             attrs: vec![
                 (Key::from("session.id"), AnyValue::String("s1".into())),
                 (Key::from("user.email"), AnyValue::String("a@b.c".into())),

@@ -9,9 +9,10 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter, SdkLogRecord};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::drops::{Signal, Source};
+use super::outcome;
 use super::sanitize::sanitize;
 use super::view::{TraceRing, ViewSpan};
 use crate::plugins::{self, Hook, LogItem};
@@ -72,10 +73,10 @@ fn sanitize_kv(kv: &mut KeyValue) {
 
 pub struct StageSpanExporter {
     otlp: Option<opentelemetry_otlp::SpanExporter>,
+    /// Where the spans go, for the reports of failed exports.
+    endpoint: String,
     ring: Arc<TraceRing>,
     service: String,
-    /// Spans of batches the collector did not take (refused, failed, timed out): lost to OTLP.
-    export_failed: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for StageSpanExporter {
@@ -89,15 +90,15 @@ impl std::fmt::Debug for StageSpanExporter {
 impl StageSpanExporter {
     pub fn new(
         otlp: Option<opentelemetry_otlp::SpanExporter>,
+        endpoint: String,
         ring: Arc<TraceRing>,
         service: String,
-        export_failed: Arc<AtomicU64>,
     ) -> Self {
         Self {
             otlp,
+            endpoint,
             ring,
             service,
-            export_failed,
         }
     }
 }
@@ -111,12 +112,13 @@ impl SpanExporter for StageSpanExporter {
         let Some(otlp) = &self.otlp else {
             return Ok(());
         };
-        let n = batch.len() as u64;
-        let result = otlp.export(batch).await;
-        if result.is_err() {
-            self.export_failed.fetch_add(n, Ordering::Relaxed);
-        }
-        result
+        report(
+            Signal::Traces,
+            &self.endpoint,
+            batch.len(),
+            otlp.export(batch),
+        )
+        .await
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -136,8 +138,35 @@ impl SpanExporter for StageSpanExporter {
     }
 }
 
+/// Exports through `send` unless the collector refused the signal for good; counts and reports
+/// what it does not take.
+pub async fn report(
+    signal: Signal,
+    endpoint: &str,
+    n: usize,
+    send: impl std::future::Future<Output = OTelSdkResult>,
+) -> OTelSdkResult {
+    let outcome = outcome::of(signal);
+    if outcome.stopped() {
+        outcome.skipped(Source::Daemon, n as u64);
+        return Ok(());
+    }
+    let result = send.await;
+    match &result {
+        Ok(()) => outcome.ok(),
+        Err(e) => outcome.failed(
+            Source::Daemon,
+            n as u64,
+            &outcome::Failure::from_sdk(&e.to_string()),
+            endpoint,
+        ),
+    }
+    result
+}
+
 pub struct StageLogExporter {
     otlp: opentelemetry_otlp::LogExporter,
+    endpoint: String,
     /// Makes blank records: the SDK's records cannot lose an attribute, so redacted records
     /// are rebuilt.
     blank: opentelemetry_sdk::logs::SdkLogger,
@@ -153,11 +182,12 @@ impl std::fmt::Debug for StageLogExporter {
 }
 
 impl StageLogExporter {
-    pub fn new(otlp: opentelemetry_otlp::LogExporter) -> Self {
+    pub fn new(otlp: opentelemetry_otlp::LogExporter, endpoint: String) -> Self {
         use opentelemetry::logs::LoggerProvider as _;
         let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder().build();
         Self {
             otlp,
+            endpoint,
             blank: provider.logger("acpd"),
             _provider: provider,
         }
@@ -175,7 +205,7 @@ impl StageLogExporter {
             items.push(LogItem {
                 body: r.body().cloned(),
                 severity: r.severity_number().map_or(0, |s| s as u8),
-                event_name: r.event_name(),
+                event_name: r.event_name().map(Into::into),
                 attrs: r.attributes_iter().cloned().collect(),
                 dropped: false,
                 origin,
@@ -233,7 +263,13 @@ impl LogExporter for StageLogExporter {
             let owned = self.redact_logs(&set, &batch);
             let refs: Vec<(&SdkLogRecord, &opentelemetry::InstrumentationScope)> =
                 owned.iter().map(|(r, s)| (r, s)).collect();
-            return self.otlp.export(LogBatch::new(&refs)).await;
+            return report(
+                Signal::Logs,
+                &self.endpoint,
+                refs.len(),
+                self.otlp.export(LogBatch::new(&refs)),
+            )
+            .await;
         }
         // Records arrive borrowed: the processed copies are what leaves the process.
         let owned: Vec<(SdkLogRecord, opentelemetry::InstrumentationScope)> = batch
@@ -249,7 +285,13 @@ impl LogExporter for StageLogExporter {
             .collect();
         let refs: Vec<(&SdkLogRecord, &opentelemetry::InstrumentationScope)> =
             owned.iter().map(|(r, s)| (r, s)).collect();
-        self.otlp.export(LogBatch::new(&refs)).await
+        report(
+            Signal::Logs,
+            &self.endpoint,
+            refs.len(),
+            self.otlp.export(LogBatch::new(&refs)),
+        )
+        .await
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {

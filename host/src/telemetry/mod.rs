@@ -3,9 +3,10 @@
 //! text at `/metrics`, propagation helpers, and a bounded shutdown. Human logs go to stderr;
 //! nothing is ever written to stdout.
 
-mod export;
-mod ingest;
+pub mod drops;
+pub mod export;
 pub mod metrics;
+pub mod outcome;
 pub mod prometheus;
 pub mod propagation;
 pub mod queue;
@@ -41,7 +42,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -54,6 +55,7 @@ pub struct Telemetry {
     meter: Option<SdkMeterProvider>,
     logger: Option<SdkLoggerProvider>,
     reader: Option<SharedReader>,
+    gateway: Option<Arc<crate::gateway::Gateway>>,
     pub ring: Arc<TraceRing>,
     /// Environment the agent children get so their spans join the trace (see `child_env`).
     child_env: Vec<(String, String)>,
@@ -61,12 +63,12 @@ pub struct Telemetry {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Transport {
+pub enum Transport {
     Grpc,
     Http(Protocol),
 }
 
-fn env(name: &str) -> Option<String> {
+pub(crate) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
@@ -89,6 +91,7 @@ impl Telemetry {
                 meter: None,
                 logger: None,
                 reader: None,
+                gateway: None,
                 ring,
                 child_env: Vec::new(),
                 shutdown_timeout,
@@ -106,23 +109,25 @@ impl Telemetry {
             .map(|v| v.to_string())
             .unwrap_or_else(|| "acpd".into());
 
+        // The gateway first: the daemon's own metrics leave through it, and the agents
+        // export to it.
+        let gateway = crate::gateway::Gateway::start(cfg, ring.clone()).await?;
         let otlp_spans = match exports("TRACES", cfg) {
             Some(t) => Some(build_span_exporter(t, cfg)?),
             None => None,
         };
         let collector = otlp_spans.is_some();
-        let export_failed = Arc::new(AtomicU64::new(0));
+        let endpoint = |s| crate::gateway::target_url(s, cfg).unwrap_or_default();
         let stage = export::StageSpanExporter::new(
             otlp_spans,
+            endpoint(drops::Signal::Traces),
             ring.clone(),
             service,
-            export_failed.clone(),
         );
-        let export_dropped = Arc::new(AtomicU64::new(0));
         let processor = queue::QueueProcessor::new(
             stage,
             queue::QueueConfig::from_env(Duration::from_millis(cfg.span_delay_ms)),
-            export_dropped.clone(),
+            Arc::default(),
         )
         .map_err(|e| anyhow::anyhow!("span export thread: {e}"))?;
         let tracer = SdkTracerProvider::builder()
@@ -135,8 +140,8 @@ impl Telemetry {
         let mut meter = SdkMeterProvider::builder()
             .with_resource(resource.clone())
             .with_reader(reader.clone());
-        if let Some(t) = exports("METRICS", cfg) {
-            let mut periodic = PeriodicReader::builder(build_metric_exporter(t, cfg)?);
+        if exports("METRICS", cfg).is_some() {
+            let mut periodic = PeriodicReader::builder(crate::gateway::DaemonMetrics);
             if let (None, Some(ms)) = (env("OTEL_METRIC_EXPORT_INTERVAL"), cfg.metric_interval_ms) {
                 periodic = periodic.with_interval(Duration::from_millis(ms));
             }
@@ -145,31 +150,35 @@ impl Telemetry {
         let meter = meter.build();
         global::set_meter_provider(meter.clone());
         metrics::install();
-        register_observers(&ring, export_dropped, export_failed);
+        register_observers(&ring);
 
         let logger = match exports("LOGS", cfg) {
-            Some(t) => Some(
-                SdkLoggerProvider::builder()
-                    .with_resource(resource)
-                    .with_batch_exporter(export::StageLogExporter::new(build_log_exporter(t, cfg)?))
-                    .build(),
-            ),
+            Some(t) => {
+                let stage = export::StageLogExporter::new(
+                    build_log_exporter(t, cfg)?,
+                    endpoint(drops::Signal::Logs),
+                );
+                let processor = queue::LogQueueProcessor::new(
+                    stage,
+                    queue::QueueConfig::logs_from_env(Duration::from_millis(1000)),
+                    Arc::default(),
+                )
+                .map_err(|e| anyhow::anyhow!("log export thread: {e}"))?;
+                Some(
+                    SdkLoggerProvider::builder()
+                        .with_resource(resource)
+                        .with_log_processor(processor)
+                        .build(),
+                )
+            }
             None => None,
         };
         install_subscriber(logger.as_ref());
 
-        let child_env = if collector {
+        let child_env = if collector && cfg.agent_direct {
             collector_env(cfg)
         } else if cfg.agent_ingest {
-            let (endpoint, key) = ingest::start(ring.clone()).await?;
-            vec![
-                ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()),
-                (
-                    "OTEL_EXPORTER_OTLP_HEADERS".into(),
-                    format!("{}={key}", ingest::KEY_HEADER),
-                ),
-            ]
+            crate::gateway::child_env(&gateway)
         } else {
             Vec::new()
         };
@@ -178,6 +187,7 @@ impl Telemetry {
             meter: Some(meter),
             logger,
             reader: Some(reader),
+            gateway: Some(gateway),
             ring,
             child_env,
             shutdown_timeout,
@@ -190,6 +200,11 @@ impl Telemetry {
         // The daemon's own service name would relabel the agent's spans as the daemon's.
         let mut remove = vec!["OTEL_SERVICE_NAME".to_string()];
         if !self.child_env.is_empty() {
+            remove.extend(
+                crate::gateway::CHILD_ENV_REMOVED
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
             for signal in ["TRACES", "METRICS", "LOGS"] {
                 for k in ["ENDPOINT", "PROTOCOL", "HEADERS"] {
                     remove.push(format!("OTEL_EXPORTER_OTLP_{signal}_{k}"));
@@ -218,60 +233,56 @@ impl Telemetry {
     /// collector can delay the exit by at most `shutdown_timeout`.
     pub async fn shutdown(&self) {
         let deadline = self.shutdown_timeout;
-        let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+        let (tx, rx) = std::sync::mpsc::channel::<bool>();
         let mut pending = 0;
-        let mut spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
+        let mut spawn = |f: Box<dyn FnOnce() -> bool + Send>| {
             let tx = tx.clone();
             pending += 1;
             std::thread::spawn(move || {
-                f();
-                let _ = tx.send(name);
+                let _ = tx.send(f());
             });
         };
         if let Some(t) = self.tracer.clone() {
-            spawn(
-                "traces",
-                Box::new(move || drop(t.shutdown_with_timeout(deadline))),
-            );
+            spawn(Box::new(move || t.shutdown_with_timeout(deadline).is_ok()));
         }
         if let Some(m) = self.meter.clone() {
-            spawn(
-                "metrics",
-                Box::new(move || drop(m.shutdown_with_timeout(deadline))),
-            );
+            // Its last export goes into the gateway, flushed below.
+            spawn(Box::new(move || m.shutdown_with_timeout(deadline).is_ok()));
         }
         if let Some(l) = self.logger.clone() {
-            spawn(
-                "logs",
-                Box::new(move || drop(l.shutdown_with_timeout(deadline))),
-            );
+            spawn(Box::new(move || l.shutdown_with_timeout(deadline).is_ok()));
+        }
+        if let Some(g) = self.gateway.clone() {
+            // What the agents sent before they exited, and the daemon's last metrics.
+            spawn(Box::new(move || g.flush(deadline)));
         }
         drop(tx);
         // The exporters' threads need the runtime alive (gRPC): wait off the runtime threads.
-        let waited = tokio::task::spawn_blocking(move || {
+        let unflushed = tokio::task::spawn_blocking(move || {
             let until = std::time::Instant::now() + deadline;
-            let mut done = 0;
-            while done < pending {
+            let mut flushed = 0;
+            for _ in 0..pending {
                 let left = until.saturating_duration_since(std::time::Instant::now());
                 match rx.recv_timeout(left) {
-                    Ok(_) => done += 1,
+                    Ok(true) => flushed += 1,
+                    Ok(false) => {}
                     Err(_) => break,
                 }
             }
-            pending - done
+            pending - flushed
         })
         .await
         .unwrap_or(0);
-        if waited > 0 {
+        if unflushed > 0 {
             eprintln!(
-                "acpd: telemetry shutdown: {waited} signal(s) not flushed within {deadline:?}"
+                "acpd: telemetry shutdown: {unflushed} pipeline(s) not flushed within {deadline:?}"
             );
         }
     }
 }
 
 /// Which transport a signal exports with, or None when it is not exported at all.
-fn exports(signal: &str, cfg: &TelemetryConfig) -> Option<Transport> {
+pub(crate) fn exports(signal: &str, cfg: &TelemetryConfig) -> Option<Transport> {
     if env(&format!("OTEL_{signal}_EXPORTER")).is_some_and(|v| v.eq_ignore_ascii_case("none")) {
         return None;
     }
@@ -359,18 +370,6 @@ fn build_span_exporter(
     )?)
 }
 
-fn build_metric_exporter(
-    t: Transport,
-    cfg: &TelemetryConfig,
-) -> anyhow::Result<opentelemetry_otlp::MetricExporter> {
-    Ok(otlp_exporter!(
-        opentelemetry_otlp::MetricExporter::builder(),
-        t,
-        cfg,
-        "/v1/metrics"
-    )?)
-}
-
 fn build_log_exporter(
     t: Transport,
     cfg: &TelemetryConfig,
@@ -422,43 +421,41 @@ fn resource(cfg: &TelemetryConfig) -> Resource {
     .build()
 }
 
-fn register_observers(
-    ring: &Arc<TraceRing>,
-    export_dropped: Arc<AtomicU64>,
-    export_failed: Arc<AtomicU64>,
-) {
+fn register_observers(ring: &Arc<TraceRing>) {
     let ring = ring.clone();
     let _ = global::meter("acpd")
         .u64_observable_counter(semconv::M_TELEMETRY_DROPPED)
         .with_unit("{item}")
-        .with_description("Telemetry items dropped by a bounded buffer")
+        .with_description("Telemetry items lost, by signal, stage and source")
         .with_callback(move |o| {
             let (spans, _traces) = ring.dropped();
-            let export = export_dropped.load(Ordering::Relaxed);
-            o.observe(
-                export,
-                &[
-                    KeyValue::new(semconv::SIGNAL, "traces"),
-                    KeyValue::new(semconv::DROP_STAGE, "export_queue"),
-                ],
-            );
-            o.observe(
-                spans,
-                &[
-                    KeyValue::new(semconv::SIGNAL, "traces"),
-                    KeyValue::new(semconv::DROP_STAGE, "trace_view"),
-                ],
-            );
-            o.observe(
-                export_failed.load(Ordering::Relaxed),
-                &[
-                    KeyValue::new(semconv::SIGNAL, "traces"),
-                    KeyValue::new(semconv::DROP_STAGE, "export_failed"),
-                ],
-            );
+            for (signal, stage, source, n) in drops::all() {
+                // The view's ring counts its own evictions, whoever sent the spans.
+                let n = if stage == drops::Stage::TraceView {
+                    if source == drops::Source::Daemon {
+                        spans
+                    } else {
+                        continue;
+                    }
+                } else {
+                    n
+                };
+                o.observe(
+                    n,
+                    &[
+                        KeyValue::new(semconv::SIGNAL, signal.as_str()),
+                        KeyValue::new(semconv::DROP_STAGE, stage.as_str()),
+                        KeyValue::new(DROP_SOURCE, source.as_str()),
+                    ],
+                );
+            }
         })
         .build();
 }
+
+/// Whose items were lost (`daemon` or `agent`); the trace view's evictions are reported as
+/// `daemon`, the view holding both.
+pub const DROP_SOURCE: &str = "acpd.drop.source";
 
 /// stderr for people (`ACPD_LOG`/`RUST_LOG`, default `info`), plus OTel log records when a
 /// logger provider exists. Exporter and HTTP-stack internals never feed back into OTel logs.

@@ -1,16 +1,20 @@
-//! The span queue between the request path and the export stage: a bounded batch processor
-//! like the SDK's `BatchSpanProcessor` (one thread, `block_on` for the exporter), but one that
-//! counts every span it drops, so `acpd.telemetry.dropped` tells operators what was lost.
-//! The SDK's processor only logs its first drop and the total at shutdown.
+//! The queues between the request path and the export stage, for spans and log records: a
+//! bounded batch processor like the SDK's `BatchSpanProcessor` (one thread, `block_on` for the
+//! exporter), but one that counts every item it drops, so `acpd.telemetry.dropped` tells
+//! operators what was lost. The SDK's processors only log their first drop and the total at
+//! shutdown.
 
-use opentelemetry::Context;
+use opentelemetry::{Context, InstrumentationScope};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::drops::{self, Signal, Source, Stage};
 
 #[derive(Debug, Clone, Copy)]
 pub struct QueueConfig {
@@ -22,12 +26,23 @@ pub struct QueueConfig {
 impl QueueConfig {
     /// Defaults as the SDK's (2048 / 512), overridable by the standard `OTEL_BSP_*` variables.
     pub fn from_env(delay: Duration) -> Self {
-        let num = |k: &str| super::env(k).and_then(|v| v.trim().parse::<u64>().ok());
-        let max_queue = num("OTEL_BSP_MAX_QUEUE_SIZE").map_or(2048, |n| n.max(1) as usize);
-        let max_batch = num("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+        Self::from_env_prefix("OTEL_BSP", delay)
+    }
+
+    /// The same for the log queue (`OTEL_BLRP_*`).
+    pub fn logs_from_env(delay: Duration) -> Self {
+        Self::from_env_prefix("OTEL_BLRP", delay)
+    }
+
+    fn from_env_prefix(prefix: &str, delay: Duration) -> Self {
+        let num = |k: &str| {
+            super::env(&format!("{prefix}_{k}")).and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let max_queue = num("MAX_QUEUE_SIZE").map_or(2048, |n| n.max(1) as usize);
+        let max_batch = num("MAX_EXPORT_BATCH_SIZE")
             .map_or(512, |n| n.max(1) as usize)
             .min(max_queue);
-        let delay = num("OTEL_BSP_SCHEDULE_DELAY").map_or(delay, Duration::from_millis);
+        let delay = num("SCHEDULE_DELAY").map_or(delay, Duration::from_millis);
         Self {
             max_queue,
             max_batch,
@@ -36,62 +51,126 @@ impl QueueConfig {
     }
 }
 
+/// Where a queue's batches go: the export stage of one signal.
+pub trait Sink<T>: Send + 'static {
+    fn export(&mut self, batch: Vec<T>) -> OTelSdkResult;
+    fn shutdown(&mut self) -> OTelSdkResult;
+    fn set_resource(&mut self, resource: &Resource);
+}
+
+/// A span exporter as a sink.
+pub struct Spans<E>(pub E);
+
+impl<E: SpanExporter + 'static> Sink<SpanData> for Spans<E> {
+    fn export(&mut self, batch: Vec<SpanData>) -> OTelSdkResult {
+        futures::executor::block_on(self.0.export(batch))
+    }
+    fn shutdown(&mut self) -> OTelSdkResult {
+        self.0.shutdown()
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource)
+    }
+}
+
+/// A log exporter as a sink.
+pub struct Logs<E>(pub E);
+
+impl<E: LogExporter + 'static> Sink<(SdkLogRecord, InstrumentationScope)> for Logs<E> {
+    fn export(&mut self, batch: Vec<(SdkLogRecord, InstrumentationScope)>) -> OTelSdkResult {
+        let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+            batch.iter().map(|(r, s)| (r, s)).collect();
+        futures::executor::block_on(self.0.export(LogBatch::new(&refs)))
+    }
+    fn shutdown(&mut self) -> OTelSdkResult {
+        self.0.shutdown()
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource)
+    }
+}
+
 enum Ctl {
-    /// A batch's worth of spans is waiting.
+    /// A batch's worth of items is waiting.
     Export,
     Flush(SyncSender<OTelSdkResult>),
     Shutdown(SyncSender<OTelSdkResult>),
     Resource(Resource),
 }
 
-/// Spans travel on a channel nobody blocks on, so ending a span wakes no thread; the worker
-/// sleeps on the control channel until a batch is full, the delay passes, or it is asked.
+/// Items travel on a channel nobody blocks on, so ending a span or emitting a record wakes no
+/// thread; the worker sleeps on the control channel until a batch is full, the delay passes,
+/// or it is asked.
 #[derive(Debug)]
-pub struct QueueProcessor {
-    spans: SyncSender<SpanData>,
+struct Queue<T> {
+    items: SyncSender<T>,
     ctl: SyncSender<Ctl>,
-    /// Spans in the channel, to signal a full batch once.
+    /// Items in the channel, to signal a full batch once.
     queued: Arc<AtomicUsize>,
     signalled: Arc<AtomicBool>,
     max_batch: usize,
+    signal: Signal,
     dropped: Arc<AtomicU64>,
     shut: AtomicBool,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl QueueProcessor {
-    pub fn new<E: SpanExporter + 'static>(
-        exporter: E,
+impl<T: Send + 'static> Queue<T> {
+    fn new<S: Sink<T>>(
+        sink: S,
         cfg: QueueConfig,
+        signal: Signal,
         dropped: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
-        let (spans, span_rx) = sync_channel(cfg.max_queue);
+        let (items, item_rx) = sync_channel(cfg.max_queue);
         let (ctl, ctl_rx) = sync_channel(64);
         let queued = Arc::new(AtomicUsize::new(0));
         let signalled = Arc::new(AtomicBool::new(false));
         let worker = {
             let worker = Worker {
-                exporter,
-                spans: span_rx,
+                sink,
+                items: item_rx,
                 queued: queued.clone(),
                 signalled: signalled.clone(),
                 cfg,
                 batch: Vec::with_capacity(cfg.max_batch),
             };
             std::thread::Builder::new()
-                .name("acpd-span-export".into())
+                .name(format!("acpd-{}-export", signal.as_str()))
                 .spawn(move || worker.run(ctl_rx))?
         };
         Ok(Self {
-            spans,
+            items,
             ctl,
             queued,
             signalled,
             max_batch: cfg.max_batch,
+            signal,
             dropped,
             shut: AtomicBool::new(false),
             worker: Mutex::new(Some(worker)),
         })
+    }
+
+    fn lost(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        drops::add(self.signal, Stage::ExportQueue, Source::Daemon, 1);
+    }
+
+    fn push(&self, item: T) {
+        if self.shut.load(Ordering::Relaxed) {
+            self.lost();
+            return;
+        }
+        match self.items.try_send(item) {
+            Ok(()) => {
+                let queued = self.queued.fetch_add(1, Ordering::AcqRel) + 1;
+                if queued >= self.max_batch && !self.signalled.swap(true, Ordering::AcqRel) {
+                    let _ = self.ctl.try_send(Ctl::Export);
+                }
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.lost(),
+        }
     }
 
     fn control(
@@ -107,34 +186,12 @@ impl QueueProcessor {
             .recv_timeout(timeout)
             .map_err(|_| OTelSdkError::Timeout(timeout))?
     }
-}
 
-impl SpanProcessor for QueueProcessor {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if self.shut.load(Ordering::Relaxed) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        match self.spans.try_send(span) {
-            Ok(()) => {
-                let queued = self.queued.fetch_add(1, Ordering::AcqRel) + 1;
-                if queued >= self.max_batch && !self.signalled.swap(true, Ordering::AcqRel) {
-                    let _ = self.ctl.try_send(Ctl::Export);
-                }
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
+    fn flush(&self) -> OTelSdkResult {
         self.control(Ctl::Flush, Duration::from_secs(5))
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+    fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
         if self.shut.swap(true, Ordering::AcqRel) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
@@ -148,23 +205,91 @@ impl SpanProcessor for QueueProcessor {
         result
     }
 
-    fn set_resource(&mut self, resource: &Resource) {
+    fn set_resource(&self, resource: &Resource) {
         let _ = self.ctl.send(Ctl::Resource(resource.clone()));
     }
 }
 
-struct Worker<E> {
-    exporter: E,
-    spans: Receiver<SpanData>,
+/// The span queue: a bounded batch processor like the SDK's `BatchSpanProcessor` that counts
+/// every span it drops.
+#[derive(Debug)]
+pub struct QueueProcessor(Queue<SpanData>);
+
+impl QueueProcessor {
+    pub fn new<E: SpanExporter + 'static>(
+        exporter: E,
+        cfg: QueueConfig,
+        dropped: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
+        Queue::new(Spans(exporter), cfg, Signal::Traces, dropped).map(Self)
+    }
+}
+
+impl SpanProcessor for QueueProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        self.0.push(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+/// The log queue: the same bounded, counting queue for log records (the SDK's batch log
+/// processor drops without counting).
+#[derive(Debug)]
+pub struct LogQueueProcessor(Queue<(SdkLogRecord, InstrumentationScope)>);
+
+impl LogQueueProcessor {
+    pub fn new<E: LogExporter + 'static>(
+        exporter: E,
+        cfg: QueueConfig,
+        dropped: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
+        Queue::new(Logs(exporter), cfg, Signal::Logs, dropped).map(Self)
+    }
+}
+
+impl LogProcessor for LogQueueProcessor {
+    fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        self.0.push((record.clone(), scope.clone()));
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+struct Worker<T, S> {
+    sink: S,
+    items: Receiver<T>,
     queued: Arc<AtomicUsize>,
     signalled: Arc<AtomicBool>,
     cfg: QueueConfig,
-    batch: Vec<SpanData>,
+    batch: Vec<T>,
 }
 
-impl<E: SpanExporter> Worker<E> {
+impl<T, S: Sink<T>> Worker<T, S> {
     fn run(mut self, ctl: Receiver<Ctl>) {
-        // Exporting must not create spans that feed back into this queue.
+        // Exporting must not create spans or records that feed back into this queue.
         let _quiet = Context::enter_telemetry_suppressed_scope();
         let mut due = Instant::now() + self.cfg.delay;
         loop {
@@ -177,11 +302,11 @@ impl<E: SpanExporter> Worker<E> {
                     let _ = reply.send(self.drain());
                 }
                 Ok(Ctl::Shutdown(reply)) => {
-                    let result = self.drain().and(self.exporter.shutdown());
+                    let result = self.drain().and(self.sink.shutdown());
                     let _ = reply.send(result);
                     return;
                 }
-                Ok(Ctl::Resource(resource)) => self.exporter.set_resource(&resource),
+                Ok(Ctl::Resource(resource)) => self.sink.set_resource(&resource),
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = self.drain();
                     due = Instant::now() + self.cfg.delay;
@@ -194,15 +319,15 @@ impl<E: SpanExporter> Worker<E> {
         }
     }
 
-    /// Exports every span queued so far, in batches of at most `max_batch`.
+    /// Exports every item queued so far, in batches of at most `max_batch`.
     fn drain(&mut self) -> OTelSdkResult {
         let mut result = Ok(());
         loop {
             while self.batch.len() < self.cfg.max_batch {
-                match self.spans.try_recv() {
-                    Ok(span) => {
+                match self.items.try_recv() {
+                    Ok(item) => {
                         self.queued.fetch_sub(1, Ordering::AcqRel);
-                        self.batch.push(span);
+                        self.batch.push(item);
                     }
                     Err(_) => break,
                 }
@@ -211,8 +336,8 @@ impl<E: SpanExporter> Worker<E> {
                 return result;
             }
             let full = self.batch.len() >= self.cfg.max_batch;
-            let spans = std::mem::replace(&mut self.batch, Vec::with_capacity(self.cfg.max_batch));
-            result = result.and(futures::executor::block_on(self.exporter.export(spans)));
+            let items = std::mem::replace(&mut self.batch, Vec::with_capacity(self.cfg.max_batch));
+            result = result.and(self.sink.export(items));
             if !full {
                 return result;
             }

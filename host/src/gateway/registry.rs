@@ -1,0 +1,185 @@
+//! Who sent an item: every agent child gets its own ingest credential at spawn, and every prompt
+//! the bridge dispatches is remembered by its trace id, so the gateway can attribute what it
+//! receives to the child, its workspace and, where the item belongs to a prompt's trace, the
+//! session and prompt.
+
+use opentelemetry::KeyValue;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::telemetry::semconv::{CHILD_ID, PROMPT_ID, SESSION_ID, WORKSPACE_ID};
+
+/// Prompts remembered for attribution: agents export a turn's spans after it ends, so entries
+/// stay until newer prompts push them out, not until the turn ends.
+const PROMPTS_KEPT: usize = 4096;
+
+/// One agent child, as the gateway knows it.
+#[derive(Debug)]
+pub struct ChildEntry {
+    pub child_id: String,
+    pub workspace_id: String,
+    /// What the `child` enrichment hook added for this child; set once it ran.
+    enrichment: Mutex<Vec<KeyValue>>,
+}
+
+impl ChildEntry {
+    /// The attributes every item from this child carries.
+    pub fn attributes(&self) -> Vec<KeyValue> {
+        let mut out = vec![
+            KeyValue::new(CHILD_ID, self.child_id.clone()),
+            KeyValue::new(WORKSPACE_ID, self.workspace_id.clone()),
+        ];
+        out.extend(
+            self.enrichment
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PromptFacts {
+    child_id: String,
+    attributes: Vec<KeyValue>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    by_key: RwLock<HashMap<String, Arc<ChildEntry>>>,
+    prompts: Mutex<(HashMap<[u8; 16], PromptFacts>, VecDeque<[u8; 16]>)>,
+}
+
+impl Registry {
+    /// A new credential for a child about to be spawned.
+    pub fn register(&self, child_id: &str, workspace_id: &str) -> String {
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        let entry = Arc::new(ChildEntry {
+            child_id: child_id.to_string(),
+            workspace_id: workspace_id.to_string(),
+            enrichment: Mutex::default(),
+        });
+        self.by_key
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), entry);
+        key
+    }
+
+    pub fn child(&self, key: &str) -> Option<Arc<ChildEntry>> {
+        self.by_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn entry_of(&self, child_id: &str) -> Option<(String, Arc<ChildEntry>)> {
+        self.by_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, e)| e.child_id == child_id)
+            .map(|(k, e)| (k.clone(), e.clone()))
+    }
+
+    pub fn enrich_child(&self, child_id: &str, attributes: Vec<KeyValue>) {
+        if let Some((_, e)) = self.entry_of(child_id) {
+            *e.enrichment.lock().unwrap_or_else(|p| p.into_inner()) = attributes;
+        }
+    }
+
+    /// The child is gone: its credential stops working.
+    pub fn forget(&self, child_id: &str) {
+        if let Some((key, _)) = self.entry_of(child_id) {
+            self.by_key
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        }
+    }
+
+    pub fn note_prompt(
+        &self,
+        trace_id: [u8; 16],
+        child_id: &str,
+        session_id: &str,
+        prompt_id: &str,
+        enrichment: Vec<KeyValue>,
+    ) {
+        let mut attributes = vec![
+            KeyValue::new(SESSION_ID, session_id.to_string()),
+            KeyValue::new(PROMPT_ID, prompt_id.to_string()),
+        ];
+        attributes.extend(enrichment);
+        let mut guard = self.prompts.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order) = &mut *guard;
+        if map
+            .insert(
+                trace_id,
+                PromptFacts {
+                    child_id: child_id.to_string(),
+                    attributes,
+                },
+            )
+            .is_none()
+        {
+            order.push_back(trace_id);
+        }
+        while order.len() > PROMPTS_KEPT {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    /// The session and prompt of an item in `trace_id`, when that prompt ran on this child (a
+    /// child cannot claim another child's prompt).
+    pub fn prompt_attributes(&self, trace_id: &[u8], child_id: &str) -> Vec<KeyValue> {
+        let Ok(id) = <[u8; 16]>::try_from(trace_id) else {
+            return Vec::new();
+        };
+        let guard = self.prompts.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.0.get(&id) {
+            Some(p) if p.child_id == child_id => p.attributes.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_per_child_and_prompts_belong_to_their_child() {
+        let r = Registry::default();
+        let a = r.register("child-1", "ws1");
+        let b = r.register("child-2", "ws1");
+        assert_ne!(a, b);
+        assert_eq!(r.child(&a).unwrap().child_id, "child-1");
+        assert!(r.child("nope").is_none());
+        r.note_prompt([7; 16], "child-1", "s1", "p1", vec![]);
+        assert_eq!(r.prompt_attributes(&[7; 16], "child-1").len(), 2);
+        assert!(r.prompt_attributes(&[7; 16], "child-2").is_empty());
+        assert!(r.prompt_attributes(&[7; 3], "child-1").is_empty());
+        r.forget("child-1");
+        assert!(r.child(&a).is_none());
+        assert!(r.child(&b).is_some());
+    }
+
+    #[test]
+    fn remembers_a_bounded_number_of_prompts() {
+        let r = Registry::default();
+        for i in 0..(PROMPTS_KEPT as u32 + 10) {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            r.note_prompt(id, "c", "s", "p", vec![]);
+        }
+        let g = r.prompts.lock().unwrap();
+        assert_eq!(g.0.len(), PROMPTS_KEPT);
+        assert_eq!(g.1.len(), PROMPTS_KEPT);
+    }
+}
