@@ -3,11 +3,11 @@
 //! It speaks ACP v1 as an agent over this process's stdin/stdout (see [`run_stdio`]). The first
 //! word of a prompt (case-insensitive; the prompt's text blocks are concatenated) selects a
 //! scripted behaviour:
-//! - (none of the below): echo "Hello from the demo agent. You said: <text>" in ~4 chunks.
+//! - (none of the below): echo `Hello from the demo agent. You said: <text>` in ~4 chunks.
 //! - `read <rel>`: tool call + `fs/read_text_file` of `<session cwd>/<rel>`.
 //! - `write <rel> <content...>`: tool call + `session/request_permission` + `fs/write_text_file`.
-//! - `slow [n=20] [ms=250]`: n chunks "tick <i> ", one per ms; honours `session/cancel`.
-//! - `crash`: chunk "about to crash", then the process exits with code 3.
+//! - `slow [n=20] [ms=250]`: n chunks `tick <i> `, one per ms; honours `session/cancel`.
+//! - `crash`: chunk `about to crash`, then the process exits with code 3.
 //! - `unknown`: sends the request `demo/unknownRequest` to the client and reports its answer.
 //! - `flood <n=100> [size=1024]`: n chunks of `size` 'x' bytes.
 //! - `bench [chunks=4] [tools=0]`: no delay; the first chunk is `recv=<ns>` (wall clock when the
@@ -19,8 +19,8 @@
 //!   `demo.text`), then replies with its length (never the text). For redaction tests: the
 //!   agent itself redacts nothing.
 //! - `telemetry-flood [n=1000]`: emits n spans and n log records as fast as the SDK takes them,
-//!   flushes, and replies "telemetry-flood: emitted <s> spans and <l> log records (<f>
-//!   flushes, all flushed)". For ingest tests: a hostile, flooding agent.
+//!   flushes, and replies `telemetry-flood: emitted <s> spans and <l> log records (<f> flushes,
+//!   all flushed)`. For ingest tests: a hostile, flooding agent.
 //!
 //! With the standard OTLP environment set it also exports its own spans, metrics and log
 //! records, each signal as that environment says (see [`telemetry`]); the two `telemetry`

@@ -426,6 +426,42 @@ async fn flood_sends_n_chunks_of_size_bytes() {
 }
 
 #[tokio::test]
+async fn telemetry_commands_reply_and_end_the_turn_without_an_exporter() {
+    // Whatever OTLP env the test process has: nothing is exported here.
+    let mut h = start(&[("OTEL_SDK_DISABLED", "true")]).await;
+    let session = h.new_session().await;
+    let secret = "sk-live-1234567890abcdef user@example.com https://bob:hunter2@example.com/x";
+    let response = h
+        .prompt(&session, &format!("telemetry {secret}"))
+        .await
+        .unwrap();
+    assert_eq!(response.stop_reason, StopReason::EndTurn);
+    let reply = text_of(&h.drain()).concat();
+    assert_eq!(
+        reply,
+        format!(
+            "telemetry: {} bytes put into a span name, span and event attributes, a log record \
+             and a metric point",
+            secret.len()
+        )
+    );
+    let response = h.prompt(&session, "telemetry-flood 3000").await.unwrap();
+    assert_eq!(response.stop_reason, StopReason::EndTurn);
+    assert_eq!(
+        text_of(&h.drain()).concat(),
+        "telemetry-flood: emitted 0 spans and 0 log records (0 flushes, all flushed)"
+    );
+    // `telemetry` without a text is plain text, echoed.
+    h.prompt(&session, "telemetry").await.unwrap();
+    assert!(
+        text_of(&h.drain())
+            .concat()
+            .ends_with("You said: telemetry")
+    );
+    assert!(h.close().await.success());
+}
+
+#[tokio::test]
 async fn reports_process_facts_and_meta() {
     let mut h = start(&[("DEMO_TEST_VAR", "forty two")]).await;
     let session = h.new_session().await;
