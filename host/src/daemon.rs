@@ -1,5 +1,6 @@
 //! Runs the daemon: bind, serve, and shut down in order on SIGTERM/SIGINT (a second signal
-//! forces the exit, after killing every child's process group).
+//! forces the exit, after killing every child's process group, unless it is a duplicate of the
+//! first: see `DUPLICATE_SIGNAL_WINDOW`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,15 @@ use crate::plugins::PluginHost;
 use crate::telemetry::Telemetry;
 
 pub type Reread = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// A second SIGTERM/SIGINT this soon after the first is the same stop request delivered twice,
+/// not a request to force the exit: coreutils `timeout` signals the daemon and then its process
+/// group (about a millisecond apart), a terminal's Ctrl-C reaches the whole foreground group, a
+/// supervisor and a wrapper script may both forward one stop. Forcing then would skip the
+/// telemetry flush and lose the last spans. Such duplicates arrive within milliseconds even on a
+/// loaded host; a person who decides the shutdown is taking too long and signals again does so
+/// after seconds, so 500 ms leaves both a wide margin.
+const DUPLICATE_SIGNAL_WINDOW: Duration = Duration::from_millis(500);
 
 pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -66,12 +76,22 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
         let bridge = bridge.clone();
         tokio::spawn(async move {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            let first = std::time::Instant::now();
             tracing::info!("shutting down: draining sessions and children");
             // Detached: it stays armed until the process exits.
             {
                 let bridge = bridge.clone();
                 tokio::spawn(async move {
-                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                    loop {
+                        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                        if first.elapsed() >= DUPLICATE_SIGNAL_WINDOW {
+                            break;
+                        }
+                        tracing::info!(
+                            "signal repeated within {} ms of the first: the same stop, still shutting down in order",
+                            DUPLICATE_SIGNAL_WINDOW.as_millis()
+                        );
+                    }
                     tracing::warn!("second signal: forcing exit");
                     bridge.kill_all();
                     std::process::exit(130);

@@ -366,3 +366,106 @@ async fn sighup_plugin_reload_under_prompt_load_fails_no_request() -> Result<()>
     assert!(!d.log().iter().any(|l| l.contains("reload refused")));
     Ok(())
 }
+
+/// SIGTERMs for a daemon that has one completed turn whose spans are still queued for export
+/// (a 60 s batch delay), returning the turn's prompt id.
+async fn daemon_with_queued_spans(
+    rx: &acpd_tests::otlp::Receiver,
+    extra_config: &str,
+) -> Result<(Daemon, String)> {
+    let d = Daemon::builder()
+        .config(&format!("[agent]\nstop_grace_ms = 300\n\n{extra_config}"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "60000")
+        .start()
+        .await?;
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    let p = d.prompt(&s, "hello").await?;
+    let id = p.body["promptId"].as_str().unwrap().to_string();
+    sse.until_turn_end(&id).await?;
+    Ok((d, id))
+}
+
+/// Waits (bounded) for a line of the daemon's stderr containing `needle`.
+async fn logged(d: &Daemon, needle: &str) -> Result<()> {
+    eventually(&format!("log line {needle:?}"), WAIT, || {
+        d.log().iter().any(|l| l.contains(needle))
+    })
+    .await
+}
+
+/// coreutils `timeout` signals the daemon, then its process group, about a millisecond apart:
+/// one stop, delivered twice. It must not force the exit (which skips the telemetry flush): the
+/// daemon shuts down in order, exits 0, and the spans still queued at the signal arrive.
+#[tokio::test]
+async fn a_repeated_sigterm_within_the_grace_is_one_stop_and_flushes_the_last_spans() -> Result<()>
+{
+    use acpd_tests::otlp::{Protocol, Receiver};
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let (mut d, prompt_id) = daemon_with_queued_spans(&rx, "").await?;
+    let dispatched = |spans: &[acpd_tests::otlp::RecvSpan]| {
+        spans.iter().any(|s| {
+            s.name == "bridge prompt.dispatch" && s.attr_str("acpd.prompt.id") == Some(&prompt_id)
+        })
+    };
+    assert!(
+        !dispatched(&rx.spans()),
+        "the turn's spans must still be queued when the signals arrive"
+    );
+    let first = Instant::now();
+    signal(d.pid(), nix::sys::signal::Signal::SIGTERM)?;
+    // The second one once the daemon has taken the first (two signals the daemon has not yet
+    // read would merge into one, and the test would prove nothing), still well inside the grace.
+    logged(&d, "shutting down").await?;
+    signal(d.pid(), nix::sys::signal::Signal::SIGTERM)?;
+    let gap = first.elapsed();
+    assert!(
+        gap < Duration::from_millis(500),
+        "the repeat came {gap:?} after the first signal: not within the grace, so not this test"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), d.child.wait()).await??;
+    assert_eq!(status.code(), Some(0), "{status:?}: {:?}", d.log());
+    assert!(
+        !d.log().iter().any(|l| l.contains("forcing exit")),
+        "{:?}",
+        d.log()
+    );
+    // The daemon is gone: what the receiver holds now is all there is.
+    assert!(
+        dispatched(&rx.spans()),
+        "the queued spans were flushed at exit"
+    );
+    Ok(())
+}
+
+/// A second signal after the grace is a deliberate request to stop now: with the telemetry
+/// flush stuck on a collector that never answers, the daemon exits at once (130), its agent
+/// children killed, instead of waiting out the 30 s flush deadline.
+#[tokio::test]
+async fn a_second_signal_after_the_grace_forces_the_exit() -> Result<()> {
+    use acpd_tests::otlp::{Protocol, Receiver};
+    let rx = Receiver::start_hanging(Protocol::HttpProtobuf).await?;
+    let (mut d, _) =
+        daemon_with_queued_spans(&rx, "[telemetry]\nshutdown_timeout_ms = 30000\n").await?;
+    let first = Instant::now();
+    signal(d.pid(), nix::sys::signal::Signal::SIGTERM)?;
+    // Logged just before the telemetry flush, which the hanging collector holds up.
+    logged(&d, "acpd stopped").await?;
+    // Not synchronisation: the repeat must come after the 500 ms grace to count as a second request.
+    let grace_over = first + Duration::from_millis(600);
+    tokio::time::sleep(grace_over.saturating_duration_since(Instant::now())).await;
+    let second = Instant::now();
+    signal(d.pid(), nix::sys::signal::Signal::SIGTERM)?;
+    let status = tokio::time::timeout(Duration::from_secs(20), d.child.wait()).await??;
+    let took = second.elapsed();
+    assert_eq!(status.code(), Some(130), "{status:?}: {:?}", d.log());
+    assert!(took < Duration::from_secs(3), "forced exit took {took:?}");
+    assert!(
+        d.log().iter().any(|l| l.contains("forcing exit")),
+        "{:?}",
+        d.log()
+    );
+    Ok(())
+}
