@@ -37,6 +37,8 @@
 //! [`MockLlm::start`] serves in-process for tests; the `mock-llm` binary serves the same for manual
 //! use (`MOCK_*` environment, [`MockConfig::from_env`]).
 
+pub mod agents;
+
 use anyhow::{Context, Result, anyhow};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};

