@@ -299,3 +299,61 @@ async fn gemini_cli_text_and_write_permission() -> Result<()> {
     }
     clean_shutdown(d, &s).await
 }
+
+/// The helper other tests use (`qwen_daemon`): extra env and settings.json reach qwen (with
+/// trace-context propagation on, its LLM requests carry a W3C `traceparent`), and a turn whose LLM
+/// answers with an HTTP error still ends.
+#[tokio::test]
+async fn qwen_daemon_helper_env_settings_and_llm_error() -> Result<()> {
+    use acpd_tests::mock_llm::agents::qwen_daemon;
+    let _serial = SERIAL.lock().await;
+    let mock = MockLlm::start("text").await?;
+    let opts = AgentOptions {
+        env: vec![("QWEN_TELEMETRY_ENABLED".into(), "true".into())],
+        settings: Some(json!({"outboundCorrelation": {"propagateTraceContext": true}})),
+        ..AgentOptions::default()
+    };
+    let Some((d, home)) = qwen_daemon(&mock, &opts).await? else {
+        return Ok(());
+    };
+    let settings = std::fs::read_to_string(home.path().join(".qwen/settings.json"))?;
+    assert!(settings.contains("propagateTraceContext"), "{settings}");
+    let s = create_session_within(&d, AGENT_WAIT).await?;
+    let mut sse = d.events(&s, Some(0), None).await?;
+    let from = mock.requests().len();
+    text_turn(&d, &s, &mut sse, &mock).await?;
+    let turn = mock
+        .wait_for(from, AGENT_WAIT, |r| r.api == "chat" && r.reply == "text")
+        .await?;
+    let tp = turn
+        .header("traceparent")
+        .with_context(|| format!("no traceparent on qwen's LLM request: {:?}", turn.headers))?;
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert!(
+        parts.len() == 4 && parts[1].len() == 32 && parts[2].len() == 16,
+        "traceparent {tp}"
+    );
+
+    mock.set_scenario("error");
+    let t = Instant::now();
+    let id = prompt_id(&d.prompt(&s, "Say hello").await?)?;
+    let frames = turn_end(&mut sse, &id).await?;
+    let end = frames.last().unwrap();
+    eprintln!(
+        "LLM error 400 -> {} {} after {:?}; agent text {:?}",
+        end.event,
+        end.data["data"],
+        t.elapsed(),
+        agent_text(&frames)
+    );
+    assert_eq!(
+        end.event, "turn_error",
+        "an LLM error is a turn error: {}",
+        end.data
+    );
+    assert!(
+        mock.requests().iter().any(|r| r.reply == "error 400"),
+        "qwen called the LLM"
+    );
+    clean_shutdown(d, &s).await
+}
