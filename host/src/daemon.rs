@@ -31,7 +31,15 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     let telemetry = Telemetry::init(&config.telemetry)
         .await
         .map_err(|e| crate::config::ConfigError::new("telemetry", format!("{e:#}")))?;
-    let (child_env, mut child_env_remove) = telemetry.child_env();
+    let (mut child_env, mut child_env_remove) = telemetry.child_env();
+    // The operator asked for the agents' own telemetry, and it has somewhere to go.
+    if config.agent.telemetry && !child_env.is_empty() {
+        child_env.extend(
+            crate::gateway::SWITCH_ON
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+    }
     // HMAC keys read from the environment are the daemon's secrets, not the agent's.
     child_env_remove.extend(config.keys.values().filter_map(|k| k.env.clone()));
     let bridge = Bridge::new(config.clone(), (child_env, child_env_remove))?;

@@ -28,6 +28,7 @@ pub struct TurnTrace {
     tools: HashMap<String, Context>,
     admitted: Instant,
     started: Option<Instant>,
+    prompt_id: String,
 }
 
 impl TurnTrace {
@@ -49,6 +50,7 @@ impl TurnTrace {
             tools: HashMap::new(),
             admitted: Instant::now(),
             started: None,
+            prompt_id: prompt_id.to_string(),
         }
     }
 
@@ -78,6 +80,18 @@ impl TurnTrace {
         };
         for kv in &enriched {
             spans::set(&self.dispatch, kv.clone());
+        }
+        // The agent's own telemetry in this trace is attributed to the session and prompt.
+        if let Some(g) = crate::gateway::current() {
+            use opentelemetry::trace::TraceContextExt as _;
+            let trace_id = self.dispatch.span().span_context().trace_id().to_bytes();
+            g.note_prompt(
+                trace_id,
+                child_id,
+                session_id,
+                &self.prompt_id,
+                enriched.clone(),
+            );
         }
         let wait = self.admitted.elapsed();
         self.started = Some(Instant::now());

@@ -187,6 +187,10 @@ pub struct AgentConfig {
     /// The longest line (one JSON-RPC message) the agent may write; a longer one ends its
     /// connection. Generous: messages carry whole files.
     pub max_line_bytes: usize,
+    /// Switch on the known agents' own telemetry (Qwen Code, Gemini CLI, Claude Code, and the
+    /// OTEL_*_EXPORTER switches), exported through acpd's gateway. Off: each agent's own
+    /// settings decide.
+    pub telemetry: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +237,7 @@ impl Default for AgentConfig {
             stop_grace_ms: 1_500,
             restart_backoff_max_ms: 30_000,
             max_line_bytes: 64 << 20,
+            telemetry: false,
         }
     }
 }

@@ -391,8 +391,10 @@ pub fn target_url(signal: Signal, cfg: &TelemetryConfig) -> Option<String> {
     forward::target(signal, cfg).map(|t| t.url)
 }
 
-/// Variables an agent child must not inherit when it exports to the gateway: the agents' own
-/// per-signal knobs would send a signal elsewhere, past the plugins.
+/// Variables an agent child must not inherit when it exports to the gateway: per-signal
+/// endpoints would send a signal elsewhere, past the plugins (Qwen Code reads its own and the
+/// standard ones as per-signal endpoints), and a per-signal headers variable would replace the
+/// credential.
 pub const CHILD_ENV_REMOVED: &[&str] = &[
     "QWEN_TELEMETRY_OTLP_TRACES_ENDPOINT",
     "QWEN_TELEMETRY_OTLP_METRICS_ENDPOINT",
@@ -400,24 +402,44 @@ pub const CHILD_ENV_REMOVED: &[&str] = &[
 ];
 
 /// The environment that points an agent child at the gateway: the standard OTLP variables and
-/// the known agents' own knobs where those win over the standard ones. The credential
-/// (`OTEL_EXPORTER_OTLP_HEADERS`) is added per child at spawn ([`Gateway::credentials`]).
+/// the known agents' own knobs where those win over the standard ones or over their settings
+/// files. Whether an agent's telemetry is on stays the operator's choice ([`SWITCH_ON`]). The
+/// credential (`OTEL_EXPORTER_OTLP_HEADERS`, which all of them send over HTTP and gRPC) is
+/// added per child at spawn ([`Gateway::credentials`]).
 pub fn child_env(g: &Gateway) -> Vec<(String, String)> {
     let base = g.endpoint().to_string();
     [
+        // The OpenTelemetry SDKs (the demo agent, Claude Code); OTLP/HTTP with protobuf.
         ("OTEL_EXPORTER_OTLP_ENDPOINT", base.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        // Qwen Code: its own variables win over OTEL_* and over its settings file.
+        // Qwen Code: its variables win over OTEL_* and its settings file; an outfile (set in
+        // settings) would turn OTLP off, and an empty value overrides it.
         ("QWEN_TELEMETRY_OTLP_ENDPOINT", base.as_str()),
         ("QWEN_TELEMETRY_OTLP_PROTOCOL", "http"),
-        // Gemini CLI likewise.
+        ("QWEN_TELEMETRY_OUTFILE", ""),
+        // Gemini CLI likewise; target `gcp` would export straight to Google Cloud.
         ("GEMINI_TELEMETRY_OTLP_ENDPOINT", base.as_str()),
         ("GEMINI_TELEMETRY_OTLP_PROTOCOL", "http"),
+        ("GEMINI_TELEMETRY_TARGET", "local"),
+        ("GEMINI_TELEMETRY_USE_COLLECTOR", "false"),
+        ("GEMINI_TELEMETRY_OUTFILE", ""),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
+
+/// `[agent] telemetry = true`: switches the known agents' own telemetry on (it is off by
+/// default in each). Never set otherwise, and never switched off by acpd.
+pub const SWITCH_ON: &[(&str, &str)] = &[
+    ("QWEN_TELEMETRY_ENABLED", "true"),
+    ("GEMINI_TELEMETRY_ENABLED", "true"),
+    ("CLAUDE_CODE_ENABLE_TELEMETRY", "1"),
+    ("CLAUDE_CODE_ENHANCED_TELEMETRY_BETA", "1"),
+    ("OTEL_TRACES_EXPORTER", "otlp"),
+    ("OTEL_METRICS_EXPORTER", "otlp"),
+    ("OTEL_LOGS_EXPORTER", "otlp"),
+];
 
 /// The daemon's own metrics join the agents' on their way out, so their attributes pass the
 /// same redaction before they leave (the SDK's exporter would send them as they are).

@@ -46,10 +46,13 @@ struct PromptFacts {
     attributes: Vec<KeyValue>,
 }
 
+/// Prompts by trace id, and their order of arrival (oldest first) for eviction.
+type Prompts = (HashMap<[u8; 16], PromptFacts>, VecDeque<[u8; 16]>);
+
 #[derive(Default)]
 pub struct Registry {
     by_key: RwLock<HashMap<String, Arc<ChildEntry>>>,
-    prompts: Mutex<(HashMap<[u8; 16], PromptFacts>, VecDeque<[u8; 16]>)>,
+    prompts: Mutex<Prompts>,
 }
 
 impl Registry {

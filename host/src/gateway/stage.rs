@@ -18,6 +18,10 @@ use super::registry::{ChildEntry, Registry};
 use crate::plugins::{self, Hook, LogItem};
 use crate::telemetry::export::{attribute_record, redact_spans};
 
+/// Records per plugin call: an agent's batch may be far larger than the daemon's, and each call
+/// has its own deadline.
+const PLUGIN_CHUNK: usize = 128;
+
 /// Resource keys that name the sender (kept readable even when the safety net masks content:
 /// a backend groups by them).
 fn identity(key: &str) -> bool {
@@ -41,7 +45,9 @@ pub fn traces(req: &mut ExportTraceServiceRequest, child: Option<&ChildEntry>, r
             records.push(span_record(span));
         }
     }
-    redact_spans(&mut records);
+    for chunk in records.chunks_mut(PLUGIN_CHUNK) {
+        redact_spans(chunk);
+    }
     let mut done = records.into_iter();
     for rs in &mut req.resource_spans {
         for span in rs.scope_spans.iter_mut().flat_map(|s| s.spans.iter_mut()) {
@@ -98,7 +104,10 @@ fn span_record(span: &opentelemetry_proto::tonic::trace::v1::Span) -> SpanData {
         events,
         links: SpanLinks::default(),
         status,
-        instrumentation_scope: opentelemetry::InstrumentationScope::builder("agent").build(),
+        instrumentation_scope: opentelemetry::InstrumentationScope::builder(
+            crate::plugins::FOREIGN_SCOPE,
+        )
+        .build(),
     }
 }
 
@@ -128,7 +137,9 @@ fn attribute_sets<'a>(sets: impl Iterator<Item = &'a mut Vec<PKeyValue>>, keep: 
                 )
             })
             .collect();
-        redact_spans(&mut records);
+        for chunk in records.chunks_mut(PLUGIN_CHUNK) {
+            redact_spans(chunk);
+        }
         for (attrs, r) in sets.iter_mut().zip(records) {
             let kept: Vec<KeyValue> = to_kvs(attrs)
                 .into_iter()
@@ -247,7 +258,15 @@ pub fn logs(req: &mut ExportLogsServiceRequest, child: Option<&ChildEntry>, reg:
         }
     }
     if let Some(set) = &set {
-        set.logs(&mut items);
+        let mut done = Vec::with_capacity(items.len());
+        let mut rest = items;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(PLUGIN_CHUNK));
+            let mut chunk = std::mem::replace(&mut rest, tail);
+            set.logs(&mut chunk);
+            done.extend(chunk);
+        }
+        let items = done;
         // Plugins may drop records; the rest come back by origin.
         let total: usize = req
             .resource_logs

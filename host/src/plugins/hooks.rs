@@ -102,9 +102,17 @@ fn mask_any(v: &mut AnyValue) {
     }
 }
 
-/// Fail closed for spans: every non-structural value masked, error texts too.
+/// The instrumentation scope the gateway gives the agents' spans on their way through the
+/// plugins: their names are content too (the daemon's own are a fixed vocabulary).
+pub const FOREIGN_SCOPE: &str = "acpd.gateway.agent";
+
+/// Fail closed for spans: every non-structural value masked, error texts too, and the names of
+/// spans from outside the daemon.
 pub fn safety_net_spans(batch: &mut [SpanData]) {
     for span in batch {
+        if span.instrumentation_scope.name() == FOREIGN_SCOPE {
+            span.name = REDACTED.into();
+        }
         for kv in span.attributes.iter_mut() {
             if !structural(kv.key.as_str()) {
                 mask_value(&mut kv.value);

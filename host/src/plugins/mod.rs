@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use bindings::exports::acpd::plugin::error_hooks::{ClientError, ErrorInfo, Surface};
 pub use engine::sha256_hex;
-pub use hooks::{LogItem, REDACTED, safety_net_logs, safety_net_spans, structural};
+pub use hooks::{FOREIGN_SCOPE, LogItem, REDACTED, safety_net_logs, safety_net_spans, structural};
 pub use instance::Failure;
 pub use kernels::keyed_hash;
 pub use pack::any_text;

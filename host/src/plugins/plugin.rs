@@ -216,11 +216,16 @@ pub struct Plugin {
     shared: Arc<Shared>,
     init_json: String,
     pub(super) pool: Arc<Mutex<Vec<Live>>>,
+    /// Signalled when an instance returns to the pool.
+    returned: Arc<std::sync::Condvar>,
     live: Arc<AtomicUsize>,
     breaker: Mutex<Breaker>,
     quarantine_flag: std::sync::atomic::AtomicBool,
     labels: [[opentelemetry::KeyValue; 2]; 6],
 }
+
+/// How long an export batch waits for a free instance before it counts as a failure.
+const EXPORT_CHECKOUT_WAIT: Duration = Duration::from_millis(500);
 
 /// A poisoned instance is replaced once per this many calls at most (trap storms stay cheap).
 const MAX_CALLS_PER_INSTANCE: u64 = 100_000;
@@ -258,6 +263,7 @@ impl Plugin {
             shared,
             init_json,
             pool: Arc::new(Mutex::new(vec![live])),
+            returned: Arc::default(),
             live: Arc::new(AtomicUsize::new(1)),
             breaker: Mutex::new(Breaker::new()),
             quarantine_flag: std::sync::atomic::AtomicBool::new(false),
@@ -322,6 +328,34 @@ impl Plugin {
         })
     }
 
+    /// The export hooks run off the request path, on several export threads (the daemon's
+    /// spans and logs, the gateway's three signals): there a busy pool is waited for, within
+    /// the hook's own deadline, instead of failing the batch.
+    fn checkout_for(&self, hook: Hook) -> Result<Live, Failure> {
+        let first = self.checkout();
+        if !matches!(first, Err(Failure::Busy))
+            || !matches!(hook, Hook::ExportSpans | Hook::ExportLogs)
+        {
+            return first;
+        }
+        let until = Instant::now() + EXPORT_CHECKOUT_WAIT;
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(live) = pool.pop() {
+                return Ok(live);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Failure::Busy);
+            }
+            pool = self
+                .returned
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     fn checkin(&self, live: Live) {
         if live.calls >= MAX_CALLS_PER_INSTANCE || live.memory_exceeded() {
             // Linear memory never shrinks: recycle long-lived instances now and then.
@@ -333,6 +367,7 @@ impl Plugin {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(live);
+        self.returned.notify_one();
     }
 
     /// Rebuilds an instance off the calling path (a new instance pays `init`).
@@ -346,12 +381,16 @@ impl Plugin {
         let init = self.init_json.clone();
         let limits = self.limits;
         let pool = self.pool.clone();
+        let returned = self.returned.clone();
         let live = self.live.clone();
         let spawned = std::thread::Builder::new()
             .name("acpd-plugin-rebuild".into())
             .spawn(move || {
                 match Live::new(&pre, shared, limits.memory_bytes, &init, limits.init_ticks) {
-                    Ok((l, _)) => pool.lock().unwrap_or_else(|p| p.into_inner()).push(l),
+                    Ok((l, _)) => {
+                        pool.lock().unwrap_or_else(|p| p.into_inner()).push(l);
+                        returned.notify_one();
+                    }
                     Err(_) => {
                         live.fetch_sub(1, Ordering::AcqRel);
                     }
@@ -372,7 +411,7 @@ impl Plugin {
             metrics::skipped(&self.name, hook, "quarantined");
             return Err(Failure::Quarantined);
         }
-        let mut live = match self.checkout() {
+        let mut live = match self.checkout_for(hook) {
             Ok(l) => l,
             Err(f) => {
                 self.failed(hook, &f);
