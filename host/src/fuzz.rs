@@ -1,9 +1,9 @@
-//! Fuzz targets (issue #6): one entry point per untrusted input, each running the daemon's own
+//! Fuzz targets: one entry point per untrusted input, each running the daemon's own
 //! parser on arbitrary bytes and checking what the API promises for it. A target panics only
 //! when a promise is broken: that is how both drivers see a failure, libFuzzer (`tests/fuzz`)
 //! and the smoke test CI runs (`host/tests/fuzz_smoke.rs`).
 //!
-//! The expectations are restated from the contract (shared/API.md, PLUGINS.md, W3C trace
+//! The expectations are restated from the contract (docs/API.md, docs/PLUGINS.md, W3C trace
 //! context) rather than copied from the code under test, so a parser that drifts from the
 //! contract fails here.
 

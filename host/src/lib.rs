@@ -1,8 +1,8 @@
 //! acpd: serves ACP coding agents to HTTP+SSE clients.
 //!
 //! The pipeline, in dependency order: `http` -> `bridge` -> {`acp`, `child`}; `config`,
-//! `error` and `telemetry` are used by all of them; `plugins` (the WASM hooks) is called from
-//! `http` (request enrichment), `error` (translation) and `telemetry` (export redaction).
+//! `error`, `telemetry` and `time` are used by all of them; `plugins` (the WASM hooks) is called
+//! from `http` (request enrichment), `error` (translation) and `telemetry` (export redaction).
 
 pub mod acp;
 pub mod bridge;
@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod error;
+#[cfg(feature = "fuzz")]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod gateway;
@@ -18,3 +19,4 @@ pub mod http;
 pub mod plugin_cli;
 pub mod plugins;
 pub mod telemetry;
+pub mod time;

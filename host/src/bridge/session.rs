@@ -766,7 +766,7 @@ impl Session {
             "sessionId": self.id,
             "workspaceCwd": self.workspace.cwd_str(),
             "workspaceId": self.workspace.id,
-            "createdAt": crate::http::time::rfc3339(self.created_at),
+            "createdAt": crate::time::rfc3339(self.created_at),
             "state": state,
             "child": child,
             "activePromptId": st.running.as_ref().map(|r| r.id.clone()),

@@ -10,7 +10,6 @@ pub(crate) mod routes;
 mod schema;
 mod span;
 pub(crate) mod sse;
-pub mod time;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;

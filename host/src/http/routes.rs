@@ -8,10 +8,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::AppState;
 use super::body::JsonBody;
 use super::extract::{Path, Query};
 use super::schema::{Empty, ErrorBody, HeartbeatBody, PromptAccepted, SessionInfo};
-use super::{AppState, time};
 use crate::bridge::{CreateScope, Prompt, Session};
 use crate::error::ApiError;
 use crate::telemetry::semconv::{
@@ -19,6 +19,7 @@ use crate::telemetry::semconv::{
     WORKSPACE_ID,
 };
 use crate::telemetry::spans::{request_fact, session_fact};
+use crate::time;
 
 type Result<T> = std::result::Result<T, ApiError>;
 

@@ -1,3 +1,5 @@
+//! Timestamps as the API prints them (HTTP responses and the bridge's session snapshots).
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// RFC 3339 UTC timestamp with milliseconds (`2026-11-23T21:31:00.123Z`), as JS clients print dates.
