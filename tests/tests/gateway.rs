@@ -665,3 +665,35 @@ async fn the_real_qwen_codes_telemetry_passes_the_gateway() -> Result<()> {
     assert!(leaked(&everything).is_empty());
     Ok(())
 }
+
+/// `agent_direct = true` is the documented bypass: the child gets the collector's endpoint,
+/// and its items arrive there as it sent them (no attribution: they never passed acpd).
+#[tokio::test]
+async fn agent_direct_sends_the_children_straight_to_the_collector() -> Result<()> {
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let d = Daemon::builder()
+        .config(&format!(
+            "[telemetry]\nendpoint = \"{}\"\nprotocol = \"http/protobuf\"\nagent_direct = true\n",
+            rx.endpoint()
+        ))
+        .start()
+        .await?;
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    let endpoint = child_env(&d, &s, &mut sse, "OTEL_EXPORTER_OTLP_ENDPOINT").await?;
+    assert!(endpoint.contains(&rx.endpoint()), "{endpoint}");
+    let p = d.prompt(&s, "telemetry direct").await?;
+    sse.until_turn_end(p.body["promptId"].as_str().context("id")?)
+        .await?;
+    let spans = rx
+        .wait_for_spans(WAIT, |s| {
+            s.iter().any(|s| s.name.starts_with("demo.secret"))
+        })
+        .await?;
+    let span = spans
+        .iter()
+        .find(|s| s.name.starts_with("demo.secret"))
+        .context("span")?;
+    assert!(span.attr_str("acpd.child.id").is_none(), "{span:?}");
+    Ok(())
+}
