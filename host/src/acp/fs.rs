@@ -67,6 +67,13 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
+/// Reads a file in the workspace. A file that does not exist (yet) reads as empty, as it does in
+/// Zed (the reference ACP client opens a missing path inside its project as a new, empty buffer):
+/// agents check a file through this read before writing it, and not all of them can tell an error
+/// for "no such file" from a failure. gemini-cli 0.61 fails its write of a new file on any error
+/// here (the ACP SDK hands it the JSON-RPC error as a plain object, which it cannot match as
+/// ENOENT), while qwen-code and claude-code-acp are built against Zed's answer too. Paths outside
+/// the workspace are still refused.
 pub async fn read(
     root: &Path,
     path: &Path,
@@ -74,9 +81,11 @@ pub async fn read(
     limit: Option<u32>,
 ) -> Result<String, Error> {
     let full = confine(root, path)?;
-    let meta = tokio::fs::metadata(&full)
-        .await
-        .map_err(|e| io_error(path, e))?;
+    let meta = match tokio::fs::metadata(&full).await {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(io_error(path, e)),
+    };
     if meta.len() > MAX_FILE {
         return Err(Error::invalid_params().data(json!({"path": path, "reason": "file too large"})));
     }
@@ -128,5 +137,49 @@ mod tests {
         std::os::unix::fs::symlink(dir.join("../acpd-fs-missing"), root.join("dangling")).ok();
         assert!(confine(&root, &root.join("dangling")).is_err());
         assert!(confine(&root, &root.join("dangling/new.txt")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_reads_as_empty_inside_the_workspace_only() {
+        let dir = tempfile_dir("read");
+        let root = dir.canonicalize().unwrap();
+        std::fs::write(root.join("present.txt"), "a\nb\n").unwrap();
+        assert_eq!(
+            read(&root, &root.join("present.txt"), None, None)
+                .await
+                .unwrap(),
+            "a\nb\n"
+        );
+        assert_eq!(
+            read(&root, &root.join("absent.txt"), None, None)
+                .await
+                .unwrap(),
+            ""
+        );
+        assert_eq!(
+            read(&root, &root.join("no/such/dir/f.txt"), Some(2), Some(1))
+                .await
+                .unwrap(),
+            ""
+        );
+        // Still an error: outside the workspace (missing or not), a directory, a path through a file.
+        assert!(
+            read(&root, &root.join("../absent-outside.txt"), None, None)
+                .await
+                .is_err()
+        );
+        assert!(read(&root, &root, None, None).await.is_err());
+        assert!(
+            read(&root, &root.join("present.txt/x"), None, None)
+                .await
+                .is_err()
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("acpd-fs-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }
