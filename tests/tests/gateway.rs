@@ -697,3 +697,68 @@ async fn agent_direct_sends_the_children_straight_to_the_collector() -> Result<(
     assert!(span.attr_str("acpd.child.id").is_none(), "{span:?}");
     Ok(())
 }
+
+/// The ingest key a child got in its environment.
+async fn child_key(d: &Daemon, s: &SessionRef, sse: &mut Sse) -> Result<String> {
+    let headers = child_env(d, s, sse, "OTEL_EXPORTER_OTLP_HEADERS").await?;
+    Ok(headers
+        .split("x-acpd-ingest-key=")
+        .nth(1)
+        .context("key")?
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .context("key")?
+        .to_string())
+}
+
+/// Each child has its own credential, and a child's stops working once it has exited.
+#[tokio::test]
+async fn credentials_are_per_child_and_revoked_after_exit() -> Result<()> {
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let d = Daemon::builder()
+        .args(&["--agent-scope", "session"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
+        .start()
+        .await?;
+    let a = d.create_session().await?;
+    let b = d
+        .create_session_with(serde_json::json!({"sessionScope": "thread"}))
+        .await?;
+    let mut sse_a = d.events(&a, None, None).await?;
+    let mut sse_b = d.events(&b, None, None).await?;
+    assert_ne!(d.child_pid(&a).await?, d.child_pid(&b).await?);
+    let key_a = child_key(&d, &a, &mut sse_a).await?;
+    let key_b = child_key(&d, &b, &mut sse_b).await?;
+    assert_ne!(key_a, key_b);
+    let endpoint = child_env(&d, &a, &mut sse_a, "OTEL_EXPORTER_OTLP_ENDPOINT").await?;
+    let port: String = endpoint
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .context("endpoint")?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let url = format!("http://127.0.0.1:{port}/v1/logs");
+    let http = reqwest::Client::new();
+    let post = |key: String| {
+        http.post(&url)
+            .header("x-acpd-ingest-key", key)
+            .header("content-type", "application/x-protobuf")
+            .body(Vec::new())
+            .send()
+    };
+    assert_eq!(post(key_a.clone()).await?.status(), 200);
+    // Session a's child goes away; its key stops working (after a short grace for what it
+    // sent just before exiting), b's keeps working.
+    assert_eq!(d.delete(&format!("/session/{}", a.id)).await?.status, 204);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if post(key_a.clone()).await?.status() == 401 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "a's key still accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(post(key_b).await?.status(), 200);
+    Ok(())
+}
