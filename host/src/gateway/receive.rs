@@ -39,6 +39,8 @@ use crate::telemetry::drops::{Signal, Source};
 pub const KEY_HEADER: &str = "x-acpd-ingest-key";
 /// The largest request body, compressed or not; gRPC messages likewise.
 const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Requests read and decoded at once.
+const MAX_CONCURRENT: usize = 8;
 /// The largest body after decompression (a small gzip bomb must not grow memory).
 const MAX_DECODED: usize = 32 * 1024 * 1024;
 
@@ -66,7 +68,10 @@ pub fn serve(listener: tokio::net::TcpListener, gateway: Arc<Gateway>) {
         .route("/v1/logs", post(logs))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(gateway)
-        .merge(grpc);
+        .merge(grpc)
+        // A bounded number of requests is read and decoded at once; the rest wait unread, so
+        // many agents (or one flooding one) cannot make the daemon hold many bodies.
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "agent telemetry gateway stopped");
