@@ -655,6 +655,8 @@ async fn the_token_never_reaches_spans_logs_or_error_bodies() -> anyhow::Result<
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
+        // Probes are traced only when asked: this test wants the token-in-a-query case traced.
+        .config("[telemetry]\ntrace_probes = true\n")
         .args(&["--token", TOKEN])
         .start()
         .await?;
@@ -719,5 +721,38 @@ async fn the_token_never_reaches_spans_logs_or_error_bodies() -> anyhow::Result<
         assert!(!text.contains(TOKEN), "{path}");
     }
     assert!(!d.log().iter().any(|l| l.contains(TOKEN)), "stderr");
+    Ok(())
+}
+
+/// Health probes are counted, not traced (a probe every second would fill the trace view and
+/// cost every probe the export stage), unless `telemetry.trace_probes` is set.
+#[tokio::test]
+async fn health_probes_are_counted_not_traced_by_default() -> anyhow::Result<()> {
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let d = daemon_exporting_to(&rx, &[]).await?;
+    for _ in 0..5 {
+        assert_eq!(d.get("/health").await?.status, 200);
+    }
+    let s = d.create_session().await?;
+    let spans = rx
+        .wait_for_spans(WAIT, |spans| {
+            spans.iter().any(|s| s.name == "POST /session")
+        })
+        .await?;
+    assert!(
+        spans.iter().all(|sp| sp.name != "GET /health"),
+        "no probe spans"
+    );
+    let prom = d.http.get(d.url("/metrics")).send().await?.text().await?;
+    let probes: f64 = prom
+        .lines()
+        .filter(|l| {
+            l.starts_with("http_server_request_duration_seconds_count")
+                && l.contains("http_route=\"/health\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(probes >= 5.0, "probes are counted: {probes}");
+    drop(s);
     Ok(())
 }

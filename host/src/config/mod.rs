@@ -108,6 +108,8 @@ pub struct TelemetryConfig {
     /// (`gen_ai.tool.call.arguments`) on spans. Off by default: content is the user's; turn it
     /// on with a redaction plugin in place.
     pub capture_content: bool,
+    /// Trace `GET /health` (probes are always counted in `http.server.request.duration`).
+    pub trace_probes: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -136,6 +138,7 @@ impl Default for TelemetryConfig {
             agent_ingest: true,
             agent_direct: false,
             capture_content: false,
+            trace_probes: false,
         }
     }
 }

@@ -26,6 +26,13 @@ pub fn meta_keys() -> &'static [String] {
 
 static CAPTURE_CONTENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+static TRACE_PROBES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `GET /health` gets a span (`telemetry.trace_probes`); it is always counted.
+pub fn trace_probes() -> bool {
+    TRACE_PROBES.load(Ordering::Relaxed)
+}
+
 /// Whether prompt text and tool arguments go on spans (`telemetry.capture_content`).
 pub fn capture_content() -> bool {
     CAPTURE_CONTENT.load(Ordering::Relaxed)
@@ -82,6 +89,7 @@ impl Telemetry {
     pub async fn init(cfg: &TelemetryConfig) -> anyhow::Result<Arc<Self>> {
         let _ = META_KEYS.set(cfg.meta_keys.clone());
         CAPTURE_CONTENT.store(cfg.capture_content, Ordering::Relaxed);
+        TRACE_PROBES.store(cfg.trace_probes, Ordering::Relaxed);
         let ring = Arc::new(TraceRing::new(cfg.view_traces, cfg.view_spans_per_trace));
         let shutdown_timeout = Duration::from_millis(cfg.shutdown_timeout_ms);
         if !cfg.enabled || env_true("OTEL_SDK_DISABLED") {
