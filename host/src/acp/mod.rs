@@ -5,6 +5,7 @@
 
 pub mod fs;
 pub(crate) mod lines;
+mod session_config;
 
 use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::ConnectionTo;
@@ -266,49 +267,45 @@ impl AgentConn {
         self.routes.lock().remove(session_id);
     }
 
+    /// `session/new`: the session id, and the agent's whole answer (its `modes`, `models`,
+    /// `configOptions`, ... as it sent them: read untyped so nothing it announced is dropped).
     pub async fn new_session(
         &self,
         cwd: PathBuf,
         meta: Meta,
         deadline: Duration,
-    ) -> Result<String, ApiError> {
+    ) -> Result<(String, Value), ApiError> {
         let (span, meta) = self.client_span("session/new", None, meta);
         let req = NewSessionRequest::new(cwd).meta(meta);
-        let resp = self
-            .call(
-                self.cx.send_request(req).block_task(),
-                deadline,
-                "session/new",
-                &span,
-            )
-            .await?;
-        spans::set(
-            &span,
-            KeyValue::new(SESSION_ID, resp.session_id.to_string()),
-        );
+        let resp = self.raw_call("session/new", &req, deadline, &span).await;
+        let id = resp.and_then(|v| match v.get("sessionId").and_then(Value::as_str) {
+            Some(id) => Ok((id.to_string(), v.clone())),
+            None => Err(ApiError::new(
+                502,
+                "agent_error",
+                "session/new failed: the answer has no sessionId",
+            )),
+        });
+        if let Ok((id, _)) = &id {
+            spans::set(&span, KeyValue::new(SESSION_ID, id.clone()));
+        }
         spans::end(&span);
-        Ok(resp.session_id.to_string())
+        id
     }
 
+    /// `session/load`: the agent's whole answer (as for `new_session`).
     pub async fn load_session(
         &self,
         id: &str,
         cwd: PathBuf,
         meta: Meta,
         deadline: Duration,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Value, ApiError> {
         let (span, meta) = self.client_span("session/load", Some(id), meta);
         let req = LoadSessionRequest::new(SessionId::new(id), cwd).meta(meta);
-        let r = self
-            .call(
-                self.cx.send_request(req).block_task(),
-                deadline,
-                "session/load",
-                &span,
-            )
-            .await;
+        let r = self.raw_call("session/load", &req, deadline, &span).await;
         spans::end(&span);
-        r.map(|_| ())
+        r
     }
 
     /// An `acp <method>` CLIENT span under the current context, and `meta` carrying it.

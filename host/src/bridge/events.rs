@@ -287,12 +287,43 @@ impl EventBus {
         })
     }
 
+    /// The events the ring still holds with an id in `range`, as `(id, envelope)`: what the
+    /// transcript and the export read until a durable journal backs them.
+    pub fn retained(&self, range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Value)> {
+        let frames: Vec<(u64, Bytes)> = {
+            let inner = self.lock();
+            inner
+                .ring
+                .iter()
+                .filter(|(id, _)| range.contains(id))
+                .cloned()
+                .collect()
+        };
+        frames
+            .into_iter()
+            .filter_map(|(id, frame)| envelope(&frame).map(|e| (id, e)))
+            .collect()
+    }
+
+    /// The oldest id the ring still holds (the next one when it is empty).
+    pub fn earliest_retained(&self) -> u64 {
+        let inner = self.lock();
+        inner.ring.front().map_or(inner.last_id + 1, |(id, _)| *id)
+    }
+
     /// Ends every subscription after its queued frames; later publishes are dropped.
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
         inner.subs.clear();
     }
+}
+
+/// The JSON envelope of an SSE frame (its `data:` line).
+fn envelope(frame: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(frame).ok()?;
+    let data = text.lines().find_map(|l| l.strip_prefix("data: "))?;
+    serde_json::from_str(data).ok()
 }
 
 /// Appends `v` as JSON (serialising a `Value` into a `String` cannot fail).

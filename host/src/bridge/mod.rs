@@ -1,9 +1,11 @@
 //! The registry of workspaces and sessions, between the HTTP handlers and the agent children.
 
 mod agents;
+pub mod context;
 pub mod events;
 pub mod session;
 mod trace;
+pub mod transcript;
 
 pub use agents::AgentPool;
 pub use session::{Life, Prompt, Session, SessionLimits};
@@ -350,8 +352,8 @@ impl Bridge {
         let created = conn
             .new_session(ws.cwd.clone(), meta, self.session_limits.session_timeout)
             .await;
-        let id = match created {
-            Ok(id) => id,
+        let (id, announced) = match created {
+            Ok(created) => created,
             Err(e) => {
                 if ws.agents.scope() == ChildScope::Session {
                     let grace = Duration::from_millis(self.config.agent.stop_grace_ms);
@@ -366,6 +368,7 @@ impl Bridge {
             EventBus::new(self.bus_limits),
             self.session_limits,
         );
+        session.ctx.announce(&announced);
         conn.register(&id, session.sink(), false);
         session.bind(conn);
         self.insert(session.clone())?;
@@ -397,14 +400,37 @@ impl Bridge {
         id: &str,
         ws: Option<Arc<Workspace>>,
     ) -> Result<Arc<Session>, ApiError> {
+        self.restore_session(id, ws, true).await
+    }
+
+    /// `POST /session/:id/resume`: restored as by `load_session`, but the history the agent
+    /// replays is not published (the event stream gets no historical replay).
+    pub async fn resume_session(
+        &self,
+        id: &str,
+        ws: Option<Arc<Workspace>>,
+    ) -> Result<Arc<Session>, ApiError> {
+        self.restore_session(id, ws, false).await
+    }
+
+    async fn restore_session(
+        &self,
+        id: &str,
+        ws: Option<Arc<Workspace>>,
+        replay: bool,
+    ) -> Result<Arc<Session>, ApiError> {
         self.admit()?;
         let span = bridge_span(
-            "session.load",
+            if replay {
+                "session.load"
+            } else {
+                "session.resume"
+            },
             ws.as_ref().unwrap_or(self.primary()),
             Some(id),
         );
         let r = self
-            .load_session_traced(id, ws)
+            .load_session_traced(id, ws, replay)
             .with_context(span.clone())
             .await;
         close_span(&span, r.as_ref().map(|s| s.id.as_str()));
@@ -415,6 +441,7 @@ impl Bridge {
         &self,
         id: &str,
         ws: Option<Arc<Workspace>>,
+        replay: bool,
     ) -> Result<Arc<Session>, ApiError> {
         check_session_id(id)?;
         if let Ok(s) = self.session(id) {
@@ -430,7 +457,7 @@ impl Bridge {
             self.session_limits,
         );
         session
-            .ensure_agent(false)
+            .ensure_agent(!replay)
             .await
             .map_err(|e| match e.code {
                 "agent_error" => ApiError::session_not_found(id).with("detail", e.message.clone()),

@@ -13,6 +13,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::Workspace;
+use super::context::SessionContext;
 use super::events::{EventBus, now_ms};
 use super::trace::{self, TurnTrace};
 use crate::acp::{AgentConn, PromptError, SessionSink};
@@ -42,6 +43,8 @@ pub struct Session {
     pub workspace: Arc<Workspace>,
     pub created_at: SystemTime,
     pub bus: EventBus,
+    /// What the agent announced (models, modes, config options) and the session's metadata.
+    pub ctx: SessionContext,
     limits: SessionLimits,
     state: Mutex<State>,
     wake: Notify,
@@ -95,6 +98,10 @@ struct Pending {
     span: opentelemetry::Context,
     /// The prompt whose turn asked.
     prompt: Option<String>,
+    created_at: SystemTime,
+    /// The agent's `toolCall` and `options`, as sent (for `pendingInteractions`).
+    tool_call: Value,
+    offered: Value,
 }
 
 /// What a vote decided, for the vote request's span.
@@ -141,6 +148,7 @@ impl Session {
             workspace,
             created_at: SystemTime::now(),
             bus,
+            ctx: SessionContext::default(),
             limits,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -468,6 +476,10 @@ impl Session {
         // timed out while asking): resolve it before the turn's end is announced.
         self.cancel_pending(&mut st);
         let pid = Some(prompt_id);
+        self.ctx.set_turn_error(end.as_ref().err().map(|e| {
+            let shown = client_visible(e, Surface::Sse);
+            json!({"message": shown.message, "code": shown.code})
+        }));
         match &end {
             Ok(stop) => {
                 self.bus.publish(
@@ -561,9 +573,12 @@ impl Session {
             )
             .await;
         conn.unmute(&self.id);
-        if let Err(e) = loaded {
-            conn.unregister(&self.id);
-            return Err(e);
+        match loaded {
+            Ok(announced) => self.ctx.announce(&announced),
+            Err(e) => {
+                conn.unregister(&self.id);
+                return Err(e);
+            }
         }
         tracing::info!(session.id = %self.id, child.id = %conn.child.id, "session restored on a new child");
         crate::telemetry::metrics().child_lifecycle.add(
@@ -579,6 +594,22 @@ impl Session {
 
     // ---- permissions ------------------------------------------------------------------
 
+    /// A vote's `outcome`: the selected option id, or none for `cancelled`.
+    pub fn check_outcome(outcome: &Value) -> Result<Option<String>, ApiError> {
+        match outcome.get("outcome").and_then(Value::as_str) {
+            Some("selected") => match outcome.get("optionId").and_then(Value::as_str) {
+                Some(o) => Ok(Some(o.to_string())),
+                None => Err(ApiError::invalid_request(
+                    "outcome.optionId is required when outcome is \"selected\"",
+                )),
+            },
+            Some("cancelled") => Ok(None),
+            _ => Err(ApiError::invalid_request(
+                "outcome.outcome must be \"selected\" or \"cancelled\"",
+            )),
+        }
+    }
+
     /// A vote from a client. First responder wins; later votes find nothing pending (404).
     pub fn vote(
         &self,
@@ -586,22 +617,7 @@ impl Session {
         outcome: &Value,
         voter: Option<&str>,
     ) -> Result<Voted, ApiError> {
-        let parsed = match outcome.get("outcome").and_then(Value::as_str) {
-            Some("selected") => match outcome.get("optionId").and_then(Value::as_str) {
-                Some(o) => Some(o.to_string()),
-                None => {
-                    return Err(ApiError::invalid_request(
-                        "outcome.optionId is required when outcome is \"selected\"",
-                    ));
-                }
-            },
-            Some("cancelled") => None,
-            _ => {
-                return Err(ApiError::invalid_request(
-                    "outcome.outcome must be \"selected\" or \"cancelled\"",
-                ));
-            }
-        };
+        let parsed = Self::check_outcome(outcome)?;
         let mut st = self.lock();
         let Some(p) = st.permissions.get(request_id) else {
             return Err(ApiError::new(
@@ -715,6 +731,47 @@ impl Session {
         self.lock().permissions.len()
     }
 
+    pub fn has_pending_permission(&self, request_id: &str) -> bool {
+        self.lock().permissions.contains_key(request_id)
+    }
+
+    /// The pending permission requests as the contract's `pendingInteractions`, oldest first.
+    pub fn pending_interactions(&self) -> Vec<Value> {
+        let st = self.lock();
+        let mut pending: Vec<(&String, &Pending)> = st.permissions.iter().collect();
+        pending.sort_by_key(|(_, p)| p.created_at);
+        pending
+            .into_iter()
+            .map(|(id, p)| {
+                let title = p.tool_call.get("title").cloned();
+                let mut action = json!({"type": "tool_call"});
+                for key in ["title", "kind", "content", "locations"] {
+                    if let Some(v) = p.tool_call.get(key) {
+                        action[key] = v.clone();
+                    }
+                }
+                if let Some(v) = p.tool_call.get("rawInput") {
+                    action["input"] = v.clone();
+                }
+                let mut item = json!({"requestId": id, "kind": "permission",
+                    "createdAt": crate::time::rfc3339(p.created_at), "action": action, "options": p.offered});
+                if let Some(t) = title.filter(Value::is_string) {
+                    item["title"] = t;
+                }
+                item
+            })
+            .collect()
+    }
+
+    /// Clients this session issued an id to.
+    pub fn client_count(&self) -> usize {
+        self.lock().clients.len()
+    }
+
+    pub fn life(&self) -> Life {
+        self.lock().life
+    }
+
     // ---- lifecycle --------------------------------------------------------------------
 
     /// Closes the session: `session_closed` (or `session_died` on shutdown) is the last event,
@@ -786,6 +843,7 @@ impl Session {
 
 impl SessionSink for Session {
     fn update(&self, notification: Value) -> bool {
+        self.ctx.observe(&notification);
         let mut st = self.lock();
         if let (Some(r), Some(update)) = (st.running.as_mut(), notification.get("update")) {
             r.trace.observe(&self.id, update);
@@ -849,6 +907,9 @@ impl SessionSink for Session {
                 reply,
                 span,
                 prompt: prompt.clone(),
+                created_at: SystemTime::now(),
+                tool_call: serde_json::to_value(&request.tool_call).unwrap_or(Value::Null),
+                offered: serde_json::to_value(&request.options).unwrap_or(Value::Null),
             },
         );
         let originator = st.running.as_ref().and_then(|r| r.originator.clone());

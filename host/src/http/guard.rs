@@ -46,7 +46,7 @@ pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Re
         let h = r.headers_mut();
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+            HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
         );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,

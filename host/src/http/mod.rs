@@ -4,10 +4,12 @@ pub(crate) mod body;
 mod enrich;
 mod error;
 mod extract;
+mod files;
 mod guard;
 pub mod openapi;
 pub(crate) mod routes;
 mod schema;
+mod session_ops;
 mod span;
 pub(crate) mod sse;
 
@@ -84,6 +86,22 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::trace_page))
         .routes(routes!(routes::traces_json))
         .routes(routes!(routes::reload_plugins))
+        // The rest of qwen serve's stable contract.
+        .routes(routes!(session_ops::resume))
+        .routes(routes!(session_ops::update_metadata))
+        .routes(routes!(session_ops::set_model))
+        .routes(routes!(session_ops::set_approval_mode))
+        .routes(routes!(session_ops::session_status))
+        .routes(routes!(session_ops::session_context))
+        .routes(routes!(session_ops::session_transcript))
+        .routes(routes!(session_ops::export_session))
+        .routes(routes!(session_ops::legacy_vote))
+        .routes(routes!(session_ops::workspace_tools))
+        .routes(routes!(files::read_file))
+        .routes(routes!(files::read_file_bytes))
+        .routes(routes!(files::stat_path))
+        .routes(routes!(files::list_dir))
+        .routes(routes!(files::glob_paths))
         .split_for_parts();
     openapi::add_guards(&mut doc);
     (router, doc)

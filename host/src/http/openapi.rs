@@ -23,6 +23,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response as ApiResponse, Respo
         (name = "daemon", description = "Health and capabilities"),
         (name = "telemetry", description = "Prometheus metrics and the embedded trace view"),
         (name = "plugins", description = "WASM plugin administration"),
+        (name = "workspace", description = "Read-only workspace files, confined to the primary workspace and .gitignore-aware"),
     ),
 )]
 pub struct ApiDoc;
@@ -73,9 +74,14 @@ pub(super) fn add_guards(api: &mut utoipa::openapi::OpenApi) {
             .iter()
             .chain(super::guard::PUBLIC_UNLESS_REQUIRED)
             .any(|p| p == path);
-        for op in [&mut item.get, &mut item.post, &mut item.delete]
-            .into_iter()
-            .flatten()
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
         {
             guard(op, public);
         }
@@ -115,7 +121,7 @@ fn link_sessions(doc: &mut serde_json::Value) {
 }
 
 /// Operations whose body may be empty (read as `{}`).
-const OPTIONAL_BODY: &[&str] = &["create_session", "load_session", "cancel"];
+const OPTIONAL_BODY: &[&str] = &["create_session", "load_session", "cancel", "resume"];
 
 fn guard(op: &mut Operation, public: bool) {
     let has_body = op.request_body.is_some();

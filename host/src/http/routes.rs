@@ -76,7 +76,12 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
             "session_create", "session_load", "session_prompt", "session_events", "session_cancel",
             "session_permission_vote", "non_blocking_prompt", "typed_event_schema", "session_heartbeat",
             "pending_prompts", "session_close", "session_status", "workspace_sessions",
+            "session_resume", "session_metadata", "session_set_model", "session_approval_mode_control",
+            "session_context", "session_transcript", "session_transcript_pagination", "session_export",
+            "permission_vote", "workspace_file_read", "workspace_file_read_cursor", "workspace_file_bytes",
         ],
+        // ACP agents choose their own model services: none are selectable through the daemon.
+        "modelServices": [],
         "workspaceCwd": b.primary().cwd_str(),
         "transports": ["rest"],
         "policy": {"permission": "first-responder"},

@@ -36,6 +36,21 @@ pub(super) const ROUTES: &[&str] = &[
     "/session/{id}/events",
     "/workspace/{id}/sessions",
     "/admin/plugins/reload",
+    "/session/{id}/resume",
+    "/session/{id}/metadata",
+    "/session/{id}/model",
+    "/session/{id}/approval-mode",
+    "/session/{id}/status",
+    "/session/{id}/context",
+    "/session/{id}/transcript",
+    "/session/{id}/export",
+    "/permission/{request_id}",
+    "/workspace/tools",
+    "/file",
+    "/file/bytes",
+    "/stat",
+    "/list",
+    "/glob",
 ];
 
 pub fn route_template(path: &str) -> Option<&'static str> {
