@@ -1,4 +1,4 @@
-//! The HTTP+SSE API (see shared/API.md): router, guards, handlers, error responses.
+//! The HTTP+SSE API (docs/API.md): router, guards, handlers, error responses.
 
 pub(crate) mod body;
 mod enrich;
