@@ -43,6 +43,7 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     // HMAC keys read from the environment are the daemon's secrets, not the agent's.
     child_env_remove.extend(config.keys.values().filter_map(|k| k.env.clone()));
     let bridge = Bridge::new(config.clone(), (child_env, child_env_remove))?;
+    crate::child::reap::start();
     // Plugins are compiled (or taken from the cache) and initialised before the first request.
     let plugins = {
         let config = config.clone();
@@ -73,8 +74,15 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
         addr.port(),
     ));
     bridge.start();
-    // Tests and scripts read the bound address from this line (port 0 picks a free port).
-    tracing::info!("acpd listening on http://{addr}");
+    // A warm pool is ready before the daemon says it listens, so the first session gets one of
+    // its children instead of paying the agent's start (each start is bounded by the init
+    // timeout; the children start in parallel).
+    for ws in &bridge.workspaces {
+        ws.agents.ready().await;
+    }
+    // Tests and scripts read the bound address from this line (port 0 picks a free port). One
+    // line, printed as is: a log line would carry a timestamp and level before it, and appear
+    // only at `info`.
     eprintln!("acpd listening on http://{addr}");
 
     let mut term = signal(SignalKind::terminate())?;
@@ -127,6 +135,8 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     }
     bridge.kill_all();
     drain_task.abort();
+    // The agents' orphans that exited since the last SIGCHLD: none is left a zombie.
+    crate::child::reap::sweep();
     tracing::info!("acpd stopped");
     telemetry.shutdown().await;
     Ok(())

@@ -843,7 +843,8 @@ async fn custom_agent_command_line() -> Result<()> {
         status.body
     );
 
-    // A command that is not an agent: session creation fails with a JSON error, no hang.
+    // A command that does not exist: session creation fails with a JSON error naming it, no
+    // hang (tests/tests/agent_faults.rs covers the rest of that case).
     let bad = Daemon::builder()
         .args(&["--agent", "/nonexistent/agent-binary --acp"])
         .start()
@@ -852,7 +853,8 @@ async fn custom_agent_command_line() -> Result<()> {
         .post("/session", json!({"sessionScope": "thread"}))
         .await?;
     assert_eq!(r.status, 503, "{}", r.body);
-    assert_eq!(r.body["code"], "agent_unavailable");
+    assert_eq!(r.body["code"], "agent_spawn_failed", "{}", r.body);
+    assert_eq!(r.body["command"], "/nonexistent/agent-binary", "{}", r.body);
     Ok(())
 }
 

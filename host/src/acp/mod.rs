@@ -117,6 +117,20 @@ pub struct Timeouts {
     pub max_line_bytes: usize,
 }
 
+/// The error code of a spawn no retry can cure (see [`spawn_failed`]).
+pub const SPAWN_FAILED: &str = "agent_spawn_failed";
+
+/// The client's error for an agent command that cannot be started as configured: 503 like any
+/// unavailable agent, but with its own code, no `Retry-After`, `retryable: false`, and the
+/// command and the reason (`not_found`, `not_executable`) as fields, so clients stop retrying and
+/// operators see what to fix. Only the program is named: its arguments may carry secrets.
+pub fn spawn_failed(f: &child::SpawnFailure) -> ApiError {
+    ApiError::new(503, SPAWN_FAILED, f.message.clone())
+        .with("command", f.command.clone())
+        .with("reason", f.reason)
+        .with("retryable", false)
+}
+
 impl AgentConn {
     /// Spawns the child and runs `initialize` under a deadline. On any failure the child is stopped.
     pub async fn connect(
@@ -124,9 +138,14 @@ impl AgentConn {
         root: PathBuf,
         t: &Timeouts,
     ) -> Result<Arc<Self>, ApiError> {
-        let (child, stdin, stdout) = child::spawn(spec).map_err(|e| {
-            ApiError::agent_unavailable(format!("cannot start agent `{}`: {e}", spec.program))
-        })?;
+        let (child, stdin, stdout) =
+            child::spawn(spec).map_err(|e| match child::command::permanent(&spec.program, &e) {
+                Some(failure) => spawn_failed(&failure),
+                None => ApiError::agent_unavailable(format!(
+                    "cannot start agent `{}`: {e}",
+                    spec.program
+                )),
+            })?;
         let routes = Arc::new(Routes::default());
         let (cx_tx, cx_rx) = oneshot::channel();
         let transport = lines::transport(stdin, stdout, t.max_line_bytes);

@@ -1,5 +1,7 @@
 //! Which child serves which session: one shared child per workspace, or one per session with
 //! an optional warm pool. Spawning respects a crash-loop backoff; draining stops every child.
+//! An agent command that cannot be started at all (missing, not executable) is remembered for
+//! `/health` and answered with a non-retryable error instead of feeding the backoff.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -7,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::acp::{AgentConn, Timeouts};
+use crate::acp::{AgentConn, SPAWN_FAILED, Timeouts, spawn_failed};
 use crate::child::{Backoff, SpawnSpec};
 use crate::config::ChildScope;
 use crate::error::ApiError;
@@ -27,6 +29,12 @@ pub struct AgentPool {
     live: Mutex<Vec<Weak<AgentConn>>>,
     draining: AtomicBool,
     refilling: AtomicBool,
+    /// True while the start-up fill of the warm pool runs (see [`AgentPool::ready`]).
+    warming: tokio::sync::watch::Sender<bool>,
+    /// The last attempt to start the agent failed in a way no retry cures: why, and whether the
+    /// probe finds the fault too (then each read re-checks it, so installing the agent clears it;
+    /// otherwise the next spawn that works does).
+    unstartable: Mutex<Option<(ApiError, bool)>>,
 }
 
 impl AgentPool {
@@ -50,6 +58,8 @@ impl AgentPool {
             live: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
             refilling: AtomicBool::new(false),
+            warming: tokio::sync::watch::Sender::new(false),
+            unstartable: Mutex::new(None),
         })
     }
 
@@ -73,6 +83,9 @@ impl AgentPool {
                 Ok(c)
             }
             ChildScope::Session => {
+                // The start-up fill is under way: its children are for the first sessions, and
+                // starting another one beside them would only exceed the pool.
+                self.ready().await;
                 let warm = {
                     let mut w = self.warm.lock().unwrap_or_else(|p| p.into_inner());
                     w.retain(|c| c.is_alive());
@@ -106,6 +119,16 @@ impl AgentPool {
         tokio::time::sleep(wait).await;
         let conn = match AgentConn::connect(&self.spec, self.root.clone(), &self.timeouts).await {
             Ok(c) => c,
+            Err(e) if e.code == SPAWN_FAILED => {
+                // Not a crash: nothing ran. Each request tries again (a stat and a failed exec),
+                // so the agent works as soon as the operator installs it. When the program itself
+                // is missing, `/health` can re-check that with the probe; when it is there but
+                // cannot run (a `#!` interpreter missing, say), only a working spawn clears it.
+                let recheck = crate::child::command::probe(&self.spec).is_err();
+                *self.unstartable.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((e.clone(), recheck));
+                return Err(e);
+            }
             Err(e) => {
                 self.backoff
                     .lock()
@@ -114,6 +137,7 @@ impl AgentPool {
                 return Err(e);
             }
         };
+        *self.unstartable.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         // Checked under the `live` lock, which drain holds while it sets the flag: a child that
         // finished starting after drain took its list is stopped here instead.
@@ -168,9 +192,63 @@ impl AgentPool {
         });
     }
 
-    /// Pre-spawns the warm pool at start-up.
+    /// At start-up: checks that the agent command can be started (for `/health`), and fills the
+    /// warm pool (session scope with `pool > 0`) with its children starting in parallel. Returns
+    /// at once; [`AgentPool::ready`] resolves when the fill has finished.
     pub fn warm_up(self: &Arc<Self>) {
-        self.refill();
+        if let Err(f) = crate::child::command::probe(&self.spec) {
+            tracing::error!(command = %f.command, reason = f.reason, "{}", f.message);
+            *self.unstartable.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((spawn_failed(&f), true));
+            return;
+        }
+        if self.scope != ChildScope::Session
+            || self.pool_size == 0
+            || self.refilling.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.warming.send_replace(true);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started =
+                futures::future::join_all((0..this.pool_size).map(|_| this.spawn())).await;
+            let mut ready = 0;
+            for r in started {
+                match r {
+                    Ok(c) => {
+                        ready += 1;
+                        this.warm
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push_back(c);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "warm pool: a child failed to start"),
+                }
+            }
+            tracing::info!(ready, size = this.pool_size, "warm pool filled");
+            this.refilling.store(false, Ordering::Release);
+            this.warming.send_replace(false);
+        });
+    }
+
+    /// Resolves once the start-up fill of the warm pool has finished (at once if none runs).
+    pub async fn ready(&self) {
+        let mut rx = self.warming.subscribe();
+        let _ = rx.wait_for(|warming| !*warming).await;
+    }
+
+    /// Why the agent cannot be started, when the last attempt showed it cannot (for `/health`):
+    /// the client error's message, command and reason. A failure the probe finds is checked
+    /// again, so it clears once the agent is installed.
+    pub fn unstartable(&self) -> Option<ApiError> {
+        let mut state = self.unstartable.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, true)) = state.as_ref()
+            && crate::child::command::probe(&self.spec).is_ok()
+        {
+            *state = None;
+        }
+        state.as_ref().map(|(e, _)| e.clone())
     }
 
     pub fn live(&self) -> Vec<Arc<AgentConn>> {

@@ -2,9 +2,12 @@
 //! exit, forward stderr to logs, and stop (close stdin -> SIGTERM group -> SIGKILL group).
 
 mod backoff;
+pub mod command;
 mod env;
+pub mod reap;
 
 pub use backoff::Backoff;
+pub use command::SpawnFailure;
 pub use env::child_env;
 
 use nix::sys::signal::{Signal, killpg};
@@ -126,6 +129,8 @@ fn spawn_process(
         // daemon's terminal does not hit the agent before the daemon drains it.
         .process_group(0)
         .kill_on_drop(true);
+    // Registered before the orphan reaper can look (see `reap`).
+    let mut spawned = reap::lock();
     let mut child = cmd.spawn().inspect_err(|_| {
         if let Some(g) = crate::gateway::current() {
             g.forget_child(&id);
@@ -134,6 +139,8 @@ fn spawn_process(
     let pid = child
         .id()
         .ok_or_else(|| std::io::Error::other("child exited at spawn"))?;
+    reap::register(&mut spawned, pid);
+    drop(spawned);
     let stdin = child
         .stdin
         .take()
@@ -178,9 +185,12 @@ fn spawn_process(
         let id = id.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
+            reap::forget(pid);
             // The leader is gone; whatever it left in its group (tools, MCP servers) has no
-            // one to serve and would outlive the daemon: stop it, crash or not.
+            // one to serve and would outlive the daemon: stop it, crash or not, and reap it
+            // before the exit is reported, so a stopped agent leaves no zombie either.
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            reap::group(pid, GROUP_REAP).await;
             let expected = stopping.load(Ordering::Acquire);
             let info = match status {
                 Ok(s) => {
@@ -235,6 +245,9 @@ fn spawn_process(
         stdout,
     ))
 }
+
+/// How long the exit of an agent waits for its killed process group to be reaped.
+const GROUP_REAP: Duration = Duration::from_secs(1);
 
 /// How long a child's telemetry credential outlives the child.
 const CREDENTIAL_GRACE: Duration = Duration::from_secs(2);

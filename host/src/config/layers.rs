@@ -84,28 +84,96 @@ pub fn load(
     env: impl Fn(&str) -> Option<String>,
     flags: &[Override],
 ) -> Result<Config, ConfigError> {
-    let mut tree = match file {
+    let file_tree = match file {
         Some(path) => read_file(path)?,
         None => Table::new(),
     };
+    let mut tree = file_tree.clone();
+    // Every value from the environment, with the variable it came from, lowest first.
+    let mut from_env: Vec<(&str, &str, Value)> = Vec::new();
     for (var, key, kind) in ENV {
         if let Some(raw) = env(var) {
             let value = parse_env(&raw, *kind).map_err(|m| ConfigError::new(*var, m))?;
-            set(&mut tree, key, value).map_err(|m| ConfigError::new(*var, m))?;
+            set(&mut tree, key, value.clone()).map_err(|m| ConfigError::new(*var, m))?;
+            from_env.push((var, key, value));
         }
     }
     for o in flags {
         set(&mut tree, o.key, o.value.clone()).map_err(|m| ConfigError::new(o.key, m))?;
     }
-    let config: Config = serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
+    let mut config = typed(tree.clone())?;
+    config.source = file.map(Path::to_path_buf);
+    config.validate()?;
+    check_overridden(file, &file_tree, &from_env, flags, &tree)?;
+    Ok(config)
+}
+
+/// One typed deserialisation of a merged tree; an error names the key at fault.
+fn typed(tree: Table) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
         let key = e.path().to_string();
         let message = e.inner().message().to_string();
         ConfigError::new(if key == "." { "config".into() } else { key }, message)
-    })?;
-    let mut config = config;
-    config.source = file.map(Path::to_path_buf);
-    config.validate()?;
-    Ok(config)
+    })
+}
+
+/// Every layer is valid, not only the values that win: a bad value in the file (or the
+/// environment) that a later layer overrides is still a mistake the operator should hear about,
+/// before the override is removed one day and the daemon stops starting. Each overridden value
+/// is checked in place of the winning one, in the otherwise final configuration, so checks that
+/// relate keys (a pool needs session scope) see the same neighbours.
+fn check_overridden(
+    file: Option<&Path>,
+    file_tree: &Table,
+    from_env: &[(&str, &str, Value)],
+    flags: &[Override],
+    merged: &Table,
+) -> Result<(), ConfigError> {
+    let check = |key: &str, value: &Value, name: String| -> Result<(), ConfigError> {
+        let mut tree = merged.clone();
+        set(&mut tree, key, value.clone()).map_err(|m| ConfigError::new(name.clone(), m))?;
+        typed(tree).and_then(|c| c.validate()).map_err(|e| {
+            ConfigError::new(
+                name,
+                format!("{} (overridden, but still invalid)", e.message),
+            )
+        })
+    };
+    let overridden_later = |key: &str, env_from: usize| {
+        from_env[env_from..].iter().any(|(_, k, _)| *k == key) || flags.iter().any(|o| o.key == key)
+    };
+    if let Some(path) = file {
+        let keys = from_env
+            .iter()
+            .map(|(_, k, _)| *k)
+            .chain(flags.iter().map(|o| o.key));
+        let mut seen = Vec::new();
+        for key in keys {
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            if let Some(value) = get(file_tree, key) {
+                check(key, value, format!("{key} in {}", path.display()))?;
+            }
+        }
+    }
+    for (i, (var, key, value)) in from_env.iter().enumerate() {
+        if overridden_later(key, i + 1) {
+            check(key, value, (*var).to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The value at a dotted key, if the tree sets it.
+fn get<'a>(tree: &'a Table, dotted: &str) -> Option<&'a Value> {
+    let mut parts = dotted.split('.');
+    let mut value = tree.get(parts.next()?)?;
+    for p in parts {
+        value = value.as_table()?.get(p)?;
+    }
+    Some(value)
 }
 
 fn read_file(path: &Path) -> Result<Table, ConfigError> {
@@ -221,6 +289,55 @@ mod tests {
             load(None, no_env, &flags).unwrap_err().key,
             "limits.event_ring"
         );
+    }
+
+    #[test]
+    fn an_overridden_value_must_still_be_valid() {
+        let dir = std::env::temp_dir().join(format!("acpd-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("acpd.toml");
+        let port = |v: i64| Override {
+            key: "server.port",
+            value: Value::Integer(v),
+        };
+        // A bad type in the file, overridden by a flag.
+        std::fs::write(&file, "[server]\nport = \"abc\"\n").unwrap();
+        let e = load(Some(&file), no_env, &[port(0)]).unwrap_err();
+        assert!(e.key.starts_with("server.port in "), "{e}");
+        assert!(e.to_string().contains("acpd.toml"), "{e}");
+        // ... or by the environment.
+        let env = |k: &str| (k == "ACPD_PORT").then(|| "0".to_string());
+        assert!(load(Some(&file), env, &[]).is_err());
+        // A value out of range (a limit of 0) in the file.
+        std::fs::write(&file, "[limits]\nmax_sessions = 0\n").unwrap();
+        let flags = [Override {
+            key: "limits.max_sessions",
+            value: Value::Integer(4),
+        }];
+        let e = load(Some(&file), no_env, &flags).unwrap_err();
+        assert!(e.to_string().contains("must be at least 1"), "{e}");
+        // A bad environment value overridden by a flag names the variable.
+        let env = |k: &str| (k == "ACPD_MAX_SESSIONS").then(|| "0".to_string());
+        assert_eq!(
+            load(None, env, &flags).unwrap_err().key,
+            "ACPD_MAX_SESSIONS"
+        );
+        // Values that relate keys are checked with the final neighbours: a pool in the file is
+        // fine when a flag sets session scope, and overriding a valid value is fine.
+        std::fs::write(&file, "[agent]\npool = 2\n[server]\nport = 1\n").unwrap();
+        let flags = [
+            Override {
+                key: "agent.scope",
+                value: Value::String("session".into()),
+            },
+            Override {
+                key: "agent.pool",
+                value: Value::Integer(3),
+            },
+            port(0),
+        ];
+        let c = load(Some(&file), no_env, &flags).unwrap();
+        assert_eq!((c.agent.pool, c.server.port), (3, 0));
     }
 
     #[test]

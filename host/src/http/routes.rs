@@ -45,22 +45,53 @@ pub struct HealthQuery {
 
 #[utoipa::path(get, path = "/health", tag = "daemon",
     params(("deep" = Option<String>, Query, description = "`1` or `true` adds counts and plugin states")),
-    responses((status = 200, description = "The daemon serves", body = super::schema::Health)))]
-pub async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>) -> Json<Value> {
+    responses(
+        (status = 200, description = "The daemon serves (`status` is `ok`, or `degraded` with a `reason`: the agent command cannot be started)", body = super::schema::Health),
+        (status = 503, description = "`?deep=1` while degraded: the same body", body = super::schema::Health),
+    ))]
+pub async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>) -> Response {
     let deep = q.deep.as_deref().is_some_and(|d| d == "1" || d == "true");
+    // The daemon serves, but no session can get an agent: a missing or non-executable agent
+    // command is a configuration fault, not a passing outage, so monitoring must see it.
+    let unstartable = state
+        .bridge
+        .workspaces
+        .iter()
+        .find_map(|w| w.agents.unstartable());
+    let mut body = match &unstartable {
+        None => json!({"status": "ok"}),
+        Some(e) => json!({
+            "status": "degraded",
+            "reason": crate::telemetry::sanitize::sanitize(&e.message),
+            "agent": {
+                "code": e.code,
+                "command": e.context.get("command"),
+                "reason": e.context.get("reason"),
+            },
+        }),
+    };
     if !deep {
-        return Json(json!({"status": "ok"}));
+        return Json(body).into_response();
     }
     let sessions = state.bridge.sessions();
-    Json(json!({
-        "status": "ok",
+    let counts = json!({
         "sessions": sessions.len(),
         "activePrompts": sessions.iter().filter(|s| s.is_running()).count(),
         "pendingPermissions": sessions.iter().map(|s| s.pending_permission_count()).sum::<usize>(),
         "childrenAlive": state.bridge.live_children(),
         "draining": state.bridge.is_draining(),
         "plugins": crate::plugins::current().map_or(Value::Array(Vec::new()), |set| set.health()),
-    }))
+    });
+    if let (Value::Object(b), Value::Object(c)) = (&mut body, counts) {
+        b.extend(c);
+    }
+    // qwen serve's contract: a failing deep probe is 503 with the same body.
+    let status = if unstartable.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
 }
 
 #[utoipa::path(get, path = "/capabilities", tag = "daemon",
