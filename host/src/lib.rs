@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod error;
 #[cfg(feature = "fuzz")]

@@ -466,6 +466,12 @@ impl Session {
             Some(r) => (r.death, Some(r.trace)),
             None => (None, None),
         };
+        // Added to the end event (clients that do not know them ignore them): the console links
+        // each turn to its trace.
+        let (trace_id, duration_ms) = trace.as_ref().map_or((None, None), |t| {
+            let (id, ms) = t.summary();
+            (id, Some(ms))
+        });
         if let Some(mut trace) = trace {
             trace.finish(&end, death);
         }
@@ -476,6 +482,15 @@ impl Session {
         // timed out while asking): resolve it before the turn's end is announced.
         self.cancel_pending(&mut st);
         let pid = Some(prompt_id);
+        let with_trace = |mut data: Value| {
+            if let Some(id) = &trace_id {
+                data["traceId"] = json!(id);
+            }
+            if let Some(ms) = duration_ms {
+                data["durationMs"] = json!(ms);
+            }
+            data
+        };
         self.ctx.set_turn_error(end.as_ref().err().map(|e| {
             let shown = client_visible(e, Surface::Sse);
             json!({"message": shown.message, "code": shown.code})
@@ -485,7 +500,9 @@ impl Session {
                 self.bus.publish(
                     "turn_complete",
                     pid,
-                    json!({"sessionId": self.id, "stopReason": stop, "promptId": prompt_id}),
+                    with_trace(
+                        json!({"sessionId": self.id, "stopReason": stop, "promptId": prompt_id}),
+                    ),
                     originator,
                 );
             }
@@ -498,7 +515,7 @@ impl Session {
                 if let Some(rpc) = shown.context.get("rpcCode") {
                     data["rpcCode"] = rpc.clone();
                 }
-                self.bus.publish("turn_error", pid, data, originator);
+                self.bus.publish("turn_error", pid, with_trace(data), originator);
             }
         }
         let stop = end.as_ref().ok().map(String::as_str);

@@ -181,6 +181,16 @@ impl TurnTrace {
             .unwrap_or_else(|| self.parent())
     }
 
+    /// What the turn's end event tells clients: its trace id (when recorded: the trace view
+    /// opens on it) and its duration from admission, in milliseconds.
+    pub fn summary(&self) -> (Option<String>, u64) {
+        use opentelemetry::trace::TraceContextExt as _;
+        let span = self.dispatch.span();
+        let sc = span.span_context();
+        let trace_id = (sc.is_valid() && sc.is_sampled()).then(|| sc.trace_id().to_string());
+        (trace_id, self.admitted.elapsed().as_millis() as u64)
+    }
+
     /// Ends every span of the turn with its outcome.
     pub fn finish(&mut self, end: &Result<String, ApiError>, death: Option<ExitInfo>) {
         for (_, cx) in self.tools.drain() {

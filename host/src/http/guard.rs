@@ -34,6 +34,9 @@ pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Re
     let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
         return next.run(req).await;
     };
+    if same_origin(req.headers()) {
+        return next.run(req).await;
+    }
     let allowed = &state.bridge.config.server.allow_origin;
     let ok = origin
         .to_str()
@@ -70,10 +73,26 @@ pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Re
     resp
 }
 
-/// Routes open without the token. The trace page is static HTML (its data comes from the
-/// guarded JSON route), so a browser can open it; it sends the token it is given as `?token=` on
-/// its own requests. The API document describes routes, not state, so tools can fetch it.
-pub(super) const PUBLIC: &[&str] = &["/debug/traces", "/openapi.json"];
+/// A request from a page this daemon served (the console's module scripts and its POSTs carry
+/// `Origin`): its origin names the host it was sent to. Not a cross-origin request, so no grant
+/// is needed; the Host check (loopback binds) and the token (others) still apply.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let (Some(origin), Some(host)) = (origin, host) else {
+        return false;
+    };
+    ["http://", "https://"].iter().any(|scheme| {
+        origin
+            .strip_prefix(scheme)
+            .is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host))
+    })
+}
+
+/// Routes open without the token. The console, its files and the trace page are static (their
+/// data comes from the guarded API), so a browser can open them; their scripts send the token
+/// as a header. The API document describes routes, not state, so tools can fetch it.
+pub(super) const PUBLIC: &[&str] = &["/", "/console/{file}", "/debug/traces", "/openapi.json"];
 /// Open without the token unless `--require-auth`.
 pub(super) const PUBLIC_UNLESS_REQUIRED: &[&str] = &["/health", "/capabilities"];
 
@@ -83,8 +102,9 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
         return next.run(req).await;
     };
     let path = req.uri().path();
-    let public =
-        PUBLIC.contains(&path) || (PUBLIC_UNLESS_REQUIRED.contains(&path) && !server.require_auth);
+    let public = PUBLIC.contains(&path)
+        || path.strip_prefix("/console/").is_some_and(|f| !f.contains('/'))
+        || (PUBLIC_UNLESS_REQUIRED.contains(&path) && !server.require_auth);
     if public || bearer_matches(req.headers(), token) {
         return next.run(req).await;
     }
@@ -133,5 +153,21 @@ mod tests {
         assert!(!bearer_matches(&h("Bearer s3cre"), "s3cret"));
         assert!(!bearer_matches(&h("Basic s3cret"), "s3cret"));
         assert!(!bearer_matches(&HeaderMap::new(), "s3cret"));
+    }
+
+    #[test]
+    fn same_origin_is_the_origin_of_the_host_asked() {
+        let h = |origin: &str, host: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            m.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            m
+        };
+        assert!(same_origin(&h("http://127.0.0.1:4170", "127.0.0.1:4170")));
+        assert!(same_origin(&h("https://Acpd.example", "acpd.example")));
+        assert!(!same_origin(&h("http://127.0.0.1:4171", "127.0.0.1:4170")));
+        assert!(!same_origin(&h("http://evil.test", "127.0.0.1:4170")));
+        assert!(!same_origin(&h("null", "127.0.0.1:4170")));
+        assert!(!same_origin(&h("http://127.0.0.1:4170.evil.test", "127.0.0.1:4170")));
     }
 }

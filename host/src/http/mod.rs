@@ -1,6 +1,7 @@
 //! The HTTP+SSE API (docs/API.md): router, guards, handlers, error responses.
 
 pub(crate) mod body;
+mod console;
 mod enrich;
 mod error;
 mod extract;
@@ -86,6 +87,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::trace_page))
         .routes(routes!(routes::traces_json))
         .routes(routes!(routes::reload_plugins))
+        .routes(routes!(console::index))
+        .routes(routes!(console::asset))
         // The rest of qwen serve's stable contract.
         .routes(routes!(session_ops::resume))
         .routes(routes!(session_ops::update_metadata))
@@ -112,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .0
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn(console::security_headers))
         // Layers run bottom-up: the last added is the outermost.
         .layer(from_fn_with_state(state.clone(), enrich::request_hook))
         .layer(from_fn_with_state(state.clone(), guard::admission))

@@ -23,6 +23,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response as ApiResponse, Respo
         (name = "daemon", description = "Health and capabilities"),
         (name = "telemetry", description = "Prometheus metrics and the embedded trace view"),
         (name = "plugins", description = "WASM plugin administration"),
+        (name = "console", description = "The web console's page and files"),
         (name = "workspace", description = "Read-only workspace files, confined to the primary workspace and .gitignore-aware"),
     ),
 )]

@@ -18,6 +18,8 @@ use crate::telemetry::{metrics, propagation, spans};
 
 /// Route templates, for span names and `http.route` (never the raw path: unbounded cardinality).
 pub(super) const ROUTES: &[&str] = &[
+    "/",
+    "/console/{file}",
     "/health",
     "/capabilities",
     "/openapi.json",
@@ -93,8 +95,14 @@ fn invalid_traceparent_log_allowed() -> bool {
 }
 
 pub async fn trace(req: Request, next: Next) -> Response {
-    // Looking at telemetry must not fill the trace view with its own requests.
-    if req.uri().path().starts_with("/debug/") || req.uri().path() == "/metrics" {
+    // Looking at telemetry must not fill the trace view with its own requests, nor loading the
+    // console's static files.
+    let path = req.uri().path();
+    if path.starts_with("/debug/")
+        || path == "/metrics"
+        || path == "/"
+        || path.starts_with("/console/")
+    {
         return next.run(req).await;
     }
     let started = Instant::now();

@@ -1,6 +1,7 @@
 //! The embedded trace view: a bounded in-memory store of recent traces (the daemon's own spans
-//! and those its agent children send over OTLP), their JSON shapes, and one self-contained HTML
-//! page (`GET /debug/traces`) that lists them and draws a trace as a waterfall.
+//! and those its agent children send over OTLP) and their JSON shapes, which the page at
+//! `GET /debug/traces` (`host/assets/traces.html`, see `crate::console`) lists and draws as a
+//! waterfall.
 //!
 //! JSON served by the daemon:
 //! - list (`/debug/traces.json`): `{traces: [{traceId, rootName, rootService, startUnixNanos,
@@ -412,217 +413,13 @@ fn summary(id: &str, e: &Entry) -> Json {
     })
 }
 
-/// The trace view: one self-contained page (no external resources). It reads
-/// `<its own path>.json` (normally `/debug/traces.json`), sending `Authorization: Bearer <t>`
-/// when opened as `/debug/traces?token=<t>`; `#<traceId>` opens that trace.
+/// The trace view's page (`host/assets/traces.html` with `traces.js`, styled like the console).
+/// It reads `<its own path>.json` (normally `/debug/traces.json`), sending
+/// `Authorization: Bearer <t>` with the token the console signed in with (or given as
+/// `?token=<t>`); `#<traceId>` opens that trace.
 pub fn page() -> &'static str {
-    PAGE
+    crate::console::page("traces.html")
 }
-
-const PAGE: &str = r##"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">
-<meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,">
-<title>acpd traces</title>
-<style>
-:root{--fg:#1f2328;--mut:#656d76;--line:#d0d7de;--soft:#eaeef2;--hi:#ddf4ff;--err:#cf222e}
-*{box-sizing:border-box}
-body{margin:0;height:100vh;display:flex;flex-direction:column;font:13px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg)}
-header{display:flex;align-items:center;gap:12px;padding:8px 14px;border-bottom:1px solid var(--line);background:#f6f8fa}
-header h1{font-size:15px;margin:0}
-button{font:inherit;padding:3px 12px;border:1px solid var(--line);border-radius:6px;background:#fff;cursor:pointer}
-button:hover{background:#f3f4f6}
-.mut{color:var(--mut)}
-.mono,td{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
-main{flex:1;display:flex;min-height:0}
-#list{width:330px;flex:none;border-right:1px solid var(--line);overflow:auto}
-.tr{padding:7px 12px;border-bottom:1px solid var(--soft);cursor:pointer}
-.tr:hover{background:#f6f8fa}
-.tr.sel{background:var(--hi);box-shadow:inset 3px 0 #0969da}
-.tr b{display:block;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.meta{color:var(--mut);font-size:12px;display:flex;gap:4px 10px;flex-wrap:wrap}
-.bad{color:var(--err);font-weight:600}
-.dot{display:inline-block;width:9px;height:9px;border-radius:50%;margin-right:5px;flex:none}
-#view{flex:1;display:flex;flex-direction:column;min-width:0}
-#head{padding:10px 14px;border-bottom:1px solid var(--line)}
-#head h2{margin:0 0 3px;font-size:15px}
-#wf{flex:1;overflow:auto;min-height:100px}
-.row{display:flex;height:24px;align-items:stretch;border-bottom:1px solid #f2f4f6;cursor:pointer}
-.row:hover{background:#f6f8fa}
-.row.sel{background:var(--hi)}
-.nm{width:32%;min-width:220px;max-width:460px;flex:none;display:flex;align-items:center;padding-right:8px;white-space:nowrap;overflow:hidden;border-right:1px solid var(--line)}
-.nm span.t{overflow:hidden;text-overflow:ellipsis}
-.row.err .nm span.t{color:var(--err);font-weight:600}
-.tl{flex:1;position:relative;margin:0 14px;background:linear-gradient(to right,#e6e9ed 1px,transparent 1px) 0 0/25% 100%}
-.bar{position:absolute;top:6px;height:12px;border-radius:3px;min-width:2px}
-.lbl{position:absolute;top:4px;font-size:11px;color:var(--mut);white-space:nowrap;padding:0 5px}
-.lbl.in{color:#fff;font-weight:600}
-.axis{position:sticky;top:0;z-index:1;background:#fff;cursor:default;border-bottom:1px solid var(--line)}
-.axis:hover{background:#fff}
-.tick{position:absolute;top:4px;font-size:11px;color:var(--mut);padding:0 3px}
-#detail{height:40%;min-height:140px;flex:none;overflow:auto;padding:8px 14px 14px;border-top:1px solid var(--line);background:#fbfcfd}
-#detail h3{font-size:11px;margin:12px 0 3px;text-transform:uppercase;letter-spacing:.05em;color:var(--mut)}
-table{border-collapse:collapse;width:100%}
-td{padding:2px 12px 2px 0;vertical-align:top;word-break:break-all}
-td:first-child{color:var(--mut);white-space:nowrap;width:1%;word-break:normal}
-a{color:#0969da;cursor:pointer}
-.empty{padding:24px;color:var(--mut)}
-</style></head><body>
-<header><h1>acpd traces</h1><button id="refresh">Refresh</button><span id="msg" class="mut"></span></header>
-<main><div id="list"></div>
-<div id="view"><div id="head"><div class="empty">No trace selected.</div></div><div id="wf"></div><div id="detail"></div></div></main>
-<script>
-"use strict";
-const $ = s => document.querySelector(s);
-const token = new URLSearchParams(location.search).get('token');
-const API = location.pathname.replace(/\/+$/, '') + '.json';
-const PAL = ['#0969da', '#8250df', '#1a7f37', '#bf8700', '#0a7ea4', '#953800', '#6e7781', '#5a32a3'];
-const ERR = '#cf222e', colors = {};
-let traces = [], curId = null, cur = null, selId = null;
-
-function color(s) { if (!(s in colors)) colors[s] = PAL[Object.keys(colors).length % PAL.length]; return colors[s]; }
-function el(tag, attrs, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === 'style') e.style.cssText = v; else if (k.startsWith('on')) e[k] = v; else e.setAttribute(k, v);
-  }
-  for (const c of kids.flat()) if (c != null && c !== false) e.append(c instanceof Node ? c : String(c));
-  return e;
-}
-const dot = s => el('span', { class: 'dot', style: 'background:' + color(s) });
-function dur(ms) {
-  if (!isFinite(ms)) return '?';
-  if (ms < 0.9995) return Math.round(ms * 1000) + 'µs';
-  if (ms < 1000) return ms.toFixed(ms < 10 ? 2 : 1) + 'ms';
-  return (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + 's';
-}
-const clock = ns => ns ? new Date(ns / 1e6).toLocaleTimeString([], { hour12: false }) : '';
-const iso = ns => ns ? new Date(ns / 1e6).toISOString() : '';
-const str = v => typeof v === 'string' ? v : JSON.stringify(v);
-function pairs(a) {
-  if (Array.isArray(a)) return a.map(p => Array.isArray(p) ? p : [p && p.key, p && p.value]);
-  return a && typeof a === 'object' ? Object.entries(a) : [];
-}
-async function get(url) {
-  const headers = token ? { Authorization: 'Bearer ' + token } : {};
-  const r = await fetch(url, { credentials: 'same-origin', headers, cache: 'no-store' });
-  if (r.status === 401) throw new Error('unauthorized: open this page as /debug/traces?token=<token>');
-  if (!r.ok) throw new Error(r.status === 404 ? 'not found (evicted?)' : 'HTTP ' + r.status);
-  return r.json();
-}
-
-async function loadList() {
-  try {
-    const d = await get(API);
-    traces = Array.isArray(d.traces) ? d.traces : [];
-    const dr = d.dropped || {};
-    $('#msg').textContent = traces.length + ' recent trace' + (traces.length === 1 ? '' : 's') +
-      (dr.spans || dr.traces ? ` · ${dr.spans || 0} span(s) dropped, ${dr.traces || 0} trace(s) evicted` : '');
-  } catch (e) { $('#msg').textContent = 'Could not load traces: ' + e.message; traces = null; }
-  renderList();
-}
-function renderList() {
-  const list = $('#list');
-  if (!traces) return list.replaceChildren(el('div', { class: 'empty' }, 'Traces unavailable.'));
-  list.replaceChildren(...traces.map(t => el('div', { class: 'tr' + (t.traceId === curId ? ' sel' : ''), onclick: () => go(t.traceId) },
-    el('b', { title: t.rootName || '' }, t.rootName || '(unnamed)'),
-    el('div', { class: 'meta' },
-      (t.services || []).map(s => el('span', {}, dot(s), s)),
-      el('span', {}, dur(t.durationMs)), el('span', {}, (t.spanCount || 0) + ' spans'),
-      t.errorCount ? el('span', { class: 'bad' }, t.errorCount + ' error' + (t.errorCount > 1 ? 's' : '')) : null,
-      el('span', {}, clock(t.startUnixNanos))))));
-  if (!traces.length) list.append(el('div', { class: 'empty' }, 'No traces yet.'));
-}
-function go(id) {
-  if (location.hash.slice(1) === id) open(id); else location.hash = id;
-}
-async function open(id, keepSel) {
-  curId = id; renderList();
-  try { render(await get(API + '?traceId=' + encodeURIComponent(id)), keepSel); }
-  catch (e) { cur = null; $('#head').replaceChildren(el('div', { class: 'empty' }, `Trace ${id}: ${e.message}`)); $('#wf').replaceChildren(); $('#detail').replaceChildren(); }
-}
-
-function render(d, keepSel) {
-  const spans = (Array.isArray(d && d.spans) ? d.spans : []).filter(s => s && s.spanId).map(s => {
-    const st = +s.startUnixNanos || 0;
-    return Object.assign({}, s, { st, en: Math.max(+s.endUnixNanos || 0, st), service: s.service || '?' });
-  });
-  if (!spans.length) { $('#head').replaceChildren(el('div', { class: 'empty' }, 'This trace has no spans.')); return; }
-  const t0 = Math.min(...spans.map(s => s.st)), total = Math.max(Math.max(...spans.map(s => s.en)) - t0, 1);
-  const byId = new Map(spans.map(s => [s.spanId, s])), kids = new Map(), roots = [], order = [], seen = new Set();
-  for (const s of spans) {
-    const p = s.parentSpanId;
-    if (p && p !== s.spanId && byId.has(p)) { if (!kids.has(p)) kids.set(p, []); kids.get(p).push(s); } else roots.push(s);
-  }
-  const byStart = (a, b) => a.st - b.st;
-  const walk = (s, depth) => {
-    if (seen.has(s.spanId)) return;
-    seen.add(s.spanId); order.push([s, depth]);
-    (kids.get(s.spanId) || []).sort(byStart).forEach(c => walk(c, depth + 1));
-  };
-  roots.sort(byStart).forEach(r => walk(r, 0));
-  spans.forEach(s => walk(s, 0)); // parent cycles
-  const services = [...new Set(order.map(([s]) => s.service))], errors = spans.filter(s => s.status === 'error').length;
-  const root = order[0][0];
-  cur = { spans: order, t0, total, byId };
-  $('#head').replaceChildren(el('h2', {}, root.name || '(unnamed)'), el('div', { class: 'meta' },
-    el('span', { class: 'mono' }, d.traceId || root.traceId), el('span', {}, dur(total / 1e6)), el('span', {}, spans.length + ' spans'),
-    errors ? el('span', { class: 'bad' }, errors + ' error' + (errors > 1 ? 's' : '')) : null, el('span', {}, iso(t0)),
-    services.map(s => el('span', {}, dot(s), s))));
-  const axis = el('div', { class: 'tl' }, [0, .25, .5, .75, 1].map(f => el('span', {
-    class: 'tick', style: f === 1 ? 'right:0' : `left:${f * 100}%`
-  }, f ? dur(total * f / 1e6) : '0')));
-  const rows = order.map(([s, depth]) => {
-    const left = (s.st - t0) / total * 100, width = (s.en - s.st) / total * 100, end = left + width;
-    const err = s.status === 'error';
-    // The duration label: after the bar, else inside it (long bars), else before it.
-    const pos = end <= 80 ? ['lbl', `left:${end}%`] : width >= 12 ? ['lbl in', `right:${100 - end}%`] : ['lbl', `right:${100 - left}%`];
-    const label = el('span', { class: pos[0], style: pos[1] }, dur((s.en - s.st) / 1e6));
-    return el('div', { class: 'row' + (err ? ' err' : ''), 'data-id': s.spanId, onclick: () => select(s.spanId) },
-      el('div', { class: 'nm', style: `padding-left:${8 + depth * 16}px`, title: `${s.name} (${s.service})` }, dot(s.service), el('span', { class: 't' }, s.name || '(unnamed)')),
-      el('div', { class: 'tl' }, el('div', { class: 'bar', title: `${s.name} · ${dur((s.en - s.st) / 1e6)}`, style: `left:${left}%;width:${width}%;background:${err ? ERR : color(s.service)}` }), label));
-  });
-  $('#wf').replaceChildren(el('div', { class: 'row axis' }, el('div', { class: 'nm', style: 'padding-left:8px' }, el('span', { class: 'mut' }, 'span')), axis), ...rows);
-  const first = order.find(([s]) => s.status === 'error') || order[0];
-  select(keepSel && byId.has(selId) ? selId : first[0].spanId);
-}
-
-function select(id) {
-  if (!cur || !cur.byId.has(id)) return;
-  selId = id;
-  for (const r of document.querySelectorAll('#wf .row[data-id]')) r.classList.toggle('sel', r.dataset.id === id);
-  const s = cur.byId.get(id), rel = ns => '+' + dur((ns - cur.t0) / 1e6);
-  const kv = (k, v) => el('tr', {}, el('td', {}, k), el('td', {}, v));
-  const attrs = pairs(s.attributes), events = Array.isArray(s.events) ? s.events : [], links = Array.isArray(s.links) ? s.links : [];
-  const spanLink = sid => cur.byId.has(sid) ? el('a', { onclick: () => select(sid) }, sid) : sid || '—';
-  $('#detail').replaceChildren(
-    el('h2', { style: 'font-size:14px;margin:4px 0' }, dot(s.service), s.name || '(unnamed)'),
-    el('table', {},
-      kv('service', s.service), kv('kind', s.kind || '?'),
-      kv('status', el('span', { class: s.status === 'error' ? 'bad' : '' }, (s.status || 'unset') + (s.statusMessage ? ': ' + s.statusMessage : ''))),
-      kv('duration', dur((s.en - s.st) / 1e6)), kv('start', `${iso(s.st)} (${rel(s.st)})`),
-      kv('trace id', s.traceId || ''), kv('span id', s.spanId), kv('parent', s.parentSpanId ? spanLink(s.parentSpanId) : '— (root)')),
-    el('h3', {}, `Attributes (${attrs.length})`),
-    attrs.length ? el('table', {}, attrs.map(([k, v]) => kv(k, str(v)))) : el('div', { class: 'mut' }, 'none'),
-    el('h3', {}, `Events (${events.length})`),
-    events.length ? el('table', {}, events.map(e => kv(rel(+e.timeUnixNanos || s.st), el('span', {}, el('b', {}, e.name || '(event)'),
-      pairs(e.attributes).map(([k, v]) => el('div', {}, k + ' = ' + str(v))))))) : el('div', { class: 'mut' }, 'none'),
-    el('h3', {}, `Links (${links.length})`),
-    links.length ? el('table', {}, links.map(l => kv('link', el('span', {},
-      l.traceId && l.traceId !== curId ? el('a', { onclick: () => go(l.traceId) }, 'trace ' + l.traceId) : 'this trace',
-      ' · span ', spanLink(l.spanId))))) : el('div', { class: 'mut' }, 'none'));
-}
-
-async function refresh() {
-  await loadList();
-  const want = location.hash.slice(1);
-  if (want) await open(want, want === curId);
-  else if (traces && traces.length) { history.replaceState(null, '', '#' + traces[0].traceId); await open(traces[0].traceId); }
-}
-$('#refresh').onclick = refresh;
-addEventListener('hashchange', () => { const id = location.hash.slice(1); if (id) open(id); });
-refresh();
-</script></body></html>
-"##;
 
 #[cfg(test)]
 mod tests {
@@ -1055,29 +852,5 @@ mod tests {
             ("unknown_service", "client", "unset")
         );
         assert_eq!(s.parent_span_id, None);
-    }
-
-    #[test]
-    fn page_is_self_contained() {
-        let p = page();
-        assert!(p.starts_with("<!doctype html>"));
-        for needle in [
-            "credentials: 'same-origin'",
-            "Authorization: 'Bearer '",
-            "'.json'",
-            "location.hash",
-            "?traceId=",
-        ] {
-            assert!(p.contains(needle), "page lacks {needle}");
-        }
-        for external in ["http://", "https://", "src=", "url(", "@import"] {
-            assert!(
-                !p.contains(external),
-                "page references an external resource ({external})"
-            );
-        }
-        // The only href is the empty inline icon (it spares the browser a /favicon.ico request).
-        assert_eq!(p.matches("href=").count(), 1);
-        assert!(p.contains(r#"<link rel="icon" href="data:,">"#));
     }
 }
