@@ -14,6 +14,7 @@
 //!   request arrived), then `tools` completed tool calls and filler chunks, and the last chunk is
 //!   `last=<ns>` (just before it is written): the load harness measures the daemon between them.
 //! - `env <NAME>`, `pwd`, `pid`, `stderr <text>`, `meta`: report process facts.
+//! - `mode <id>`: switches the session's mode itself (`current_mode_update`; see [`modes`]).
 //! - `telemetry <text>`: puts `<text>` verbatim into a span name (`demo.secret <text>`), span and
 //!   span event attributes, a log record body and attribute and a metric point attribute (all
 //!   `demo.text`), then replies with its length (never the text). For redaction tests: the
@@ -26,6 +27,7 @@
 //! records, each signal as that environment says (see [`telemetry`]); the two `telemetry`
 //! commands then have something to emit into (without it they only reply).
 
+pub mod modes;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -42,9 +44,9 @@ use agent_client_protocol::v1::schema::{
     InitializeRequest, InitializeResponse, LoadSessionRequest, LoadSessionResponse,
     NewSessionRequest, NewSessionResponse, PermissionOption, PermissionOptionKind, PromptRequest,
     PromptResponse, ReadTextFileRequest, RequestPermissionOutcome, RequestPermissionRequest,
-    SessionId, SessionNotification, SessionUpdate, StopReason, ToolCall, ToolCallContent,
-    ToolCallLocation, ToolCallStatus, ToolCallUpdate, ToolCallUpdateFields, ToolKind,
-    WriteTextFileRequest,
+    SessionId, SessionNotification, SessionUpdate, SetSessionConfigOptionRequest,
+    SetSessionModeRequest, StopReason, ToolCall, ToolCallContent, ToolCallLocation, ToolCallStatus,
+    ToolCallUpdate, ToolCallUpdateFields, ToolKind, WriteTextFileRequest,
 };
 use agent_client_protocol::{
     Agent, Client, Error, Lines, RequestCancellation, UntypedMessage, on_receive_notification,
@@ -145,7 +147,12 @@ pub async fn run_stdio() -> anyhow::Result<()> {
                 }
                 let id = SessionId::new(format!("demo-{}", uuid::Uuid::new_v4()));
                 s1.open_session(&id, req.cwd);
-                responder.respond(NewSessionResponse::new(id))
+                let (modes, options) = (modes::modes(&id), modes::config_options(&id));
+                responder.respond(
+                    NewSessionResponse::new(id)
+                        .modes(modes)
+                        .config_options(options),
+                )
             },
             on_receive_request!(),
         )
@@ -153,7 +160,27 @@ pub async fn run_stdio() -> anyhow::Result<()> {
             async move |req: LoadSessionRequest, responder, _cx: Cx| {
                 // History lives in memory only, so there is nothing to replay.
                 s2.open_session(&req.session_id, req.cwd);
-                responder.respond(LoadSessionResponse::new())
+                let (modes, options) = (
+                    modes::modes(&req.session_id),
+                    modes::config_options(&req.session_id),
+                );
+                responder.respond(
+                    LoadSessionResponse::new()
+                        .modes(modes)
+                        .config_options(options),
+                )
+            },
+            on_receive_request!(),
+        )
+        .on_receive_request(
+            async |req: SetSessionModeRequest, responder, _cx: Cx| {
+                responder.respond_with_result(modes::on_set_mode(&req))
+            },
+            on_receive_request!(),
+        )
+        .on_receive_request(
+            async |req: SetSessionConfigOptionRequest, responder, _cx: Cx| {
+                responder.respond_with_result(modes::on_set_option(&req))
             },
             on_receive_request!(),
         )
@@ -421,6 +448,7 @@ const COMMANDS: &[&str] = &[
     "pid",
     "stderr",
     "meta",
+    "mode",
     "telemetry",
     "telemetry-flood",
 ];
@@ -465,6 +493,10 @@ impl Turn {
                 self.slow(n, Duration::from_millis(ms)).await
             }
             "crash" => self.crash().await,
+            "mode" => {
+                self.update(modes::self_switch(&self.session_id, arg)?)?;
+                self.reply(format!("mode: {arg}"))
+            }
             "unknown" => self.unknown().await,
             "flood" => {
                 let n = arg.parse().unwrap_or(100);
