@@ -6,8 +6,8 @@
 //! Every agent goes through the same flows: a text prompt completes with the agent's text
 //! streamed; a write of a new file asks permission over SSE, the test votes with the option whose
 //! kind is `allow_once`, and the file then exists with the mock's content (for every agent,
-//! gemini-cli included); SIGTERM ends the daemon
-//! cleanly and leaves no agent process. qwen and codex also cancel a turn held at the LLM.
+//! gemini-cli included); SIGTERM ends the daemon cleanly and leaves no agent process, not even a
+//! zombie. qwen and codex also cancel a turn held at the LLM.
 //!
 //! The real agents are heavy (node processes of 100-300 MB taking seconds of CPU to start), so
 //! these tests run one at a time, and every wait is bounded by [`AGENT_WAIT`].
@@ -175,12 +175,30 @@ async fn clean_shutdown(mut d: Daemon, s: &SessionRef) -> Result<()> {
     let status = d.terminate(Duration::from_secs(20)).await?;
     eprintln!("shutdown: {:?}", t.elapsed());
     anyhow::ensure!(status.success(), "exit status {status:?}");
+    // Gone when acpd has exited, zombies included (acpd reaps the agent's whole group, the
+    // orphans it re-parents included, before it exits; init would take seconds, if it reaps).
     anyhow::ensure!(
-        eventually(Duration::from_secs(10), || !group_alive(child_pid)).await,
-        "the agent's group {child_pid} outlived acpd"
+        !group_alive(child_pid),
+        "the agent's group {child_pid} outlived acpd: {:?}",
+        group_states(child_pid)
     );
     anyhow::ensure!(d.stdout().is_empty(), "acpd wrote to stdout");
     Ok(())
+}
+
+/// `pid state` of every process (zombies included) in group `pgid`, for a failure message.
+fn group_states(pgid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            (fields.get(2) == Some(&pgid.to_string().as_str()))
+                .then(|| format!("{pid} {}", fields.first().unwrap_or(&"?")))
+        })
+        .collect()
 }
 
 /// Starts acpd with `agent`, opens a session (spawning the agent) and its event stream.

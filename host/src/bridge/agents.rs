@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::acp::{AgentConn, SPAWN_FAILED, Timeouts, spawn_failed};
-use crate::child::{Backoff, SpawnSpec};
+use crate::child::{Backoff, ChildProc, SpawnSpec};
 use crate::config::ChildScope;
 use crate::error::ApiError;
 
@@ -27,6 +27,9 @@ pub struct AgentPool {
     warm: Mutex<VecDeque<Arc<AgentConn>>>,
     backoff: Arc<Mutex<Backoff>>,
     live: Mutex<Vec<Weak<AgentConn>>>,
+    /// Every child process started, until it has exited: a session that closes drops its
+    /// connection while the process may still be stopping, and drain must wait for that too.
+    procs: Mutex<Vec<ChildProc>>,
     draining: AtomicBool,
     refilling: AtomicBool,
     /// True while the start-up fill of the warm pool runs (see [`AgentPool::ready`]).
@@ -56,6 +59,7 @@ impl AgentPool {
             warm: Mutex::new(VecDeque::new()),
             backoff: Arc::new(Mutex::new(Backoff::new(backoff_max))),
             live: Mutex::new(Vec::new()),
+            procs: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
             refilling: AtomicBool::new(false),
             warming: tokio::sync::watch::Sender::new(false),
@@ -149,6 +153,11 @@ impl AgentPool {
         live.retain(|w| w.strong_count() > 0);
         live.push(Arc::downgrade(&conn));
         drop(live);
+        {
+            let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs.retain(ChildProc::is_alive);
+            procs.push(conn.child.clone());
+        }
         let (backoff, child, started) = (self.backoff.clone(), conn.child.clone(), conn.started);
         tokio::spawn(async move {
             let exit = child.exited().await;
@@ -270,6 +279,26 @@ impl AgentPool {
         };
         self.warm.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let grace = self.timeouts.stop_grace;
-        futures::future::join_all(conns.iter().map(|c| c.shutdown(grace))).await;
+        // Children whose connection is gone already (their session closed; with session scope,
+        // all of them once the daemon closed its sessions) still get stopped and waited for:
+        // acpd must not exit before they have, or they outlive it (as zombies at least).
+        let orphans: Vec<ChildProc> = self
+            .procs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|p| p.is_alive() && !conns.iter().any(|c| c.child.id == p.id))
+            .cloned()
+            .collect();
+        futures::future::join(
+            futures::future::join_all(conns.iter().map(|c| c.shutdown(grace))),
+            // Their stdin cannot be closed from here (nothing holds their connection): asked
+            // to stop with SIGTERM at once, then as usual.
+            futures::future::join_all(orphans.iter().map(|p| {
+                p.signal_group(nix::sys::signal::Signal::SIGTERM);
+                p.stop(grace)
+            })),
+        )
+        .await;
     }
 }
