@@ -171,3 +171,35 @@ async fn the_warm_pool_is_ready_at_start_up_and_keeps_its_size() -> Result<()> {
     assert_eq!(children_of(d.pid()).len(), 4, "{:?}", children_of(d.pid()));
     Ok(())
 }
+
+/// `RUST_LOG` set for an agent (codex reads it) does not silence acpd when `ACPD_LOG` is set, and
+/// the address is announced on exactly one line.
+#[tokio::test]
+async fn acpd_log_wins_over_rust_log_and_the_address_is_announced_once() -> Result<()> {
+    // The harness sets ACPD_LOG=info.
+    let d = Daemon::builder().env("RUST_LOG", "off").start().await?;
+    let s = d.create_session().await?;
+    assert!(d.child_pid(&s).await? > 0);
+    let log = d.log();
+    assert!(
+        log.iter().any(|l| l.contains("agent child spawned")),
+        "acpd's info log is on: {log:?}"
+    );
+    let announced = log
+        .iter()
+        .filter(|l| l.contains("acpd listening on"))
+        .count();
+    assert_eq!(announced, 1, "{log:?}");
+    // The agent gets RUST_LOG as set (it is the agent's variable); ACPD_LOG stays acpd's.
+    let mut sse = d.events(&s, None, None).await?;
+    for (var, want) in [
+        ("RUST_LOG", "env RUST_LOG=off"),
+        ("ACPD_LOG", "env ACPD_LOG unset"),
+    ] {
+        let r = d.prompt(&s, &format!("env {var}")).await?;
+        let id = r.body["promptId"].as_str().context("promptId")?.to_string();
+        let text = agent_text(&sse.until_turn_end(&id).await?);
+        assert!(text.contains(want), "{var}: {text:?}");
+    }
+    Ok(())
+}
