@@ -304,7 +304,7 @@ class SessionView {
         this.closeBtn.disabled = true;
         refreshSessions();
         break;
-      case 'replay_complete': this.reconcile(); break;
+      case 'replay_complete': this.caughtUp = true; this.reconcile(); break;
       case 'client_evicted': this.notice('This tab fell behind the event stream; reconnecting.'); break;
       default: break;
     }
@@ -451,6 +451,7 @@ class SessionView {
     if (this.running === pid) this.running = null;
     this.refreshStatus();
     this.renderQueue();
+    if (this.caughtUp) refreshSessions();
   }
 
   flush() {
@@ -525,4 +526,7 @@ function route() {
 addEventListener('hashchange', route);
 refreshSessions().then(() => { if (!app.current) route(); });
 route();
-app.timer = setInterval(() => { if (document.visibilityState === 'visible') refreshSessions(); }, 5000);
+// The list refreshes after every action, when the tab comes back, and every 30 s (each refresh is
+// a few requests, and each request a trace in the trace view).
+app.timer = setInterval(() => { if (document.visibilityState === 'visible') refreshSessions(); }, 30000);
+addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') refreshSessions(); });
