@@ -505,6 +505,11 @@ async fn resume_restores_without_replay() -> Result<()> {
     assert_eq!(r.body["sessionId"], "resumed-elsewhere");
     assert_eq!(r.body["lastEventId"], 0);
     assert!(r.body["state"]["configOptions"].is_array());
+    // Load answers the same state (the contract's RestoredSession).
+    let r = d.post("/session/resumed-elsewhere/load", json!({})).await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["state"]["modes"]["currentModeId"], "default");
+    assert!(r.body["eventEpoch"].is_string());
 
     for (path, body, status, c) in [
         (

@@ -191,6 +191,8 @@ fn session_body(s: &Session, attached: bool, client_id: &str) -> SessionInfo {
         client_id: client_id.to_string(),
         created_at: time::rfc3339(s.created_at),
         last_event_id: None,
+        event_epoch: None,
+        state: None,
     }
 }
 
@@ -238,7 +240,7 @@ pub async fn create_session(
     params(("id" = String, Path, description = "Session id", pattern = "^(?!\\.{1,2}$)[A-Za-z0-9._:-]{1,256}$")),
     request_body(content = Empty, description = "A JSON object (ignored); an empty body is `{}`"),
     responses(
-        (status = 200, description = "Loaded (or already live); `lastEventId` set", body = SessionInfo),
+        (status = 200, description = "Loaded (or already live); `lastEventId`, `eventEpoch` and `state` (as `GET /session/{id}/context` has it) set", body = SessionInfo),
         (status = 400, description = "`invalid_json`, `invalid_request`, `invalid_session_id`", body = ErrorBody),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
         (status = 410, description = "`session_not_restorable`: the agent cannot load sessions", body = ErrorBody),
@@ -257,6 +259,8 @@ pub async fn load_session(
     request_fact(CLIENT_ID, &client_id);
     let mut body = session_body(&s, true, &client_id);
     body.last_event_id = Some(s.bus.last_id());
+    body.event_epoch = Some(s.bus.epoch().to_string());
+    body.state = Some(s.ctx.state());
     Ok(Json(body))
 }
 

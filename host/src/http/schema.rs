@@ -33,6 +33,13 @@ pub struct SessionInfo {
     /// Only on `load`: the last event id, for `Last-Event-ID`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_event_id: Option<u64>,
+    /// Only on `load`: the session's event epoch (`X-Qwen-Event-Epoch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_epoch: Option<String>,
+    /// Only on `load`: what the agent announced (`{_meta?, models?, modes?, configOptions?}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<SessionState>)]
+    pub state: Option<serde_json::Value>,
 }
 
 /// A prompt accepted for the session's queue; its turn's events arrive on SSE.
