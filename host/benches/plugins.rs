@@ -5,6 +5,12 @@
 //!   rules compiled natively (the plugin crate's own code over the same packed view);
 //! - a hook with no plugin, a no-op plugin call, and the `request` hook with `enrich`.
 //!
+//! - the meters a call's budget can be counted in (PLUGINS.md, "CPU budgets"): the daemon's
+//!   thread-CPU-time epochs against wall-clock epochs and wasmtime fuel, per call (a no-op
+//!   call) and per guest instruction (a loop of 1M turns);
+//! - the host kernels under hostile input: the 256-pattern compile bomb in `init`, and the
+//!   process's RSS around it.
+//!
 //! `cargo bench -p acpd --bench plugins` (the no-op plugin is the tests' fixture, built here).
 
 use acpd::config::PluginSpec;
@@ -99,6 +105,22 @@ fn spec(name: &str, path: &str, config: serde_json::Value) -> PluginSpec {
         deadline_ms: Some(1000),
         config: Some(config),
     }
+}
+
+fn try_load(
+    host: &plugins::PluginHost,
+    spec: &PluginSpec,
+    bytes: &[u8],
+) -> Result<PluginSet, plugins::LoadError> {
+    let keys = plugins::resolve_keys(&Default::default()).unwrap();
+    host.instantiate(
+        spec,
+        bytes,
+        spec.path.clone(),
+        plugins::sha256_hex(bytes),
+        &keys,
+    )
+    .map(PluginSet::single)
 }
 
 fn load(host: &plugins::PluginHost, spec: PluginSpec, bytes: &[u8]) -> PluginSet {
@@ -372,10 +394,131 @@ fn summary() {
     println!("request hook, enrich with 8 facts: {:.0} ns", enrich_ns);
 }
 
+fn rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// This thread's CPU time: on a shared machine, wall time measures the neighbours.
+fn thread_cpu() -> Duration {
+    use nix::libc;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Median of 9 rounds of `n` calls, in ns of this thread's CPU time per call.
+fn cpu_median_ns(n: u32, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut rounds: Vec<f64> = (0..9)
+        .map(|_| {
+            let t = thread_cpu();
+            for _ in 0..n {
+                f();
+            }
+            (thread_cpu() - t).as_nanos() as f64 / f64::from(n)
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[4]
+}
+
+/// The meters side by side: a no-op call, and ns per turn of a guest loop (the difference of
+/// a 1M-turn and a 0-turn call, so call overhead cancels out). Timed in thread CPU time.
+fn meters() {
+    let noop = std::fs::read(noop_wasm()).unwrap();
+    println!("\n== meters (budget per call counted in ...)");
+    let mut base = None;
+    for meter in [
+        plugins::Meter::WallClock,
+        plugins::Meter::CpuTime,
+        plugins::Meter::Fuel,
+    ] {
+        let host = plugins::standalone_with(meter).unwrap();
+        let ok = load(
+            &host,
+            spec("noop", "noop.wasm", serde_json::json!({"mode": "ok"})),
+            &noop,
+        );
+        let spin = |n: u64| {
+            load(
+                &host,
+                spec(
+                    "spin",
+                    "noop.wasm",
+                    serde_json::json!({"mode": "spin", "iterations": n}),
+                ),
+                &noop,
+            )
+        };
+        let (s0, s1) = (spin(0), spin(1_000_000));
+        let call_ns = cpu_median_ns(20_000, || {
+            std::hint::black_box(ok.observe(Hook::Request, &[]));
+        });
+        let t0 = cpu_median_ns(2_000, || {
+            std::hint::black_box(s0.observe(Hook::Request, &[]));
+        });
+        let t1 = cpu_median_ns(20, || {
+            std::hint::black_box(s1.observe(Hook::Request, &[]));
+        });
+        for set in [&ok, &s0, &s1] {
+            assert_eq!(set.health()[0]["state"], "active", "{meter:?}");
+        }
+        let turn = (t1 - t0) / 1e6;
+        let (b_call, b_turn) = *base.get_or_insert((call_ns, turn));
+        println!(
+            "  {meter:<9?}: no-op call {call_ns:>5.0} ns ({:+.0}%), loop {turn:.3} ns/turn ({:+.0}%)",
+            (call_ns / b_call - 1.0) * 100.0,
+            (turn / b_turn - 1.0) * 100.0
+        );
+    }
+    println!("  (percentages against wall-clock epochs, the meter before CPU budgets)");
+}
+
+/// The 256-pattern Unicode compile bomb in `init` (the hostile fixture's `bomb` mode): how
+/// long loading takes and what it leaves behind.
+fn kernels() {
+    let hostile = std::fs::read(noop_wasm()).unwrap();
+    let host = plugins::standalone().unwrap();
+    println!("\n== host kernels under hostile input");
+    let before = rss_mib();
+    let t = Instant::now();
+    let set = try_load(
+        &host,
+        &spec("bomb", "noop.wasm", serde_json::json!({"mode": "bomb"})),
+        &hostile,
+    )
+    .expect("the bomb's init survives a refused compile");
+    let took = t.elapsed();
+    let mut batch = batch();
+    batch.truncate(4);
+    set.spans(&mut batch);
+    let refused = batch[0]
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "hostile.compiled.refused")
+        .map(|kv| kv.value.to_string())
+        .unwrap_or_default();
+    println!(
+        "  bomb in init: loaded in {:.1} ms, RSS {before:.0} -> {:.0} MiB; compile answered: {refused}",
+        took.as_secs_f64() * 1e3,
+        rss_mib()
+    );
+}
+
 criterion_group!(benches, criterion_benches);
 
 fn main() {
     summary();
+    meters();
+    kernels();
     // `ACPD_BENCH_SUMMARY=1`: the one-run figures only, without the criterion groups.
     if std::env::var_os("ACPD_BENCH_SUMMARY").is_some() {
         return;

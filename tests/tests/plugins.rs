@@ -321,6 +321,8 @@ async fn a_plugin_cannot_reach_files_sockets_env_or_the_clock() -> anyhow::Resul
     let config = format!("{}connect = \"{addr}\"\n", hostile_config("escape"));
     let d = start_with(&rx, &config, &[("ACPD_ESCAPE_SECRET", "s3cr3t-env-value")]).await?;
     assert_eq!(d.get("/health").await?.status, 200);
+    // A traced request (health checks are not): its span batch reaches the plugin.
+    assert_eq!(d.get("/session/nope").await?.status, 404);
     let spans = rx
         .wait_for_spans(WAIT, |spans| {
             spans

@@ -1,5 +1,5 @@
-//! The one wasmtime `Engine` (settings that decide per-call cost, see notes/wasm-plugins.md),
-//! its epoch ticker, and the on-disk cache of compiled components.
+//! The one wasmtime `Engine` (settings that decide per-call cost), its epoch ticker, the CPU
+//! clock plugin budgets are counted in, and the on-disk cache of compiled components.
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -8,20 +8,69 @@ use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, OptLevel};
 
-/// One epoch tick: hook deadlines are counted in these.
+/// One epoch tick. Under [`Meter::CpuTime`] a tick is only when the budget is looked at: what
+/// is charged is the calling thread's CPU time.
 pub const TICK: Duration = Duration::from_millis(1);
 
+/// How a plugin call's budget is measured (PLUGINS.md, "CPU budgets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Meter {
+    /// The daemon's meter: the calling thread's CPU time (guest code and the host kernels it
+    /// calls), looked at on each epoch tick that passes while the guest runs and after each
+    /// long host call. Time the thread waits for a core is not charged.
+    #[default]
+    CpuTime,
+    /// Wall-clock epochs, the meter before CPU budgets (benchmarks compare against it).
+    WallClock,
+    /// wasmtime fuel, one unit per guest instruction, [`FUEL_PER_MS`] per millisecond of
+    /// budget (benchmarks only: host calls are not charged).
+    Fuel,
+}
+
+/// Fuel per millisecond of budget under [`Meter::Fuel`]: about what a guest executes in 1 ms
+/// of CPU on the reference machine (`cargo bench -p acpd --bench plugins`).
+pub const FUEL_PER_MS: u64 = 1_000_000;
+
+/// CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`). A system call, ~1 us on the
+/// reference machine: read once per tick of a running guest, never per call.
+pub fn thread_cpu() -> Duration {
+    use nix::libc;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out-pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 pub fn new_engine() -> anyhow::Result<Engine> {
+    new_engine_with(Meter::CpuTime)
+}
+
+pub fn new_engine_with(meter: Meter) -> anyhow::Result<Engine> {
     let mut c = Config::new();
     // On by default with component-model-async, and 3x the cost of a sync call: our hooks are
     // plain synchronous functions.
     c.concurrency_support(false);
-    c.epoch_interruption(true);
+    match meter {
+        Meter::CpuTime | Meter::WallClock => {
+            c.epoch_interruption(true);
+        }
+        Meter::Fuel => {
+            c.consume_fuel(true);
+        }
+    }
     c.cranelift_opt_level(OptLevel::Speed);
     c.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(16));
     c.max_wasm_stack(1 << 20);
     let engine = Engine::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
-    start_ticker(&engine);
+    if meter != Meter::Fuel {
+        start_ticker(&engine);
+    }
     Ok(engine)
 }
 

@@ -213,8 +213,8 @@ impl PluginSet {
                 metrics::skipped(&p.name, hook, "selector");
                 continue;
             }
-            let Ok(edits) = p.call(hook, |live, ticks| {
-                live.observe(hook, ticks, &pk.arena, &pk.attrs)
+            let Ok(edits) = p.call(hook, |live, budget| {
+                live.observe(hook, budget, &pk.arena, &pk.attrs)
             }) else {
                 continue;
             };
@@ -315,7 +315,7 @@ impl PluginSet {
                 spans: refs,
                 attrs: std::mem::take(&mut pk.attrs),
             };
-            let edits = match p.call(hook, |live, ticks| live.spans(ticks, &wb)) {
+            let edits = match p.call(hook, |live, budget| live.spans(budget, &wb)) {
                 Ok(e) => e,
                 Err(_) => {
                     safety_net_spans(batch);
@@ -390,7 +390,7 @@ impl PluginSet {
                 logs: refs,
                 attrs: std::mem::take(&mut pk.attrs),
             };
-            let edits = match p.call(hook, |live, ticks| live.logs(ticks, &wb)) {
+            let edits = match p.call(hook, |live, budget| live.logs(budget, &wb)) {
                 Ok(e) => e,
                 Err(_) => {
                     safety_net_logs(batch);
@@ -414,7 +414,7 @@ impl PluginSet {
     pub fn translate(&self, err: &error_hooks::ErrorInfo) -> Option<error_hooks::ClientError> {
         for slot in self.at(Hook::Error) {
             let Slot::Ready(p) = slot else { continue };
-            if let Ok(Some(out)) = p.call(Hook::Error, |live, ticks| live.translate(ticks, err)) {
+            if let Ok(Some(out)) = p.call(Hook::Error, |live, budget| live.translate(budget, err)) {
                 match client_error_ok(&out) {
                     Ok(()) => return Some(out),
                     Err(why) => p.failed(Hook::Error, &Failure::InvalidOutput(why)),

@@ -2,14 +2,17 @@
 //! A trap poisons an instance (wasmtime refuses to re-enter it): the caller drops it.
 
 use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::component::{HasSelf, InstancePre, Linker};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::bindings::AllHooks;
 use super::bindings::acpd::plugin::types::{AttrEdit, AttrRef, PluginError, PluginInfo};
 use super::bindings::exports::acpd::plugin::{
     error_hooks, lifecycle, log_hooks, observe_hooks, span_hooks,
 };
+use super::budget::Phase;
+use super::engine::{FUEL_PER_MS, Meter};
 use super::kernels::{Shared, State};
 
 /// Why a call did not produce a usable answer (the `acpd.plugin.failure` label).
@@ -51,7 +54,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Trap(m) => write!(f, "trap: {m}"),
-            Failure::Timeout => write!(f, "deadline exceeded"),
+            Failure::Timeout => write!(f, "CPU budget exceeded"),
             Failure::Memory => write!(f, "memory limit exceeded"),
             Failure::InvalidOutput(m) => write!(f, "invalid output: {m}"),
             Failure::Failed(m) => write!(f, "plugin error: {m}"),
@@ -135,7 +138,12 @@ fn classify(store: &Store<State>, e: wasmtime::Error) -> Failure {
     if store.data().limiter.exceeded {
         return Failure::Memory;
     }
-    if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+    if store.data().meter.exceeded
+        || matches!(
+            e.downcast_ref::<Trap>(),
+            Some(Trap::Interrupt | Trap::OutOfFuel)
+        )
+    {
         return Failure::Timeout;
     }
     let mut m = format!("{e:#}");
@@ -159,18 +167,46 @@ fn missing() -> Failure {
     Failure::Trap("hook not exported".into())
 }
 
+/// Arms `store` for one call of `budget` under its meter.
+fn arm_store(store: &mut Store<State>, phase: Phase, budget: Duration) {
+    let meter = store.data().meter.meter;
+    store.data_mut().meter.arm(phase, budget);
+    match meter {
+        // Looked at on the next tick; charged in CPU time from there (budget.rs).
+        Meter::CpuTime => store.set_epoch_deadline(1),
+        Meter::WallClock => {
+            let ms = budget.as_millis().min(u64::MAX as u128) as u64;
+            store.set_epoch_deadline(ms.max(1) + 1)
+        }
+        Meter::Fuel => {
+            let ms = budget.as_millis().min(u64::MAX as u128) as u64;
+            let _ = store.set_fuel(ms.max(1).saturating_mul(FUEL_PER_MS));
+        }
+    }
+}
+
 impl Live {
-    /// Instantiates and runs `init` within `init_ticks` epochs.
+    /// Instantiates and runs `init` within `init_budget`.
     pub fn new(
         pre: &Pre,
         shared: Arc<Shared>,
         max_memory: usize,
         init_json: &str,
-        init_ticks: u64,
+        init_budget: Duration,
+        meter: Meter,
     ) -> Result<(Live, PluginInfo), Failure> {
-        let mut store = Store::new(pre.pre.engine(), State::new(shared, max_memory));
+        let mut store = Store::new(pre.pre.engine(), State::new(shared, max_memory, meter));
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(init_ticks);
+        if meter == Meter::CpuTime {
+            store.epoch_deadline_callback(|mut cx| {
+                if cx.data_mut().meter.tick() {
+                    Ok(UpdateDeadline::Continue(1))
+                } else {
+                    Err(Trap::Interrupt.into())
+                }
+            });
+        }
+        arm_store(&mut store, Phase::Init, init_budget);
         let instance = pre
             .pre
             .instantiate(&mut store)
@@ -213,10 +249,15 @@ impl Live {
         ))
     }
 
-    fn arm(&mut self, ticks: u64) {
+    fn arm(&mut self, budget: Duration) {
         self.calls += 1;
         self.store.data_mut().limiter.exceeded = false;
-        self.store.set_epoch_deadline(ticks);
+        arm_store(&mut self.store, Phase::Hook, budget);
+    }
+
+    /// CPU charged to the last call when it was stopped for its budget.
+    pub fn charged(&self) -> Duration {
+        self.store.data().meter.used
     }
 
     pub fn memory_exceeded(&self) -> bool {
@@ -226,11 +267,11 @@ impl Live {
     pub fn observe(
         &mut self,
         which: super::Hook,
-        ticks: u64,
+        budget: Duration,
         arena: &str,
         attrs: &[AttrRef],
     ) -> Result<Vec<AttrEdit>, Failure> {
-        self.arm(ticks);
+        self.arm(budget);
         let g = self.observe.as_ref().ok_or_else(missing)?;
         let r = match which {
             super::Hook::Dispatch => g.call_on_dispatch(&mut self.store, arena, attrs),
@@ -242,10 +283,10 @@ impl Live {
 
     pub fn spans(
         &mut self,
-        ticks: u64,
+        budget: Duration,
         batch: &span_hooks::SpanBatch,
     ) -> Result<span_hooks::SpanEdits, Failure> {
-        self.arm(ticks);
+        self.arm(budget);
         let g = self.spans.as_ref().ok_or_else(missing)?;
         let r = g.call_on_spans(&mut self.store, batch);
         finish(&self.store, r)
@@ -253,10 +294,10 @@ impl Live {
 
     pub fn logs(
         &mut self,
-        ticks: u64,
+        budget: Duration,
         batch: &log_hooks::LogBatch,
     ) -> Result<log_hooks::LogEdits, Failure> {
-        self.arm(ticks);
+        self.arm(budget);
         let g = self.logs.as_ref().ok_or_else(missing)?;
         let r = g.call_on_logs(&mut self.store, batch);
         finish(&self.store, r)
@@ -264,10 +305,10 @@ impl Live {
 
     pub fn translate(
         &mut self,
-        ticks: u64,
+        budget: Duration,
         err: &error_hooks::ErrorInfo,
     ) -> Result<Option<error_hooks::ClientError>, Failure> {
-        self.arm(ticks);
+        self.arm(budget);
         let g = self.errors.as_ref().ok_or_else(missing)?;
         let r = g.call_translate(&mut self.store, err);
         finish(&self.store, r)

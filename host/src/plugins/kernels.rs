@@ -14,14 +14,54 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::acpd::plugin::host::{self, Level, Match, RangeMatch};
+use super::budget::{CallMeter, Phase};
+use super::engine::Meter;
 
 /// Operator-held HMAC keys by id (`[keys]`); a plugin only ever sees digests.
 pub type Keys = Arc<BTreeMap<String, Vec<u8>>>;
 
-const MAX_PATTERNS: usize = 1024;
-const MAX_PATTERN_BYTES: usize = 256 * 1024;
 const MAX_MATCHES: usize = 100_000;
 const MAX_COUNTER_NAMES: usize = 64;
+
+/// What compiling one pattern set may cost. The regex engine's compile time and memory grow
+/// with the size of the compiled program (Unicode classes: `\w` alone is ~48 KiB, the
+/// 256-pattern `\w{12}[[:alpha:]]{6}k<i>_<j>` bomb tens of MiB), so the size limit is what
+/// bounds both; the set is compiled first, so a set over the limit fails before any of its
+/// patterns is compiled on its own. Sizes measured (PLUGINS.md, "Host kernels"): the
+/// first-party redactor's seven rules need 149 KiB.
+#[derive(Debug, Clone, Copy)]
+pub struct CompileLimits {
+    pub max_patterns: usize,
+    pub max_pattern_bytes: usize,
+    /// Compiled-size limits tried in turn (the smallest that fits is what the set is
+    /// accounted at); each failed try stops as soon as it passes its limit.
+    pub size_limits: &'static [usize],
+}
+
+/// In `init` (off the request path, within the init budget).
+pub const INIT_COMPILE: CompileLimits = CompileLimits {
+    max_patterns: 256,
+    max_pattern_bytes: 64 << 10,
+    size_limits: &[128 << 10, 1 << 20],
+};
+
+/// In a hook: small sets only (a rejected bomb costs ~3 ms release), and the time is charged
+/// to the call's budget like any host call.
+pub const HOOK_COMPILE: CompileLimits = CompileLimits {
+    max_patterns: 32,
+    max_pattern_bytes: 4 << 10,
+    size_limits: &[64 << 10],
+};
+
+/// Lazy DFA cache of the set (it grows with the text scanned, up to this) and of each
+/// pattern's own regex (only run on texts the set matched).
+const SET_DFA_BYTES: usize = 1 << 20;
+const PATTERN_DFA_BYTES: usize = 32 << 10;
+const NEST_LIMIT: u32 = 64;
+
+/// Live pattern sets per instance, and the bytes they are accounted at.
+pub const MAX_SETS: usize = 16;
+pub const MAX_SET_BYTES: usize = 16 << 20;
 
 /// What every instance of one plugin shares.
 pub struct Shared {
@@ -55,31 +95,68 @@ impl Shared {
 pub struct PatternSet {
     set: RegexSet,
     regexes: Vec<Regex>,
+    /// What the set is accounted at against [`MAX_SET_BYTES`]: an upper bound of its compiled
+    /// programs (set and patterns: twice the size limit it fit in) and of its DFA caches.
+    pub bytes: usize,
+}
+
+fn too_big(e: &regex::Error) -> bool {
+    matches!(e, regex::Error::CompiledTooBig(_))
 }
 
 impl PatternSet {
-    pub fn compile(patterns: &[String]) -> Result<Self, String> {
-        if patterns.len() > MAX_PATTERNS {
-            return Err(format!("at most {MAX_PATTERNS} patterns"));
+    pub fn compile(patterns: &[String], limits: &CompileLimits) -> Result<Self, String> {
+        if patterns.len() > limits.max_patterns {
+            return Err(format!("at most {} patterns", limits.max_patterns));
         }
-        if patterns.iter().map(String::len).sum::<usize>() > MAX_PATTERN_BYTES {
-            return Err(format!("patterns exceed {MAX_PATTERN_BYTES} bytes"));
+        let text: usize = patterns.iter().map(String::len).sum();
+        if text > limits.max_pattern_bytes {
+            return Err(format!(
+                "patterns exceed {} bytes",
+                limits.max_pattern_bytes
+            ));
         }
+        let mut compiled = None;
+        for &limit in limits.size_limits {
+            match regex::RegexSetBuilder::new(patterns)
+                .size_limit(limit)
+                .dfa_size_limit(SET_DFA_BYTES)
+                .nest_limit(NEST_LIMIT)
+                .build()
+            {
+                Ok(set) => {
+                    compiled = Some((set, limit));
+                    break;
+                }
+                Err(e) if too_big(&e) => continue,
+                Err(e) => return Err(first_invalid(patterns).unwrap_or_else(|| e.to_string())),
+            }
+        }
+        let Some((set, limit)) = compiled else {
+            let max = limits.size_limits.last().copied().unwrap_or(0);
+            return Err(format!(
+                "patterns compile to more than {} KiB (Unicode classes such as \\w are large; \
+                 (?-u) or ASCII classes are small)",
+                max >> 10
+            ));
+        };
         let regexes = patterns
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 regex::RegexBuilder::new(p)
-                    .size_limit(4 << 20)
+                    .size_limit(limit)
+                    .dfa_size_limit(PATTERN_DFA_BYTES)
+                    .nest_limit(NEST_LIMIT)
                     .build()
                     .map_err(|e| format!("pattern {i}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let set = regex::RegexSetBuilder::new(patterns)
-            .size_limit(16 << 20)
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Self { set, regexes })
+        Ok(Self {
+            set,
+            regexes,
+            bytes: 2 * limit + SET_DFA_BYTES + patterns.len() * PATTERN_DFA_BYTES,
+        })
     }
 
     /// Leftmost-first, non-overlapping matches of any pattern (an earlier pattern wins a tie).
@@ -108,6 +185,21 @@ impl PatternSet {
         }
         out.truncate(keep);
     }
+}
+
+/// The first pattern that does not parse, with its index (parsing stops before compiling: a
+/// zero size limit fails every valid pattern at once).
+fn first_invalid(patterns: &[String]) -> Option<String> {
+    patterns.iter().enumerate().find_map(|(i, p)| {
+        match regex::RegexBuilder::new(p)
+            .size_limit(0)
+            .nest_limit(NEST_LIMIT)
+            .build()
+        {
+            Err(e) if !too_big(&e) => Some(format!("pattern {i}: {e}")),
+            _ => None,
+        }
+    })
 }
 
 /// Memory accounting per instance: refusing growth traps the guest and marks the failure as
@@ -195,10 +287,14 @@ pub struct State {
     table: ResourceTable,
     pub limiter: Limiter,
     pub shared: Arc<Shared>,
+    pub meter: CallMeter,
+    /// Live pattern sets of this instance and the bytes they are accounted at.
+    sets: usize,
+    set_bytes: usize,
 }
 
 impl State {
-    pub fn new(shared: Arc<Shared>, max_memory: usize) -> Self {
+    pub fn new(shared: Arc<Shared>, max_memory: usize, meter: Meter) -> Self {
         // Nothing inherited: no args, env, preopens, stdio or network; fixed clocks.
         let mut b = WasiCtxBuilder::new();
         b.allow_ip_name_lookup(false)
@@ -212,6 +308,9 @@ impl State {
             table: ResourceTable::new(),
             limiter: Limiter::new(max_memory),
             shared,
+            meter: CallMeter::new(meter),
+            sets: 0,
+            set_bytes: 0,
         }
     }
 }
@@ -276,7 +375,10 @@ impl host::Host for State {
         let Some(key) = self.shared.keys.get(&key_id) else {
             return Ok(Err(format!("unknown key id `{key_id}`")));
         };
-        Ok(Ok(keyed_hash(key, &data, hex_len)))
+        let entered = self.meter.host_enter();
+        let digest = keyed_hash(key, &data, hex_len);
+        self.meter.host_exit(entered)?;
+        Ok(Ok(digest))
     }
 }
 
@@ -296,17 +398,50 @@ impl host::HostPatternSet for State {
         &mut self,
         patterns: Vec<String>,
     ) -> wasmtime::Result<Result<Resource<PatternSet>, String>> {
-        match PatternSet::compile(&patterns) {
-            Ok(set) => Ok(Ok(self.table.push(set)?)),
-            Err(e) => Ok(Err(e)),
+        if self.sets >= MAX_SETS {
+            return Ok(Err(format!(
+                "at most {MAX_SETS} live pattern sets per instance (drop unused ones)"
+            )));
         }
+        let limits = match self.meter.phase {
+            Phase::Init => &INIT_COMPILE,
+            Phase::Hook => &HOOK_COMPILE,
+        };
+        // The least this set can be accounted at: refused before any compile work.
+        let least = limits.size_limits.first().map_or(0, |l| 2 * l)
+            + SET_DFA_BYTES
+            + patterns.len() * PATTERN_DFA_BYTES;
+        if self.set_bytes + least > MAX_SET_BYTES {
+            return Ok(Err(format!(
+                "pattern sets of this instance would exceed {} MiB",
+                MAX_SET_BYTES >> 20
+            )));
+        }
+        let entered = self.meter.host_enter();
+        let compiled = PatternSet::compile(&patterns, limits);
+        self.meter.host_exit(entered)?;
+        let set = match compiled {
+            Ok(set) => set,
+            Err(e) => return Ok(Err(e)),
+        };
+        if self.set_bytes + set.bytes > MAX_SET_BYTES {
+            return Ok(Err(format!(
+                "pattern sets of this instance would exceed {} MiB",
+                MAX_SET_BYTES >> 20
+            )));
+        }
+        self.sets += 1;
+        self.set_bytes += set.bytes;
+        Ok(Ok(self.table.push(set)?))
     }
 
     fn find(&mut self, this: Resource<PatternSet>, text: String) -> wasmtime::Result<Vec<Match>> {
+        let entered = self.meter.host_enter();
         let set = self.table.get(&this)?;
         let mut out = Vec::new();
         set.find(&text, &mut out);
         out.truncate(MAX_MATCHES);
+        self.meter.host_exit(entered)?;
         Ok(out
             .into_iter()
             .map(|(pattern, start, end)| Match {
@@ -323,6 +458,7 @@ impl host::HostPatternSet for State {
         arena: String,
         ranges: Vec<(u32, u32)>,
     ) -> wasmtime::Result<Vec<RangeMatch>> {
+        let entered = self.meter.host_enter();
         let set = self.table.get(&this)?;
         let mut found = Vec::new();
         let mut out = Vec::new();
@@ -344,11 +480,14 @@ impl host::HostPatternSet for State {
                 break;
             }
         }
+        self.meter.host_exit(entered)?;
         Ok(out)
     }
 
     fn drop(&mut self, this: Resource<PatternSet>) -> wasmtime::Result<()> {
-        self.table.delete(this)?;
+        let set = self.table.delete(this)?;
+        self.sets -= 1;
+        self.set_bytes -= set.bytes;
         Ok(())
     }
 }
@@ -362,11 +501,42 @@ mod tests {
 
     #[test]
     fn find_is_leftmost_first_without_overlaps() {
-        let set = PatternSet::compile(&["a+".into(), "aab".into(), "b".into()]).unwrap();
+        let set =
+            PatternSet::compile(&["a+".into(), "aab".into(), "b".into()], &INIT_COMPILE).unwrap();
         let mut out = Vec::new();
         set.find("xaab b", &mut out);
         // "aab" (pattern 1) starts where "aa" does and is longer; then the lone "b".
         assert_eq!(out, vec![(1, 1, 4), (2, 5, 6)]);
+    }
+
+    /// The 256-pattern Unicode bomb is refused by the set's size limit before any pattern is
+    /// compiled on its own; a hook's limit is tighter; the first-party rules fit in `init`.
+    #[test]
+    fn compile_limits_hold_for_the_unicode_bomb() {
+        let bomb: Vec<String> = (0..256)
+            .map(|j| format!(r"\w{{12}}[[:alpha:]]{{6}}k1_{j}"))
+            .collect();
+        let e = PatternSet::compile(&bomb, &INIT_COMPILE).err().unwrap();
+        assert!(e.contains("more than 1024 KiB"), "{e}");
+        let e = PatternSet::compile(&bomb[..32], &HOOK_COMPILE)
+            .err()
+            .unwrap();
+        assert!(e.contains("more than 64 KiB"), "{e}");
+        let e = PatternSet::compile(&bomb, &HOOK_COMPILE).err().unwrap();
+        assert!(e.contains("at most 32 patterns"), "{e}");
+        let rules: Vec<String> = [
+            r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b",
+            r"\b(?:\d[ -]?){12,18}\d\b",
+            r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}",
+        ]
+        .map(String::from)
+        .to_vec();
+        let set = PatternSet::compile(&rules, &INIT_COMPILE).unwrap();
+        assert!(set.bytes <= MAX_SET_BYTES / 2, "{}", set.bytes);
+        let e = PatternSet::compile(&["ok".into(), "(".into()], &INIT_COMPILE)
+            .err()
+            .unwrap();
+        assert!(e.starts_with("pattern 1:"), "{e}");
     }
 
     #[test]

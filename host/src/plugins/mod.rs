@@ -2,12 +2,14 @@
 //! else in the daemon touches wasmtime; the rest calls the hook functions of `PluginSet`.
 //!
 //! - `engine`: one Engine (concurrency support off, epochs), the ticker, the artifact cache;
+//! - `budget`: CPU budgets per call (the calling thread's CPU time, not wall-clock time);
 //! - `instance` / `plugin`: long-lived instances in a small pool, limits, circuit breaker;
 //! - `kernels`: what the `host` import gives a plugin; a WASI that grants nothing;
 //! - `pack` / `hooks`: packed attributes in, validated sparse edits out, per-hook policy;
 //! - `builtin`: the first-party plugins embedded in the binary.
 
 pub(crate) mod bindings;
+mod budget;
 pub mod builtin;
 mod engine;
 mod hooks;
@@ -24,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use bindings::exports::acpd::plugin::error_hooks::{ClientError, ErrorInfo, Surface};
-pub use engine::sha256_hex;
+pub use engine::{Meter, sha256_hex};
 pub use hooks::{FOREIGN_SCOPE, LogItem, REDACTED, safety_net_logs, safety_net_spans, structural};
 pub use instance::Failure;
 pub use kernels::keyed_hash;
@@ -156,6 +158,7 @@ const MAX_DEADLINE_MS: u64 = 1000;
 
 pub struct PluginHost {
     engine: wasmtime::Engine,
+    meter: Meter,
     linker: wasmtime::component::Linker<kernels::State>,
     cache: Option<PathBuf>,
     current: ArcSwap<PluginSet>,
@@ -191,10 +194,19 @@ impl PluginHost {
         cache: Option<PathBuf>,
         reread: Box<dyn Fn() -> Result<Config, String> + Send + Sync>,
     ) -> anyhow::Result<Self> {
-        let engine = engine::new_engine()?;
+        Self::with_meter(cache, reread, Meter::CpuTime)
+    }
+
+    pub fn with_meter(
+        cache: Option<PathBuf>,
+        reread: Box<dyn Fn() -> Result<Config, String> + Send + Sync>,
+        meter: Meter,
+    ) -> anyhow::Result<Self> {
+        let engine = engine::new_engine_with(meter)?;
         let linker = instance::linker(&engine)?;
         Ok(Self {
             engine,
+            meter,
             linker,
             cache,
             current: ArcSwap::from_pointee(PluginSet::default()),
@@ -318,7 +330,7 @@ impl PluginHost {
             .map_err(|e| LoadError(format!("not a loadable component: {e}")))?;
         let pre =
             instance::Pre::new(&self.linker, &component).map_err(|e| LoadError(e.to_string()))?;
-        let limits = limits(spec);
+        let limits = limits(spec, self.meter);
         let init_json = spec_config_json(spec);
         let shared = Arc::new(kernels::Shared::new(spec.name.clone(), keys.clone()));
         Plugin::new(
@@ -361,16 +373,22 @@ pub fn effective_specs(config: &Config) -> Vec<PluginSpec> {
     }
 }
 
-pub fn limits(spec: &PluginSpec) -> plugin::Limits {
+/// `deadline_ms` (kept for existing configs) is the CPU budget of one call at every hook, in
+/// milliseconds of the plugin's own execution (guest code and the host kernels it calls);
+/// unset, each hook has its measured default (`budget::defaults`).
+pub fn limits(spec: &PluginSpec, meter: Meter) -> plugin::Limits {
     let memory = spec.memory_mib.unwrap_or(32).clamp(1, MAX_MEMORY_MIB);
-    let deadline = spec.deadline_ms.map(|d| d.clamp(1, MAX_DEADLINE_MS));
+    let budget = spec
+        .deadline_ms
+        .map(|d| std::time::Duration::from_millis(d.clamp(1, MAX_DEADLINE_MS)));
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
     plugin::Limits {
         memory_bytes: (memory as usize) << 20,
-        request_ticks: deadline.unwrap_or(2) + 1,
-        export_ticks: deadline.unwrap_or(10) + 1,
-        init_ticks: 1000,
+        request_budget: budget.unwrap_or(budget::defaults::REQUEST),
+        export_budget: budget.unwrap_or(budget::defaults::EXPORT),
+        init_budget: budget::defaults::INIT,
         max_instances: (parallel * 2).max(4),
+        meter,
     }
 }
 
@@ -460,9 +478,15 @@ pub fn inspect(bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
 
 /// A standalone host for `acpd plugin test` and benchmarks: no daemon, no global state.
 pub fn standalone() -> anyhow::Result<PluginHost> {
-    PluginHost::new(
+    standalone_with(Meter::CpuTime)
+}
+
+/// [`standalone`] with another meter (benchmarks compare them).
+pub fn standalone_with(meter: Meter) -> anyhow::Result<PluginHost> {
+    PluginHost::with_meter(
         engine::default_cache_dir(),
         Box::new(|| Err("no configuration to reload".into())),
+        meter,
     )
 }
 
@@ -507,7 +531,8 @@ mod cost {
         };
         let mut live = p.pool.lock().unwrap().pop().unwrap();
         time("raw typed call", &mut || {
-            live.observe(Hook::Request, 1000, "", &[]).unwrap();
+            live.observe(Hook::Request, std::time::Duration::from_secs(1), "", &[])
+                .unwrap();
         });
         p.pool.lock().unwrap().push(live);
         time("Plugin::call", &mut || {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::bindings::acpd::plugin::types::{self as wit, PluginInfo};
+use super::engine::Meter;
 use super::instance::{Exports, Failure, Live, Pre};
 use super::kernels::Shared;
 use super::{Hook, metrics};
@@ -15,19 +16,20 @@ use super::{Hook, metrics};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub memory_bytes: usize,
-    /// Deadline of request-path hooks (request, dispatch, child, error), in epoch ticks (ms).
-    pub request_ticks: u64,
-    /// Deadline of one export batch, in ticks.
-    pub export_ticks: u64,
-    pub init_ticks: u64,
+    /// CPU budget of one call at a request-path hook (request, dispatch, child, error).
+    pub request_budget: Duration,
+    /// CPU budget of one export batch.
+    pub export_budget: Duration,
+    pub init_budget: Duration,
     pub max_instances: usize,
+    pub meter: Meter,
 }
 
 impl Limits {
-    pub fn ticks(&self, hook: Hook) -> u64 {
+    pub fn budget(&self, hook: Hook) -> Duration {
         match hook {
-            Hook::ExportSpans | Hook::ExportLogs => self.export_ticks,
-            _ => self.request_ticks,
+            Hook::ExportSpans | Hook::ExportLogs => self.export_budget,
+            _ => self.request_budget,
         }
     }
 }
@@ -247,7 +249,8 @@ impl Plugin {
             shared.clone(),
             limits.memory_bytes,
             &init_json,
-            limits.init_ticks,
+            limits.init_budget,
+            limits.meter,
         )?;
         let exports = pre.exports();
         let name_for_labels = name.clone();
@@ -309,7 +312,8 @@ impl Plugin {
             self.shared.clone(),
             self.limits.memory_bytes,
             &self.init_json,
-            self.limits.init_ticks,
+            self.limits.init_budget,
+            self.limits.meter,
         )
         .map(|(live, _)| live)
     }
@@ -386,7 +390,14 @@ impl Plugin {
         let spawned = std::thread::Builder::new()
             .name("acpd-plugin-rebuild".into())
             .spawn(move || {
-                match Live::new(&pre, shared, limits.memory_bytes, &init, limits.init_ticks) {
+                match Live::new(
+                    &pre,
+                    shared,
+                    limits.memory_bytes,
+                    &init,
+                    limits.init_budget,
+                    limits.meter,
+                ) {
                     Ok((l, _)) => {
                         pool.lock().unwrap_or_else(|p| p.into_inner()).push(l);
                         returned.notify_one();
@@ -401,11 +412,11 @@ impl Plugin {
         }
     }
 
-    /// Runs one hook call on a pooled instance with the hook's deadline, and accounts for it.
+    /// Runs one hook call on a pooled instance with the hook's CPU budget, and accounts for it.
     pub fn call<R>(
         &self,
         hook: Hook,
-        f: impl FnOnce(&mut Live, u64) -> Result<R, Failure>,
+        f: impl FnOnce(&mut Live, Duration) -> Result<R, Failure>,
     ) -> Result<R, Failure> {
         if self.quarantined() {
             metrics::skipped(&self.name, hook, "quarantined");
@@ -419,8 +430,18 @@ impl Plugin {
             }
         };
         let started = Instant::now();
-        let r = f(&mut live, self.limits.ticks(hook));
-        metrics::duration(&self.labels[hook as usize], started.elapsed());
+        let r = f(&mut live, self.limits.budget(hook));
+        let wall = started.elapsed();
+        metrics::duration(&self.labels[hook as usize], wall);
+        let detail = match &r {
+            Err(Failure::Timeout) if self.limits.meter == Meter::CpuTime => format!(
+                " (charged {} us CPU of a {} us budget, {} us wall)",
+                live.charged().as_micros(),
+                self.limits.budget(hook).as_micros(),
+                wall.as_micros()
+            ),
+            _ => String::new(),
+        };
         match &r {
             Ok(_) => self.checkin(live),
             Err(f) => {
@@ -431,7 +452,7 @@ impl Plugin {
                 } else {
                     self.checkin(live);
                 }
-                self.failed(hook, f);
+                self.failed_with(hook, f, &detail);
             }
         }
         r
@@ -439,6 +460,10 @@ impl Plugin {
 
     /// Accounts for a failure that happened outside `call` (output validation).
     pub fn failed(&self, hook: Hook, f: &Failure) {
+        self.failed_with(hook, f, "")
+    }
+
+    fn failed_with(&self, hook: Hook, f: &Failure, detail: &str) {
         metrics::failure(&self.name, hook, f.kind());
         let opened = self
             .breaker
@@ -450,7 +475,7 @@ impl Plugin {
                 name: "acpd.plugin.failed",
                 target: "acpd::plugin",
                 { "acpd.plugin.name" = self.name.as_str(), "acpd.plugin.hook" = hook.name(), "acpd.plugin.failure" = f.kind() },
-                "plugin {} failed at {}: {f}",
+                "plugin {} failed at {}: {f}{detail}",
                 self.name,
                 hook.name()
             );

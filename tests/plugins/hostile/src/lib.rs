@@ -6,10 +6,16 @@
 //! translation), `panic-init`, `bad-config` (refuses its config), `escape` (tries to reach files,
 //! sockets, env, args and the clock, at init and at every span batch, and reports each outcome
 //! as a `hostile.escape.*` span attribute: the sandbox must deny them all).
+//!
+//! Host-kernel abuse: `bomb` (compiles 256 patterns like `\w{12}[[:alpha:]]{6}k<i>_<j>` in
+//! init and again at every hook: a compile-time and memory bomb for the regex engine),
+//! `hoard` (compiles up to 300 one-pattern sets at every call and keeps them all),
+//! `host-loop` (calls the pattern kernel in an endless loop). `spin` runs `iterations` turns of
+//! a loop and returns (benchmarks: cost per guest instruction).
 
 use acpd_plugin_sdk::{
     Attrs, ClientError, Config, Edits, Error, ErrorInfo, ErrorTranslator, LogBatch, LogEdits,
-    LogProcessor, Observer, Plugin, SpanBatch, SpanEdits, SpanProcessor, export_plugin,
+    LogProcessor, Observer, PatternSet, Plugin, SpanBatch, SpanEdits, SpanProcessor, export_plugin,
 };
 
 #[derive(serde::Deserialize)]
@@ -18,6 +24,9 @@ struct Cfg {
     /// `escape`: an address to try a TCP connection to.
     #[serde(default)]
     connect: Option<String>,
+    /// `spin`: loop turns per call.
+    #[serde(default)]
+    iterations: u64,
 }
 
 pub struct Hostile {
@@ -26,6 +35,26 @@ pub struct Hostile {
     connect: Option<String>,
     /// `escape`: what was tried at init, and how it ended.
     at_init: Vec<(String, String)>,
+    iterations: u64,
+    /// `hoard`: every set compiled so far; `host-loop`: the set it scans with.
+    sets: Vec<PatternSet>,
+    /// `bomb`, `hoard`: how the last compiles ended (`ok`, or the host's error).
+    compiled: Vec<String>,
+}
+
+/// 256 patterns of a few Unicode classes each: within every per-call limit (count, bytes),
+/// yet tens of MiB of compiled program.
+fn bomb_patterns(round: u64) -> Vec<String> {
+    (0..256)
+        .map(|j| format!(r"\w{{12}}[[:alpha:]]{{6}}k{round}_{j}"))
+        .collect()
+}
+
+fn outcome(r: &Result<PatternSet, String>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => e.clone(),
+    }
 }
 
 /// Every way out of the sandbox that std offers a guest; each outcome is "denied: ..." or
@@ -99,16 +128,32 @@ impl Plugin for Hostile {
             "panic-init" => panic!("hostile: panicking in init on purpose"),
             "bad-config" => Err(Error::config("hostile: this config is refused on purpose")),
             "ok" | "tag" | "trap" | "loop" | "alloc" | "huge-output" | "bad-index" | "flaky"
-            | "error-5xx" | "escape" => Ok(Hostile {
-                at_init: if c.mode == "escape" {
-                    escape_attempts(c.connect.as_deref())
-                } else {
-                    Vec::new()
-                },
-                mode: c.mode,
-                calls: 0,
-                connect: c.connect,
-            }),
+            | "error-5xx" | "escape" | "spin" | "bomb" | "hoard" | "host-loop" => {
+                let mut h = Hostile {
+                    at_init: if c.mode == "escape" {
+                        escape_attempts(c.connect.as_deref())
+                    } else {
+                        Vec::new()
+                    },
+                    mode: c.mode,
+                    calls: 0,
+                    connect: c.connect,
+                    iterations: c.iterations,
+                    sets: Vec::new(),
+                    compiled: Vec::new(),
+                };
+                match h.mode.as_str() {
+                    "bomb" => h.compiled = vec![outcome(&PatternSet::compile(&bomb_patterns(0)))],
+                    "host-loop" => {
+                        h.sets.push(
+                            PatternSet::compile(&["[a-z]+@[a-z]+"])
+                                .map_err(|e| Error::config(e.to_string()))?,
+                        );
+                    }
+                    _ => {}
+                }
+                Ok(h)
+            }
             other => Err(Error::config(format!("unknown mode {other:?}"))),
         }
     }
@@ -146,6 +191,38 @@ impl Hostile {
                 Ok(false)
             }
             "flaky" if self.calls.is_multiple_of(2) => Err(Error::failed("hostile: flaky failure")),
+            "spin" => {
+                let mut x = 0u64;
+                for i in 0..self.iterations {
+                    x = std::hint::black_box(x.wrapping_add(i));
+                }
+                Ok(true)
+            }
+            "bomb" => {
+                // At a hook: as many of them as a hook may compile at all (32).
+                let r = PatternSet::compile(&bomb_patterns(self.calls)[..32]);
+                self.compiled.truncate(1);
+                self.compiled.push(outcome(&r));
+                Ok(true)
+            }
+            "hoard" => {
+                self.compiled.clear();
+                for i in 0..300 {
+                    let r = PatternSet::compile(&[format!("hoard{}_{i}", self.calls)]);
+                    self.compiled.push(outcome(&r));
+                    if let Ok(set) = r {
+                        self.sets.push(set);
+                    }
+                }
+                Ok(true)
+            }
+            "host-loop" => {
+                let text = "mail bob@example.com and alice@example.org ".repeat(64);
+                let mut n = 0usize;
+                loop {
+                    n = std::hint::black_box(n + self.sets[0].find(&text).len());
+                }
+            }
             _ => Ok(true),
         }
     }
@@ -173,6 +250,23 @@ impl SpanProcessor for Hostile {
         if self.misbehave(&mut out.attrs, batch.attrs().len())? && self.mode == "tag" {
             for s in batch.spans() {
                 out.attrs.upsert(s.index, "hostile.seen", true);
+            }
+        }
+        if matches!(self.mode.as_str(), "bomb" | "hoard") {
+            let ok = self.compiled.iter().filter(|c| *c == "ok").count();
+            let refused = self.compiled.iter().find(|c| *c != "ok").cloned();
+            for s in batch.spans() {
+                out.attrs.upsert(s.index, "hostile.compiled.ok", ok as i64);
+                out.attrs
+                    .upsert(s.index, "hostile.sets.live", self.sets.len() as i64);
+                if let Some(r) = &refused {
+                    out.attrs
+                        .upsert(s.index, "hostile.compiled.refused", r.as_str());
+                }
+                if let Some(r) = self.compiled.last() {
+                    out.attrs
+                        .upsert(s.index, "hostile.compiled.last", r.as_str());
+                }
             }
         }
         if self.mode == "escape" {
