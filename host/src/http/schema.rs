@@ -69,8 +69,12 @@ pub struct Empty {}
 #[derive(ToSchema)]
 #[allow(dead_code)] // described, not built: the bridge assembles this body
 pub struct Health {
-    /// Always `ok` while the daemon serves.
+    /// `ok`, or `degraded` when the agent command cannot start (then `reason` and `agent`).
     status: String,
+    /// Why the daemon is degraded.
+    reason: Option<String>,
+    /// The agent command's problem: `code` (`agent_spawn_failed`), `command`, `reason`.
+    agent: Option<serde_json::Value>,
     /// `?deep=1` only.
     sessions: Option<u64>,
     #[schema(rename = "activePrompts")]

@@ -25,6 +25,10 @@ const DEFAULT_MESSAGES: &[(&str, &str)] = &[
         "agent_unavailable",
         "The agent is not available right now. Please retry shortly.",
     ),
+    (
+        "agent_spawn_failed",
+        "The agent is not installed correctly on this server. Please contact its operator.",
+    ),
     ("agent_error", "The agent could not complete the request."),
     (
         "turn_timeout",
