@@ -515,7 +515,8 @@ impl Session {
                 if let Some(rpc) = shown.context.get("rpcCode") {
                     data["rpcCode"] = rpc.clone();
                 }
-                self.bus.publish("turn_error", pid, with_trace(data), originator);
+                self.bus
+                    .publish("turn_error", pid, with_trace(data), originator);
             }
         }
         let stop = end.as_ref().ok().map(String::as_str);

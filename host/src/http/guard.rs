@@ -103,7 +103,9 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
     };
     let path = req.uri().path();
     let public = PUBLIC.contains(&path)
-        || path.strip_prefix("/console/").is_some_and(|f| !f.contains('/'))
+        || path
+            .strip_prefix("/console/")
+            .is_some_and(|f| !f.contains('/'))
         || (PUBLIC_UNLESS_REQUIRED.contains(&path) && !server.require_auth);
     if public || bearer_matches(req.headers(), token) {
         return next.run(req).await;
@@ -168,6 +170,9 @@ mod tests {
         assert!(!same_origin(&h("http://127.0.0.1:4171", "127.0.0.1:4170")));
         assert!(!same_origin(&h("http://evil.test", "127.0.0.1:4170")));
         assert!(!same_origin(&h("null", "127.0.0.1:4170")));
-        assert!(!same_origin(&h("http://127.0.0.1:4170.evil.test", "127.0.0.1:4170")));
+        assert!(!same_origin(&h(
+            "http://127.0.0.1:4170.evil.test",
+            "127.0.0.1:4170"
+        )));
     }
 }
