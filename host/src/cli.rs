@@ -51,7 +51,7 @@ enum PluginCommand {
         /// HMAC key for `keyed-hash`, as `id=value` (repeatable; for trying things out).
         #[arg(long = "key")]
         keys: Vec<String>,
-        /// Per-call deadline, as `deadline_ms` in acpd.toml (default: the daemon's).
+        /// Per-call CPU budget, as `deadline_ms` in acpd.toml (default: the daemon's).
         #[arg(long)]
         deadline_ms: Option<u64>,
     },

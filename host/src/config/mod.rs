@@ -46,7 +46,8 @@ pub struct PluginSpec {
     /// Linear memory cap (default 32 MiB).
     #[serde(default)]
     pub memory_mib: Option<u64>,
-    /// Per-call deadline (default 2 ms on the request path, 10 ms per export batch).
+    /// Per-call CPU budget: the guest's own execution and the host work it asks for, not time
+    /// spent waiting for a core (default 5 ms on the request path, 100 ms per export batch).
     #[serde(default)]
     pub deadline_ms: Option<u64>,
     /// Passed to the plugin's `init` as JSON.
