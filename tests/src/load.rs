@@ -1,7 +1,8 @@
 //! The load harness: drives a running `acpd` (release build under `cargo bench`) serving the demo
 //! agent's no-delay `bench` command on 127.0.0.1, and reports what BENCHMARKS.md quotes:
 //! daemon overhead, admission and `/health` throughput, SSE fan-out, RSS, span export and
-//! start-up, each with telemetry off / on / on+plugins from the same run.
+//! start-up, each with telemetry off / on / on+plugins from the same run; and the agent
+//! telemetry gateway under a steady stream of the agent's own spans.
 //!
 //! `cargo bench -p acpd-tests --bench load` runs it in full; the `load_harness` test runs the
 //! short mode (a few seconds, debug build), which asserts that every measurement works and
@@ -11,8 +12,10 @@ use crate::otlp::{Protocol, Receiver};
 use crate::{Daemon, SessionRef, Sse, WAIT, agent_text};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +35,9 @@ pub struct Opts {
     pub export_rate: usize,
     pub export_secs: f64,
     pub startups: usize,
+    /// Spans per second the demo agent sends through the gateway, and for how long.
+    pub gateway_rate: u64,
+    pub gateway_secs: f64,
 }
 
 impl Opts {
@@ -47,6 +53,8 @@ impl Opts {
         export_rate: 5000,
         export_secs: 10.0,
         startups: 10,
+        gateway_rate: 5000,
+        gateway_secs: 10.0,
     };
 
     /// Proves every part works in a few seconds; the figures mean nothing.
@@ -62,6 +70,8 @@ impl Opts {
         export_rate: 500,
         export_secs: 0.5,
         startups: 1,
+        gateway_rate: 500,
+        gateway_secs: 1.0,
     };
 }
 
@@ -96,12 +106,12 @@ const EXPORT_TOOLS: usize = 8;
 /// is small so the leak check sees steady state after its warm-up. The agent's own telemetry
 /// is off in every mode: the figures are the daemon's.
 fn bench_config(extra: &str) -> String {
-    format!(
-        "[limits]\nmax_sessions = 512\nmax_sessions_per_workspace = 512\n\
-         max_pending_prompts_per_session = 1000000\nmax_subscribers_per_session = 256\n\
-         event_ring = 256\n\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{extra}"
-    )
+    format!("{BENCH_LIMITS}\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{extra}")
 }
+
+const BENCH_LIMITS: &str = "[limits]\nmax_sessions = 512\nmax_sessions_per_workspace = 512\n\
+     max_pending_prompts_per_session = 1000000\nmax_subscribers_per_session = 256\n\
+     event_ring = 256\n";
 
 /// A daemon in one telemetry mode, with its OTLP receiver when telemetry is on.
 pub struct Target {
@@ -760,13 +770,14 @@ impl Report {
 }
 
 /// Sections of a run; `ACPD_LOAD_ONLY=overhead,export` (comma-separated) runs only those.
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     "floor",
     "overhead",
     "admission",
     "fanout",
     "memory",
     "export",
+    "gateway",
     "startup",
 ];
 
@@ -804,6 +815,9 @@ pub async fn run(o: Opts) -> Result<Report> {
     }
     if wanted("export") {
         export_section(&mut rep, &o).await?;
+    }
+    if wanted("gateway") {
+        gateway_section(&mut rep, &o).await?;
     }
     if wanted("startup") {
         startup_section(&mut rep, &o).await?;
@@ -968,5 +982,521 @@ async fn startup_section(rep: &mut Report, o: &Opts) -> Result<()> {
             *times.last().unwrap_or(&0) as f64 / 1000.0
         ));
     }
+    Ok(())
+}
+
+// ---- The agent telemetry gateway ----
+
+/// The demo agent's `service.name`: the sink tells the agent's spans from the daemon's by it.
+const DEMO_AGENT_SERVICE: &str = "acpd-demo-agent";
+
+/// The span attribute of `telemetry-rate` spans (a key the safety net never removes).
+const RATE_KEY: &str = "demo.rate.index";
+
+/// How often an admission is timed in the gateway section (one POST at a time).
+const ADMISSION_EVERY: Duration = Duration::from_millis(10);
+
+/// The daemon for the gateway section: the demo agent exports its own telemetry (acpd points it
+/// at the gateway), with a span queue that holds several of its exports' worth, so no loss can
+/// come from the agent's own SDK (a full queue there drops silently, uncounted).
+fn gateway_config() -> String {
+    format!(
+        "{BENCH_LIMITS}\n[agent.env]\nOTEL_BSP_MAX_QUEUE_SIZE = \"16384\"\n\
+         OTEL_BSP_SCHEDULE_DELAY = \"200\"\n"
+    )
+}
+
+/// What [`SpanCounter`] has seen.
+#[derive(Debug, Default, Clone)]
+pub struct SinkCounts {
+    pub requests: u64,
+    /// Spans whose resource is the demo agent's, and the others (the daemon's own).
+    pub agent_spans: u64,
+    pub daemon_spans: u64,
+    /// `telemetry-rate` spans carrying the gateway's attribution (`acpd.child.id` and
+    /// `acpd.prompt.id`), by prompt id.
+    pub rate_spans: HashMap<String, u64>,
+    /// `telemetry-rate` spans without that attribution.
+    pub rate_unattributed: u64,
+    /// Agent spans whose name the redaction safety net masked (a plugin failed).
+    pub masked: u64,
+    pub undecodable: u64,
+}
+
+/// A collector that answers every OTLP/HTTP protobuf export at once and keeps only counts. It
+/// decodes the spans, because the gateway section counts the agent's spans and checks their
+/// attribution; that costs the harness's CPU, never the daemon's.
+pub struct SpanCounter {
+    addr: std::net::SocketAddr,
+    counts: Arc<Mutex<SinkCounts>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SpanCounter {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn str_attr<'a>(
+    attrs: &'a [opentelemetry_proto::tonic::common::v1::KeyValue],
+    key: &str,
+) -> Option<&'a str> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        }
+    })
+}
+
+fn count_spans(c: &mut SinkCounts, body: &[u8]) -> bool {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let Ok(req) = ExportTraceServiceRequest::decode(body) else {
+        c.undecodable += 1;
+        return false;
+    };
+    c.requests += 1;
+    for rs in &req.resource_spans {
+        let agent = rs
+            .resource
+            .as_ref()
+            .is_some_and(|r| str_attr(&r.attributes, "service.name") == Some(DEMO_AGENT_SERVICE));
+        for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+            if !agent {
+                c.daemon_spans += 1;
+                continue;
+            }
+            c.agent_spans += 1;
+            if span.name == "[REDACTED]" {
+                c.masked += 1;
+            }
+            if span.attributes.iter().any(|kv| kv.key == RATE_KEY) {
+                let child = str_attr(&span.attributes, "acpd.child.id").is_some();
+                match str_attr(&span.attributes, "acpd.prompt.id") {
+                    Some(p) if child => *c.rate_spans.entry(p.to_owned()).or_default() += 1,
+                    _ => c.rate_unattributed += 1,
+                }
+            }
+        }
+    }
+    true
+}
+
+impl SpanCounter {
+    pub async fn start() -> Result<SpanCounter> {
+        use axum::http::{StatusCode, header};
+        use axum::response::IntoResponse as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let counts = Arc::new(Mutex::new(SinkCounts::default()));
+        // Every Export*ServiceResponse without partial success encodes to no bytes.
+        let ok = || {
+            (
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                Vec::<u8>::new(),
+            )
+                .into_response()
+        };
+        let c = counts.clone();
+        let app = axum::Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let c = c.clone();
+                    async move {
+                        if count_spans(&mut c.lock().unwrap(), &body) {
+                            ok()
+                        } else {
+                            StatusCode::BAD_REQUEST.into_response()
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/v1/metrics",
+                axum::routing::post(move || async move { ok() }),
+            )
+            .route("/v1/logs", axum::routing::post(move || async move { ok() }));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(SpanCounter {
+            addr,
+            counts,
+            server,
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn counts(&self) -> SinkCounts {
+        self.counts.lock().unwrap().clone()
+    }
+
+    pub fn rate_spans(&self, prompt: &str) -> u64 {
+        let c = self.counts.lock().unwrap();
+        c.rate_spans.get(prompt).copied().unwrap_or(0)
+    }
+
+    /// Waits until the attributed `telemetry-rate` spans of `prompt` reach `n`, or `within`;
+    /// returns how many arrived.
+    pub async fn wait_rate_spans(&self, prompt: &str, n: u64, within: Duration) -> u64 {
+        let until = Instant::now() + within;
+        loop {
+            let got = self.rate_spans(prompt);
+            if got >= n || Instant::now() >= until {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// CPU time (user + system) a process has used so far, from /proc (in USER_HZ = 100 ticks).
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("/proc/<pid>/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // After the command name: field 3 (state) is index 0; utime is field 14, stime 15.
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .context("utime/stime")
+    };
+    Ok(Duration::from_millis((tick(11)? + tick(12)?) * 10))
+}
+
+/// `acpd_telemetry_dropped` on `/metrics` for one `acpd_drop_source`, by `signal/stage`.
+pub async fn dropped_from(d: &Daemon, source: &str) -> Result<BTreeMap<String, u64>> {
+    let text = d.http.get(d.url("/metrics")).send().await?.text().await?;
+    let label = |line: &str, key: &str| -> String {
+        line.split_once(&format!("{key}=\""))
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or_else(|| "?".into(), |(v, _)| v.to_owned())
+    };
+    let source = format!("acpd_drop_source=\"{source}\"");
+    let mut out = BTreeMap::new();
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("acpd_telemetry_dropped") && l.contains(&source))
+    {
+        let n = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        let key = format!(
+            "{}/{}",
+            label(l, "acpd_signal"),
+            label(l, "acpd_drop_stage")
+        );
+        *out.entry(key).or_default() += n;
+    }
+    Ok(out)
+}
+
+/// The sum of a counter's series on `/metrics` (0 when it has none).
+pub async fn metric_sum(d: &Daemon, name: &str) -> Result<u64> {
+    let text = d.http.get(d.url("/metrics")).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// One `telemetry-rate` turn through the gateway.
+#[derive(Debug, Default, Clone)]
+pub struct RateRun {
+    /// Spans the agent emitted (its own count), over `emit` (first span to last).
+    pub spans: u64,
+    pub emit: Duration,
+    /// The agent's flush at the end confirmed.
+    pub flushed: bool,
+    /// `telemetry-rate` spans the sink received with the gateway's attribution.
+    pub received: u64,
+    /// CPU used by the daemon and by the agent child, from the prompt to the last span at the
+    /// sink.
+    pub daemon_cpu: Duration,
+    pub agent_cpu: Duration,
+    pub rss_before_kib: u64,
+    pub rss_peak_kib: u64,
+    pub rss_after_kib: u64,
+}
+
+/// Runs `telemetry-rate <rate> <secs>` on `s` and waits for the sink to hold every span the
+/// agent reports having emitted (or 30 s); samples the daemon's RSS every 100 ms meanwhile.
+async fn rate_run(
+    d: &Arc<Daemon>,
+    s: &SessionRef,
+    sse: &mut Sse,
+    sink: &SpanCounter,
+    rate: u64,
+    secs: f64,
+) -> Result<RateRun> {
+    let (pid, agent_pid) = (d.pid(), d.child_pid(s).await?);
+    let rss_before_kib = rss_kib(pid)?;
+    let peak = Arc::new(AtomicU64::new(rss_before_kib));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (peak, stop) = (peak.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let (cpu0, agent_cpu0) = (cpu_time(pid)?, cpu_time(agent_pid)?);
+    let prompt = submit(d, s, &format!("telemetry-rate {rate} {secs}")).await?;
+    let within = Duration::from_secs_f64(secs) + Duration::from_secs(30);
+    let frames = sse
+        .until(within, |f| {
+            (f.event == "turn_complete" || f.event == "turn_error")
+                && f.data["data"]["promptId"] == prompt.as_str()
+        })
+        .await?;
+    let text = agent_text(&frames);
+    ensure!(
+        frames.last().is_some_and(|f| f.event == "turn_complete"),
+        "telemetry-rate did not complete: {text}"
+    );
+    let field = |key: &str| -> Result<u64> {
+        text.split_once(key)
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {key:?} in {text:?}"))
+    };
+    let (spans, emit_ms) = (field("emitted ")?, field(" spans in ")?);
+    let received = sink
+        .wait_rate_spans(&prompt, spans, Duration::from_secs(30))
+        .await;
+    let (cpu1, agent_cpu1) = (cpu_time(pid)?, cpu_time(agent_pid)?);
+    stop.store(true, Ordering::Relaxed);
+    sampler.await?;
+    let rss_after_kib = rss_kib(pid)?;
+    Ok(RateRun {
+        spans,
+        emit: Duration::from_millis(emit_ms),
+        flushed: text.contains("(all flushed)"),
+        received,
+        daemon_cpu: cpu1.saturating_sub(cpu0),
+        agent_cpu: agent_cpu1.saturating_sub(agent_cpu0),
+        rss_before_kib,
+        rss_peak_kib: peak.load(Ordering::Relaxed).max(rss_after_kib),
+        rss_after_kib,
+    })
+}
+
+/// Admission latencies (POST /session/{id}/prompt -> 202, ns, sorted) of `bench 2` prompts on a
+/// new session, one at a time every [`ADMISSION_EVERY`] for `span`; its stream is drained
+/// alongside, and every admitted turn must complete.
+async fn admission_latencies(d: Arc<Daemon>, span: Duration) -> Result<Vec<u64>> {
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    turn(&d, &s, &mut sse, "bench 2").await?; // the agent's session, first allocations
+    let done = Arc::new(AtomicUsize::new(0));
+    let drain = tokio::spawn({
+        let done = done.clone();
+        async move {
+            while let Some(f) = sse.next_within(Duration::from_secs(3600)).await? {
+                match f.event.as_str() {
+                    "turn_complete" => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    "turn_error" | "client_evicted" => bail!("{}: {}", f.event, f.data),
+                    _ => {}
+                }
+            }
+            Err::<(), _>(anyhow!("the event stream ended"))
+        }
+    });
+    let url = d.url(&format!("/session/{}/prompt", s.id));
+    let body = json!({"prompt": [{"type": "text", "text": "bench 2"}]});
+    let mut tick = tokio::time::interval(ADMISSION_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lat = Vec::new();
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        tick.tick().await;
+        let t0 = Instant::now();
+        let r = d
+            .http
+            .post(&url)
+            .header("X-Qwen-Client-Id", &s.client_id)
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        r.bytes().await?;
+        ensure!(status == 202, "admission -> {status}");
+        lat.push(t0.elapsed().as_nanos() as u64);
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::Relaxed) < lat.len() {
+        if drain.is_finished() || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let completed = done.load(Ordering::Relaxed);
+    if drain.is_finished() {
+        drain.await??; // the stream failed: its error says why
+    } else {
+        drain.abort();
+    }
+    ensure!(
+        completed >= lat.len(),
+        "admitted turns did not all complete: {completed}/{}",
+        lat.len()
+    );
+    lat.sort_unstable();
+    Ok(lat)
+}
+
+/// The gateway section's measurements, from one daemon.
+#[derive(Debug, Default, Clone)]
+pub struct GatewayRun {
+    /// The rate turn alone (CPU per span is read from this one).
+    pub alone: RateRun,
+    /// The same turn again while admissions are timed on another session.
+    pub busy: RateRun,
+    pub admission_idle: Vec<u64>,
+    pub admission_busy: Vec<u64>,
+    /// The agent's items lost, by `signal/stage`, over the whole run.
+    pub agent_dropped: BTreeMap<String, u64>,
+    pub plugin_failures: u64,
+    pub sink: SinkCounts,
+}
+
+/// The demo agent emits `rate` spans/s for `secs` into acpd's gateway (default plugins on),
+/// which forwards to a counting sink: once alone, then again while admissions are timed on
+/// another session (after the same admissions timed without that load).
+pub async fn gateway(rate: u64, secs: f64) -> Result<GatewayRun> {
+    let sink = SpanCounter::start().await?;
+    let d = Arc::new(
+        Daemon::builder()
+            .config(&gateway_config())
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .start()
+            .await?,
+    );
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    // Warm-up: the child, its exporter's connection to the gateway, the plugin instances.
+    let warm = rate_run(&d, &s, &mut sse, &sink, 1000, 0.2).await?;
+    ensure!(
+        warm.received == warm.spans && warm.spans > 0,
+        "warm-up: {} of {} spans at the sink ({:?})",
+        warm.received,
+        warm.spans,
+        sink.counts()
+    );
+    let span = Duration::from_secs_f64(secs);
+    let admission_idle = admission_latencies(d.clone(), span).await?;
+    let alone = rate_run(&d, &s, &mut sse, &sink, rate, secs).await?;
+    let timing = tokio::spawn(admission_latencies(d.clone(), span));
+    let busy = rate_run(&d, &s, &mut sse, &sink, rate, secs).await?;
+    let admission_busy = timing.await??;
+    // The agent's metrics and logs are exported on their own clocks: let the last ones land.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Ok(GatewayRun {
+        alone,
+        busy,
+        admission_idle,
+        admission_busy,
+        agent_dropped: dropped_from(&d, "agent").await?,
+        plugin_failures: metric_sum(&d, "acpd_plugin_failures").await?,
+        sink: sink.counts(),
+    })
+}
+
+async fn gateway_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    let g = gateway(o.gateway_rate, o.gateway_secs).await?;
+    for (name, r) in [("alone", &g.alone), ("with admissions timed", &g.busy)] {
+        let per_span = |cpu: Duration| cpu.as_secs_f64() * 1e6 / r.spans.max(1) as f64;
+        rep.line(format!(
+            "gateway (on + plugins, {name}): agent emitted {} spans in {:.2} s ({:.0}/s, {}); \
+             sink received {} attributed | daemon CPU {:.2} s = {:.1} us/span | agent CPU {:.2} s = {:.1} us/span \
+             | daemon RSS MiB {:.1} before, {:.1} peak, {:.1} after",
+            r.spans,
+            r.emit.as_secs_f64(),
+            r.spans as f64 / r.emit.as_secs_f64().max(1e-9),
+            if r.flushed { "flushed" } else { "flush NOT confirmed" },
+            r.received,
+            r.daemon_cpu.as_secs_f64(),
+            per_span(r.daemon_cpu),
+            r.agent_cpu.as_secs_f64(),
+            per_span(r.agent_cpu),
+            r.rss_before_kib as f64 / 1024.0,
+            r.rss_peak_kib as f64 / 1024.0,
+            r.rss_after_kib as f64 / 1024.0,
+        ));
+    }
+    let dropped: u64 = g.agent_dropped.values().sum();
+    let nonzero: BTreeMap<_, _> = g.agent_dropped.iter().filter(|(_, n)| **n > 0).collect();
+    rep.line(format!(
+        "gateway drops (acpd_drop_source=\"agent\"): {dropped} {:?} | sink: {} agent spans, {} daemon spans, \
+         {} rate spans unattributed, {} names masked, {} undecodable | plugin failures {}",
+        nonzero,
+        g.sink.agent_spans,
+        g.sink.daemon_spans,
+        g.sink.rate_unattributed,
+        g.sink.masked,
+        g.sink.undecodable,
+        g.plugin_failures
+    ));
+    let (i, b) = (&g.admission_idle, &g.admission_busy);
+    rep.line(format!(
+        "gateway admission (POST -> 202, one every {} ms, p50/p99 us): idle {:.0}/{:.0} ({} samples) \
+         | under {} spans/s {:.0}/{:.0} ({} samples) | ratio p50 {:.2}, p99 {:.2}",
+        ADMISSION_EVERY.as_millis(),
+        us(pct(i, 50.0)),
+        us(pct(i, 99.0)),
+        i.len(),
+        o.gateway_rate,
+        us(pct(b, 50.0)),
+        us(pct(b, 99.0)),
+        b.len(),
+        pct(b, 50.0) as f64 / pct(i, 50.0).max(1) as f64,
+        pct(b, 99.0) as f64 / pct(i, 99.0).max(1) as f64,
+    ));
+    let expected = (o.gateway_rate as f64 * o.gateway_secs).round() as u64;
+    for r in [&g.alone, &g.busy] {
+        ensure!(
+            r.spans == expected && r.flushed,
+            "the agent emitted {} of {expected} spans (flushed: {})",
+            r.spans,
+            r.flushed
+        );
+        ensure!(
+            r.received == r.spans,
+            "the sink received {} of {} attributed agent spans",
+            r.received,
+            r.spans
+        );
+    }
+    ensure!(
+        dropped == 0,
+        "the gateway dropped agent items: {:?}",
+        g.agent_dropped
+    );
+    ensure!(
+        g.sink.rate_unattributed == 0 && g.sink.undecodable == 0,
+        "sink: {:?}",
+        g.sink
+    );
     Ok(())
 }

@@ -16,6 +16,9 @@ async fn every_measurement_runs_in_short_mode() {
         "RSS MiB (on + plugins)",
         "export (on + plugins)",
         "export overload",
+        "gateway (on + plugins, alone)",
+        "gateway drops",
+        "gateway admission",
         "start-up exec -> first /health 200 (no plugins)",
     ] {
         assert!(

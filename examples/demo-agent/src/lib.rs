@@ -22,6 +22,9 @@
 //! - `telemetry-flood [n=1000]`: emits n spans and n log records as fast as the SDK takes them,
 //!   flushes, and replies `telemetry-flood: emitted <s> spans and <l> log records (<f> flushes,
 //!   all flushed)`. For ingest tests: a hostile, flooding agent.
+//! - `telemetry-rate [per_s=1000] [secs=1]`: emits `per_s` spans a second for `secs` seconds,
+//!   paced by the clock (every 10 ms), flushes, and replies `telemetry-rate: emitted <n> spans in
+//!   <ms> ms (all flushed)`. For the gateway's load benchmark: a busy, well-behaved agent.
 //!
 //! With the standard OTLP environment set it also exports its own spans, metrics and log
 //! records, each signal as that environment says (see [`telemetry`]); the two `telemetry`
@@ -451,6 +454,7 @@ const COMMANDS: &[&str] = &[
     "mode",
     "telemetry",
     "telemetry-flood",
+    "telemetry-rate",
 ];
 
 /// The prompt's command word as a metric label: one of [`COMMANDS`], else `echo`, so a
@@ -541,6 +545,26 @@ impl Turn {
                 self.reply(format!(
                     "telemetry-flood: emitted {} spans and {} log records ({} flushes, {flushed})",
                     flood.spans, flood.logs, flood.flushes
+                ))
+            }
+            "telemetry-rate" => {
+                let per_sec = arg.parse().unwrap_or(1000);
+                let secs = split_word(tail).0.parse().unwrap_or(1.0_f64);
+                let secs = if secs.is_finite() {
+                    secs.clamp(0.0, 3600.0)
+                } else {
+                    1.0
+                };
+                let rate = self.trace.rate(per_sec, secs).await;
+                let flushed = if rate.flushed {
+                    "all flushed"
+                } else {
+                    "the flush did not confirm: some may be lost"
+                };
+                self.reply(format!(
+                    "telemetry-rate: emitted {} spans in {} ms ({flushed})",
+                    rate.spans,
+                    rate.took.as_millis()
                 ))
             }
             _ => self.echo(&text),

@@ -16,7 +16,8 @@
 //! attribute and span event attribute `demo.text`, a log record (`demo.secret`: body and
 //! attribute `demo.text`) and a metric point (counter `demo.secret.count`, attribute
 //! `demo.text`). `telemetry-flood <n>` emits n `demo.flood` spans and n `demo.flood` log
-//! records as fast as the SDK takes them (see [`TurnTrace::flood`]).
+//! records as fast as the SDK takes them (see [`TurnTrace::flood`]); `telemetry-rate <per_s>
+//! <secs>` emits `demo.rate` spans at a steady rate (see [`TurnTrace::rate`]).
 //!
 //! All three signals of a turn are force-flushed right after the turn's response; the providers
 //! are shut down on stdin EOF. Both are blocking calls, so they run on the blocking pool, bounded
@@ -503,6 +504,19 @@ struct TurnInner {
     started: Instant,
 }
 
+/// How often `telemetry-rate` emits the spans that have come due.
+pub const RATE_TICK: Duration = Duration::from_millis(10);
+
+/// What a `telemetry-rate` sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rate {
+    pub spans: u64,
+    /// From the first span to the last.
+    pub took: Duration,
+    /// The flush at the end confirmed.
+    pub flushed: bool,
+}
+
 /// What a `telemetry-flood` sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flood {
@@ -787,6 +801,44 @@ impl TurnTrace {
             }
         }
         flood
+    }
+}
+
+impl TurnTrace {
+    /// Emits `per_sec` spans `demo.rate` per second for `secs` seconds (children of the turn's
+    /// span, attribute `demo.rate.index`), paced by the clock: every [`RATE_TICK`] it emits the
+    /// spans due by then, so a late tick catches up and the rate holds. Then flushes once. The
+    /// SDK's batch queue must hold what arrives between its exports (`OTEL_BSP_MAX_QUEUE_SIZE`,
+    /// `OTEL_BSP_SCHEDULE_DELAY`), or it drops the excess silently.
+    pub async fn rate(&self, per_sec: u64, secs: f64) -> Rate {
+        let Some(inner) = self.0.as_ref().filter(|i| i.telemetry.traces.is_some()) else {
+            return Rate {
+                flushed: true,
+                ..Rate::default()
+            };
+        };
+        let total = (per_sec as f64 * secs).round() as u64;
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(RATE_TICK);
+        let mut emitted = 0u64;
+        while emitted < total {
+            tick.tick().await;
+            let due = ((started.elapsed().as_secs_f64() * per_sec as f64) as u64).min(total);
+            for i in emitted..due {
+                let index = i64::try_from(i).unwrap_or(i64::MAX);
+                let attributes = vec![KeyValue::new("demo.rate.index", index)];
+                if let Some(mut span) = inner.child("demo.rate".to_owned(), attributes) {
+                    span.end();
+                }
+            }
+            emitted = emitted.max(due);
+        }
+        let took = started.elapsed();
+        Rate {
+            spans: emitted,
+            took,
+            flushed: inner.telemetry.flush().await,
+        }
     }
 }
 
