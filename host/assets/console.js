@@ -1,7 +1,7 @@
 // The acpd console: workspaces and sessions, one session's live transcript (the agent's
 // messages as safe Markdown, thoughts, tool calls with diffs, plans, permission requests), a
-// composer with the queue of pending prompts, and a link from every turn to its trace. It uses
-// only the public HTTP API. Agent output is always put into the page as text nodes.
+// composer with the queue of pending prompts, a link from every turn to its trace, and the model
+// and approval-mode pickers where the agent announces them. It uses only the public HTTP API. Agent output is always put into the page as text nodes.
 
 import { api, EventStream } from './api.js';
 import { render as markdown } from './markdown.js';
@@ -118,7 +118,8 @@ function welcome() {
     el('p', {}, 'Pick a session on the left, or start a new one. Each turn links to its trace.'),
     primary ? el('p', {}, el('button', { class: 'primary', type: 'button', onclick: () => newSession(primary) }, 'New session')) : null,
     el('p', { class: 'mut' }, 'With the demo agent: plain text is echoed; ', el('code', {}, 'write notes.txt hello'),
-      ' asks permission to write a file; ', el('code', {}, 'slow 20 250'), ' streams slowly (try Cancel).')));
+      ' asks permission to write a file; ', el('code', {}, 'slow 20 250'), ' streams slowly (try Cancel); ',
+      el('code', {}, 'mode plan'), ' has the agent switch its own approval mode.')));
 }
 
 // ---- one session ----------------------------------------------------------------------------
@@ -132,6 +133,101 @@ const textOf = block => {
     default: return `[${block.type || 'content'}]`;
   }
 };
+
+// ---- the agent's models and approval modes (GET /session/{id}/context) ----------------------
+
+/** `[{value, name}]` of a select config option (a flat list, or groups of lists). */
+function optionValues(opt) {
+  const out = [];
+  for (const o of Array.isArray(opt.options) ? opt.options : []) {
+    if (!o || typeof o !== 'object') continue;
+    if (Array.isArray(o.options)) out.push(...o.options.filter(x => x && x.value != null).map(x => ({ value: String(x.value), name: String(x.name || x.value) })));
+    else if (o.value != null) out.push({ value: String(o.value), name: String(o.name || o.value) });
+  }
+  return out;
+}
+const selectOption = (state, category) => (Array.isArray(state.configOptions) ? state.configOptions : [])
+  .find(o => o && o.category === category && o.type === 'select');
+
+/** The model choice as the agent announced it: Qwen Code's `models`, else a `model` select. */
+function modelChoice(state) {
+  const m = state.models;
+  if (m && typeof m === 'object') {
+    return { current: m.currentModelId, options: (Array.isArray(m.availableModels) ? m.availableModels : [])
+      .filter(x => x && x.modelId != null).map(x => ({ value: String(x.modelId), name: String(x.name || x.modelId) })) };
+  }
+  const o = selectOption(state, 'model');
+  return o ? { current: o.currentValue, options: optionValues(o) } : null;
+}
+
+/** The approval modes: ACP `modes`, else a `mode` select. */
+function modeChoice(state) {
+  const m = state.modes;
+  if (m && typeof m === 'object') {
+    return { current: m.currentModeId, options: (Array.isArray(m.availableModes) ? m.availableModes : [])
+      .filter(x => x && x.id != null).map(x => ({ value: String(x.id), name: String(x.name || x.id) })) };
+  }
+  const o = selectOption(state, 'mode');
+  return o ? { current: o.currentValue, options: optionValues(o) } : null;
+}
+
+/**
+ * One labelled select (model or approval mode): shown only while the agent offers a choice,
+ * switched through `route`, reverted when the switch fails. `current` is what the daemon last
+ * said; the select shows it unless this tab's own switch is in flight.
+ */
+class Picker {
+  constructor(view, kind, label, route, bodyKey) {
+    this.view = view;
+    this.kind = kind;
+    this.route = route;
+    this.bodyKey = bodyKey;
+    this.current = null;
+    this.pending = null;
+    this.select = el('select', { id: kind + '-picker', name: kind, dataset: { picker: kind } });
+    this.select.onchange = () => this.choose(this.select.value);
+    this.root = el('span', { class: 'picker hidden', dataset: { picker: kind } },
+      el('label', { for: this.select.id }, label), this.select);
+  }
+
+  /** The agent's choice (or null: no picker). */
+  set(choice) {
+    if (!choice || !choice.options.length) { this.root.classList.add('hidden'); this.select.replaceChildren(); return; }
+    const opts = choice.options.slice();
+    if (choice.current != null && !opts.some(o => o.value === String(choice.current))) opts.push({ value: String(choice.current), name: String(choice.current) });
+    this.select.replaceChildren(...opts.map(o => el('option', { value: o.value }, o.name)));
+    this.root.classList.remove('hidden');
+    this.show(choice.current);
+  }
+
+  /** The daemon says the value is now `v`. */
+  show(v) {
+    if (v == null) return;
+    this.current = String(v);
+    if (this.pending == null && [...this.select.options].some(o => o.value === this.current)) this.select.value = this.current;
+    this.select.dataset.current = this.current;
+  }
+
+  async choose(v) {
+    if (v === this.current) return;
+    this.pending = v;
+    this.select.setAttribute('aria-busy', 'true');
+    this.view.pickerNote('');
+    try {
+      await api('POST', `/session/${encodeURIComponent(this.view.id)}/${this.route}`, { body: { [this.bodyKey]: v }, clientId: this.view.clientId });
+      this.pending = null;
+      this.show(v);
+    } catch (e) {
+      this.pending = null;
+      this.revert();
+      this.view.pickerNote(`Could not switch the ${this.kind === 'mode' ? 'approval mode' : 'model'} to ${v}: ${errText(e)}`);
+    } finally {
+      this.select.removeAttribute('aria-busy');
+    }
+  }
+
+  revert() { if (this.current != null && this.pending == null) this.select.value = this.current; }
+}
 
 class SessionView {
   constructor(id) {
@@ -170,12 +266,18 @@ class SessionView {
     this.sendBtn = el('button', { class: 'primary', type: 'submit', 'data-action': 'send' }, 'Send');
     this.cancelBtn = el('button', { type: 'button', 'data-action': 'cancel', disabled: true, onclick: () => this.cancel() }, 'Cancel');
     this.queueEl = el('div', { class: 'queue', 'aria-label': 'Pending prompts' });
+    this.modelPicker = new Picker(this, 'model', 'Model', 'model', 'modelId');
+    this.modePicker = new Picker(this, 'mode', 'Approval mode', 'approval-mode', 'mode');
+    this.noteEl = el('span', { class: 'picker-note', role: 'status', 'aria-live': 'polite' });
+    this.bar = el('div', { class: 'sess-bar hidden', role: 'group', 'aria-label': 'Agent settings' },
+      this.modelPicker.root, this.modePicker.root, this.noteEl);
     const form = el('form', { onsubmit: e => { e.preventDefault(); this.send(); } }, this.input, this.sendBtn, this.cancelBtn);
     this.root = el('section', { class: 'session', 'aria-label': 'Session ' + this.id, dataset: { sessionId: this.id } },
       el('div', { class: 'sess-head' },
         el('a', { class: 'back btn', href: '#/' }, '← Sessions'),
         el('span', { class: 'title', title: this.id }, this.id),
         this.statusEl, el('span', { class: 'grow' }), this.connEl, this.closeBtn),
+      this.bar,
       this.transcript,
       el('div', { class: 'composer' }, this.queueEl, form));
     $('#main').replaceChildren(this.root);
@@ -194,6 +296,7 @@ class SessionView {
     }
     if (this.closed) return;
     this.refreshStatus();
+    this.loadContext();
     this.stream = new EventStream(this.id, this.clientId, {
       onEvent: env => this.apply(env),
       onBatch: () => this.flush(),
@@ -246,6 +349,29 @@ class SessionView {
         app.details.set(this.id, s);
       } catch { /* the stream reports a gone session */ }
     }, 150);
+  }
+
+  /** The agent's models and modes as the daemon keeps them; the pickers follow. */
+  async loadContext() {
+    try {
+      const cx = await api('GET', `/session/${encodeURIComponent(this.id)}/context`);
+      if (this.closed) return;
+      this.applyContext((cx && cx.state) || {});
+    } catch { /* the stream reports a gone session */ }
+  }
+
+  applyContext(state) {
+    this.context = state;
+    this.modelPicker.set(modelChoice(state));
+    this.modePicker.set(modeChoice(state));
+    const any = !this.modelPicker.root.classList.contains('hidden') || !this.modePicker.root.classList.contains('hidden');
+    this.bar.classList.toggle('hidden', !any);
+    this.root.dataset.context = 'loaded';
+  }
+
+  pickerNote(text) {
+    this.noteEl.textContent = text;
+    this.noteEl.classList.toggle('bad', !!text);
   }
 
   resync(d) {
@@ -305,6 +431,19 @@ class SessionView {
         refreshSessions();
         break;
       case 'replay_complete': this.caughtUp = true; this.reconcile(); break;
+      case 'model_switched':
+        this.modelPicker.show(d.modelId);
+        if (this.caughtUp) this.pickerNote('');
+        break;
+      case 'model_switch_failed':
+        // The model is unchanged: the select goes back to it (in every tab).
+        this.modelPicker.revert();
+        if (this.caughtUp) this.pickerNote(`Could not switch the model to ${d.requestedModelId || '?'}: ${d.error || 'the agent refused'}${d.code != null ? ` (${d.code})` : ''}`);
+        break;
+      case 'approval_mode_changed':
+        this.modePicker.show(d.next);
+        if (this.caughtUp) this.pickerNote('');
+        break;
       case 'client_evicted': this.notice('This tab fell behind the event stream; reconnecting.'); break;
       default: break;
     }
@@ -313,6 +452,7 @@ class SessionView {
   /** After a replay: the queue as the daemon holds it (older events may have left its ring). */
   async reconcile() {
     this.refreshStatus();
+    this.loadContext();
     try {
       const r = await api('GET', `/session/${encodeURIComponent(this.id)}/pending-prompts`);
       this.queue = new Map((r.pendingPrompts || []).map(p => [p.promptId, { text: p.text || '', state: p.state }]));
@@ -322,6 +462,15 @@ class SessionView {
   }
 
   update(u, pid) {
+    // Not transcript: the agent's own mode switch and its new options.
+    if (u.sessionUpdate === 'current_mode_update') {
+      if (this.context && this.context.modes) this.modePicker.show(u.currentModeId);
+      return;
+    }
+    if (u.sessionUpdate === 'config_option_update') {
+      if (Array.isArray(u.configOptions)) this.applyContext({ ...(this.context || {}), configOptions: u.configOptions });
+      return;
+    }
     const t = this.turn(pid);
     const last = t.el.lastElementChild;
     switch (u.sessionUpdate) {

@@ -2,7 +2,9 @@
 //! against the real daemon and the demo agent: a prompt's streamed reply, a write approved and
 //! its file written, a slow turn cancelled and a queued prompt removed, a second tab voting
 //! first, a cut event stream recovered without loss or duplicates, a turn's trace opened,
-//! hostile agent output kept inert, and the sign-in when a token is required. Without Chromium
+//! hostile agent output kept inert, the sign-in when a token is required, and the model and
+//! approval-mode pickers (switched by keyboard, followed by a second tab, a refused model shown
+//! and reverted, none for an agent that announces neither). Without Chromium
 //! the browser tests print "skipped: <reason>". The served pages' headers are checked without a
 //! browser.
 //!
@@ -399,6 +401,147 @@ async fn a_second_tab_votes_first_and_both_tabs_agree() -> Result<()> {
             .collect()
     };
     assert_eq!(strip(&ta), strip(&tb));
+    Ok(())
+}
+
+/// A picker's options and shown value (`null` when it is not shown).
+async fn picker(page: &Page, kind: &str) -> Result<Value> {
+    page.eval(&format!(
+        "(s => s && !s.closest('.hidden') ? {{value: s.value, options: [...s.options].map(o => o.value), \
+         label: document.querySelector('label[for=' + s.id + ']')?.textContent}} : null)\
+         (document.getElementById('{kind}-picker'))"
+    ))
+    .await
+}
+
+/// Waits until tab `page` shows `value` in the `kind` picker.
+async fn wait_picker(page: &Page, kind: &str, value: &str) -> Result<()> {
+    page.wait(
+        &format!(
+            "(s => s && !s.closest('.hidden') && s.value === {v} && s.dataset.current === {v})(document.getElementById('{kind}-picker'))",
+            v = js(value)
+        ),
+        UI,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Chooses `value` in a picker as a pointer user does (the select's change event).
+async fn choose(page: &Page, kind: &str, value: &str) -> Result<()> {
+    page.eval(&format!(
+        "(s => {{ s.value = {}; s.dispatchEvent(new Event('change', {{bubbles: true}})); return true; }})(document.getElementById('{kind}-picker'))",
+        js(value)
+    ))
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn model_and_mode_pickers_switch_the_agent_and_agree_across_tabs() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(b) = Browser::launch().await? else {
+        return Ok(());
+    };
+    let d = daemon(&[]).await?;
+    let a = b.page(1000, 800).await?;
+    let id = new_session(&a, &d).await?;
+    wait_picker(&a, "mode", "default").await?;
+    wait_picker(&a, "model", "demo-fast").await?;
+    assert_eq!(
+        picker(&a, "mode").await?,
+        json!({"value": "default", "options": ["default", "plan", "auto-edit", "yolo"], "label": "Approval mode"})
+    );
+    assert_eq!(
+        picker(&a, "model").await?,
+        json!({"value": "demo-fast", "options": ["demo-fast", "demo-smart", "demo-broken"], "label": "Model"})
+    );
+    let second = b.page(1000, 800).await?;
+    second.goto(&d.url(&format!("/#/s/{id}"))).await?;
+    second
+        .wait(
+            "document.querySelector('.sess-head .pill[data-state=live]')",
+            UI,
+        )
+        .await?;
+    wait_picker(&second, "mode", "default").await?;
+
+    // The mode by keyboard in the first tab: the second follows live, and the daemon agrees.
+    a.eval("document.getElementById('mode-picker').focus(), true")
+        .await?;
+    a.press_key("ArrowDown", 40).await?;
+    wait_picker(&a, "mode", "plan").await?;
+    wait_picker(&second, "mode", "plan").await?;
+    let cx = d.get(&format!("/session/{id}/context")).await?.body;
+    assert_eq!(cx["state"]["modes"]["currentModeId"], "plan", "{cx}");
+
+    // The model from the second tab: the first follows.
+    choose(&second, "model", "demo-smart").await?;
+    wait_picker(&second, "model", "demo-smart").await?;
+    wait_picker(&a, "model", "demo-smart").await?;
+
+    // A model the agent refuses: the failure is shown and the select goes back, in both tabs.
+    choose(&a, "model", "demo-broken").await?;
+    for page in [&a, &second] {
+        let note = page
+            .wait(
+                "(n => n && n.textContent.includes('demo-broken') && n.textContent)(document.querySelector('.sess-bar .picker-note'))",
+                UI,
+            )
+            .await?;
+        assert!(
+            note.as_str()
+                .unwrap()
+                .contains("Could not switch the model"),
+            "{note}"
+        );
+        wait_picker(page, "model", "demo-smart").await?;
+    }
+    let cx = d.get(&format!("/session/{id}/context")).await?.body;
+    assert_eq!(
+        cx["state"]["configOptions"][0]["currentValue"],
+        "demo-smart"
+    );
+
+    // The agent switches itself (current_mode_update): both tabs follow.
+    send(&second, "mode yolo").await?;
+    wait_picker(&a, "mode", "yolo").await?;
+    wait_picker(&second, "mode", "yolo").await?;
+    // No script errors (the refused switch's 502 is logged by the browser as a network error).
+    for page in [&a, &second] {
+        let errors: Vec<Value> = page
+            .errors()
+            .into_iter()
+            .filter(|e| e["source"] != "network")
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_that_announces_no_models_or_modes_shows_no_pickers() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let Some(b) = Browser::launch().await? else {
+        return Ok(());
+    };
+    let d = Daemon::builder()
+        .config("[agent.env]\nACPD_DEMO_PLAIN = \"1\"\n")
+        .start()
+        .await?;
+    let page = b.page(1000, 800).await?;
+    new_session(&page, &d).await?;
+    page.wait(
+        "document.querySelector('section.session')?.dataset.context === 'loaded'",
+        UI,
+    )
+    .await?;
+    let shown = page
+        .eval("[...document.querySelectorAll('.sess-bar, .picker, select')].filter(e => e.offsetParent !== null).length")
+        .await?;
+    assert_eq!(shown, json!(0));
+    assert_eq!(picker(&page, "mode").await?, Value::Null);
+    assert_eq!(picker(&page, "model").await?, Value::Null);
     Ok(())
 }
 

@@ -337,6 +337,18 @@ impl Page {
         Ok(())
     }
 
+    /// Presses a key (`ArrowDown`, `Tab`, ...) in the focused element.
+    pub async fn press_key(&self, key: &str, vk: u32) -> Result<()> {
+        for kind in ["rawKeyDown", "keyUp"] {
+            self.call(
+                "Input.dispatchKeyEvent",
+                json!({"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": vk}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Cuts the network (open connections fail) or restores it.
     pub async fn offline(&self, offline: bool) -> Result<()> {
         self.call(
