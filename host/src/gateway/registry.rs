@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::telemetry::semconv::{CHILD_ID, PROMPT_ID, SESSION_ID, WORKSPACE_ID};
 
 /// Prompts remembered for attribution: agents export a turn's spans after it ends, so entries
-/// stay until newer prompts push them out, not until the turn ends.
+/// stay until newer prompts push them out, not until the turn ends. The least recently *used*
+/// goes first: a long turn whose agent keeps exporting keeps its entry however many prompts
+/// start meanwhile.
 const PROMPTS_KEPT: usize = 4096;
 
 /// One agent child, as the gateway knows it.
@@ -44,10 +46,46 @@ impl ChildEntry {
 struct PromptFacts {
     child_id: String,
     attributes: Vec<KeyValue>,
+    /// When it was last noted or used (see `Prompts`).
+    used: u64,
 }
 
-/// Prompts by trace id, and their order of arrival (oldest first) for eviction.
-type Prompts = (HashMap<[u8; 16], PromptFacts>, VecDeque<[u8; 16]>);
+/// Prompts by trace id, and a queue of (trace id, use) in order of use, oldest first. A use
+/// pushes a new entry; an entry whose use is not the prompt's latest is stale and skipped at
+/// eviction, and the queue is rebuilt when stale entries dominate.
+#[derive(Default)]
+struct Prompts {
+    map: HashMap<[u8; 16], PromptFacts>,
+    order: VecDeque<([u8; 16], u64)>,
+    clock: u64,
+}
+
+impl Prompts {
+    fn touch(&mut self, id: [u8; 16]) {
+        self.clock += 1;
+        let now = self.clock;
+        if let Some(p) = self.map.get_mut(&id) {
+            p.used = now;
+            self.order.push_back((id, now));
+        }
+        if self.order.len() > 4 * PROMPTS_KEPT {
+            let map = &self.map;
+            self.order
+                .retain(|(id, used)| map.get(id).is_some_and(|p| p.used == *used));
+        }
+    }
+
+    fn evict(&mut self) {
+        while self.map.len() > PROMPTS_KEPT {
+            let Some((id, used)) = self.order.pop_front() else {
+                return;
+            };
+            if self.map.get(&id).is_some_and(|p| p.used == used) {
+                self.map.remove(&id);
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Registry {
@@ -117,25 +155,17 @@ impl Registry {
             KeyValue::new(PROMPT_ID, prompt_id.to_string()),
         ];
         attributes.extend(enrichment);
-        let mut guard = self.prompts.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *guard;
-        if map
-            .insert(
-                trace_id,
-                PromptFacts {
-                    child_id: child_id.to_string(),
-                    attributes,
-                },
-            )
-            .is_none()
-        {
-            order.push_back(trace_id);
-        }
-        while order.len() > PROMPTS_KEPT {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
-            }
-        }
+        let mut p = self.prompts.lock().unwrap_or_else(|p| p.into_inner());
+        p.map.insert(
+            trace_id,
+            PromptFacts {
+                child_id: child_id.to_string(),
+                attributes,
+                used: 0,
+            },
+        );
+        p.touch(trace_id);
+        p.evict();
     }
 
     /// The session and prompt of an item in `trace_id`, when that prompt ran on this child (a
@@ -144,11 +174,13 @@ impl Registry {
         let Ok(id) = <[u8; 16]>::try_from(trace_id) else {
             return Vec::new();
         };
-        let guard = self.prompts.lock().unwrap_or_else(|p| p.into_inner());
-        match guard.0.get(&id) {
-            Some(p) if p.child_id == child_id => p.attributes.clone(),
-            _ => Vec::new(),
-        }
+        let mut p = self.prompts.lock().unwrap_or_else(|p| p.into_inner());
+        let out = match p.map.get(&id) {
+            Some(f) if f.child_id == child_id => f.attributes.clone(),
+            _ => return Vec::new(),
+        };
+        p.touch(id);
+        out
     }
 }
 
@@ -173,16 +205,30 @@ mod tests {
         assert!(r.child(&b).is_some());
     }
 
+    fn id(i: u32) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        id
+    }
+
     #[test]
-    fn remembers_a_bounded_number_of_prompts() {
+    fn remembers_a_bounded_number_of_prompts_and_keeps_the_ones_in_use() {
         let r = Registry::default();
-        for i in 0..(PROMPTS_KEPT as u32 + 10) {
-            let mut id = [0u8; 16];
-            id[..4].copy_from_slice(&i.to_be_bytes());
-            r.note_prompt(id, "c", "s", "p", vec![]);
+        r.note_prompt(id(0), "c", "s", "long", vec![]);
+        for i in 1..(10 * PROMPTS_KEPT as u32) {
+            r.note_prompt(id(i), "c", "s", "p", vec![]);
+            // The long turn's agent keeps exporting now and then.
+            if i % 1000 == 0 {
+                assert!(!r.prompt_attributes(&id(0), "c").is_empty(), "after {i}");
+            }
         }
+        assert!(!r.prompt_attributes(&id(0), "c").is_empty());
+        assert!(
+            r.prompt_attributes(&id(1), "c").is_empty(),
+            "unused ones go"
+        );
         let g = r.prompts.lock().unwrap();
-        assert_eq!(g.0.len(), PROMPTS_KEPT);
-        assert_eq!(g.1.len(), PROMPTS_KEPT);
+        assert_eq!(g.map.len(), PROMPTS_KEPT);
+        assert!(g.order.len() <= 4 * PROMPTS_KEPT + 1, "{}", g.order.len());
     }
 }
