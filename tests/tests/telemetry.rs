@@ -558,7 +558,18 @@ async fn trace_view_shows_the_cross_process_trace_without_a_collector() -> anyho
     );
     let html = page.text().await?;
     assert!(
-        html.contains("<title>acpd traces</title>") && html.contains("'.json'"),
+        html.contains("<title>acpd traces</title>") && html.contains("traces.js"),
+        "the page and its script: {html}"
+    );
+    let script = d
+        .http
+        .get(d.url("/console/traces.js"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        script.contains("'.json'"),
         "the page loads its data from <path>.json"
     );
     assert!(d.stdout().is_empty(), "stdout must stay empty");
