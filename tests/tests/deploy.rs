@@ -393,16 +393,18 @@ async fn two_instances_behind_an_affinity_proxy_export_to_one_collector() -> Res
     let spans = rx
         .wait_for_spans(WAIT, |spans| {
             [&s1.id, &s2.id].iter().all(|id| {
-                spans
-                    .iter()
-                    .any(|s| s.attr_str("session.id") == Some(id.as_str()))
+                spans.iter().any(|s| {
+                    s.service_name == "acpd" && s.attr_str("session.id") == Some(id.as_str())
+                })
             })
         })
         .await?;
+    // The daemon's own spans (the agents' spans in the session carry its id too, with the
+    // agent's resource).
     let instance_of = |id: &str| {
         spans
             .iter()
-            .find(|s| s.attr_str("session.id") == Some(id))
+            .find(|s| s.service_name == "acpd" && s.attr_str("session.id") == Some(id))
             .and_then(|s| s.resource.get("service.instance.id").cloned())
     };
     let (i1, i2) = (instance_of(&s1.id), instance_of(&s2.id));
