@@ -19,7 +19,8 @@
 //!
 //! - `text`: a plain text answer ([`MockConfig::text`]), streamed in two pieces.
 //! - `tool`: a read-file tool call on [`MockConfig::tool_path`] when the request offers a
-//!   read-file-like tool (codex: `exec_command` running `cat`), unless the conversation already
+//!   read-file-like tool (codex: an escalated `exec_command` running `cat`, which codex asks
+//!   approval for in its read-only mode), unless the conversation already
 //!   holds a tool call on that path or its latest turn ends in a tool result: then text
 //!   (`"<text> (after tool result)"` once a result came back). So the turn's side conversations
 //!   (which carry its history) get text, and a session's next prompt gets a call again once
@@ -27,7 +28,8 @@
 //! - `write`: the same with a write-file tool writing [`MockConfig::write_content`] to
 //!   [`MockConfig::write_path`] (qwen `write_file`, gemini `write_file`, claude `Write`; codex:
 //!   `apply_patch` when offered, else an escalated `exec_command`), which makes agents ask
-//!   permission.
+//!   permission. An earlier call counts here only when it carries the content too, so a file
+//!   read first (`tool`) and then overwritten (`write`) gets its write call.
 //! - `slow`: each answer is held back up to [`MockConfig::slow`] (released at once when the
 //!   scenario changes), then answered like `text`: for cancellation.
 //! - `error` (or `error:<status>`): an HTTP error in the API's own error shape, status
@@ -717,23 +719,33 @@ fn latest_turn_has_tool_result<'a>(
 }
 
 /// Whether one of the conversation's earlier tool calls (`calls`, in any format) already targets
-/// the file the scenario is about: then the mock answers text. Agents run side conversations
+/// the file the scenario is about (for `write`: with the content to write): then the mock
+/// answers text. Agents run side conversations
 /// after a turn (qwen: memory extraction, prompt suggestion) that end with a new user message
 /// but carry the turn's history; they must not get the call again. A session's next prompt gets
 /// a call when the target changed ([`MockLlm::set`]).
 fn called_before<'a>(c: &MockConfig, mut calls: impl Iterator<Item = &'a Value>) -> bool {
-    let target = match c.scenario.as_str() {
-        "tool" => &c.tool_path,
-        "write" => &c.write_path,
+    let (target, content) = match c.scenario.as_str() {
+        "tool" => (&c.tool_path, None),
+        // A write counts only with its content: an earlier read of the same file (read, then
+        // edit) does not stand for the write.
+        "write" => (
+            &c.write_path,
+            c.write_content.lines().find(|l| !l.trim().is_empty()),
+        ),
         _ => return false,
     };
-    let once = serde_json::to_string(target).unwrap_or_default();
-    let once = once.trim_matches('"').to_string();
-    let twice = serde_json::to_string(&once).unwrap_or_default();
-    let twice = twice.trim_matches('"').to_string();
+    // `s` in a call as sent: raw, JSON-escaped once (arguments) or twice (arguments as a string).
+    let appears = |call: &str, s: &str| {
+        let once = serde_json::to_string(s).unwrap_or_default();
+        let once = once.trim_matches('"').to_string();
+        let twice = serde_json::to_string(&once).unwrap_or_default();
+        let twice = twice.trim_matches('"').to_string();
+        call.contains(s) || call.contains(&once) || call.contains(&twice)
+    };
     calls.any(|call| {
         let s = call.to_string();
-        s.contains(target.as_str()) || s.contains(&once) || s.contains(&twice)
+        appears(&s, target) && content.is_none_or(|line| appears(&s, line))
     })
 }
 
@@ -880,9 +892,13 @@ fn responses(c: &MockConfig, body: &Value, stream: bool) -> (String, Response) {
         match c.scenario.as_str() {
             "tool" => {
                 if named("function", "exec_command") {
+                    // Escalated like the write: codex's sandboxed commands need bubblewrap,
+                    // which a container may lack; approved, it runs outside the sandbox.
                     Some(function(
                         "exec_command",
-                        json!({"cmd": format!("cat {}", shell_quote(&c.tool_path))}),
+                        json!({"cmd": format!("cat {}", shell_quote(&c.tool_path)),
+                               "sandbox_permissions": "require_escalated",
+                               "justification": "The mock LLM reads a file."}),
                     ))
                 } else if named("function", "shell") {
                     Some(function("shell", json!({"command": ["cat", c.tool_path]})))

@@ -3,11 +3,22 @@
 //! (tests/scripts/install-agents.sh) and names them in `ACPD_*` variables; a test whose agent is
 //! not installed prints "skipped: <reason>" and returns.
 //!
-//! Every agent goes through the same flows: a text prompt completes with the agent's text
-//! streamed; a write of a new file asks permission over SSE, the test votes with the option whose
-//! kind is `allow_once`, and the file then exists with the mock's content (for every agent,
-//! gemini-cli included); SIGTERM ends the daemon cleanly and leaves no agent process, not even a
-//! zombie. qwen and codex also cancel a turn held at the LLM.
+//! One test per agent runs every flow as a step on one daemon and session (printed as
+//! `== <agent> <step>: pass <time>`; a failed step does not stop the next, the test fails at the
+//! end naming them all):
+//!
+//! 1. text: a prompt completes with the mock's text streamed;
+//! 2. read: the agent reads a file of the workspace with its read tool, its next LLM request
+//!    carries the file's content (the tool result), the stream shows the tool call;
+//! 3. create: a write of a new file asks permission over SSE, the test votes with the option
+//!    whose kind is `allow_once` (its id read from the event), the file then holds the content;
+//! 4. edit: the same write over the file read in step 2, untouched until the vote;
+//! 5. cancel: a turn held at the LLM ends `cancelled` after `POST /session/{id}/cancel`, and the
+//!    session answers the next prompt;
+//! 6. crash: SIGKILL of the agent's child while idle, then mid-turn: `session_died` (after
+//!    `turn_error` for the running turn), and the next prompt restores the session on a new
+//!    child and completes;
+//! 7. shutdown: SIGTERM ends the daemon cleanly and leaves no agent process, not even a zombie.
 //!
 //! The real agents are heavy (node processes of 100-300 MB taking seconds of CPU to start), so
 //! these tests run one at a time, and every wait is bounded by [`AGENT_WAIT`].
@@ -60,25 +71,42 @@ async fn text_turn(d: &Daemon, s: &SessionRef, sse: &mut Sse, mock: &MockLlm) ->
     Ok(())
 }
 
-/// The agent writes a new file `name` in the workspace: the SSE stream shows a
+/// The agent writes the file `name` in the workspace: the SSE stream shows a
 /// `permission_request`, the test votes `allow_once` (the option id read from the event), the turn
-/// completes and the file holds the mock's content.
+/// completes and the file holds the mock's content. With `before`, the file exists (with that
+/// content, untouched until the vote) and the write overwrites it: an edit.
 async fn write_with_permission(
     d: &Daemon,
     s: &SessionRef,
     sse: &mut Sse,
     mock: &MockLlm,
     name: &str,
+    before: Option<&str>,
 ) -> Result<()> {
     let path = d.ws_path.join(name);
-    let content = format!("written by the mock through {name}\n");
+    let content = match before {
+        None => format!("written by the mock through {name}\n"),
+        Some(_) => format!("edited by the mock through {name}\n"),
+    };
+    if let Some(old) = before {
+        anyhow::ensure!(
+            std::fs::read_to_string(&path).ok().as_deref() == Some(old),
+            "{} does not hold {old:?} before the edit",
+            path.display()
+        );
+    }
     mock.set(|c| {
         c.scenario = "write".into();
         c.write_path = path.display().to_string();
         c.write_content = content.clone();
     });
     let t = Instant::now();
-    let id = prompt_id(&d.prompt(s, &format!("Create the file {name}")).await?)?;
+    let verb = if before.is_some() {
+        "Overwrite"
+    } else {
+        "Create"
+    };
+    let id = prompt_id(&d.prompt(s, &format!("{verb} the file {name}")).await?)?;
     let frames = sse
         .until(AGENT_WAIT, |f| {
             f.event == "permission_request"
@@ -88,17 +116,13 @@ async fn write_with_permission(
         .await?;
     let req = frames.last().unwrap();
     if req.event != "permission_request" {
-        let calls: Vec<String> = mock
-            .requests()
-            .iter()
-            .map(|r| format!("{} -> {}", r.path, r.reply))
-            .collect();
         bail!(
-            "the turn ended ({} {}) without a permission request; events {:?}; agent text {:?}; LLM calls {calls:?}",
+            "the turn ended ({} {}) without a permission request; events {:?}; agent text {:?}; LLM calls {:?}",
             req.event,
             req.data["data"],
             kinds(&frames),
-            agent_text(&frames)
+            agent_text(&frames),
+            llm_calls(mock)
         );
     }
     let data = &req.data["data"];
@@ -110,7 +134,13 @@ async fn write_with_permission(
         .find(|o| o["kind"] == "allow_once")
         .with_context(|| format!("no allow_once option in {data}"))?;
     let option_id = option["optionId"].as_str().context("optionId")?;
-    anyhow::ensure!(!path.exists(), "{} exists before the vote", path.display());
+    match before {
+        None => anyhow::ensure!(!path.exists(), "{} exists before the vote", path.display()),
+        Some(old) => {
+            let now = std::fs::read_to_string(&path)?;
+            anyhow::ensure!(now == old, "{name} changed before the vote: {now:?}");
+        }
+    }
     let v = d
         .post_as(
             s,
@@ -134,19 +164,195 @@ async fn write_with_permission(
     );
     let written = std::fs::read_to_string(&path)
         .with_context(|| format!("{} after the turn", path.display()))?;
-    anyhow::ensure!(written == content, "{name} holds {written:?}");
+    anyhow::ensure!(
+        written == content,
+        "{name} holds {written:?}; agent text {:?}; LLM calls {:?}",
+        agent_text(&frames),
+        llm_calls(mock)
+    );
     eprintln!(
-        "write turn with permission ({option_id}): {:?}",
+        "{} turn with permission ({option_id}): {:?}",
+        if before.is_some() { "edit" } else { "write" },
         t.elapsed()
     );
     Ok(())
 }
 
-/// A prompt whose LLM answer is held back is cancelled: `turn_complete` with `cancelled`.
-async fn cancel_turn(d: &Daemon, s: &SessionRef, sse: &mut Sse, mock: &MockLlm) -> Result<()> {
+/// The tool results in an LLM request body (any of the four APIs), for failure messages.
+fn tool_results(body: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for key in ["messages", "input", "contents"] {
+        for m in body[key].as_array().into_iter().flatten() {
+            let is_result = m["role"] == "tool"
+                || m["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("_call_output"))
+                || m.to_string().contains("\"tool_result\"")
+                || m.to_string().contains("functionResponse");
+            if is_result {
+                out.push(m.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Every file under `dir` (with its size), for failure messages.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push(format!("{} ({len} B)", p.display()));
+        }
+    }
+    out
+}
+
+/// `path -> reply` of every LLM request so far, for failure messages.
+fn llm_calls(mock: &MockLlm) -> Vec<String> {
+    mock.requests()
+        .iter()
+        .map(|r| format!("{} -> {}", r.path, r.reply))
+        .collect()
+}
+
+/// Reads until `prompt_id`'s turn ends, voting `allow_once` on every permission request on the
+/// way (an agent may ask before running its read tool); returns the frames and the votes cast.
+async fn turn_end_voting(
+    d: &Daemon,
+    s: &SessionRef,
+    sse: &mut Sse,
+    prompt_id: &str,
+) -> Result<(Vec<Frame>, usize)> {
+    let deadline = Instant::now() + AGENT_WAIT;
+    let mut all = Vec::new();
+    let mut votes = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frames = sse
+            .until(left, |f| {
+                f.event == "permission_request"
+                    || ((f.event == "turn_complete" || f.event == "turn_error")
+                        && f.data["data"]["promptId"] == prompt_id)
+            })
+            .await?;
+        let last = frames.last().unwrap().clone();
+        all.extend(frames);
+        if last.event != "permission_request" {
+            return Ok((all, votes));
+        }
+        let data = &last.data["data"];
+        let request_id = data["requestId"].as_str().context("requestId")?;
+        let option_id = data["options"]
+            .as_array()
+            .context("options")?
+            .iter()
+            .find(|o| o["kind"] == "allow_once")
+            .and_then(|o| o["optionId"].as_str())
+            .with_context(|| format!("no allow_once option in {data}"))?;
+        let v = d
+            .post_as(
+                s,
+                &format!("/session/{}/permission/{request_id}", s.id),
+                json!({"outcome": {"outcome": "selected", "optionId": option_id}}),
+            )
+            .await?;
+        anyhow::ensure!(v.status == 200, "vote -> {}: {}", v.status, v.body);
+        votes += 1;
+    }
+}
+
+/// The agent reads the file `name` (written here with a unique marker) with its read tool: the
+/// turn completes, the agent's next LLM request carries the marker (the tool result) and the
+/// mock's after-result answer is streamed.
+async fn read_file(
+    d: &Daemon,
+    s: &SessionRef,
+    sse: &mut Sse,
+    mock: &MockLlm,
+    name: &str,
+    content: &str,
+) -> Result<()> {
+    let path = d.ws_path.join(name);
+    std::fs::write(&path, content)?;
+    let marker = content.lines().next().context("content")?.to_string();
+    mock.set(|c| {
+        c.scenario = "tool".into();
+        c.tool_path = path.display().to_string();
+    });
+    let from = mock.requests().len();
+    let t = Instant::now();
+    let id = prompt_id(&d.prompt(s, &format!("Read the file {name}")).await?)?;
+    let (frames, votes) = turn_end_voting(d, s, sse, &id).await?;
+    let end = frames.last().unwrap();
+    anyhow::ensure!(
+        end.event == "turn_complete" && end.data["data"]["stopReason"] == "end_turn",
+        "read turn ended with {} {}; LLM calls {:?}",
+        end.event,
+        end.data,
+        llm_calls(mock)
+    );
+    let log = mock.requests();
+    let turn = &log[from.min(log.len())..];
+    let call = turn
+        .iter()
+        .find(|r| r.reply.starts_with("tool_call"))
+        .with_context(|| format!("no read tool call; LLM calls {:?}", llm_calls(mock)))?;
+    // The tool result reached the LLM: a later request's body holds the file's marker (which no
+    // prompt names).
+    anyhow::ensure!(
+        turn.iter().any(|r| r.body.to_string().contains(&marker)),
+        "no LLM request carries {marker:?} after {}; LLM calls {:?}; the last request ends {:?}",
+        call.reply,
+        llm_calls(mock),
+        turn.last().map(|r| tool_results(&r.body))
+    );
+    let tool_updates = frames
+        .iter()
+        .filter(|f| {
+            f.event == "session_update"
+                && matches!(
+                    f.data["data"]["update"]["sessionUpdate"].as_str(),
+                    Some("tool_call" | "tool_call_update")
+                )
+        })
+        .count();
+    anyhow::ensure!(
+        tool_updates > 0,
+        "no tool_call update on the stream: {:?}",
+        kinds(&frames)
+    );
+    let text = agent_text(&frames);
+    anyhow::ensure!(
+        text.contains("(after tool result)"),
+        "agent text {text:?}; events {:?}",
+        kinds(&frames)
+    );
+    eprintln!(
+        "read turn ({}, {tool_updates} tool updates, {votes} votes): {:?}",
+        call.reply,
+        t.elapsed()
+    );
+    Ok(())
+}
+
+/// A prompt whose LLM answer is held back (at most `hold`) is cancelled: `turn_complete` with
+/// `cancelled`. An agent that finishes its in-flight LLM request first (claude) ends the turn
+/// when the hold ends, so `hold` is kept short for it. The session then answers a text turn.
+async fn cancel_turn(
+    d: &Daemon,
+    s: &SessionRef,
+    sse: &mut Sse,
+    mock: &MockLlm,
+    hold: Duration,
+) -> Result<()> {
     mock.set(|c| {
         c.scenario = "slow".into();
-        c.slow = Duration::from_secs(60);
+        c.slow = hold;
     });
     let id = prompt_id(&d.prompt(s, "Say hello slowly").await?)?;
     mock.wait_held(AGENT_WAIT).await?;
@@ -155,7 +361,15 @@ async fn cancel_turn(d: &Daemon, s: &SessionRef, sse: &mut Sse, mock: &MockLlm) 
         .post_as(s, &format!("/session/{}/cancel", s.id), json!({}))
         .await?;
     anyhow::ensure!(c.status == 204, "cancel -> {}: {}", c.status, c.body);
-    let frames = turn_end(sse, &id).await?;
+    let frames = sse
+        .until(hold + Duration::from_secs(30), |f| {
+            (f.event == "turn_complete" || f.event == "turn_error")
+                && f.data["data"]["promptId"] == id.as_str()
+        })
+        .await
+        .context("turn end after the cancel")?;
+    let took = t.elapsed();
+    mock.set_scenario("text"); // releases a held answer
     let end = frames.last().unwrap();
     anyhow::ensure!(
         end.event == "turn_complete" && end.data["data"]["stopReason"] == "cancelled",
@@ -163,8 +377,109 @@ async fn cancel_turn(d: &Daemon, s: &SessionRef, sse: &mut Sse, mock: &MockLlm) 
         end.event,
         end.data
     );
-    eprintln!("cancel -> turn end: {:?}", t.elapsed());
-    mock.set_scenario("text"); // releases the held answer
+    eprintln!("cancel -> turn end: {took:?} (LLM hold {hold:?})");
+    // The session is still usable after the cancel.
+    text_turn(d, s, sse, mock)
+        .await
+        .context("text turn after the cancel")
+}
+
+/// SIGKILL of the agent's child, idle or mid-turn (its LLM answer held back): a running turn
+/// ends with `turn_error` (`agent_exited`), then the session reports `session_died`
+/// (`channel_closed`); the next prompt spawns a new child, restores the session on it and
+/// completes.
+async fn crash_and_restore(
+    d: &Daemon,
+    s: &SessionRef,
+    sse: &mut Sse,
+    mock: &MockLlm,
+    mid_turn: bool,
+    no_restore: Option<&str>,
+) -> Result<Outcome> {
+    let old = d.child_pid(s).await?;
+    let id = if mid_turn {
+        mock.set(|c| {
+            c.scenario = "slow".into();
+            c.slow = Duration::from_secs(60);
+        });
+        let id = prompt_id(&d.prompt(s, "Say hello slowly").await?)?;
+        mock.wait_held(AGENT_WAIT).await?;
+        Some(id)
+    } else {
+        None
+    };
+    let t = Instant::now();
+    signal(old, nix::sys::signal::Signal::SIGKILL)?;
+    let frames = sse
+        .until(AGENT_WAIT, |f| f.event == "session_died")
+        .await
+        .context("session_died after SIGKILL")?;
+    let died_after = t.elapsed();
+    mock.set_scenario("text"); // releases a held answer
+    let turn_error = frames.iter().find(|f| f.event == "turn_error");
+    match (&id, turn_error) {
+        (Some(id), Some(e)) => {
+            let e = &e.data["data"];
+            anyhow::ensure!(
+                e["code"] == "agent_exited" && e["promptId"] == id.as_str(),
+                "turn_error {e}"
+            );
+        }
+        (Some(id), None) => bail!("no turn_error for {id} in {:?}", kinds(&frames)),
+        (None, Some(e)) => bail!("turn_error with no turn running: {}", e.data),
+        (None, None) => {}
+    }
+    let died = &frames.last().unwrap().data["data"];
+    anyhow::ensure!(died["reason"] == "channel_closed", "session_died {died}");
+    anyhow::ensure!(died["sessionId"] == s.id.as_str(), "session_died {died}");
+    eprintln!(
+        "SIGKILL -> session_died: {died_after:?} (exitCode {}, signalCode {})",
+        died["exitCode"], died["signalCode"]
+    );
+    let t = Instant::now();
+    if let Err(e) = text_turn(d, s, sse, mock).await {
+        // An agent that cannot load its session in a new process fails the restore with an
+        // internal error (-32603) from session/load; anything else is a failure.
+        if let Some(why) = no_restore
+            && e.to_string().contains("\"rpcCode\":-32603")
+        {
+            return Ok(Outcome::Skip(format!(
+                "restore: {why} (the prompt after the crash ended with turn_error -32603)"
+            )));
+        }
+        bail!(
+            "the first prompt after the crash: {e:#}; acpd log tail {:?}",
+            d.log().iter().rev().take(25).rev().collect::<Vec<_>>()
+        );
+    }
+    let new = d.child_pid(s).await?;
+    anyhow::ensure!(new != old, "the same child {old} after the crash");
+    eprintln!(
+        "restore on a new child ({old} -> {new}) + text turn: {:?}",
+        t.elapsed()
+    );
+    Ok(Outcome::Pass)
+}
+
+/// A live session to go on with: `s` when it has a child, else (a restore that failed) a new
+/// session and its event stream.
+async fn live_session(
+    agent: &RealAgent,
+    d: &Daemon,
+    s: &mut SessionRef,
+    sse: &mut Sse,
+) -> Result<()> {
+    if d.child_pid(s).await.is_ok() {
+        return Ok(());
+    }
+    *s = create_session_within(d, AGENT_WAIT)
+        .await
+        .with_context(|| format!("{} new session after a failed restore", agent.name))?;
+    *sse = d.events(s, Some(0), None).await?;
+    eprintln!(
+        "{}: session {} has no child: going on with a new session",
+        agent.name, s.id
+    );
     Ok(())
 }
 
@@ -219,20 +534,132 @@ async fn start(agent: &RealAgent, opts: &AgentOptions) -> Result<(Daemon, Sessio
     Ok((d, s, sse))
 }
 
+/// How a flow ended, besides failing.
+enum Outcome {
+    Pass,
+    /// The agent cannot do the flow here; why.
+    Skip(String),
+}
+
+impl From<()> for Outcome {
+    fn from(_: ()) -> Self {
+        Outcome::Pass
+    }
+}
+
+/// One agent's flows run in order on one daemon and session, each reported as a step with its
+/// time; a failed step does not stop the next ones, the test fails at the end naming them all.
+struct Steps {
+    agent: &'static str,
+    report: Vec<String>,
+    failed: Vec<String>,
+}
+
+impl Steps {
+    fn new(agent: &'static str) -> Self {
+        Steps {
+            agent,
+            report: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    async fn run<T: Into<Outcome>>(
+        &mut self,
+        name: &str,
+        flow: impl std::future::Future<Output = Result<T>>,
+    ) {
+        eprintln!("== {} {name}", self.agent);
+        let t = Instant::now();
+        let line = match flow.await {
+            Ok(o) => match o.into() {
+                Outcome::Pass => format!("pass {:?}", t.elapsed()),
+                Outcome::Skip(why) => {
+                    eprintln!("skipped: {} {name}: {why}", self.agent);
+                    format!("skipped ({why})")
+                }
+            },
+            Err(e) => {
+                self.failed.push(format!("{name}: {e:#}"));
+                format!("FAILED after {:?}: {e:#}", t.elapsed())
+            }
+        };
+        eprintln!("== {} {name}: {line}", self.agent);
+        self.report.push(format!("{} {name}: {line}", self.agent));
+    }
+
+    fn finish(self) -> Result<()> {
+        eprintln!("{}", self.report.join("\n"));
+        if !self.failed.is_empty() {
+            bail!("{} failed:\n{}", self.agent, self.failed.join("\n"));
+        }
+        Ok(())
+    }
+}
+
+/// Every agent's flows, one after the other on one session: text; read a file; create a new
+/// file after a permission vote; edit (overwrite) the file it read, after a vote; cancel a turn
+/// held at the LLM (`cancel_hold`: how long the mock holds it); SIGKILL of the agent mid-turn and
+/// the restore; SIGTERM of acpd.
+async fn all_flows(
+    agent: &RealAgent,
+    opts: &AgentOptions,
+    mock: &MockLlm,
+    cancel_hold: Duration,
+    no_restore: Option<&str>,
+) -> Result<()> {
+    let (d, mut s, mut sse) = start(agent, opts).await?;
+    let mut steps = Steps::new(agent.name);
+    let tag = agent.name.split('-').next().unwrap_or(agent.name);
+    let notes = format!("{tag}-notes.txt");
+    let original = format!("READ-ME-{tag}-{}\nsecond line\n", std::process::id());
+    steps.run("text", text_turn(&d, &s, &mut sse, mock)).await;
+    steps
+        .run("read", read_file(&d, &s, &mut sse, mock, &notes, &original))
+        .await;
+    let new_file = format!("{tag}-new-file.txt");
+    steps
+        .run(
+            "create file after a vote",
+            write_with_permission(&d, &s, &mut sse, mock, &new_file, None),
+        )
+        .await;
+    steps
+        .run(
+            "edit existing file after a vote",
+            write_with_permission(&d, &s, &mut sse, mock, &notes, Some(&original)),
+        )
+        .await;
+    steps
+        .run("cancel", cancel_turn(&d, &s, &mut sse, mock, cancel_hold))
+        .await;
+    steps
+        .run(
+            "crash while idle, restore",
+            crash_and_restore(&d, &s, &mut sse, mock, false, no_restore),
+        )
+        .await;
+    live_session(agent, &d, &mut s, &mut sse).await?;
+    steps
+        .run(
+            "crash mid-turn, restore",
+            crash_and_restore(&d, &s, &mut sse, mock, true, no_restore),
+        )
+        .await;
+    live_session(agent, &d, &mut s, &mut sse).await?;
+    steps.run("shutdown", clean_shutdown(d, &s)).await;
+    steps.finish()
+}
+
 #[tokio::test]
-async fn qwen_code_text_write_permission_cancel() -> Result<()> {
+async fn qwen_code_flows() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let mock = MockLlm::start("text").await?;
     let opts = AgentOptions::default();
     let Some(agent) = RealAgent::qwen(&mock, &opts)? else {
         return Ok(());
     };
-    let (d, s, mut sse) = start(&agent, &opts).await?;
-    text_turn(&d, &s, &mut sse, &mock).await?;
-    write_with_permission(&d, &s, &mut sse, &mock, "qwen-new-file.txt").await?;
-    cancel_turn(&d, &s, &mut sse, &mock).await?;
-    // The session is still usable after the cancel.
-    text_turn(&d, &s, &mut sse, &mock).await?;
+    all_flows(&agent, &opts, &mock, Duration::from_secs(60), None).await?;
     let log = mock.requests();
     assert!(
         log.iter()
@@ -241,13 +668,16 @@ async fn qwen_code_text_write_permission_cancel() -> Result<()> {
         log.iter().map(|r| &r.path).collect::<Vec<_>>()
     );
     assert!(log.iter().any(|r| r.reply == "tool_call write_file"));
-    clean_shutdown(d, &s).await
+    Ok(())
 }
 
 #[tokio::test]
-async fn codex_acp_text_write_permission_cancel_and_clean_shutdown() -> Result<()> {
+async fn codex_acp_flows() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let mock = MockLlm::start("text").await?;
+    // codex's default mode is read-only: the mock's escalated exec_command asks approval and then
+    // runs outside codex's sandbox (none here: no bubblewrap in the container). It ignores stdin
+    // EOF: shutdown must signal its group.
     let opts = AgentOptions {
         args: vec!["--agent-scope".into(), "session".into()],
         ..AgentOptions::default()
@@ -255,65 +685,71 @@ async fn codex_acp_text_write_permission_cancel_and_clean_shutdown() -> Result<(
     let Some(agent) = RealAgent::codex(&mock, &opts)? else {
         return Ok(());
     };
-    let (d, s, mut sse) = start(&agent, &opts).await?;
-    text_turn(&d, &s, &mut sse, &mock).await?;
-    // codex's default mode is read-only: the mock's escalated exec_command asks approval and then
-    // runs outside codex's sandbox (none here: no bubblewrap in the container).
-    write_with_permission(&d, &s, &mut sse, &mock, "codex-new-file.txt").await?;
-    cancel_turn(&d, &s, &mut sse, &mock).await?;
-    text_turn(&d, &s, &mut sse, &mock).await?;
+    all_flows(&agent, &opts, &mock, Duration::from_secs(60), None).await?;
     assert!(mock.requests().iter().all(|r| r.path == "/v1/responses"));
-    // codex ignores stdin EOF: shutdown must signal its group.
-    clean_shutdown(d, &s).await
+    Ok(())
 }
 
 #[tokio::test]
-async fn claude_code_acp_text_and_write_permission() -> Result<()> {
+async fn claude_code_acp_flows() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let mock = MockLlm::start("text").await?;
     let opts = AgentOptions::default();
     let Some(agent) = RealAgent::claude(&mock, &opts)? else {
         return Ok(());
     };
-    let (d, s, mut sse) = start(&agent, &opts).await?;
-    text_turn(&d, &s, &mut sse, &mock).await?;
-    write_with_permission(&d, &s, &mut sse, &mock, "claude-new-file.txt").await?;
+    // claude finishes its in-flight LLM request before it ends a cancelled turn: a short hold.
+    all_flows(&agent, &opts, &mock, Duration::from_secs(5), None).await?;
     assert!(
         mock.requests()
             .iter()
             .filter(|r| r.reply.starts_with("tool_call"))
             .all(|r| r.api == "anthropic")
     );
-    clean_shutdown(d, &s).await
+    Ok(())
 }
 
+/// gemini-cli reads the file through fs/read_text_file before writing it and fails the write on
+/// any error there; acpd answers a missing file inside the workspace with empty content, as Zed
+/// does, so the new file is created after the vote. Its own `read_file` reads the disk.
 #[tokio::test]
-async fn gemini_cli_text_and_write_permission() -> Result<()> {
+async fn gemini_cli_flows() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let mock = MockLlm::start("text").await?;
     let opts = AgentOptions::default();
+
     let Some(agent) = RealAgent::gemini(&mock, &opts)? else {
         return Ok(());
     };
-    let (d, s, mut sse) = start(&agent, &opts).await?;
-    text_turn(&d, &s, &mut sse, &mock).await?;
-    // gemini-cli reads the file through fs/read_text_file before writing it and fails the write on
-    // any error there; acpd answers a missing file inside the workspace with empty content, as
-    // Zed does, so the new file is created after the vote.
-    write_with_permission(&d, &s, &mut sse, &mock, "gemini-new-file.txt")
-        .await
-        .with_context(|| {
-            // What gemini-cli told the LLM about its write, from the mock's log.
-            let answer: Vec<String> = mock
-                .requests()
-                .iter()
-                .flat_map(|r| r.body["contents"].as_array().cloned().unwrap_or_default())
-                .flat_map(|c| c["parts"].as_array().cloned().unwrap_or_default())
-                .filter_map(|p| p.get("functionResponse").map(|f| f["response"].to_string()))
-                .collect();
-            format!("gemini-cli's new file; tool results sent to the LLM: {answer:?}")
-        })?;
-    clean_shutdown(d, &s).await
+    // gemini-cli 0.61.0 answers acpd's session/load in a new process with -32603 (internal
+    // error) for the sessions of this test (once in several runs, a session of one turn was
+    // restored). Driven directly over ACP, without acpd, it fails the load of a session without
+    // messages the same way: "No previous sessions found for this project."
+    let no_restore = "gemini-cli 0.61.0 fails session/load (-32603) in a new process";
+    all_flows(
+        &agent,
+        &opts,
+        &mock,
+        Duration::from_secs(60),
+        Some(no_restore),
+    )
+    .await
+    .with_context(|| {
+        // What gemini-cli told the LLM about its tools, from the mock's log.
+        let answer: Vec<String> = mock
+            .requests()
+            .iter()
+            .flat_map(|r| r.body["contents"].as_array().cloned().unwrap_or_default())
+            .flat_map(|c| c["parts"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p.get("functionResponse").map(|f| f["response"].to_string()))
+            .collect();
+        // The sessions it recorded (what its session/load restores from).
+        let chats: Vec<String> = walk(&agent.home.path().join(".gemini"))
+            .into_iter()
+            .filter(|p| p.contains("chats"))
+            .collect();
+        format!("gemini-cli; tool results sent to the LLM: {answer:?}; recorded chats {chats:?}")
+    })
 }
 
 /// The helper other tests use (`qwen_daemon`): extra env and settings.json reach qwen (with
@@ -449,7 +885,7 @@ async fn reference_config(
         )
     })?;
     if write {
-        write_with_permission(&d, &s, &mut sse, mock, &format!("{file}.txt"))
+        write_with_permission(&d, &s, &mut sse, mock, &format!("{file}.txt"), None)
             .await
             .context(file.to_string())?;
     }
