@@ -625,7 +625,7 @@ fn list(root: &Path, q: ListQuery) -> Result<Value> {
 }
 
 #[utoipa::path(get, path = "/list", tag = "workspace",
-    params(("path" = String, Query, description = "A directory, workspace-relative (or absolute inside the primary workspace)"),
+    params(("path" = Option<String>, Query, description = "A directory, workspace-relative (or absolute inside the primary workspace); default `.`"),
            ("includeIgnored" = Option<String>, Query, description = "`true`/`1`: include what .gitignore ignores (and `.git`)")),
     responses(
         (status = 200, description = "At most 2000 entries, by name", body = WorkspaceList),

@@ -429,7 +429,7 @@ pub struct ResumeBody {
     request_body(content = ResumeBody, description = "Optional; an empty body is `{}`"),
     responses(
         (status = 200, description = "Restored like `load` (through ACP `session/load` on a child), without historical replay on the event stream", body = RestoredSession),
-        (status = 400, description = "`invalid_request`, `invalid_session_id`, `workspace_mismatch`, `invalid_approval_mode`", body = ErrorBody),
+        (status = 400, description = "`invalid_request`, `invalid_session_id`, `workspace_mismatch`, `invalid_approval_mode`, `invalid_client_id`", body = ErrorBody),
         (status = 404, description = "`session_not_found`: the agent knows no such session", body = ErrorBody),
         (status = 409, description = "`approval_mode_unsupported`", body = ErrorBody),
         (status = 410, description = "`session_not_restorable`: the agent cannot load sessions", body = ErrorBody),
@@ -442,6 +442,19 @@ pub async fn resume(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ResumeBody>,
 ) -> Result<Json<Value>> {
+    // A client id that is not one the contract allows is refused (an unknown but well-formed
+    // one is replaced by a new id, as on load).
+    if let Some(c) = client_header(&headers)
+        && !((1..=128).contains(&c.len())
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)))
+    {
+        return Err(ApiError::new(
+            400,
+            "invalid_client_id",
+            "X-Qwen-Client-Id must be 1-128 of A-Z a-z 0-9 . _ : -",
+        ));
+    }
     let ws = match body.cwd.as_deref() {
         Some(cwd) => Some(state.bridge.workspace_for_cwd(Some(cwd))?),
         None => None,
