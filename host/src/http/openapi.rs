@@ -90,13 +90,17 @@ pub(super) fn add_guards(api: &mut utoipa::openapi::OpenApi) {
 }
 
 /// OpenAPI links from a created session to the operations on it, so schema-driven clients and
-/// fuzzers can follow `sessionId`/`clientId` from `POST /session`. The event stream is left
-/// out: on a live session it never ends by itself. Written into the JSON because utoipa 5.5
-/// serialises `Link.operationId` as `operation_id`.
+/// fuzzers can follow `sessionId`/`clientId` from `POST /session`. Left out: the event stream
+/// (on a live session it never ends by itself) and the model switch, whose 404 for an unknown
+/// model (the contract's `model_not_found`) a linked client would read as the session gone.
+/// Written into the JSON because utoipa 5.5 serialises `Link.operationId` as `operation_id`.
 fn link_sessions(doc: &mut serde_json::Value) {
     let mut links = serde_json::Map::new();
     for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-        if !path.starts_with("/session/{id}") || path.ends_with("/events") {
+        if !path.starts_with("/session/{id}")
+            || path.ends_with("/events")
+            || path.ends_with("/model")
+        {
             continue;
         }
         for op in item.as_object().into_iter().flat_map(|m| m.values()) {
