@@ -8,6 +8,9 @@
 use acpd_tests::otlp::{Protocol, Receiver, Signal};
 use acpd_tests::*;
 use anyhow::{Context, Result};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message as _;
 use std::time::{Duration, Instant};
 
 /// One of each thing the redaction must catch: an API key (the redact plugin's detector), an
@@ -221,29 +224,10 @@ async fn only_a_childs_own_credential_is_accepted_and_garbage_is_refused() -> Re
     let d = daemon(&rx, Protocol::HttpProtobuf, "").await?;
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
-    let endpoint = child_env(&d, &s, &mut sse, "OTEL_EXPORTER_OTLP_ENDPOINT").await?;
-    let headers = child_env(&d, &s, &mut sse, "OTEL_EXPORTER_OTLP_HEADERS").await?;
-    assert!(endpoint.contains("http://127.0.0.1:"), "{endpoint}");
-    assert!(headers.contains("x-acpd-ingest-key="), "{headers}");
-    let endpoint: String = endpoint
-        .split("http://127.0.0.1:")
-        .nth(1)
-        .context("endpoint")?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    let endpoint = format!("http://127.0.0.1:{endpoint}");
-    let key = headers
-        .split("x-acpd-ingest-key=")
-        .nth(1)
-        .context("key")?
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .next()
-        .context("key")?
-        .to_string();
+    let endpoint = ingest_endpoint(&d, &s, &mut sse).await?;
+    let key = child_key(&d, &s, &mut sse).await?;
     let http = reqwest::Client::new();
     let url = format!("{endpoint}/v1/traces");
-    let before = rx.requests().len();
     // No credential, a made-up one: refused.
     let r = http
         .post(&url)
@@ -292,36 +276,70 @@ async fn only_a_childs_own_credential_is_accepted_and_garbage_is_refused() -> Re
         .send()
         .await?;
     assert_eq!(r.status(), 200);
-    // A second child's credential is its own: the first child's stops when it is gone.
-    let s2 = d
-        .create_session_with(serde_json::json!({"sessionScope": "thread"}))
+    // Nothing from the refused requests went on. The gateway forwards a signal's requests in
+    // order: once a marker sent after them has reached the collector, so would they have.
+    let marker = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![7; 16],
+                    span_id: vec![7; 8],
+                    name: "gateway-marker".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let r = http
+        .post(&url)
+        .header("x-acpd-ingest-key", &key)
+        .header("content-type", "application/x-protobuf")
+        .body(marker.encode_to_vec())
+        .send()
         .await?;
-    let mut sse2 = d.events(&s2, None, None).await?;
-    let headers2 = child_env(&d, &s2, &mut sse2, "OTEL_EXPORTER_OTLP_HEADERS").await?;
-    assert!(!headers2.contains(&key) || d.child_pid(&s).await? == d.child_pid(&s2).await?);
-    // Nothing from the refused requests reached the collector.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let spans = rx.spans();
+    assert_eq!(r.status(), 200);
+    let spans = rx
+        .wait_for_spans(WAIT, |s| s.iter().any(|s| s.name == "gateway-marker"))
+        .await?;
+    let foreign: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.service_name != "acpd" && s.service_name != "acpd-demo-agent")
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(foreign, ["gateway-marker"], "only the marker was forwarded");
+    let marker = spans
+        .iter()
+        .find(|s| s.name == "gateway-marker")
+        .context("marker")?;
     assert!(
-        spans.iter().all(|s| !s.name.is_empty()),
-        "no empty or garbage spans forwarded"
+        marker.attr_str("acpd.child.id").is_some(),
+        "attributed to the key's child"
     );
-    let _ = before;
     Ok(())
+}
+
+/// The sum of the `acpd.telemetry.dropped` series whose labels include all of `labels`.
+async fn drops(d: &Daemon, labels: &[&str]) -> Result<u64> {
+    let prom = d.http.get(d.url("/metrics")).send().await?.text().await?;
+    Ok(prom
+        .lines()
+        .filter(|l| l.starts_with("acpd_telemetry_dropped") && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
 }
 
 /// Items lost from agents at `stage`, as /metrics reports them.
 async fn agent_drops(d: &Daemon, stage: &str) -> Result<u64> {
-    let prom = d.http.get(d.url("/metrics")).send().await?.text().await?;
-    Ok(prom
-        .lines()
-        .filter(|l| {
-            l.starts_with("acpd_telemetry_dropped")
-                && l.contains("acpd_drop_source=\"agent\"")
-                && l.contains(&format!("acpd_drop_stage=\"{stage}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+    drops(
+        d,
+        &[
+            "acpd_drop_source=\"agent\"",
+            &format!("acpd_drop_stage=\"{stage}\""),
+        ],
+    )
+    .await
 }
 
 /// An agent floods the ingest while the collector hangs: the gateway's queues fill, the agent
@@ -431,26 +449,38 @@ async fn a_traces_only_backend_stops_the_refused_signals_with_one_warning() -> R
         })
         .await?;
     assert!(!refused.is_empty());
-    // Later batches are not sent: wait for a few more metric intervals and count again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut dropped = 0;
-    while Instant::now() < deadline {
-        let prom = d.http.get(d.url("/metrics")).send().await?.text().await?;
-        dropped = prom
-            .lines()
-            .filter(|l| {
-                l.starts_with("acpd_telemetry_dropped")
-                    && l.contains("acpd_drop_stage=\"export_refused\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64;
-        if dropped > 0 {
-            break;
+    // The refused items are counted, per signal.
+    let refused = |signal: &'static str| {
+        let d = &d;
+        async move {
+            drops(
+                d,
+                &[
+                    "acpd_drop_stage=\"export_refused\"",
+                    &format!("acpd_signal=\"{signal}\""),
+                ],
+            )
+            .await
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(dropped > 0, "the refused items are counted");
+    };
+    let counted = |logs: u64, metrics: u64| async move {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let now = (refused("logs").await?, refused("metrics").await?);
+            if now.0 > logs && now.1 > metrics {
+                return Ok::<_, anyhow::Error>(now);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "refused items not counted: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (logs_then, metrics_then) = counted(0, 0).await?;
     let sent_then = refusing.requests().len();
+    // Later batches are skipped, not sent: once more of each signal has been counted as
+    // refused, the collector has seen at most the batches already in flight (one per signal).
     for i in 0..3 {
         let p = d.prompt(&s, &format!("stderr more {i}")).await?;
         sse.until_turn_end(p.body["promptId"].as_str().context("id")?)
@@ -461,8 +491,7 @@ async fn a_traces_only_backend_stops_the_refused_signals_with_one_warning() -> R
             s.iter().any(|s| s.name == "bridge prompt.dispatch")
         })
         .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // At most the batches already in flight when the refusal came (one per signal) follow.
+    counted(logs_then, metrics_then).await?;
     assert!(
         refusing.requests().len() <= sent_then + 2,
         "export stopped: {} then {}",
@@ -698,6 +727,19 @@ async fn child_key(d: &Daemon, s: &SessionRef, sse: &mut Sse) -> Result<String> 
         .to_string())
 }
 
+/// The gateway's base URL, from the child's environment.
+async fn ingest_endpoint(d: &Daemon, s: &SessionRef, sse: &mut Sse) -> Result<String> {
+    let endpoint = child_env(d, s, sse, "OTEL_EXPORTER_OTLP_ENDPOINT").await?;
+    let port: String = endpoint
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .context("a loopback endpoint")?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
 /// Each child has its own credential, and a child's stops working once it has exited.
 #[tokio::test]
 async fn credentials_are_per_child_and_revoked_after_exit() -> Result<()> {
@@ -717,15 +759,7 @@ async fn credentials_are_per_child_and_revoked_after_exit() -> Result<()> {
     let key_a = child_key(&d, &a, &mut sse_a).await?;
     let key_b = child_key(&d, &b, &mut sse_b).await?;
     assert_ne!(key_a, key_b);
-    let endpoint = child_env(&d, &a, &mut sse_a, "OTEL_EXPORTER_OTLP_ENDPOINT").await?;
-    let port: String = endpoint
-        .split("http://127.0.0.1:")
-        .nth(1)
-        .context("endpoint")?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    let url = format!("http://127.0.0.1:{port}/v1/logs");
+    let url = format!("{}/v1/logs", ingest_endpoint(&d, &a, &mut sse_a).await?);
     let http = reqwest::Client::new();
     let post = |key: String| {
         http.post(&url)

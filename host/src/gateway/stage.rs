@@ -173,31 +173,22 @@ pub fn metrics(req: &mut ExportMetricsServiceRequest, child: Option<&ChildEntry>
             .iter_mut()
             .flat_map(|s| s.metrics.iter_mut())
         {
+            // Exemplars' attributes are sanitised; the points' own go through redaction.
+            macro_rules! points {
+                ($g:expr) => {
+                    for p in $g.data_points.iter_mut() {
+                        points.push(&mut p.attributes);
+                        p.exemplars
+                            .iter_mut()
+                            .for_each(|e| sanitize_kvs(&mut e.filtered_attributes));
+                    }
+                };
+            }
             match &mut m.data {
-                Some(Data::Gauge(g)) => g.data_points.iter_mut().for_each(|p| {
-                    points.push(&mut p.attributes);
-                    p.exemplars
-                        .iter_mut()
-                        .for_each(|e| sanitize_kvs(&mut e.filtered_attributes));
-                }),
-                Some(Data::Sum(g)) => g.data_points.iter_mut().for_each(|p| {
-                    points.push(&mut p.attributes);
-                    p.exemplars
-                        .iter_mut()
-                        .for_each(|e| sanitize_kvs(&mut e.filtered_attributes));
-                }),
-                Some(Data::Histogram(g)) => g.data_points.iter_mut().for_each(|p| {
-                    points.push(&mut p.attributes);
-                    p.exemplars
-                        .iter_mut()
-                        .for_each(|e| sanitize_kvs(&mut e.filtered_attributes));
-                }),
-                Some(Data::ExponentialHistogram(g)) => g.data_points.iter_mut().for_each(|p| {
-                    points.push(&mut p.attributes);
-                    p.exemplars
-                        .iter_mut()
-                        .for_each(|e| sanitize_kvs(&mut e.filtered_attributes));
-                }),
+                Some(Data::Gauge(g)) => points!(g),
+                Some(Data::Sum(g)) => points!(g),
+                Some(Data::Histogram(g)) => points!(g),
+                Some(Data::ExponentialHistogram(g)) => points!(g),
                 Some(Data::Summary(g)) => g
                     .data_points
                     .iter_mut()
