@@ -98,6 +98,10 @@ struct ServeArgs {
     /// Seconds before an unanswered permission request resolves `cancelled`.
     #[arg(long, allow_negative_numbers = true)]
     permission_timeout: Option<String>,
+    /// State directory: the session journal and the agents' pid records (default
+    /// `$XDG_STATE_HOME/acpd`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Run without any plugin (the same as `plugins = []` in the config).
     #[arg(long)]
     no_plugins: bool,
@@ -140,6 +144,9 @@ impl ServeArgs {
                 .map(|p| Value::String(p.display().to_string()))
                 .collect();
             set("workspaces", Value::Array(paths));
+        }
+        if let Some(v) = &self.state_dir {
+            set("state.dir", Value::String(v.display().to_string()));
         }
         if let Some(v) = &self.agent {
             set("agent.command", Value::String(v.clone()));

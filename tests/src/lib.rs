@@ -113,6 +113,8 @@ impl DaemonBuilder {
             cmd.arg("--config").arg(path);
         }
         cmd.args(&self.args);
+        // Each daemon its own state directory (the session journal), unless the test sets one.
+        cmd.env("XDG_STATE_HOME", config_dir.path().join("state"));
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("ACPD_LOG", "info")
             .stdin(Stdio::null())

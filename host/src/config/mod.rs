@@ -27,6 +27,8 @@ pub struct Config {
     /// `[keys]`: HMAC keys for the plugins' `keyed-hash`, by id; plugins never see them.
     pub keys: BTreeMap<String, KeySpec>,
     pub plugin_host: PluginHostConfig,
+    /// `[state]`: what survives a restart (the session journal, the agents' pid records).
+    pub state: StateConfig,
     /// The file this configuration was read from (plugin paths are relative to it).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -69,6 +71,33 @@ pub struct KeySpec {
 pub struct PluginHostConfig {
     /// Compiled components are cached here (default `$XDG_CACHE_HOME/acpd/plugins`).
     pub cache_dir: Option<PathBuf>,
+}
+
+/// `[state]`: the on-disk state that survives a daemon restart.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// The state directory (`--state-dir`, `ACPD_STATE_DIR`). Default `$XDG_STATE_HOME/acpd`,
+    /// else `~/.local/state/acpd`. One daemon at a time owns it.
+    pub dir: Option<PathBuf>,
+}
+
+impl StateConfig {
+    /// The directory in use: the configured one, else the XDG default; None only when neither
+    /// `XDG_STATE_HOME` nor `HOME` is set.
+    pub fn resolved_dir(&self) -> Option<PathBuf> {
+        self.dir.clone().or_else(|| {
+            std::env::var_os("XDG_STATE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .filter(|v| !v.is_empty())
+                        .map(|h| PathBuf::from(h).join(".local/state"))
+                })
+                .map(|base| base.join("acpd"))
+        })
+    }
 }
 
 /// `[telemetry]`: OTLP export and the embedded trace view. Standard `OTEL_*` env vars also
