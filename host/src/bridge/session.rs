@@ -263,7 +263,9 @@ impl Session {
         self.bus.publish(
             "pending_prompt_added",
             Some(&id),
-            json!({"sessionId": self.id, "promptId": id, "text": prompt.text, "position": pending}),
+            // queuedAt: the official client rejects a pending_prompt_added without it.
+            json!({"sessionId": self.id, "promptId": id, "text": prompt.text, "position": pending,
+                   "queuedAt": prompt.queued_at}),
             prompt.originator.as_deref(),
         );
         st.queue.push_back(prompt);
@@ -301,6 +303,13 @@ impl Session {
                 "prompt_cancelled",
                 Some(prompt_id),
                 json!({"sessionId": self.id, "promptId": prompt_id, "state": "queued"}),
+                p.originator.as_deref(),
+            );
+            // The queue entry's end, as qwen serve's clients track the queue.
+            self.bus.publish(
+                "pending_prompt_completed",
+                Some(prompt_id),
+                json!({"sessionId": self.id, "promptId": prompt_id, "state": "removed"}),
                 p.originator.as_deref(),
             );
             return Ok(());
@@ -394,10 +403,15 @@ impl Session {
         cancel: CancellationToken,
     ) -> Result<String, ApiError> {
         let pid = Some(prompt_id.as_str());
+        // The prompt's text, as in pending_prompt_added: the official client requires it here too.
+        let text = (self.lock().running.as_ref())
+            .filter(|r| r.id == prompt_id)
+            .map(|r| r.text.clone())
+            .unwrap_or_default();
         self.bus.publish(
             "pending_prompt_started",
             pid,
-            json!({"sessionId": self.id, "promptId": prompt_id}),
+            json!({"sessionId": self.id, "promptId": prompt_id, "text": text}),
             originator,
         );
         for block in &blocks {
@@ -523,7 +537,7 @@ impl Session {
         self.bus.publish(
             "pending_prompt_completed",
             pid,
-            json!({"sessionId": self.id, "promptId": prompt_id, "stopReason": stop}),
+            json!({"sessionId": self.id, "promptId": prompt_id, "state": "completed", "stopReason": stop}),
             originator,
         );
         if let Some(exit) = death {
@@ -813,8 +827,13 @@ impl Session {
                 None,
             );
         } else {
-            self.bus
-                .publish("session_closed", None, json!({"sessionId": self.id}), None);
+            // Only DELETE /session/{id} closes a session without shutting down.
+            self.bus.publish(
+                "session_closed",
+                None,
+                json!({"sessionId": self.id, "reason": "client_close"}),
+                None,
+            );
         }
         self.bus.close();
         let agent = st.agent.take();
