@@ -18,7 +18,7 @@ useHost(host);
 /** A trap: what wasm's `unreachable` does, which a thrown non-`plugin-error` value may not. */
 function trap(e) {
   try {
-    host.log("error", `exception: ${e?.stack ?? e}`.slice(0, 2000));
+    host.log("error", `exception: ${e?.name ?? "throw"}: ${e?.message ?? e}\n${e?.stack ?? ""}`.slice(0, 2000));
   } catch {}
   // An unreachable instruction is the one way out of a component that always traps.
   throw new WebAssembly.RuntimeError(`plugin exception: ${e?.message ?? e}`);
