@@ -5,6 +5,7 @@
 //! from `http` (request enrichment), `error` (translation) and `telemetry` (export redaction).
 
 pub mod acp;
+pub mod acp_http;
 pub mod bridge;
 pub mod child;
 pub mod cli;

@@ -11,9 +11,9 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use crate::error::ApiError;
 
-const ALLOW_HEADERS: &str =
-    "Authorization, Content-Type, X-Qwen-Client-Id, Last-Event-ID, X-Qwen-Event-Epoch";
-const EXPOSE_HEADERS: &str = "Retry-After, X-Qwen-Event-Epoch, X-Qwen-SSE-Stream-Id";
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, X-Qwen-Client-Id, Last-Event-ID, X-Qwen-Event-Epoch, Acp-Connection-Id, Acp-Session-Id";
+const EXPOSE_HEADERS: &str =
+    "Retry-After, X-Qwen-Event-Epoch, X-Qwen-SSE-Stream-Id, Acp-Connection-Id, Acp-Session-Id";
 
 pub async fn host(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !state.allowed_hosts.is_empty() {

@@ -10,7 +10,7 @@ mod guard;
 pub mod openapi;
 pub(crate) mod routes;
 mod schema;
-mod session_ops;
+pub(crate) mod session_ops;
 mod span;
 pub(crate) mod sse;
 
@@ -113,6 +113,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn router(state: AppState) -> Router {
     api()
         .0
+        // ACP over HTTP: not REST operations (so not in the document), guarded like them.
+        .merge(crate::acp_http::router(&state))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn(console::security_headers))

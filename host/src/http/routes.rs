@@ -26,7 +26,7 @@ type Result<T> = std::result::Result<T, ApiError>;
 /// `_meta` keys the daemon owns (trace context): a client may not set them.
 const RESERVED_META: &[&str] = &["traceparent", "tracestate", "baggage"];
 
-fn client_meta(meta: Option<Meta>) -> Meta {
+pub(crate) fn client_meta(meta: Option<Meta>) -> Meta {
     let mut meta = meta.unwrap_or_default();
     meta.retain(|k, _| !RESERVED_META.contains(&k.as_str()) && !k.starts_with("qwen.telemetry."));
     meta
@@ -114,7 +114,8 @@ pub async fn capabilities(State(state): State<AppState>) -> Json<Value> {
         // ACP agents choose their own model services: none are selectable through the daemon.
         "modelServices": [],
         "workspaceCwd": b.primary().cwd_str(),
-        "transports": ["rest"],
+        // `acp`: ACP over HTTP+SSE and WebSocket at `/acp` and `/workspaces/{id}/acp`.
+        "transports": ["rest", "acp"],
         "policy": {"permission": "first-responder"},
         "limits": {
             "maxPendingPromptsPerSession": l.max_pending_prompts_per_session,

@@ -313,7 +313,7 @@ pub async fn set_model(
 
 /// Switches the session's approval mode through the agent (`session/set_mode`, or its `mode`
 /// config option) and publishes `approval_mode_changed`. Returns the previous mode.
-async fn apply_mode(
+pub(crate) async fn apply_mode(
     state: &AppState,
     s: &Arc<Session>,
     mode: &str,

@@ -55,19 +55,28 @@ pub(super) const ROUTES: &[&str] = &[
     "/glob",
 ];
 
+/// The ACP over HTTP endpoints (`crate::acp_http`): traced like the routes above, but not REST
+/// operations, so not in the OpenAPI document.
+pub(crate) const TRANSPORT_ROUTES: &[&str] = &["/acp", "/workspaces/{workspace}/acp"];
+
 pub fn route_template(path: &str) -> Option<&'static str> {
     let path = path.trim_end_matches('/');
     // Segment by segment, without allocating: this runs on every request.
-    ROUTES.iter().copied().find(|template| {
-        let (mut t, mut p) = (template.split('/'), path.split('/'));
-        loop {
-            match (t.next(), p.next()) {
-                (None, None) => return true,
-                (Some(ts), Some(ps)) if ts == ps || (ts.starts_with('{') && !ps.is_empty()) => {}
-                _ => return false,
+    ROUTES
+        .iter()
+        .chain(TRANSPORT_ROUTES)
+        .copied()
+        .find(|template| {
+            let (mut t, mut p) = (template.split('/'), path.split('/'));
+            loop {
+                match (t.next(), p.next()) {
+                    (None, None) => return true,
+                    (Some(ts), Some(ps)) if ts == ps || (ts.starts_with('{') && !ps.is_empty()) => {
+                    }
+                    _ => return false,
+                }
             }
-        }
-    })
+        })
 }
 
 fn method_attr(m: &axum::http::Method) -> &'static str {
