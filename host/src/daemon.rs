@@ -27,6 +27,16 @@ const DUPLICATE_SIGNAL_WINDOW: Duration = Duration::from_millis(500);
 
 pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // One daemon per state directory, held until the process ends: a second one exits 2 here,
+    // before it touches the journal or the agents' pid records.
+    let state_dir = config.state.resolved_dir();
+    let _state_lock = match &state_dir {
+        Some(dir) => Some(
+            crate::journal::lock::lock(dir)
+                .map_err(|e| crate::config::ConfigError::new("state.dir", e.to_string()))?,
+        ),
+        None => None,
+    };
     // An unusable exporter setting (a bad OTEL_* endpoint, say) is a configuration error.
     let telemetry = Telemetry::init(&config.telemetry)
         .await
@@ -50,6 +60,7 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || PluginHost::start(&config, reread))
             .await?
             .map_err(|e| crate::config::ConfigError::new("plugins", format!("{e:#}")))?
+    open_journal(&config, state_dir.as_deref(), &bridge).await?;
     };
     watch_sighup(plugins)?;
     let host = config
@@ -149,6 +160,41 @@ async fn deadline_after_drain(mut drained: tokio::sync::watch::Receiver<bool>, l
     }
     tokio::time::sleep(limit).await;
 }
+/// Opens the session journal and restores the sessions it holds, before anything is served.
+async fn open_journal(
+    config: &Config,
+    state_dir: Option<&std::path::Path>,
+    bridge: &Arc<Bridge>,
+) -> anyhow::Result<()> {
+    let Some(dir) = state_dir.filter(|_| config.state.journal) else {
+        if config.state.journal {
+            tracing::warn!(target: "acpd::journal", "no state directory (neither XDG_STATE_HOME nor HOME is set, and no --state-dir): sessions are not journaled");
+        }
+        return Ok(());
+    };
+    let cfg = crate::journal::JournalConfig::from_state(&config.state);
+    let dir = dir.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || crate::journal::Journal::open(&dir, cfg))
+        .await?
+        .map_err(|e| {
+            crate::config::ConfigError::new("state.dir", format!("cannot open the journal: {e}"))
+        })?;
+    let (journal, restored, report) = opened;
+    bridge.restore_journaled(journal, restored);
+    tracing::info!(
+        target: "acpd::journal",
+        "journal: {} sessions ({} events, {} bytes) restored in {} ms; {} damaged, {} unusable, {} removed by retention",
+        report.sessions,
+        report.events,
+        report.bytes,
+        report.elapsed.as_millis(),
+        report.damaged,
+        report.unusable,
+        report.removed_by_retention
+    );
+    Ok(())
+}
+
 
 /// SIGHUP reloads the plugin set (the same as `POST /admin/plugins/reload`).
 fn watch_sighup(plugins: Arc<PluginHost>) -> std::io::Result<()> {

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fuzz;
 pub mod gateway;
 pub mod http;
+pub mod journal;
 pub mod plugin_cli;
 pub mod plugins;
 pub mod telemetry;

@@ -59,6 +59,7 @@ fn build_bin(package: &str, bin: &str) -> PathBuf {
     dir.join(bin)
 }
 
+#[derive(Clone)]
 pub struct DaemonBuilder {
     config: Option<String>,
     args: Vec<String>,
@@ -99,8 +100,17 @@ impl DaemonBuilder {
             }
             std::fs::write(p, content)?;
         }
-        let ws = workspace.path().canonicalize()?;
         let config_dir = tempfile::tempdir()?;
+        self.launch(workspace, config_dir).await
+    }
+
+    /// Starts `acpd` on an existing workspace and config/state directory (a restart).
+    async fn launch(
+        self,
+        workspace: tempfile::TempDir,
+        config_dir: tempfile::TempDir,
+    ) -> Result<Daemon> {
+        let ws = workspace.path().canonicalize()?;
         let mut cmd = Command::new(acpd_bin());
         cmd.arg("serve")
             .arg("--port")
@@ -184,6 +194,7 @@ impl DaemonBuilder {
             log,
             stdout: stdout_bytes,
             http: reqwest::Client::builder().timeout(WAIT).build()?,
+            builder: self,
         })
     }
 }
@@ -199,6 +210,8 @@ pub struct Daemon {
     log: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<u8>>>,
     pub http: reqwest::Client,
+    /// How it was started, for [`Daemon::restart`].
+    builder: DaemonBuilder,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +366,36 @@ impl Daemon {
             .as_u64()
             .map(|p| p as u32)
             .context(format!("no child pid in {}", r.body))
+    }
+
+    /// The daemon's state directory (its session journal, its agents' pid records).
+    pub fn state_dir(&self) -> PathBuf {
+        self._config_dir.path().join("state").join("acpd")
+    }
+
+    /// SIGKILLs the daemon (no shutdown of any kind) and reaps it.
+    pub async fn kill(&mut self) -> Result<std::process::ExitStatus> {
+        signal(self.pid(), nix::sys::signal::Signal::SIGKILL)?;
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("acpd did not die on SIGKILL"))?
+            .map_err(Into::into)
+    }
+
+    /// Starts the daemon again, as it was started, on the same workspace and state directory,
+    /// once the previous process has exited (after [`Daemon::terminate`] or [`Daemon::kill`]).
+    pub async fn restart(self) -> Result<Daemon> {
+        let Daemon {
+            mut child,
+            workspace,
+            _config_dir,
+            builder,
+            ..
+        } = self;
+        if child.try_wait()?.is_none() {
+            bail!("restart: the previous acpd is still running");
+        }
+        builder.launch(workspace, _config_dir).await
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.

@@ -126,7 +126,7 @@ pub async fn run_stdio() -> anyhow::Result<()> {
         .on_receive_request(
             async |_req: InitializeRequest, responder, cx: Cx| {
                 let response = InitializeResponse::new(ProtocolVersion::V1)
-                    .agent_capabilities(AgentCapabilities::new().load_session(true))
+                    .agent_capabilities(AgentCapabilities::new().load_session(!fault("no-load")))
                     .agent_info(Implementation::new(AGENT_NAME, env!("CARGO_PKG_VERSION")));
                 match init_delay() {
                     None => responder.respond(response),

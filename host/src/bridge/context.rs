@@ -97,6 +97,21 @@ impl SessionContext {
         }
     }
 
+    /// What the journal kept (`{displayName?, prs?, state?}`, as `Session::persist_meta` wrote
+    /// it), for a session restored at start-up.
+    pub fn restore(&self, meta: &Value) {
+        if let Some(state) = meta.get("state") {
+            self.announce(state);
+        }
+        let mut inner = self.lock();
+        if let Some(n) = meta.get("displayName").and_then(Value::as_str) {
+            inner.display_name = Some(n.to_string());
+        }
+        if let Some(prs) = meta.get("prs").and_then(Value::as_array) {
+            inner.prs = prs.iter().take(MAX_PRS).cloned().collect();
+        }
+    }
+
     /// A `session/update` notification's params (`{sessionId, update}`).
     pub fn observe(&self, notification: &Value) {
         let Some(update) = notification.get("update") else {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
+use crate::journal::SessionJournal;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BusLimits {
@@ -46,6 +47,9 @@ pub struct EventBus {
     /// Some subscriber's queue was at least half full after the last publish.
     behind: AtomicBool,
     pub stats: BusStats,
+    /// Every event is written here before any subscriber gets it; replays older than the ring
+    /// read it.
+    journal: Option<Arc<SessionJournal>>,
 }
 
 struct Inner {
@@ -116,18 +120,34 @@ pub fn synthetic(kind: &str, data: Value) -> Bytes {
 
 impl EventBus {
     pub fn new(limits: BusLimits) -> Self {
+        Self::journaled(limits, None, uuid::Uuid::new_v4().to_string(), 0)
+    }
+
+    /// A bus backed by a journal: a new session's (`last_id` 0), or one restored at start-up,
+    /// which keeps its epoch and continues after its last journaled id.
+    pub fn journaled(
+        limits: BusLimits,
+        journal: Option<Arc<SessionJournal>>,
+        epoch: String,
+        last_id: u64,
+    ) -> Self {
         Self {
-            epoch: uuid::Uuid::new_v4().to_string(),
+            epoch,
             limits,
             inner: Mutex::new(Inner {
-                last_id: 0,
+                last_id,
                 ring: VecDeque::new(),
                 subs: Vec::new(),
                 closed: false,
             }),
             behind: AtomicBool::new(false),
             stats: BusStats::default(),
+            journal,
         }
+    }
+
+    pub fn journal(&self) -> Option<&Arc<SessionJournal>> {
+        self.journal.as_ref()
     }
 
     pub fn epoch(&self) -> &str {
@@ -187,6 +207,11 @@ impl EventBus {
             "id: {id}\nevent: {kind}\ndata: {{\"id\":{id}{tail},\"_meta\":{{\"serverTimestamp\":{}}}}}\n\n",
             now_ms()
         ));
+        // Durable (written to the OS, or synced under `fsync = "always"`) before any
+        // subscriber can see it: a crash loses only events nobody was sent.
+        if let Some(j) = &self.journal {
+            j.append_event(id, &frame);
+        }
         inner.last_id = id;
         inner.ring.push_back((id, frame.clone()));
         while inner.ring.len() > self.limits.ring {
@@ -218,73 +243,105 @@ impl EventBus {
     }
 
     /// Registers a subscriber and computes its replay atomically with respect to publish, so
-    /// the replay and the live queue neither overlap nor leave a gap.
+    /// the replay and the live queue neither overlap nor leave a gap. Events older than the
+    /// ring come from the journal, read outside the lock; the ring then supplies the rest.
     pub fn subscribe(
         &self,
         last_event_id: Option<u64>,
         epoch: Option<&str>,
     ) -> Result<Subscription, ApiError> {
-        let mut inner = self.lock();
-        inner.subs.retain(|s| !s.tx.is_closed()); // disconnected clients leave no slot taken
-        if inner.subs.len() >= self.limits.max_subscribers {
-            return Err(ApiError::new(
-                429,
-                "subscriber_limit_exceeded",
-                "Too many subscribers for this session",
-            )
-            .with("limit", self.limits.max_subscribers));
-        }
-        let mut preface = Vec::new();
-        if let Some(n) = last_event_id {
-            let earliest = inner.ring.front().map_or(inner.last_id + 1, |(id, _)| *id);
-            let resync = if epoch.is_some_and(|e| e != self.epoch) {
-                Some(("epoch_reset", "the event epoch changed"))
-            } else if n > inner.last_id {
-                Some(("epoch_reset", "Last-Event-ID is newer than the last event"))
-            } else if n + 1 < earliest {
-                Some((
-                    "ring_evicted",
-                    "events after Last-Event-ID were evicted from the replay ring",
-                ))
-            } else {
-                None
-            };
-            let from = match resync {
-                Some((reason, detail)) => {
+        let mut from_journal: Vec<(u64, Bytes)> = Vec::new();
+        let mut attempts = 0;
+        loop {
+            let mut inner = self.lock();
+            inner.subs.retain(|s| !s.tx.is_closed()); // disconnected clients leave no slot taken
+            if inner.subs.len() >= self.limits.max_subscribers {
+                return Err(ApiError::new(
+                    429,
+                    "subscriber_limit_exceeded",
+                    "Too many subscribers for this session",
+                )
+                .with("limit", self.limits.max_subscribers));
+            }
+            let mut preface = Vec::new();
+            if let Some(n) = last_event_id {
+                let ring_earliest = inner.ring.front().map_or(inner.last_id + 1, |(id, _)| *id);
+                let journal_first = self.journal.as_ref().map(|j| j.state().first_id);
+                let earliest = journal_first.map_or(ring_earliest, |f| f.min(ring_earliest));
+                let resync = if epoch.is_some_and(|e| e != self.epoch) {
+                    Some(("epoch_reset", "the event epoch changed"))
+                } else if n > inner.last_id {
+                    Some(("epoch_reset", "Last-Event-ID is newer than the last event"))
+                } else if n + 1 < earliest {
+                    Some((
+                        "ring_evicted",
+                        "events after Last-Event-ID were evicted from the replay ring",
+                    ))
+                } else {
+                    None
+                };
+                let from = match resync {
+                    Some(_) => 0,
+                    None => n,
+                };
+                // The journal covers what the ring lost: read it without the lock, then check
+                // that the ring still starts where the read ended.
+                let need_journal = self.journal.is_some() && from + 1 < ring_earliest;
+                let have_upto = from_journal.last().map_or(from, |(id, _)| *id);
+                if need_journal && have_upto + 1 < ring_earliest && attempts < 3 {
+                    attempts += 1;
+                    drop(inner);
+                    if let Some(j) = &self.journal {
+                        let start = have_upto + 1;
+                        from_journal.extend(j.read_frames(start..=ring_earliest - 1));
+                    }
+                    continue;
+                }
+                if let Some((reason, detail)) = resync {
                     preface.push(synthetic(
                         "state_resync_required",
                         json!({"reason": reason, "detail": detail, "lastDeliveredId": n, "earliestAvailableId": earliest}),
                     ));
-                    0
                 }
-                None => n,
-            };
-            let replay: Vec<&(u64, Bytes)> =
-                inner.ring.iter().filter(|(id, _)| *id > from).collect();
-            let mut done = json!({"replayedCount": replay.len()});
-            if let Some((id, _)) = replay.last() {
-                done["lastReplayedEventId"] = json!(id);
+                let journaled = from_journal
+                    .iter()
+                    .filter(|(id, _)| *id > from && *id < ring_earliest);
+                let ringed = inner.ring.iter().filter(|(id, _)| *id > from);
+                let replay: Vec<&(u64, Bytes)> = journaled.chain(ringed).collect();
+                // A hole (events neither journaled nor still in the ring) is said, not skipped.
+                let first = replay.first().map_or(inner.last_id + 1, |(id, _)| *id);
+                let contiguous = replay.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+                if resync.is_none() && (first != from + 1 || !contiguous) {
+                    preface.push(synthetic(
+                        "state_resync_required",
+                        json!({"reason": "ring_evicted", "detail": "some events after Last-Event-ID are no longer held", "lastDeliveredId": n, "earliestAvailableId": first}),
+                    ));
+                }
+                let mut done = json!({"replayedCount": replay.len()});
+                if let Some((id, _)) = replay.last() {
+                    done["lastReplayedEventId"] = json!(id);
+                }
+                if inner.last_id > 0 {
+                    done["lastEventId"] = json!(inner.last_id);
+                }
+                preface.extend(replay.into_iter().map(|(_, f)| f.clone()));
+                preface.push(synthetic("replay_complete", done));
             }
-            if inner.last_id > 0 {
-                done["lastEventId"] = json!(inner.last_id);
+            let (tx, rx) = mpsc::channel(self.limits.queue_frames);
+            let shared = Arc::new(SubShared::default());
+            if !inner.closed {
+                inner.subs.push(Sub {
+                    tx,
+                    shared: shared.clone(),
+                    warned: false,
+                });
             }
-            preface.extend(replay.into_iter().map(|(_, f)| f.clone()));
-            preface.push(synthetic("replay_complete", done));
-        }
-        let (tx, rx) = mpsc::channel(self.limits.queue_frames);
-        let shared = Arc::new(SubShared::default());
-        if !inner.closed {
-            inner.subs.push(Sub {
-                tx,
-                shared: shared.clone(),
-                warned: false,
+            return Ok(Subscription {
+                preface,
+                rx,
+                shared,
             });
         }
-        Ok(Subscription {
-            preface,
-            rx,
-            shared,
-        })
     }
 
     /// The events the ring still holds with an id in `range`, as `(id, envelope)`: what the
@@ -320,7 +377,7 @@ impl EventBus {
 }
 
 /// The JSON envelope of an SSE frame (its `data:` line).
-fn envelope(frame: &[u8]) -> Option<Value> {
+pub(crate) fn envelope(frame: &[u8]) -> Option<Value> {
     let text = std::str::from_utf8(frame).ok()?;
     let data = text.lines().find_map(|l| l.strip_prefix("data: "))?;
     serde_json::from_str(data).ok()

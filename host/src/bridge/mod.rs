@@ -22,6 +22,7 @@ use crate::acp::Timeouts;
 use crate::child::{SpawnSpec, child_env};
 use crate::config::{ChildScope, Config, ConfigError};
 use crate::error::ApiError;
+use crate::journal::{AgentCommand, Header, Journal, Restored};
 use crate::telemetry::semconv::*;
 use crate::telemetry::{metrics, spans};
 use events::{BusLimits, EventBus};
@@ -58,6 +59,10 @@ pub struct Bridge {
     draining: AtomicBool,
     bus_limits: BusLimits,
     session_limits: SessionLimits,
+    /// The session journal, once the daemon opened it (`[state] journal`).
+    journal: std::sync::OnceLock<Arc<Journal>>,
+    /// The agent command line, as journaled with each session.
+    agent: AgentCommand,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +165,79 @@ impl Bridge {
             draining: AtomicBool::new(false),
             bus_limits,
             session_limits,
+            journal: std::sync::OnceLock::new(),
+            agent: AgentCommand { program, args },
         }))
+    }
+
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.get()
+    }
+
+    /// Attaches the journal and restores the sessions it holds, before anything is served:
+    /// each is `dormant` (listed, its events replayable, its transcript readable) until a load,
+    /// resume or prompt restores it on a child through `session/load`.
+    pub fn restore_journaled(&self, journal: Arc<Journal>, restored: Vec<Restored>) {
+        let _ = self.journal.set(journal);
+        let mut elsewhere = 0usize;
+        for r in restored {
+            let Some(ws) = self
+                .workspaces
+                .iter()
+                .find(|w| w.id == r.header.workspace_id)
+            else {
+                elsewhere += 1;
+                continue;
+            };
+            let created = std::time::UNIX_EPOCH + Duration::from_millis(r.header.created_at_ms);
+            let bus = EventBus::journaled(self.bus_limits, Some(r.journal), r.epoch, r.last_id);
+            let session = Session::with_life(
+                r.header.session_id.clone(),
+                ws.clone(),
+                bus,
+                self.session_limits,
+                created,
+                Life::Dormant,
+            );
+            session.ctx.restore(&r.meta);
+            session.restore_clients(&r.meta);
+            if r.header.agent != self.agent {
+                tracing::warn!(target: "acpd::journal", { "session.id" = %session.id }, "session {} ran with agent {:?}; it will be restored with {:?}", session.id, r.header.agent.program, self.agent.program);
+            }
+            let _ = self.insert(session);
+        }
+        if elsewhere > 0 {
+            tracing::info!(target: "acpd::journal", "journal: {elsewhere} journaled sessions belong to workspaces this daemon does not serve; kept on disk");
+        }
+    }
+
+    /// A journal for a session that starts now (created, or loaded from the agent), or none.
+    fn new_journal(
+        &self,
+        id: &str,
+        ws: &Workspace,
+        epoch: &str,
+    ) -> Option<Arc<crate::journal::SessionJournal>> {
+        let journal = self.journal.get()?;
+        let header = Header {
+            v: 1,
+            session_id: id.to_string(),
+            agent_session_id: id.to_string(),
+            workspace_id: ws.id.clone(),
+            workspace_cwd: ws.cwd_str(),
+            created_at_ms: events::now_ms(),
+            epoch: epoch.to_string(),
+            agent: self.agent.clone(),
+            boot_id: journal.boot_id.clone(),
+            fsync: journal.cfg.fsync.as_str().to_string(),
+        };
+        Some(journal.create(header, serde_json::Value::Null))
+    }
+
+    fn journaled_bus(&self, id: &str, ws: &Workspace) -> EventBus {
+        let epoch = uuid::Uuid::new_v4().to_string();
+        let journal = self.new_journal(id, ws, &epoch);
+        EventBus::journaled(self.bus_limits, journal, epoch, 0)
     }
 
     /// Starts warm pools (session scope with `pool > 0`).
@@ -313,12 +390,15 @@ impl Bridge {
     fn check_capacity(&self, ws: &Workspace) -> Result<(), ApiError> {
         let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
         let l = &self.config.limits;
-        let in_ws = sessions
+        // Dormant sessions (restored from the journal, no child) hold no agent: they count once
+        // they are loaded.
+        let live: Vec<&Arc<Session>> = sessions
             .values()
-            .filter(|s| s.workspace.id == ws.id)
-            .count();
-        if sessions.len() >= l.max_sessions || in_ws >= l.max_sessions_per_workspace {
-            let limit = if sessions.len() >= l.max_sessions {
+            .filter(|s| s.life() != Life::Dormant)
+            .collect();
+        let in_ws = live.iter().filter(|s| s.workspace.id == ws.id).count();
+        if live.len() >= l.max_sessions || in_ws >= l.max_sessions_per_workspace {
+            let limit = if live.len() >= l.max_sessions {
                 l.max_sessions
             } else {
                 l.max_sessions_per_workspace
@@ -365,10 +445,11 @@ impl Bridge {
         let session = Session::new(
             id.clone(),
             ws.clone(),
-            EventBus::new(self.bus_limits),
+            self.journaled_bus(&id, ws),
             self.session_limits,
         );
         session.ctx.announce(&announced);
+        session.persist_meta();
         conn.register(&id, session.sink(), false);
         session.bind(conn);
         self.insert(session.clone())?;
@@ -445,6 +526,9 @@ impl Bridge {
     ) -> Result<Arc<Session>, ApiError> {
         check_session_id(id)?;
         if let Ok(s) = self.session(id) {
+            if s.life() == Life::Dormant {
+                self.check_capacity(&s.workspace)?;
+            }
             s.ensure_agent(true).await?;
             return Ok(s);
         }
@@ -452,17 +536,20 @@ impl Bridge {
         self.check_capacity(&ws)?;
         let session = Session::new(
             id.to_string(),
-            ws,
-            EventBus::new(self.bus_limits),
+            ws.clone(),
+            self.journaled_bus(id, &ws),
             self.session_limits,
         );
-        session
-            .ensure_agent(!replay)
-            .await
-            .map_err(|e| match e.code {
+        let restored = session.ensure_agent(!replay).await;
+        if let Err(e) = restored {
+            if let (Some(journal), Some(j)) = (self.journal.get(), session.bus.journal()) {
+                journal.remove(j);
+            }
+            return Err(match e.code {
                 "agent_error" => ApiError::session_not_found(id).with("detail", e.message.clone()),
                 _ => e,
-            })?;
+            });
+        }
         self.insert(session.clone())?;
         Ok(session)
     }
@@ -490,7 +577,12 @@ impl Bridge {
                 *d = None;
             }
         }
-        if let Some(agent) = session.close(false)
+        let agent = session.close(false);
+        // Closed by a client: nothing is left to restore, so its journal goes.
+        if let (Some(journal), Some(j)) = (self.journal.get(), session.bus.journal()) {
+            journal.remove(j);
+        }
+        if let Some(agent) = agent
             && session.workspace.agents.scope() == ChildScope::Session
         {
             let grace = Duration::from_millis(self.config.agent.stop_grace_ms);
@@ -505,6 +597,11 @@ impl Bridge {
         self.draining.store(true, Ordering::Release);
         for s in self.sessions() {
             s.close(true);
+        }
+        // Every journaled event, `session_died` included, is on stable storage before exit.
+        if let Some(j) = self.journal.get() {
+            let j = j.clone();
+            let _ = tokio::task::spawn_blocking(move || j.finish()).await;
         }
         futures::future::join_all(self.workspaces.iter().map(|w| w.agents.drain())).await;
     }

@@ -25,6 +25,9 @@ use crate::telemetry::semconv::{
 use crate::telemetry::{propagation, spans};
 use opentelemetry::KeyValue;
 
+/// Client ids a session's journal keeps (the most recently seen).
+const MAX_JOURNALED_CLIENTS: usize = 256;
+
 /// An agent asking more than this many questions at once gets `cancelled` for the excess.
 const MAX_PENDING_PERMISSIONS: usize = 64;
 
@@ -58,6 +61,9 @@ pub enum Life {
     Active,
     /// Its child died; the next prompt or load restores it through `session/load`.
     Died,
+    /// Restored from the journal at start-up: no child until a load, resume or prompt restores
+    /// it through `session/load`.
+    Dormant,
     Closed,
 }
 
@@ -143,10 +149,23 @@ impl Session {
         bus: EventBus,
         limits: SessionLimits,
     ) -> Arc<Self> {
+        Self::with_life(id, workspace, bus, limits, SystemTime::now(), Life::Active)
+    }
+
+    /// A session restored from the journal at start-up: its creation time, and `Dormant` (no
+    /// child until it is loaded or prompted).
+    pub fn with_life(
+        id: String,
+        workspace: Arc<Workspace>,
+        bus: EventBus,
+        limits: SessionLimits,
+        created_at: SystemTime,
+        life: Life,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             id,
             workspace,
-            created_at: SystemTime::now(),
+            created_at,
             bus,
             ctx: SessionContext::default(),
             limits,
@@ -154,7 +173,7 @@ impl Session {
                 queue: VecDeque::new(),
                 running: None,
                 agent: None,
-                life: Life::Active,
+                life,
                 permissions: HashMap::new(),
                 clients: HashMap::new(),
             }),
@@ -180,8 +199,34 @@ impl Session {
     pub fn bind(&self, conn: Arc<AgentConn>) {
         let mut st = self.lock();
         st.agent = Some(conn);
-        if st.life == Life::Died {
+        if matches!(st.life, Life::Died | Life::Dormant) {
             st.life = Life::Active;
+        }
+    }
+
+    /// Journals the session's metadata (display name, pull requests, what the agent announced)
+    /// when it changed.
+    pub fn persist_meta(&self) {
+        if let Some(j) = self.bus.journal() {
+            let mut meta = json!({"state": self.ctx.state()});
+            if let Some(n) = self.ctx.display_name() {
+                meta["displayName"] = json!(n);
+            }
+            let prs = self.ctx.prs();
+            if !prs.is_empty() {
+                meta["prs"] = json!(prs);
+            }
+            // The most recently seen clients, bounded.
+            let mut clients: Vec<(u64, String)> = self
+                .lock()
+                .clients
+                .iter()
+                .map(|(c, t)| (*t, c.clone()))
+                .collect();
+            clients.sort_unstable_by(|a, b| b.cmp(a));
+            clients.truncate(MAX_JOURNALED_CLIENTS);
+            meta["clients"] = json!(clients.into_iter().map(|(_, c)| c).collect::<Vec<_>>());
+            j.set_meta(meta);
         }
     }
 
@@ -200,8 +245,23 @@ impl Session {
             Some(r) if st.clients.contains_key(r) => r.to_string(),
             _ => format!("client_{}", uuid::Uuid::new_v4()),
         };
-        st.clients.insert(id.clone(), now_ms());
+        let minted = st.clients.insert(id.clone(), now_ms()).is_none();
+        drop(st);
+        if minted {
+            // Journaled, so a client keeps its id (and its `X-Qwen-Client-Id`) across a restart.
+            self.persist_meta();
+        }
         id
+    }
+
+    /// The client ids a journaled session had issued (at start-up).
+    pub fn restore_clients(&self, meta: &Value) {
+        let mut st = self.lock();
+        for c in meta["clients"].as_array().into_iter().flatten() {
+            if let Some(c) = c.as_str() {
+                st.clients.insert(c.to_string(), 0);
+            }
+        }
     }
 
     /// Validates `X-Qwen-Client-Id`: absent is allowed; present must be well-formed and issued here.
@@ -606,7 +666,10 @@ impl Session {
             .await;
         conn.unmute(&self.id);
         match loaded {
-            Ok(announced) => self.ctx.announce(&announced),
+            Ok(announced) => {
+                self.ctx.announce(&announced);
+                self.persist_meta();
+            }
             Err(e) => {
                 conn.unregister(&self.id);
                 return Err(e);
@@ -813,13 +876,16 @@ impl Session {
         if st.life == Life::Closed {
             return None;
         }
+        let dormant = st.life == Life::Dormant;
         st.life = Life::Closed;
         st.queue.clear();
         if let Some(r) = &st.running {
             r.cancel.cancel();
         }
         self.cancel_pending(&mut st);
-        if shutdown {
+        if shutdown && dormant {
+            // It had no child to lose: nothing to tell, nothing to journal.
+        } else if shutdown {
             self.bus.publish(
                 "session_died",
                 None,
@@ -850,6 +916,7 @@ impl Session {
         let state = match (st.life, st.running.is_some()) {
             (Life::Closed, _) => "closed",
             (Life::Died, _) => "died",
+            (Life::Dormant, _) => "dormant",
             (Life::Active, true) => "running",
             (Life::Active, false) => "idle",
         };
@@ -870,6 +937,11 @@ impl Session {
             "lastEventId": self.bus.last_id(),
             "dropped": self.bus.stats.json(),
             "eventEpoch": self.bus.epoch(),
+            "journal": self.bus.journal().map(|j| {
+                let js = j.state();
+                json!({"bytes": js.bytes, "firstEventId": js.first_id, "lastEventId": js.last_id,
+                       "sealed": js.sealed.map(|r| r.as_str()), "lost": js.lost})
+            }),
         })
     }
 

@@ -20,6 +20,79 @@ pub trait History {
     fn read(&self, range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Value)>;
     /// Older records were lost (the ring evicted them).
     fn partial(&self) -> bool;
+    /// Why records are missing, for `replayError`.
+    fn lost(&self) -> String {
+        "older events were evicted from the in-memory event ring (limits.event_ring)".into()
+    }
+}
+
+/// A session's journal, read as a history: every event since the session began (less what
+/// compaction removed), whether the session is live or not.
+pub struct JournalHistory<'a> {
+    pub journal: &'a crate::journal::SessionJournal,
+    pub epoch: &'a str,
+}
+
+impl History for JournalHistory<'_> {
+    fn snapshot(&self) -> String {
+        self.epoch.to_string()
+    }
+
+    fn bounds(&self) -> (u64, u64) {
+        let st = self.journal.state();
+        (st.first_id, st.last_id)
+    }
+
+    fn read(&self, range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Value)> {
+        self.journal
+            .read_frames(range)
+            .into_iter()
+            .filter_map(|(id, frame)| super::events::envelope(&frame).map(|e| (id, e)))
+            .collect()
+    }
+
+    fn partial(&self) -> bool {
+        let st = self.journal.state();
+        st.first_id > 1 || st.lost.is_some() || st.sealed.is_some()
+    }
+
+    fn lost(&self) -> String {
+        let st = self.journal.state();
+        match (st.lost, st.sealed) {
+            (Some(l), _) => l,
+            (None, Some(r)) => format!(
+                "later events were not journaled ({}); see acpd.journal.dropped",
+                r.as_str()
+            ),
+            (None, None) => "older events are no longer journaled".into(),
+        }
+    }
+}
+
+/// Where a session's transcript and export read: its journal when it has one, else its ring.
+pub fn history(session: &Session) -> Box<dyn History + '_> {
+    match session.bus.journal() {
+        Some(j) => Box::new(JournalHistory {
+            journal: j,
+            epoch: session.bus.epoch(),
+        }),
+        None => Box::new(&session.bus),
+    }
+}
+
+impl History for &EventBus {
+    fn snapshot(&self) -> String {
+        History::snapshot(*self)
+    }
+    fn bounds(&self) -> (u64, u64) {
+        History::bounds(*self)
+    }
+    fn read(&self, range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Value)> {
+        History::read(*self, range)
+    }
+    fn partial(&self) -> bool {
+        History::partial(*self)
+    }
 }
 
 impl History for EventBus {
@@ -294,8 +367,7 @@ pub fn page(session: &Session, history: &dyn History, q: &PageQuery) -> Result<V
     }
     if history.partial() {
         body["partial"] = json!(true);
-        body["replayError"] =
-            json!("older events were evicted from the in-memory event ring (limits.event_ring)");
+        body["replayError"] = json!(history.lost());
     }
     if let Some(t) = target {
         body["targetRecordId"] = json!(t);

@@ -58,6 +58,8 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("ACPD_ALLOW_ORIGIN", "server.allow_origin", Kind::List),
     ("ACPD_WORKSPACE", "workspaces", Kind::Paths),
     ("ACPD_STATE_DIR", "state.dir", Kind::Str),
+    ("ACPD_JOURNAL", "state.journal", Kind::Bool),
+    ("ACPD_JOURNAL_FSYNC", "state.journal_fsync", Kind::Str),
     ("ACPD_AGENT", "agent.command", Kind::Str),
     ("ACPD_AGENT_SCOPE", "agent.scope", Kind::Str),
     ("ACPD_AGENT_POOL", "agent.pool", Kind::Int),

@@ -74,12 +74,51 @@ pub struct PluginHostConfig {
 }
 
 /// `[state]`: the on-disk state that survives a daemon restart.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     /// The state directory (`--state-dir`, `ACPD_STATE_DIR`). Default `$XDG_STATE_HOME/acpd`,
     /// else `~/.local/state/acpd`. One daemon at a time owns it.
     pub dir: Option<PathBuf>,
+    /// The session journal (`ACPD_JOURNAL`): sessions, their metadata and events survive a
+    /// restart. false: nothing is journaled (sessions end with the process, as before).
+    pub journal: bool,
+    /// `interval` (default): each event is written to the OS before any client gets it, and
+    /// fdatasynced within `journal_fsync_interval_ms`; `always`: fdatasynced before any client
+    /// gets it (docs/JOURNAL.md).
+    pub journal_fsync: Fsync,
+    pub journal_fsync_interval_ms: u64,
+    /// One session's journal: at the cap, its oldest events are compacted away.
+    pub journal_max_session_bytes: u64,
+    /// Every journal together: at the cap, events are not journaled (logged, counted).
+    pub journal_max_total_bytes: u64,
+    /// A journal not written for this long is removed at start-up.
+    pub journal_retention_days: u64,
+    /// At most this many journals are kept at start-up (the most recently written).
+    pub journal_max_sessions: usize,
+}
+
+/// When journal writes reach stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    Interval,
+    Always,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            journal: true,
+            journal_fsync: Fsync::Interval,
+            journal_fsync_interval_ms: 200,
+            journal_max_session_bytes: 64 << 20,
+            journal_max_total_bytes: 2 << 30,
+            journal_retention_days: 30,
+            journal_max_sessions: 10_000,
+        }
+    }
 }
 
 impl StateConfig {
@@ -362,6 +401,10 @@ impl Config {
             ("agent.max_line_bytes", self.agent.max_line_bytes),
             ("telemetry.view_traces", self.telemetry.view_traces),
             (
+                "state.journal_max_sessions",
+                self.state.journal_max_sessions,
+            ),
+            (
                 "telemetry.view_spans_per_trace",
                 self.telemetry.view_spans_per_trace,
             ),
@@ -383,10 +426,24 @@ impl Config {
                 "telemetry.shutdown_timeout_ms",
                 self.telemetry.shutdown_timeout_ms,
             ),
+            (
+                "state.journal_fsync_interval_ms",
+                self.state.journal_fsync_interval_ms,
+            ),
+            (
+                "state.journal_retention_days",
+                self.state.journal_retention_days,
+            ),
         ] {
             if v == 0 {
                 return bad(key, "must be greater than 0 (every wait has a deadline)");
             }
+        }
+        if self.state.journal_max_session_bytes < 64 * 1024 {
+            return bad("state.journal_max_session_bytes", "must be at least 65536");
+        }
+        if self.state.journal_max_total_bytes < 64 * 1024 {
+            return bad("state.journal_max_total_bytes", "must be at least 65536");
         }
         Ok(())
     }

@@ -186,6 +186,7 @@ pub async fn update_metadata(
     let pr = body.pr.map(check_pr).transpose()?;
     let changed = name.is_some() || pr.is_some();
     s.ctx.update_metadata(name, pr);
+    s.persist_meta();
     let mut result = json!({"sessionId": s.id});
     if let Some(n) = s.ctx.display_name() {
         result["displayName"] = json!(n);
@@ -283,6 +284,7 @@ pub async fn set_model(
     };
     match result {
         Ok(answer) => {
+            s.persist_meta();
             s.bus.publish(
                 "model_switched",
                 None,
@@ -359,6 +361,7 @@ pub(crate) async fn apply_mode(
             s.ctx.set_current_mode(mode);
         }
     }
+    s.persist_meta();
     s.bus.publish(
         "approval_mode_changed",
         None,
@@ -538,7 +541,7 @@ pub async fn session_transcript(
         at_record_id: q.at_record_id,
         snapshot: q.snapshot,
     };
-    transcript::page(&s, &s.bus, &query).map(Json)
+    transcript::page(&s, transcript::history(&s).as_ref(), &query).map(Json)
 }
 
 #[derive(Deserialize)]
@@ -563,7 +566,8 @@ pub async fn export_session(
 ) -> Result<Response> {
     let (s, _) = session_scope(&state, &id, &headers, ClientHeader::Noted)?;
     let format = Format::parse(q.format.as_deref())?;
-    let records = transcript::all(&s.bus);
+    let history = transcript::history(&s);
+    let records = transcript::all(history.as_ref());
     let title = s.ctx.display_name();
     let cwd = s.workspace.cwd_str();
     let created = time::rfc3339(s.created_at);
@@ -572,7 +576,7 @@ pub async fn export_session(
         title: title.as_deref(),
         workspace_cwd: &cwd,
         created_at: &created,
-        partial: transcript::History::partial(&s.bus),
+        partial: history.partial(),
     };
     let body = transcript::render(format, &head, &records);
     let safe: String =

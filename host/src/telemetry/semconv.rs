@@ -78,6 +78,11 @@ pub const M_BRIDGE_ERRORS: &str = "acpd.bridge.errors";
 pub const M_SSE_SUBSCRIBERS: &str = "acpd.sse.subscribers";
 pub const M_SSE_EVICTIONS: &str = "acpd.sse.evictions";
 pub const M_TELEMETRY_DROPPED: &str = "acpd.telemetry.dropped";
+pub const M_JOURNAL_DROPPED: &str = "acpd.journal.dropped";
+pub const M_JOURNAL_BYTES: &str = "acpd.journal.bytes";
+/// Why events are missing from the session journal: `total_cap`, `session_cap`, `io_error`
+/// (not journaled), `compacted` (removed to keep a session under its cap).
+pub const JOURNAL_REASON: &str = "acpd.journal.reason";
 
 /// The semconv buckets for `http.server.request.duration` (seconds).
 pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
