@@ -824,3 +824,97 @@ async fn the_token_and_the_body_limit_guard_acp() -> Result<()> {
     )
     .await
 }
+
+// ---- telemetry ----------------------------------------------------------------------------
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+#[tokio::test]
+async fn a_prompt_over_acp_is_one_trace_from_the_json_rpc_span_into_the_agent() -> Result<()> {
+    use acpd_tests::otlp::{Protocol, Receiver, RecvSpan};
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let d = Daemon::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .start()
+        .await?;
+    let cwd = d.ws_path.clone();
+    let sid = with_client(&d.url("/acp"), None, Answer::Allow, async |cx, _seen| {
+        initialize(&cx).await?;
+        let sid = new_session(&cx, &cwd).await?;
+        let mut meta = serde_json::Map::new();
+        meta.insert(
+            "traceparent".into(),
+            json!(format!("00-{TRACE}-{PARENT}-01")),
+        );
+        let r = within(
+            "traced prompt",
+            cx.send_request(
+                PromptRequest::new(sid.clone(), text("write traced.txt over-acp")).meta(meta),
+            )
+            .block_task(),
+        )
+        .await?;
+        if r.stop_reason != StopReason::EndTurn {
+            bail!("traced turn {:?}", r.stop_reason);
+        }
+        Ok(sid)
+    })
+    .await?;
+    let find = |t: &[RecvSpan], name: &str| t.iter().find(|s| s.name.starts_with(name)).cloned();
+    let spans = rx
+        .wait_for_spans(LONG, |spans| {
+            let t: Vec<RecvSpan> = spans
+                .iter()
+                .filter(|s| s.trace_id == TRACE)
+                .cloned()
+                .collect();
+            [
+                "session/prompt",
+                "bridge prompt.dispatch",
+                "acp session/prompt",
+                "invoke_agent",
+            ]
+            .iter()
+            .all(|n| find(&t, n).is_some())
+                && spans.iter().any(|s| s.name == "session/new")
+        })
+        .await?;
+    let trace: Vec<RecvSpan> = spans
+        .iter()
+        .filter(|s| s.trace_id == TRACE)
+        .cloned()
+        .collect();
+    let rpc = find(&trace, "session/prompt").unwrap();
+    if rpc.parent_span_id != PARENT || rpc.kind != 2 {
+        bail!("JSON-RPC span not the server span under the client's _meta: {rpc:?}");
+    }
+    if rpc.attr_str("rpc.system") != Some("jsonrpc")
+        || rpc.attr_str("rpc.method") != Some("session/prompt")
+        || rpc.attr_str("session.id") != Some(sid.as_str())
+    {
+        bail!("JSON-RPC span attributes {:?}", rpc.attributes);
+    }
+    let dispatch = find(&trace, "bridge prompt.dispatch").unwrap();
+    let acp = find(&trace, "acp session/prompt").unwrap();
+    let agent = find(&trace, "invoke_agent").unwrap();
+    if dispatch.parent_span_id != rpc.span_id
+        || acp.parent_span_id != dispatch.span_id
+        || agent.parent_span_id != acp.span_id
+        || agent.service_name != "acpd-demo-agent"
+    {
+        bail!("chain broken: rpc {rpc:?}\ndispatch {dispatch:?}\nacp {acp:?}\nagent {agent:?}");
+    }
+    // A message without trace context continues the HTTP request that carried it.
+    let new = spans.iter().find(|s| s.name == "session/new").unwrap();
+    let http = spans
+        .iter()
+        .find(|s| s.span_id == new.parent_span_id)
+        .with_context(|| format!("no parent span for session/new: {new:?}"))?;
+    if http.name != "POST /acp" || http.attr_str("rpc.method") != Some("session/new") {
+        bail!("session/new's parent {http:?}");
+    }
+    Ok(())
+}
