@@ -22,7 +22,7 @@ if (!sdkDir || !baseUrl || !['demo', 'qwen'].includes(scenario)) {
   process.exit(2);
 }
 const RUN_DEADLINE_MS = 240_000;
-const EVENT_WAIT_MS = 60_000;
+const EVENT_WAIT_MS = 90_000;
 setTimeout(() => {
   emit({ step: 'deadline', ok: false, error: { message: `run exceeded ${RUN_DEADLINE_MS} ms` } });
   process.exit(3);
@@ -329,6 +329,7 @@ async function qwen(c) {
       (await ev.wait((e) => e.type === 'model_switched' || e.type === 'model_switch_failed', from)).event,
     );
   }
+  await step('promptAfterSwitch', () => c.prompt(sid, text('Say hello'), undefined, cid));
   await step('setSessionModelUnknown', () => c.setSessionModel(sid, 'no-such-model', cid));
   for (const mode of ['auto-edit', 'plan', 'yolo', 'default']) {
     from = ev.seen.length;
@@ -345,7 +346,8 @@ async function qwen(c) {
   await ev.close();
 }
 
-const client = new DaemonClient({ baseUrl, fetchTimeoutMs: 60_000 });
+// A real agent's start (spawn, initialize, session/new) can take a minute on a busy machine.
+const client = new DaemonClient({ baseUrl, fetchTimeoutMs: scenario === 'qwen' ? 90_000 : 60_000 });
 try {
   await (scenario === 'demo' ? demo(client) : qwen(client));
 } finally {

@@ -601,7 +601,20 @@ async fn the_official_client_switches_the_real_qwen_code() -> Result<()> {
         return Ok(());
     };
     let mock = MockLlm::start("text").await?;
-    let opts = AgentOptions::default();
+    // Two models of one OpenAI-compatible provider (both served by the mock), so that the switch
+    // goes from one model to another.
+    let model = |id: &str| {
+        json!({"id": id, "name": id, "baseUrl": format!("{}/v1", mock.base_url()),
+               "envKey": "OPENAI_API_KEY"})
+    };
+    let opts = AgentOptions {
+        settings: Some(json!({
+            "modelProviders": {"openai": [model("mock-model"), model("mock-model-b")]},
+            "security": {"auth": {"selectedType": "openai"}},
+            "model": {"name": "mock-model"},
+        })),
+        ..AgentOptions::default()
+    };
     let Some(agent) = RealAgent::qwen(&mock, &opts)? else {
         return Ok(());
     };
@@ -628,12 +641,28 @@ async fn the_official_client_switches_the_real_qwen_code() -> Result<()> {
     }
     assert_eq!(cx["modes"]["currentModeId"], "default");
 
-    // The model switch: accepted by qwen-code through ACP, announced, and reflected.
+    // The model switch, from one configured model to the other: accepted by qwen-code through
+    // ACP, announced, reflected in the context, and the next turn asks the LLM for the new model.
+    assert_eq!(cx["models"]["currentModelId"], "mock-model(openai)");
     let target = st.ok("modelTarget").as_str().context("a model")?;
+    assert_eq!(target, "mock-model-b(openai)");
     assert!(st.ok("setSessionModel").is_object());
     let ev = st.ok("modelSwitchEvent");
     assert_eq!(ev["type"], "model_switched", "{ev}");
     assert_eq!(ev["data"]["modelId"], target);
+    assert_eq!(ev["data"]["previousModelId"], "mock-model(openai)");
+    assert_eq!(st.ok("promptAfterSwitch")["stopReason"], "end_turn");
+    let asked: Vec<Value> = mock
+        .requests()
+        .iter()
+        .filter(|r| r.api == "chat")
+        .map(|r| r.body["model"].clone())
+        .collect();
+    assert!(!asked.is_empty(), "the turn reached the LLM");
+    assert!(
+        asked.iter().all(|m| m == "mock-model-b"),
+        "every LLM request after the switch names the new model: {asked:?}"
+    );
     st.refused("setSessionModelUnknown", 404, "model_not_found");
 
     // Each approval mode through ACP session/set_mode: answered, announced, in the context.
