@@ -50,9 +50,17 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
     }
+    // Before anything is served or spawned: what a crashed predecessor left running is stopped
+    // (this daemon's own agents are recorded from here on).
+    crate::child::leftovers::stop_leftovers(
+        config.state.resolved_dir().as_deref(),
+        Duration::from_millis(config.agent.stop_grace_ms),
+    )
+    .await;
     // HMAC keys read from the environment are the daemon's secrets, not the agent's.
     child_env_remove.extend(config.keys.values().filter_map(|k| k.env.clone()));
     let bridge = Bridge::new(config.clone(), (child_env, child_env_remove))?;
+    open_journal(&config, state_dir.as_deref(), &bridge).await?;
     crate::child::reap::start();
     // Plugins are compiled (or taken from the cache) and initialised before the first request.
     let plugins = {
@@ -60,7 +68,6 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || PluginHost::start(&config, reread))
             .await?
             .map_err(|e| crate::config::ConfigError::new("plugins", format!("{e:#}")))?
-    open_journal(&config, state_dir.as_deref(), &bridge).await?;
     };
     watch_sighup(plugins)?;
     let host = config
@@ -153,13 +160,6 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves `limit` after the drain finished: the server gets that long to close connections.
-async fn deadline_after_drain(mut drained: tokio::sync::watch::Receiver<bool>, limit: Duration) {
-    if drained.wait_for(|d| *d).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-    tokio::time::sleep(limit).await;
-}
 /// Opens the session journal and restores the sessions it holds, before anything is served.
 async fn open_journal(
     config: &Config,
@@ -195,6 +195,13 @@ async fn open_journal(
     Ok(())
 }
 
+/// Resolves `limit` after the drain finished: the server gets that long to close connections.
+async fn deadline_after_drain(mut drained: tokio::sync::watch::Receiver<bool>, limit: Duration) {
+    if drained.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(limit).await;
+}
 
 /// SIGHUP reloads the plugin set (the same as `POST /admin/plugins/reload`).
 fn watch_sighup(plugins: Arc<PluginHost>) -> std::io::Result<()> {

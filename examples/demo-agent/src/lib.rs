@@ -72,13 +72,23 @@ pub const CRASH_EXIT_CODE: i32 = 3;
 pub const INIT_DELAY_ENV: &str = "ACPD_DEMO_INIT_DELAY_MS";
 /// Env var: a misbehaviour for acpd's fault tests: `silent-new` (never answers `session/new`),
 /// `close-stdout` (closes stdout once `initialize` is answered, then keeps running),
-/// `ignore-term` (survives SIGTERM and stdin EOF: only SIGKILL stops it), `huge-line` (after
-/// answering `initialize`, writes one line that never ends) or `garbage` (writes non-JSON lines
-/// without end instead of answering).
+/// `ignore-term` (survives SIGTERM and stdin EOF: only SIGKILL stops it), `clear-deathsig` (as
+/// `ignore-term`, and clears the parent-death signal acpd gives it, so it outlives a killed
+/// daemon, as an agent that daemonizes would), `huge-line` (after
+/// answering `initialize`, writes one line that never ends), `garbage` (writes non-JSON lines
+/// without end instead of answering) or `no-load` (does not announce `loadSession`).
 pub const FAULT_ENV: &str = "ACPD_DEMO_FAULT";
 
 fn fault(name: &str) -> bool {
     std::env::var(FAULT_ENV).is_ok_and(|f| f.trim() == name)
+}
+
+/// The `clear-deathsig` fault: no signal when the parent dies (Linux; elsewhere there is none).
+fn clear_parent_death_signal() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(None::<nix::sys::signal::Signal>) {
+        eprintln!("demo agent: cannot clear the parent-death signal: {e}");
+    }
 }
 
 type Cx = ConnectionTo<Client>;
@@ -90,7 +100,11 @@ type Cx = ConnectionTo<Client>;
 ///
 /// Must run inside a tokio runtime that outlives it (OTLP export, when enabled, uses it).
 pub async fn run_stdio() -> anyhow::Result<()> {
-    let ignore_term = fault("ignore-term");
+    let clear_deathsig = fault("clear-deathsig");
+    if clear_deathsig {
+        clear_parent_death_signal();
+    }
+    let ignore_term = fault("ignore-term") || clear_deathsig;
     if ignore_term {
         // A handler replaces the default action, so SIGTERM no longer ends the process.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

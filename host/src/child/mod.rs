@@ -1,10 +1,15 @@
 //! Agent child processes: spawn (own process group, workspace cwd, scrubbed env), watch for
-//! exit, forward stderr to logs, and stop (close stdin -> SIGTERM group -> SIGKILL group).
+//! exit, forward stderr to logs, and stop (close stdin -> SIGTERM group -> SIGKILL group). No
+//! agent outlives the daemon: each dies with it (`spawner`), and what a crashed daemon still left
+//! running is stopped by the next one (`leftovers`).
 
 mod backoff;
 pub mod command;
 mod env;
+pub mod leftovers;
 pub mod reap;
+pub mod spawner;
+mod stat;
 
 pub use backoff::Backoff;
 pub use command::SpawnFailure;
@@ -129,9 +134,10 @@ fn spawn_process(
         // daemon's terminal does not hit the agent before the daemon drains it.
         .process_group(0)
         .kill_on_drop(true);
+    spawner::die_with_daemon(&mut cmd);
     // Registered before the orphan reaper can look (see `reap`).
     let mut spawned = reap::lock();
-    let mut child = cmd.spawn().inspect_err(|_| {
+    let mut child = spawner::spawn(cmd).inspect_err(|_| {
         if let Some(g) = crate::gateway::current() {
             g.forget_child(&id);
         }
@@ -150,6 +156,7 @@ fn spawn_process(
         .take()
         .ok_or_else(|| std::io::Error::other("no stdout pipe"))?;
     let stderr = child.stderr.take();
+    let recorded = leftovers::record(pid, &spec.program);
 
     let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
     let turn: Arc<Mutex<Option<Context>>> = Arc::default();
@@ -191,6 +198,9 @@ fn spawn_process(
             // before the exit is reported, so a stopped agent leaves no zombie either.
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             reap::group(pid, GROUP_REAP).await;
+            if let Some(r) = recorded {
+                r.remove();
+            }
             let expected = stopping.load(Ordering::Acquire);
             let info = match status {
                 Ok(s) => {

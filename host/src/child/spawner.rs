@@ -1,0 +1,152 @@
+//! Agents die with the daemon, however it dies. Each agent asks the kernel for SIGKILL when its
+//! parent dies (`PR_SET_PDEATHSIG`, set in the child between fork and exec), which holds for a
+//! SIGKILLed daemon too, where nothing of the daemon's own runs any more.
+//!
+//! The kernel's "parent" there is the *thread* that forked, not the daemon process: an agent
+//! forked on a tokio blocking-pool thread (they exit after idling) or on a worker that
+//! `block_in_place` handed over to that pool would be killed, healthy, when that thread goes. So
+//! every agent is forked on one thread of its own, started once and never ending while the
+//! daemon runs.
+
+use std::io;
+use std::sync::OnceLock;
+use std::sync::mpsc::{Sender, channel, sync_channel};
+use tokio::process::{Child, Command};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+static JOBS: OnceLock<Sender<Job>> = OnceLock::new();
+
+/// Arms `cmd` so its process gets SIGKILL when the thread that spawns it exits (Linux; elsewhere
+/// nothing: see docs/AGENTS.md). Spawn it with [`spawn`], whose thread is the daemon's lifetime.
+pub fn die_with_daemon(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let daemon = nix::unistd::getpid();
+        // SAFETY: runs in the forked child before exec, where only async-signal-safe calls are
+        // allowed: prctl(2) and getppid(2) are plain system calls that allocate nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                // The daemon may have died between the fork and the prctl: then no signal will
+                // come, and the agent must not start for no one.
+                if nix::unistd::getppid() != daemon {
+                    return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// Spawns `cmd` on the spawner thread, within the caller's tokio runtime (which then watches
+/// the child as always). Blocks the caller for the fork and exec, as `Command::spawn` does.
+pub fn spawn(mut cmd: Command) -> io::Result<Child> {
+    let rt = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+    run(move || {
+        let _rt = rt.enter();
+        cmd.spawn()
+    })?
+}
+
+/// Runs `job` on the spawner thread and returns what it returned.
+fn run<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    let jobs = JOBS.get_or_init(|| {
+        let (tx, rx) = channel::<Job>();
+        // Should the thread not start, `rx` is dropped with it and every spawn fails below.
+        let _ = std::thread::Builder::new()
+            .name("acpd-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    // A panicking job must not end the thread: its agents would go with it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            });
+        tx
+    });
+    let (tx, rx) = sync_channel(1);
+    jobs.send(Box::new(move || {
+        let _ = tx.send(job());
+    }))
+    .map_err(|_| io::Error::other("the agent spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| io::Error::other("the agent spawner thread failed the spawn"))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn sleeper() -> Command {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30").kill_on_drop(true);
+        die_with_daemon(&mut cmd);
+        cmd
+    }
+
+    fn until(within: Duration, done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        while !done() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// The trap this module exists for, and that it is avoided: a thread (like a blocking-pool
+    /// thread that idled out) spawns two agents and exits. The one it forked itself is killed by
+    /// the parent-death signal; the one it had the spawner thread fork lives on.
+    #[test]
+    fn an_agent_outlives_the_thread_that_asked_for_it() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        let (mut ours, mut forked_here, tid) = std::thread::spawn(move || {
+            let _rt = handle.enter();
+            let ours = spawn(sleeper()).expect("spawn on the spawner thread");
+            let forked_here = sleeper().spawn().expect("spawn on this thread");
+            (ours, forked_here, nix::unistd::gettid())
+        })
+        .join()
+        .unwrap();
+        // The thread is gone from the process (past the point where the kernel signals).
+        assert!(until(Duration::from_secs(10), || {
+            !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+        }));
+        let status = rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), forked_here.wait()).await
+            })
+            .expect("the child of the exited thread got its parent-death signal")
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+        // Signalled in the same pass as its sibling would have been: it is alive, not dying.
+        assert!(ours.try_wait().unwrap().is_none(), "the healthy agent died");
+        let pid = ours.id().unwrap();
+        let stat = super::super::stat::Stat::read(pid).unwrap();
+        assert!(!stat.is_zombie());
+        rt.block_on(async {
+            ours.start_kill().unwrap();
+            tokio::time::timeout(Duration::from_secs(10), ours.wait())
+                .await
+                .unwrap()
+                .unwrap()
+        });
+    }
+
+    #[test]
+    fn a_panicking_job_leaves_the_spawner_running() {
+        let r = run(|| -> u32 { panic!("a job that panics") });
+        assert!(r.is_err());
+        assert_eq!(run(|| 7).unwrap(), 7);
+    }
+}
