@@ -744,8 +744,9 @@ async fn transcript_pages_and_exports() -> Result<()> {
 
 #[tokio::test]
 async fn a_transcript_past_the_ring_is_partial() -> Result<()> {
+    // Without the journal: with it, the transcript reads every event (tests/tests/journal.rs).
     let d = Daemon::builder()
-        .config("[limits]\nevent_ring = 12\n")
+        .config("[limits]\nevent_ring = 12\n[state]\njournal = false\n")
         .start()
         .await?;
     let s = d.create_session().await?;

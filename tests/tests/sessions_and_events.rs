@@ -404,8 +404,9 @@ async fn epoch_mismatch_requires_resync_then_replays_everything() -> Result<()> 
 
 #[tokio::test]
 async fn ring_eviction_requires_resync_then_replays_what_is_retained() -> Result<()> {
+    // Without the journal (which replays what the ring evicted: tests/tests/journal.rs).
     let d = Daemon::builder()
-        .config("[limits]\nevent_ring = 4\n")
+        .config("[limits]\nevent_ring = 4\n[state]\njournal = false\n")
         .start()
         .await?;
     let s = d.create_session().await?;

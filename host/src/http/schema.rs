@@ -99,7 +99,8 @@ pub struct SessionStatus {
     workspace_id: String,
     #[schema(rename = "createdAt")]
     created_at: String,
-    /// `idle`, `running`, `died` or `closed`.
+    /// `idle`, `running`, `died`, `dormant` (restored from the journal after a restart, no child
+    /// until loaded) or `closed`.
     state: String,
     /// The agent child: id, pid, state (`alive`/`exited`), agent name; null before a spawn.
     child: Option<serde_json::Value>,
