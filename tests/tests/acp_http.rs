@@ -119,7 +119,7 @@ async fn with_client<T: Send + 'static>(
         update_rx,
         held,
     };
-    let r = Client
+    Client
         .v1()
         .name("acp-http-test")
         .on_receive_notification(
@@ -145,8 +145,7 @@ async fn with_client<T: Send + 'static>(
         )
         .connect_with(transport, async move |cx| Ok(body(cx, seen).await))
         .await
-        .map_err(|e| anyhow!("ACP connection: {e:?}"))?;
-    r
+        .map_err(|e| anyhow!("ACP connection: {e:?}"))?
 }
 
 fn text(t: &str) -> Vec<ContentBlock> {
@@ -653,7 +652,6 @@ async fn a_qwen_style_client_uses_session_streams_and_resumes_them() -> Result<(
 
     // Resumed after the first event: everything after it again, in order, ending with the answer.
     let first = ids[0];
-    // The crate frees the stream when the old response is dropped; retry briefly on 409.
     let mut resumed = None;
     for _ in 0..50 {
         match raw.stream(Some(&sid), Some(first)).await {
@@ -661,8 +659,9 @@ async fn a_qwen_style_client_uses_session_streams_and_resumes_them() -> Result<(
                 resumed = Some(st);
                 break;
             }
+            // The daemon learns that the old reader left only from its socket; nothing tells
+            // this client when, so it asks again (50 times at most).
             Err(e) if e.to_string().contains("409") => {
-                tokio::task::yield_now().await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => return Err(e),
