@@ -246,6 +246,19 @@ async function demo(c) {
     await step('slowFirstChunk', async () =>
       (await ev.wait((e) => e.type === 'session_update' && e.data?.update?.sessionUpdate === 'agent_message_chunk', from)).event,
     );
+    // The queue behind it: listed, then one removed.
+    const q = await step('promptNonBlockingQueued', () =>
+      c.promptNonBlocking(sid, text('queued then removed'), undefined, cid),
+    );
+    await step('getPendingPrompts', () => c.getPendingPrompts(sid, { clientId: cid }));
+    if (q) {
+      const at = ev.seen.length;
+      await step('removePendingPrompt', () => c.removePendingPrompt(sid, q.promptId, { clientId: cid }));
+      await step('queuedRemovedEvent', async () =>
+        (await ev.wait((e) => e.type === 'pending_prompt_completed' && e.data?.promptId === q.promptId, at)).event,
+      );
+      await step('removePendingPromptAgain', () => c.removePendingPrompt(sid, q.promptId, { clientId: cid }));
+    }
     await step('cancel', () => c.cancel(sid, cid));
     await step('cancelledTurnEnd', async () => (await ev.turnEnd(p3.promptId, from)).event);
   }

@@ -317,6 +317,23 @@ async fn the_official_client_drives_every_operation() -> Result<()> {
         "tick 1 "
     );
     assert_eq!(st.ok("cancelledTurnEnd")["data"]["stopReason"], "cancelled");
+    // The queue: listed behind the running prompt, then removed (the client reads the answer).
+    let queued = st.ok("promptNonBlockingQueued")["promptId"].clone();
+    let list = st.ok("getPendingPrompts")["pendingPrompts"].clone();
+    assert_eq!(
+        (list[0]["state"].as_str(), list[1]["state"].as_str()),
+        (Some("running"), Some("queued")),
+        "{list}"
+    );
+    assert_eq!(list[1]["promptId"], queued);
+    assert_eq!(list[1]["text"], "queued then removed");
+    assert_eq!(st.ok("removePendingPrompt"), &json!({"removed": true}));
+    let removed = &st.ok("queuedRemovedEvent")["data"];
+    assert_eq!(
+        (removed["promptId"].clone(), removed["state"].as_str()),
+        (queued, Some("removed"))
+    );
+    st.refused("removePendingPromptAgain", 404, "prompt_not_found");
 
     // Transcript: one page, then forward and backward pages following the cursors.
     let all = st.ok("transcriptAll");
@@ -565,7 +582,12 @@ async fn event_shapes_the_official_client_requires() -> Result<()> {
                 .header("X-Qwen-Client-Id", &s.client_id),
         )
         .await?;
-    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"removed": true}),
+        "its client reads the body"
+    );
     let frames = sse
         .until(LONG, |f| of(f, "pending_prompt_completed", &queued))
         .await?;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::body::JsonBody;
 use super::extract::{Path, Query};
-use super::schema::{Empty, ErrorBody, HeartbeatBody, PromptAccepted, SessionInfo};
+use super::schema::{Empty, ErrorBody, HeartbeatBody, PendingRemoved, PromptAccepted, SessionInfo};
 use crate::bridge::{CreateScope, Prompt, Session};
 use crate::error::ApiError;
 use crate::telemetry::semconv::{
@@ -388,7 +388,7 @@ pub async fn pending_prompts(
            ("prompt_id" = String, Path, description = "A queued prompt's id"),
            ("X-Qwen-Client-Id" = Option<String>, Header, description = "The client id the daemon issued for this session", pattern = "^[A-Za-z0-9._:-]{1,128}$")),
     responses(
-        (status = 204, description = "Removed from the queue"),
+        (status = 200, description = "Removed from the queue (`pending_prompt_completed` with state `removed`)", body = PendingRemoved),
         (status = 400, description = "`invalid_client_id`", body = ErrorBody),
         (status = 404, description = "`session_not_found`, `prompt_not_found`", body = ErrorBody),
         (status = 409, description = "`prompt_running`: cancel it instead", body = ErrorBody),
@@ -397,11 +397,11 @@ pub async fn delete_pending(
     State(state): State<AppState>,
     Path((id, prompt_id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<StatusCode> {
+) -> Result<Json<PendingRemoved>> {
     let (s, _) = session_scope(&state, &id, &headers, ClientHeader::Checked)?;
     s.remove_queued(&prompt_id)?;
     request_fact(PROMPT_ID, &prompt_id);
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(PendingRemoved { removed: true }))
 }
 
 #[utoipa::path(post, path = "/session/{id}/heartbeat", tag = "sessions",

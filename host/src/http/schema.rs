@@ -66,6 +66,13 @@ pub struct HeartbeatBody {
 #[derive(Serialize, ToSchema)]
 pub struct Empty {}
 
+/// `DELETE /session/{id}/pending-prompts/{prompt_id}` answers `{"removed": true}` (200, not 204:
+/// qwen serve does, and its client reads the body).
+#[derive(Serialize, ToSchema)]
+pub struct PendingRemoved {
+    pub removed: bool,
+}
+
 #[derive(ToSchema)]
 #[allow(dead_code)] // described, not built: the bridge assembles this body
 pub struct Health {
