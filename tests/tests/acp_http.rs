@@ -16,8 +16,9 @@ use acpd_tests::*;
 use agent_client_protocol::v1::ConnectionTo;
 use agent_client_protocol::v1::schema::{
     CancelNotification, ContentBlock, InitializeRequest, LoadSessionRequest, NewSessionRequest,
-    PromptRequest, RequestPermissionOutcome, RequestPermissionRequest, RequestPermissionResponse,
-    SelectedPermissionOutcome, SessionNotification, StopReason, TextContent,
+    PermissionOptionKind, PromptRequest, RequestPermissionOutcome, RequestPermissionRequest,
+    RequestPermissionResponse, SelectedPermissionOutcome, SessionNotification, StopReason,
+    TextContent,
 };
 use agent_client_protocol::{Agent, Client, on_receive_notification, on_receive_request};
 use agent_client_protocol_http::HttpClient;
@@ -50,6 +51,8 @@ struct Seen {
     updates: Arc<Mutex<Vec<Value>>>,
     update_rx: mpsc::Receiver<Value>,
     held: mpsc::Receiver<Held>,
+    /// Permission requests received.
+    asked: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Seen {
@@ -114,10 +117,12 @@ async fn with_client<T: Send + 'static>(
     let updates = Arc::new(Mutex::new(Vec::new()));
     let (update_tx, update_rx) = mpsc::channel(4096);
     let (held_tx, held) = mpsc::channel(16);
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = Seen {
         updates: updates.clone(),
         update_rx,
         held,
+        asked: asked.clone(),
     };
     Client
         .v1()
@@ -132,13 +137,26 @@ async fn with_client<T: Send + 'static>(
             on_receive_notification!(),
         )
         .on_receive_request(
-            async move |req: RequestPermissionRequest, responder, _cx| match answer {
-                Answer::Allow => responder.respond(RequestPermissionResponse::new(
-                    RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new("allow")),
-                )),
-                Answer::Hold => {
-                    let _ = held_tx.try_send((req, responder));
-                    Ok(())
+            async move |req: RequestPermissionRequest, responder, _cx| {
+                asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match answer {
+                    // The option of kind allow_once (real agents name their options their own way).
+                    Answer::Allow => {
+                        let allow = req
+                            .options
+                            .iter()
+                            .find(|o| o.kind == PermissionOptionKind::AllowOnce)
+                            .map_or_else(|| "allow".to_string(), |o| o.option_id.to_string());
+                        responder.respond(RequestPermissionResponse::new(
+                            RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(
+                                allow,
+                            )),
+                        ))
+                    }
+                    Answer::Hold => {
+                        let _ = held_tx.try_send((req, responder));
+                        Ok(())
+                    }
                 }
             },
             on_receive_request!(),
@@ -243,8 +261,9 @@ async fn full_flow(d: &Daemon, endpoint: &str) -> Result<()> {
             bail!("write turn stop reason {stop:?}");
         }
         let written = std::fs::read_to_string(d.ws_path.join("acp-out.txt"))?;
-        if written != "written-over-acp" {
-            bail!("file holds {written:?}");
+        let asked = seen.asked.load(std::sync::atomic::Ordering::Relaxed);
+        if written != "written-over-acp" || asked != 1 {
+            bail!("file holds {written:?} after {asked} permission requests");
         }
 
         // Cancel: a slow turn ends `cancelled` after session/cancel.
@@ -916,4 +935,43 @@ async fn a_prompt_over_acp_is_one_trace_from_the_json_rpc_span_into_the_agent() 
         bail!("session/new's parent {http:?}");
     }
     Ok(())
+}
+
+// ---- a real agent -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn codex_acp_behind_acp_over_http() -> Result<()> {
+    use acpd_tests::mock_llm::MockLlm;
+    use acpd_tests::mock_llm::agents::{AgentOptions, RealAgent};
+    let mock = MockLlm::start("text").await?;
+    let opts = AgentOptions::default();
+    let Some(agent) = RealAgent::codex(&mock, &opts)? else {
+        return Ok(());
+    };
+    let d = agent.daemon(&opts).await?;
+    let cwd = d.ws_path.clone();
+    let expected = mock.config().text;
+    let target = d.ws_path.join("codex-acp.txt");
+    with_client(&d.url("/acp"), None, Answer::Allow, async |cx, seen| {
+        initialize(&cx).await?;
+        let sid = new_session(&cx, &cwd).await?;
+        let stop = prompt(&cx, &sid, "Say hello").await?;
+        if stop != StopReason::EndTurn || !seen.text(&sid).contains(&expected) {
+            bail!("text turn {stop:?}: {:?}", seen.text(&sid));
+        }
+        // A write asks permission over /acp; the client allows it.
+        mock.set(|c| {
+            c.scenario = "write".into();
+            c.write_path = target.display().to_string();
+            c.write_content = "written by codex over acp".into();
+        });
+        let stop = prompt(&cx, &sid, "Write the file codex-acp.txt").await?;
+        let written = std::fs::read_to_string(&target).unwrap_or_default();
+        let asked = seen.asked.load(std::sync::atomic::Ordering::Relaxed);
+        if stop != StopReason::EndTurn || written != "written by codex over acp" || asked != 1 {
+            bail!("write turn {stop:?}, file {written:?}, {asked} permission requests");
+        }
+        Ok(())
+    })
+    .await
 }
