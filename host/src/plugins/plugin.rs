@@ -418,6 +418,14 @@ impl Plugin {
         hook: Hook,
         f: impl FnOnce(&mut Live, Duration) -> Result<R, Failure>,
     ) -> Result<R, Failure> {
+        outside_async(|| self.call_here(hook, f))
+    }
+
+    fn call_here<R>(
+        &self,
+        hook: Hook,
+        f: impl FnOnce(&mut Live, Duration) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
         if self.quarantined() {
             metrics::skipped(&self.name, hook, "quarantined");
             return Err(Failure::Quarantined);
@@ -491,6 +499,20 @@ impl Plugin {
                 self.name
             );
         }
+    }
+}
+
+/// Runs `f`, a guest call, where WASI may block. wasmtime-wasi's synchronous WASI (a guest's
+/// stdout/stderr writes, polls) blocks on the ambient tokio runtime, which panics on one of its
+/// async workers: an interpreter prints its uncaught exception to stderr before it traps. The
+/// request-path hooks run on those workers, so there the worker steps out of async first;
+/// export threads and the CLI have no runtime and call straight through.
+fn outside_async<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

@@ -1,0 +1,407 @@
+//! Python and JavaScript plugins end to end: the ticket-redact examples and hostile fixtures,
+//! built from source in this run by the pinned toolchains (componentize-py, componentize-js),
+//! loaded by the real daemon, with exports checked at an in-test OTLP receiver, on
+//! /debug/traces and /metrics, as tests/tests/plugins.rs does for Rust plugins. Without a
+//! toolchain (tests/scripts/install-guest-toolchains.sh) a test prints "skipped: <reason>".
+
+use acpd_tests::otlp::{Protocol, Receiver, RecvLog, RecvSpan};
+use acpd_tests::*;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the ticket rules must keep out of every export (customers match case-insensitively).
+const TICKETS: [&str; 2] = ["OPS-4711", "ZEN-31337"];
+const CUSTOMERS: [&str; 2] = ["acme corp", "globex"];
+const USER_AGENT: &str = "support-bot/1.0 (Globex; ZEN-31337)";
+
+fn leaks(text: &str) -> Vec<&'static str> {
+    let lower = text.to_lowercase();
+    let mut found: Vec<&'static str> = TICKETS.into_iter().filter(|t| text.contains(t)).collect();
+    found.extend(CUSTOMERS.into_iter().filter(|c| lower.contains(c)));
+    found
+}
+
+fn span_text(s: &RecvSpan) -> String {
+    format!(
+        "{} {} {} {:?}",
+        s.name,
+        Value::Object(s.attributes.clone()),
+        s.status_message,
+        s.events
+    )
+}
+
+fn log_text(l: &RecvLog) -> String {
+    format!("{} {}", l.body, Value::Object(l.attributes.clone()))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Lang {
+    Python,
+    JavaScript,
+}
+
+impl Lang {
+    fn example(self) -> Result<PathBuf, String> {
+        match self {
+            Lang::Python => guests::python_example(),
+            Lang::JavaScript => guests::javascript_example(),
+        }
+    }
+
+    fn hostile(self) -> Result<PathBuf, String> {
+        match self {
+            Lang::Python => guests::hostile_python(),
+            Lang::JavaScript => guests::hostile_javascript(),
+        }
+    }
+}
+
+/// The guest, or why this test is skipped (printed, never a silent pass).
+fn built(r: Result<PathBuf, String>) -> Option<PathBuf> {
+    match r {
+        Ok(p) => Some(p),
+        Err(reason) => {
+            println!("skipped: {reason}");
+            None
+        }
+    }
+}
+
+fn toml_str(p: &std::path::Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+async fn start_with(rx: &Receiver, config: &str) -> anyhow::Result<Daemon> {
+    Daemon::builder()
+        .config(config)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+        .start()
+        .await
+}
+
+async fn metrics_text(d: &Daemon) -> anyhow::Result<String> {
+    Ok(d.http.get(d.url("/metrics")).send().await?.text().await?)
+}
+
+/// Every trace the trace view holds, with all its spans, as one text.
+async fn traces_json(d: &Daemon) -> anyhow::Result<String> {
+    let list: Value = d
+        .http
+        .get(d.url("/debug/traces.json?limit=500"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut all = list.to_string();
+    for t in list["traces"].as_array().into_iter().flatten() {
+        let id = t["traceId"].as_str().unwrap_or_default();
+        let url = d.url(&format!("/debug/traces.json?traceId={id}"));
+        all.push_str(&d.http.get(url).send().await?.text().await?);
+    }
+    Ok(all)
+}
+
+/// Interpreter guests need more than the default 32 MiB; budgets absorb a debug daemon on a
+/// loaded 2-core CI machine (the budget itself is what the `loop` tests check).
+fn example_config(wasm: &std::path::Path) -> String {
+    format!(
+        r#"
+[telemetry]
+capture_content = true
+
+[[plugins]]
+name = "tickets"
+path = {}
+memory_mib = 128
+deadline_ms = 500
+[plugins.config]
+customers = ["Acme Corp", "Globex"]
+"#,
+        toml_str(wasm)
+    )
+}
+
+/// A prompt and a User-Agent carrying tickets and customers, an agent stderr line with them:
+/// none reaches the OTLP receiver, the trace view or /metrics, and the plugin's own
+/// replacements (not the fail-closed mask) are what arrives.
+async fn example_redacts_end_to_end(lang: Lang) -> anyhow::Result<()> {
+    let Some(wasm) = built(lang.example()) else {
+        return Ok(());
+    };
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let d = start_with(&rx, &example_config(&wasm)).await?;
+    let h = d.get("/health?deep=1").await?;
+    let p = &h.body["plugins"][0];
+    assert_eq!(p["state"], "active", "{lang:?}: {p}");
+    assert_eq!(p["hooks"], json!(["export-spans", "export-logs"]), "{p}");
+
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    let text = "hello OPS-4711 is blocking Acme Corp";
+    let r = d
+        .send(
+            d.http
+                .post(d.url(&format!("/session/{}/prompt", s.id)))
+                .header("X-Qwen-Client-Id", &s.client_id)
+                .header("User-Agent", USER_AGENT)
+                .json(&json!({"prompt": [{"type": "text", "text": text}]})),
+        )
+        .await?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let prompt_id = r.body["promptId"].as_str().unwrap().to_string();
+    sse.until_turn_end(&prompt_id).await?;
+    let r = d.prompt(&s, "stderr globex reopened OPS-4711").await?;
+    let stderr_id = r.body["promptId"].as_str().unwrap().to_string();
+    sse.until_turn_end(&stderr_id).await?;
+
+    let spans = rx
+        .wait_for_spans(WAIT, |spans| {
+            spans.iter().any(|s| {
+                s.name == "bridge prompt.dispatch"
+                    && s.attr_str("acpd.prompt.id") == Some(&prompt_id)
+            }) && spans.iter().any(|s| {
+                s.name == "POST /session/{id}/prompt"
+                    && s.attr_str("acpd.prompt.id") == Some(&prompt_id)
+            })
+        })
+        .await?;
+    let dispatch = spans
+        .iter()
+        .find(|s| {
+            s.name == "bridge prompt.dispatch" && s.attr_str("acpd.prompt.id") == Some(&prompt_id)
+        })
+        .unwrap();
+    assert_eq!(
+        dispatch.attr_str("gen_ai.input.messages"),
+        Some("hello [ticket] is blocking [customer]"),
+        "{lang:?}"
+    );
+    let request = spans
+        .iter()
+        .find(|s| {
+            s.name == "POST /session/{id}/prompt"
+                && s.attr_str("acpd.prompt.id") == Some(&prompt_id)
+        })
+        .unwrap();
+    assert_eq!(
+        request.attr_str("user_agent.original"),
+        Some("support-bot/1.0 ([customer]; [ticket])"),
+        "{lang:?}"
+    );
+    for span in &spans {
+        let text = span_text(span);
+        assert!(
+            leaks(&text).is_empty(),
+            "{lang:?}: span {} leaked {:?}",
+            span.name,
+            leaks(&text)
+        );
+    }
+    let logs = rx
+        .wait_for_logs(WAIT, |logs| {
+            logs.iter()
+                .any(|l| l.event_name == "acpd.child.stderr" && l.body.contains("reopened"))
+        })
+        .await?;
+    let line = logs
+        .iter()
+        .find(|l| l.event_name == "acpd.child.stderr" && l.body.contains("reopened"))
+        .unwrap();
+    assert!(
+        line.body.contains("[customer] reopened [ticket]"),
+        "{lang:?}: {}",
+        line.body
+    );
+    for l in &logs {
+        let text = log_text(l);
+        assert!(
+            leaks(&text).is_empty(),
+            "{lang:?}: log {} leaked {:?}",
+            l.event_name,
+            leaks(&text)
+        );
+    }
+    let view = traces_json(&d).await?;
+    assert!(
+        view.contains("[ticket]"),
+        "{lang:?}: the trace view has the prompt"
+    );
+    assert!(
+        leaks(&view).is_empty(),
+        "{lang:?}: trace view leaked {:?}",
+        leaks(&view)
+    );
+    let metrics = metrics_text(&d).await?;
+    assert!(
+        metrics.contains("acpd_plugin"),
+        "{lang:?}: plugin metrics are there"
+    );
+    assert!(
+        leaks(&metrics).is_empty(),
+        "{lang:?}: /metrics leaked {:?}",
+        leaks(&metrics)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_python_example_redacts_end_to_end() -> anyhow::Result<()> {
+    example_redacts_end_to_end(Lang::Python).await
+}
+
+#[tokio::test]
+async fn the_javascript_example_redacts_end_to_end() -> anyhow::Result<()> {
+    example_redacts_end_to_end(Lang::JavaScript).await
+}
+
+fn hostile_config(wasm: &std::path::Path, mode: &str) -> String {
+    format!(
+        r#"
+[telemetry]
+capture_content = true
+
+[[plugins]]
+name = "hostile"
+path = {}
+memory_mib = 128
+[plugins.config]
+mode = "{mode}"
+"#,
+        toml_str(wasm)
+    )
+}
+
+/// A plugin that fails at every hook: the daemon keeps serving, the failure is counted under
+/// the same label a Rust guest's is, and exports fail closed.
+async fn hostile_fails_as_rust_does(lang: Lang, mode: &str, failure: &str) -> anyhow::Result<()> {
+    let Some(wasm) = built(lang.hostile()) else {
+        return Ok(());
+    };
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let d = start_with(&rx, &hostile_config(&wasm, mode)).await?;
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    let r = d.prompt(&s, "hello OPS-4711 for Acme Corp").await?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["promptId"].as_str().unwrap().to_string();
+    let frames = sse.until_turn_end(&id).await?;
+    assert_eq!(frames.last().unwrap().event, "turn_complete", "{mode}");
+    let missing = d.get("/session/nope").await?;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.body["code"], "session_not_found");
+    assert_eq!(d.get("/health").await?.status, 200);
+
+    let spans = rx
+        .wait_for_spans(WAIT, |spans| {
+            spans.iter().any(|s| {
+                s.name == "bridge prompt.dispatch" && s.attr_str("acpd.prompt.id") == Some(&id)
+            })
+        })
+        .await?;
+    let dispatch = spans
+        .iter()
+        .find(|s| s.name == "bridge prompt.dispatch" && s.attr_str("acpd.prompt.id") == Some(&id))
+        .unwrap();
+    assert_eq!(
+        dispatch.attr_str("gen_ai.input.messages"),
+        Some("[REDACTED]"),
+        "{lang:?} {mode}"
+    );
+    for span in &spans {
+        assert!(
+            leaks(&span_text(span)).is_empty(),
+            "{lang:?} {mode}: span {} leaked",
+            span.name
+        );
+    }
+    let expected = format!("acpd_plugin_failure=\"{failure}\"");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = metrics_text(&d).await?;
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("acpd_plugin_failures_total") && l.contains(&expected))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{lang:?} {mode}: no {expected} in /metrics:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_python_exception_traps_like_a_rust_panic() -> anyhow::Result<()> {
+    hostile_fails_as_rust_does(Lang::Python, "exception", "trap").await
+}
+
+#[tokio::test]
+async fn a_javascript_exception_traps_like_a_rust_panic() -> anyhow::Result<()> {
+    hostile_fails_as_rust_does(Lang::JavaScript, "exception", "trap").await
+}
+
+#[tokio::test]
+async fn a_python_infinite_loop_hits_the_cpu_budget() -> anyhow::Result<()> {
+    hostile_fails_as_rust_does(Lang::Python, "loop", "timeout").await
+}
+
+#[tokio::test]
+async fn a_javascript_infinite_loop_hits_the_cpu_budget() -> anyhow::Result<()> {
+    hostile_fails_as_rust_does(Lang::JavaScript, "loop", "timeout").await
+}
+
+#[tokio::test]
+async fn a_python_1gib_allocation_hits_the_memory_limit() -> anyhow::Result<()> {
+    hostile_fails_as_rust_does(Lang::Python, "alloc", "memory").await
+}
+
+#[tokio::test]
+async fn a_javascript_1gib_allocation_hits_the_memory_limit() -> anyhow::Result<()> {
+    hostile_fails_as_rust_does(Lang::JavaScript, "alloc", "memory").await
+}
+
+#[tokio::test]
+async fn python_bad_edits_are_refused() -> anyhow::Result<()> {
+    hostile_fails_as_rust_does(Lang::Python, "bad-index", "invalid_output").await
+}
+
+#[tokio::test]
+async fn javascript_bad_edits_are_refused() -> anyhow::Result<()> {
+    hostile_fails_as_rust_does(Lang::JavaScript, "bad-index", "invalid_output").await
+}
+
+/// A refused config is not activated, in any language: the daemon reports it.
+async fn refused_config_is_not_activated(lang: Lang) -> anyhow::Result<()> {
+    let Some(wasm) = built(lang.hostile()) else {
+        return Ok(());
+    };
+    let d = Daemon::builder()
+        .config(&hostile_config(&wasm, "bad-config"))
+        .start()
+        .await?;
+    let h = d.get("/health?deep=1").await?;
+    let p = &h.body["plugins"][0];
+    assert_eq!(p["state"], "failed", "{lang:?}: {p}");
+    let error = p["error"].as_str().unwrap();
+    assert!(error.contains("unknown mode"), "{lang:?}: {p}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_python_config_is_not_activated() -> anyhow::Result<()> {
+    refused_config_is_not_activated(Lang::Python).await
+}
+
+#[tokio::test]
+async fn a_refused_javascript_config_is_not_activated() -> anyhow::Result<()> {
+    refused_config_is_not_activated(Lang::JavaScript).await
+}
