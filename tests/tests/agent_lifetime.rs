@@ -184,6 +184,14 @@ async fn a_leftover_the_death_signal_missed_is_stopped_before_the_next_daemon_se
     assert!(lines[0].contains(&agent.to_string()), "{lines:?}");
     assert!(record_of(state.path(), agent).is_none());
     assert_eq!(d2.get("/health").await?.status, 200);
+    // Counted: `acpd.child.lifecycle` with `acpd.child.event=leftover`.
+    let metrics = d2.http.get(d2.url("/metrics")).send().await?.text().await?;
+    let counted: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("acpd_child_lifecycle") && l.contains("\"leftover\""))
+        .collect();
+    assert_eq!(counted.len(), 1, "{metrics}");
+    assert!(counted[0].ends_with(" 1"), "{counted:?}");
     Ok(())
 }
 
