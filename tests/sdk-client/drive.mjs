@@ -31,7 +31,13 @@ setTimeout(() => {
 // The package's own entry point for `@qwen-code/sdk/daemon` (its exports map, ESM condition).
 const pkgDir = join(sdkDir, 'node_modules', '@qwen-code', 'sdk');
 const pkg = JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8'));
-const { DaemonClient, DAEMON_KNOWN_EVENT_TYPE_VALUES, asKnownDaemonEvent, reduceDaemonSessionEvents } = await import(
+const {
+  DaemonClient,
+  DaemonSessionClient,
+  DAEMON_KNOWN_EVENT_TYPE_VALUES,
+  asKnownDaemonEvent,
+  reduceDaemonSessionEvents,
+} = await import(
   pathToFileURL(join(pkgDir, pkg.exports['./daemon'].import)).href
 );
 
@@ -311,6 +317,11 @@ async function demo(c) {
   await step('globTraversal', () => c.glob('../*'));
   await step('workspaceTools', () => c.workspaceTools());
 
+  // The rest of the core: heartbeat, the workspace's sessions, load.
+  await step('heartbeat', () => c.heartbeat(sid, cid));
+  await step('listWorkspaceSessions', () => c.listWorkspaceSessions(s.workspaceCwd));
+  await step('loadSession', () => c.loadSession(sid, {}, cid));
+
   // Resume the live session (attach without replay), then close it.
   await step('resumeSession', () => c.resumeSession(sid, {}, cid));
   await step('closeSession', () => c.closeSession(sid, cid));
@@ -320,6 +331,35 @@ async function demo(c) {
   await step('eventStreamError', async () => {
     await ev.close();
     return ev.error ?? null;
+  });
+}
+
+/** The client's session object: its own subscription carries the prompt's end. */
+async function sessionClient(c) {
+  let x;
+  await step('sessionClientCreate', async () => {
+    x = await DaemonSessionClient.createOrAttach(c, { sessionScope: 'thread' });
+    return { sessionId: x.sessionId, clientId: x.clientId ?? null, attached: x.attached };
+  });
+  if (!x) return;
+  const seen = [];
+  const abort = new AbortController();
+  const reading = (async () => {
+    try {
+      for await (const e of x.events({ signal: abort.signal })) seen.push(e);
+    } catch (e) {
+      if (!abort.signal.aborted) throw e;
+    }
+  })();
+  await step('sessionClientPrompt', () => x.prompt(text('through the session client')));
+  await step('sessionClientSetModel', () => x.setModel('demo-smart'));
+  await step('sessionClientContext', () => x.context());
+  await step('sessionClientTranscript', () => x.getTranscriptPage({ limit: 500 }));
+  await step('sessionClientClose', () => x.close());
+  abort.abort();
+  await step('sessionClientEvents', async () => {
+    await reading;
+    return { types: seen.map((e) => e.type), validated: validate(seen), view: view(seen) };
   });
 }
 
@@ -362,7 +402,12 @@ async function qwen(c) {
 // A real agent's start (spawn, initialize, session/new) can take a minute on a busy machine.
 const client = new DaemonClient({ baseUrl, fetchTimeoutMs: scenario === 'qwen' ? 90_000 : 60_000 });
 try {
-  await (scenario === 'demo' ? demo(client) : qwen(client));
+  if (scenario === 'demo') {
+    await demo(client);
+    await sessionClient(client);
+  } else {
+    await qwen(client);
+  }
 } finally {
   client.dispose();
 }

@@ -152,7 +152,8 @@ async fn drive(node: &Path, sdk: &Path, d: &Daemon, scenario: &str) -> Result<St
 
 /// Every event of a known type that the client validates passed its validation.
 fn assert_validated(steps: &Steps, name: &str) {
-    let by_type = steps.ok(name).as_object().expect("types");
+    let v = steps.ok(name);
+    let by_type = v.get("validated").unwrap_or(v).as_object().expect("types");
     for (t, v) in by_type {
         assert_eq!(v["known"], true, "{name}: the client does not know {t}");
         if !NO_VALIDATOR.contains(&t.as_str()) {
@@ -506,6 +507,28 @@ async fn the_official_client_drives_every_operation() -> Result<()> {
         "{tools}"
     );
 
+    // Heartbeat, the workspace's sessions, load.
+    let hb = st.ok("heartbeat");
+    assert_eq!(
+        (hb["sessionId"].as_str(), hb["clientId"].as_str()),
+        (Some(sid), Some(cid))
+    );
+    assert!(hb["lastSeenAt"].is_string(), "{hb}");
+    let listed = st
+        .ok("listWorkspaceSessions")
+        .as_array()
+        .context("sessions")?;
+    assert!(listed.iter().any(|x| x["sessionId"] == sid), "{listed:?}");
+    let loaded = st.ok("loadSession");
+    assert_eq!(
+        (loaded["sessionId"].as_str(), loaded["attached"].as_bool()),
+        (Some(sid), Some(true))
+    );
+    assert_eq!(
+        loaded["state"]["configOptions"][0]["currentValue"],
+        "demo-smart"
+    );
+
     // Resume the live session, then close it.
     let r = st.ok("resumeSession");
     assert_eq!(
@@ -548,6 +571,40 @@ async fn the_official_client_drives_every_operation() -> Result<()> {
         .sum();
     assert_eq!(view["unrecognizedKnownEventCount"], unvalidated, "{view}");
     assert_eq!(st.ok("eventStreamError"), &Value::Null);
+
+    // The client's session object: a prompt awaited on its own subscription, a switch, close.
+    let created = st.ok("sessionClientCreate");
+    assert_eq!(created["attached"], false);
+    let other = created["sessionId"].as_str().context("sessionId")?;
+    assert_ne!(other, sid);
+    assert_eq!(st.ok("sessionClientPrompt")["stopReason"], "end_turn");
+    assert!(st.ok("sessionClientSetModel").is_object());
+    let cx = &st.ok("sessionClientContext")["state"];
+    assert_eq!(cx["configOptions"][0]["currentValue"], "demo-smart");
+    let tr = st.ok("sessionClientTranscript");
+    assert!(
+        tr["events"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e["data"]["update"]["content"]["text"] == "through the session client")),
+        "{tr}"
+    );
+    st.ok("sessionClientClose");
+    let evs = st.ok("sessionClientEvents");
+    assert_eq!(
+        evs["types"].as_array().and_then(|t| t.last()),
+        Some(&json!("session_closed")),
+        "{evs}"
+    );
+    assert_validated(&st, "sessionClientEvents");
+    let view = &evs["view"];
+    assert_eq!(
+        (
+            view["currentModelId"].as_str(),
+            view["terminalEvent"].as_str()
+        ),
+        (Some("demo-smart"), Some("session_closed")),
+        "{view}"
+    );
     Ok(())
 }
 
