@@ -405,3 +405,101 @@ async fn a_refused_python_config_is_not_activated() -> anyhow::Result<()> {
 async fn a_refused_javascript_config_is_not_activated() -> anyhow::Result<()> {
     refused_config_is_not_activated(Lang::JavaScript).await
 }
+
+/// A guest whose memory does not fit its `memory_mib` is refused at load with an error that
+/// names the limit; deep health reports what loading a plugin cost.
+async fn memory_limit_is_named_and_startup_reported(lang: Lang) -> anyhow::Result<()> {
+    let Some(wasm) = built(lang.example()) else {
+        return Ok(());
+    };
+    let config = format!(
+        r#"
+[[plugins]]
+name = "roomy"
+path = {wasm}
+memory_mib = 128
+
+[[plugins]]
+name = "cramped"
+path = {wasm}
+memory_mib = 2
+"#,
+        wasm = toml_str(&wasm)
+    );
+    let d = Daemon::builder().config(&config).start().await?;
+    let h = d.get("/health?deep=1").await?;
+    let roomy = &h.body["plugins"][0];
+    assert_eq!(roomy["state"], "active", "{lang:?}: {roomy}");
+    let memory = roomy["memoryBytes"].as_u64().unwrap();
+    assert!(
+        memory > 2 << 20 && memory <= 128 << 20,
+        "{lang:?}: an interpreter's linear memory: {roomy}"
+    );
+    let startup = &roomy["startup"];
+    for k in ["loadMs", "instantiateMs"] {
+        assert!(startup[k].as_f64().unwrap() > 0.0, "{lang:?}: {startup}");
+    }
+    assert!(startup["rssBytes"].is_u64(), "{lang:?}: {startup}");
+    let cramped = &h.body["plugins"][1];
+    assert_eq!(cramped["state"], "failed", "{lang:?}: {cramped}");
+    let error = cramped["error"].as_str().unwrap();
+    assert!(
+        error.contains("init failed (memory)")
+            && error.contains("over this plugin's limit of 2 MiB (`memory_mib`)"),
+        "{lang:?}: {error}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_python_guest_over_its_memory_limit_is_refused_by_name() -> anyhow::Result<()> {
+    memory_limit_is_named_and_startup_reported(Lang::Python).await
+}
+
+#[tokio::test]
+async fn a_javascript_guest_over_its_memory_limit_is_refused_by_name() -> anyhow::Result<()> {
+    memory_limit_is_named_and_startup_reported(Lang::JavaScript).await
+}
+
+/// `acpd plugin inspect` names the guest's language and toolchain.
+fn inspect_reports_the_toolchain(lang: Lang) -> anyhow::Result<()> {
+    let Some(wasm) = built(lang.example()) else {
+        return Ok(());
+    };
+    let out = std::process::Command::new(acpd_bin())
+        .args(["plugin", "inspect"])
+        .arg(&wasm)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(info["package"], "acpd:plugin@0.1.0", "{info}");
+    let t = &info["toolchain"];
+    let has = |field: &str, prefix: &str| {
+        t[field].as_array().is_some_and(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .any(|v| v.starts_with(prefix))
+        })
+    };
+    let (language, tool) = match lang {
+        Lang::Python => ("Python", "componentize-py"),
+        Lang::JavaScript => ("JavaScript", "ComponentizeJS"),
+    };
+    assert!(has("language", language), "{lang:?}: {t}");
+    assert!(has("processedBy", tool), "{lang:?}: {t}");
+    Ok(())
+}
+
+#[test]
+fn inspect_names_the_python_toolchain() -> anyhow::Result<()> {
+    inspect_reports_the_toolchain(Lang::Python)
+}
+
+#[test]
+fn inspect_names_the_javascript_toolchain() -> anyhow::Result<()> {
+    inspect_reports_the_toolchain(Lang::JavaScript)
+}

@@ -91,7 +91,9 @@ pub struct Health {
     #[schema(rename = "childrenAlive")]
     children_alive: Option<u64>,
     draining: Option<bool>,
-    /// Per plugin: name, version, source, sha256, state, instances, hooks (or error).
+    /// Per plugin: name, version, source, sha256, state, instances, hooks (or error),
+    /// memoryBytes (linear memory of its idle instances) and startup (loadMs, instantiateMs,
+    /// rssBytes: what loading it cost).
     plugins: Option<Vec<serde_json::Value>>,
 }
 

@@ -20,7 +20,11 @@ use super::kernels::{Shared, State};
 pub enum Failure {
     Trap(String),
     Timeout,
-    Memory,
+    /// A linear memory would have grown past the plugin's `memory_mib` (bytes).
+    Memory {
+        limit: usize,
+        wanted: usize,
+    },
     InvalidOutput(String),
     /// The plugin returned `plugin-error::failed`.
     Failed(String),
@@ -35,7 +39,7 @@ impl Failure {
         match self {
             Failure::Trap(_) => "trap",
             Failure::Timeout => "timeout",
-            Failure::Memory => "memory",
+            Failure::Memory { .. } => "memory",
             Failure::InvalidOutput(_) => "invalid_output",
             Failure::Failed(_) => "failed",
             Failure::InvalidConfig(_) => "invalid_config",
@@ -46,7 +50,10 @@ impl Failure {
 
     /// The instance cannot be entered again after these.
     pub fn poisons(&self) -> bool {
-        matches!(self, Failure::Trap(_) | Failure::Timeout | Failure::Memory)
+        matches!(
+            self,
+            Failure::Trap(_) | Failure::Timeout | Failure::Memory { .. }
+        )
     }
 }
 
@@ -55,7 +62,12 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Trap(m) => write!(f, "trap: {m}"),
             Failure::Timeout => write!(f, "CPU budget exceeded"),
-            Failure::Memory => write!(f, "memory limit exceeded"),
+            Failure::Memory { limit, wanted } => write!(
+                f,
+                "memory limit exceeded: a linear memory of {} MiB is over this plugin's limit of {} MiB (`memory_mib`)",
+                wanted.div_ceil(1 << 20),
+                limit >> 20
+            ),
             Failure::InvalidOutput(m) => write!(f, "invalid output: {m}"),
             Failure::Failed(m) => write!(f, "plugin error: {m}"),
             Failure::InvalidConfig(m) => write!(f, "invalid config: {m}"),
@@ -135,8 +147,12 @@ pub struct Live {
 }
 
 fn classify(store: &Store<State>, e: wasmtime::Error) -> Failure {
-    if store.data().limiter.exceeded {
-        return Failure::Memory;
+    let limiter = &store.data().limiter;
+    if limiter.exceeded {
+        return Failure::Memory {
+            limit: limiter.max_memory(),
+            wanted: limiter.wanted,
+        };
     }
     if store.data().meter.exceeded
         || matches!(
@@ -262,6 +278,11 @@ impl Live {
 
     pub fn memory_exceeded(&self) -> bool {
         self.store.data().limiter.exceeded
+    }
+
+    /// Bytes of linear memory this instance holds (what it may keep resident).
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limiter.bytes
     }
 
     pub fn observe(

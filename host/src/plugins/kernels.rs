@@ -208,6 +208,10 @@ pub struct Limiter {
     limits: StoreLimits,
     max_memory: usize,
     pub exceeded: bool,
+    /// The size a refused growth asked for (the error names it).
+    pub wanted: usize,
+    /// Linear memory granted so far, all memories of the instance.
+    pub bytes: usize,
 }
 
 impl Limiter {
@@ -223,7 +227,13 @@ impl Limiter {
                 .build(),
             max_memory,
             exceeded: false,
+            wanted: 0,
+            bytes: 0,
         }
+    }
+
+    pub fn max_memory(&self) -> usize {
+        self.max_memory
     }
 }
 
@@ -236,8 +246,13 @@ impl ResourceLimiter for Limiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.max_memory {
             self.exceeded = true;
+            self.wanted = desired;
         }
-        self.limits.memory_growing(current, desired, maximum)
+        let granted = self.limits.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.bytes = self.bytes.saturating_add(desired.saturating_sub(current));
+        }
+        Ok(granted)
     }
 
     fn table_growing(

@@ -18,6 +18,7 @@ mod kernels;
 mod metrics;
 pub(crate) mod pack;
 mod plugin;
+mod producers;
 
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -141,6 +142,12 @@ impl PluginSet {
                         "sha256": p.sha256,
                         "state": p.state(),
                         "instances": p.instances(),
+                        "memoryBytes": p.memory_bytes(),
+                        "startup": p.startup.get().map(|s| serde_json::json!({
+                            "loadMs": s.load.as_secs_f64() * 1000.0,
+                            "instantiateMs": s.instantiate.as_secs_f64() * 1000.0,
+                            "rssBytes": s.rss_bytes,
+                        })),
                         "hooks": Hook::ALL.iter().filter(|h| p.selector(**h).is_some()).map(|h| h.name()).collect::<Vec<_>>(),
                     }),
                     Slot::Broken { name, reason } => serde_json::json!({
@@ -326,14 +333,16 @@ impl PluginHost {
         digest: String,
         keys: &kernels::Keys,
     ) -> Result<Arc<Plugin>, LoadError> {
+        let (started, rss_before) = (std::time::Instant::now(), resident_bytes());
         let component = engine::compile(&self.engine, bytes, self.cache.as_deref())
             .map_err(|e| LoadError(format!("not a loadable component: {e}")))?;
+        let loaded = started.elapsed();
         let pre =
             instance::Pre::new(&self.linker, &component).map_err(|e| LoadError(e.to_string()))?;
         let limits = limits(spec, self.meter);
         let init_json = spec_config_json(spec);
         let shared = Arc::new(kernels::Shared::new(spec.name.clone(), keys.clone()));
-        Plugin::new(
+        let plugin = Plugin::new(
             spec.name.clone(),
             source,
             digest,
@@ -342,7 +351,13 @@ impl PluginHost {
             init_json,
             limits,
         )
-        .map_err(|f| LoadError(format!("init failed ({}): {f}", f.kind())))
+        .map_err(|f| LoadError(format!("init failed ({}): {f}", f.kind())))?;
+        let _ = plugin.startup.set(plugin::Startup {
+            load: loaded,
+            instantiate: started.elapsed() - loaded,
+            rss_bytes: resident_bytes().saturating_sub(rss_before),
+        });
+        Ok(plugin)
     }
 
     pub fn engine(&self) -> &wasmtime::Engine {
@@ -449,8 +464,10 @@ pub fn resolve_keys(specs: &BTreeMap<String, KeySpec>) -> Result<kernels::Keys, 
 /// What `acpd plugin inspect` prints about a component, without running it.
 pub fn inspect(bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
     let engine = engine::new_engine()?;
-    let component = wasmtime::component::Component::new(&engine, bytes)
-        .map_err(|e| anyhow::anyhow!("not a component: {e:?}"))?;
+    // Through the compile cache: an interpreter guest takes seconds to compile, and the
+    // daemon (same engine settings) then loads it from there.
+    let component = engine::compile(&engine, bytes, engine::default_cache_dir().as_deref())
+        .map_err(|e| anyhow::anyhow!("not a component: {e}"))?;
     let ty = component.component_type();
     let names = |it: &mut dyn Iterator<Item = String>| it.collect::<Vec<_>>();
     let exports = names(&mut ty.exports(&engine).map(|(n, _)| n.to_string()));
@@ -471,9 +488,21 @@ pub fn inspect(bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
         "bytes": bytes.len(),
         "package": version.map(|v| format!("acpd:plugin@{v}")),
         "roles": roles,
+        "toolchain": producers::toolchain(bytes),
         "exports": exports,
         "imports": imports,
     }))
+}
+
+/// The daemon's resident set (`/proc/self/statm`), 0 where there is none to read.
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
 }
 
 /// A standalone host for `acpd plugin test` and benchmarks: no daemon, no global state.

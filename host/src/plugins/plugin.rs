@@ -206,7 +206,19 @@ impl Breaker {
     }
 }
 
+/// What loading a plugin cost (`/health?deep=1`): interpreter guests are tens of MB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Startup {
+    /// Compiling the component, or loading it from the compile cache.
+    pub load: Duration,
+    /// Type-checking it and making its first instance, `init` included.
+    pub instantiate: Duration,
+    /// How much the daemon's resident memory grew while it loaded (code, first instance).
+    pub rss_bytes: u64,
+}
+
 pub struct Plugin {
+    pub startup: std::sync::OnceLock<Startup>,
     pub name: String,
     pub source: String,
     pub sha256: String,
@@ -255,6 +267,7 @@ impl Plugin {
         let exports = pre.exports();
         let name_for_labels = name.clone();
         let plugin = Arc::new(Plugin {
+            startup: std::sync::OnceLock::new(),
             hooks: selectors(exports, &info),
             version: info.version,
             name,
@@ -288,6 +301,16 @@ impl Plugin {
 
     pub fn instances(&self) -> usize {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// Linear memory held by the idle instances (a busy one is counted when it returns).
+    pub fn memory_bytes(&self) -> usize {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(Live::memory_bytes)
+            .sum()
     }
 
     /// Lock-free on the hot path: the breaker's mutex is only taken while a quarantine is on.
