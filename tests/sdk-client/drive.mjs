@@ -382,9 +382,9 @@ async function qwen(c) {
       (await ev.wait((e) => e.type === 'model_switched' || e.type === 'model_switch_failed', from)).event,
     );
   }
-  await step('promptAfterSwitch', () => c.prompt(sid, text('Say hello'), undefined, cid));
   await step('setSessionModelUnknown', () => c.setSessionModel(sid, 'no-such-model', cid));
-  for (const mode of ['auto-edit', 'plan', 'yolo', 'default']) {
+  // Every mode, ending in yolo: the write below then runs without asking permission.
+  for (const mode of ['auto-edit', 'plan', 'auto', 'default', 'yolo']) {
     from = ev.seen.length;
     await step(`setSessionApprovalMode_${mode}`, () => c.setSessionApprovalMode(sid, mode, { clientId: cid }));
     await step(`approvalModeChangedEvent_${mode}`, async () =>
@@ -393,6 +393,30 @@ async function qwen(c) {
     await step(`sessionContext_${mode}`, () => c.sessionContext(sid, cid));
   }
   await step('setSessionApprovalModeInvalid', () => c.setSessionApprovalMode(sid, 'bogus', { clientId: cid }));
+  // A turn on the new model in yolo mode: the mock LLM answers with a file write (the test set it
+  // up), which the agent does without a permission request.
+  // A permission request instead means the mode did not reach the agent: the turn is then
+  // cancelled, so the run ends at once (and the test fails on the events).
+  from = ev.seen.length;
+  const w = await step('promptInYolo', () =>
+    c.promptNonBlocking(sid, text('Create the file official-client.txt'), undefined, cid),
+  );
+  if (w) {
+    await step('promptInYoloEnd', async () => {
+      const { event } = await ev.wait(
+        (e) =>
+          e.type === 'permission_request' ||
+          ((e.type === 'turn_complete' || e.type === 'turn_error') && e.data?.promptId === w.promptId),
+        from,
+      );
+      if (event.type === 'permission_request') {
+        await c.cancel(sid, cid);
+        await ev.turnEnd(w.promptId, from);
+      }
+      return event;
+    });
+  }
+  await step('promptInYoloEvents', () => ev.seen.slice(from).map((e) => e.type));
   await step('eventsValidated', () => validate(ev.seen));
   await step('sessionView', () => view(ev.seen));
   await step('closeSession', () => c.closeSession(sid, cid));

@@ -698,6 +698,13 @@ async fn the_official_client_switches_the_real_qwen_code() -> Result<()> {
         return Ok(());
     };
     let d = agent.daemon(&opts).await?;
+    // The turn the driver runs in yolo mode: the mock answers with a write of this file.
+    let written = d.ws_path.join("official-client.txt");
+    mock.set(|c| {
+        c.scenario = "write".into();
+        c.write_path = written.display().to_string();
+        c.write_content = "written by qwen-code in yolo mode\n".into();
+    });
     let t = Instant::now();
     let st = drive(&node, &sdk, &d, "qwen").await?;
     eprintln!(
@@ -721,7 +728,7 @@ async fn the_official_client_switches_the_real_qwen_code() -> Result<()> {
     assert_eq!(cx["modes"]["currentModeId"], "default");
 
     // The model switch, from one configured model to the other: accepted by qwen-code through
-    // ACP, announced, reflected in the context, and the next turn asks the LLM for the new model.
+    // ACP, announced, reflected in the context (the turn below shows it reached the agent).
     assert_eq!(cx["models"]["currentModelId"], "mock-model(openai)");
     let target = st.ok("modelTarget").as_str().context("a model")?;
     assert_eq!(target, "mock-model-b(openai)");
@@ -730,23 +737,11 @@ async fn the_official_client_switches_the_real_qwen_code() -> Result<()> {
     assert_eq!(ev["type"], "model_switched", "{ev}");
     assert_eq!(ev["data"]["modelId"], target);
     assert_eq!(ev["data"]["previousModelId"], "mock-model(openai)");
-    assert_eq!(st.ok("promptAfterSwitch")["stopReason"], "end_turn");
-    let asked: Vec<Value> = mock
-        .requests()
-        .iter()
-        .filter(|r| r.api == "chat")
-        .map(|r| r.body["model"].clone())
-        .collect();
-    assert!(!asked.is_empty(), "the turn reached the LLM");
-    assert!(
-        asked.iter().all(|m| m == "mock-model-b"),
-        "every LLM request after the switch names the new model: {asked:?}"
-    );
     st.refused("setSessionModelUnknown", 404, "model_not_found");
 
     // Each approval mode through ACP session/set_mode: answered, announced, in the context.
     let mut previous = "default";
-    for mode in ["auto-edit", "plan", "yolo", "default"] {
+    for mode in ["auto-edit", "plan", "auto", "default", "yolo"] {
         let r = st.ok(&format!("setSessionApprovalMode_{mode}"));
         assert_eq!(
             (r["mode"].as_str(), r["previous"].as_str()),
@@ -765,10 +760,41 @@ async fn the_official_client_switches_the_real_qwen_code() -> Result<()> {
         400,
         "invalid_approval_mode",
     );
+
+    // The switches reached the agent: the next turn asks the LLM for the new model, and in yolo
+    // mode qwen-code writes the file the LLM asks for without a permission request.
+    assert!(st.ok("promptInYolo")["promptId"].is_string());
+    let end = st.ok("promptInYoloEnd");
+    assert_eq!(
+        (end["type"].as_str(), end["data"]["stopReason"].as_str()),
+        (Some("turn_complete"), Some("end_turn")),
+        "{end}"
+    );
+    let kinds = st.ok("promptInYoloEvents");
+    assert!(
+        !kinds
+            .as_array()
+            .context("types")?
+            .contains(&json!("permission_request")),
+        "no permission asked in yolo mode: {kinds}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&written).context("the file the agent wrote")?,
+        "written by qwen-code in yolo mode\n"
+    );
+    let log = mock.requests();
+    let chats: Vec<_> = log.iter().filter(|r| r.api == "chat").collect();
+    let replies: Vec<&str> = chats.iter().map(|r| r.reply.as_str()).collect();
+    assert!(replies.contains(&"tool_call write_file"), "{replies:?}");
+    let asked: Vec<&Value> = chats.iter().map(|r| &r.body["model"]).collect();
+    assert!(
+        asked.iter().all(|m| *m == "mock-model-b"),
+        "every LLM request after the switch names the new model: {asked:?}"
+    );
     assert_validated(&st, "eventsValidated");
     let view = st.ok("sessionView");
     assert_eq!(view["currentModelId"], target);
-    assert_eq!(view["approvalMode"], "default");
+    assert_eq!(view["approvalMode"], "yolo");
     assert_eq!(view["unrecognizedKnownEventCount"], 0, "{view}");
     Ok(())
 }
