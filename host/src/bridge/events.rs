@@ -225,7 +225,7 @@ impl EventBus {
         let mut behind = false;
         inner
             .subs
-            .retain_mut(|sub| match deliver(sub, &frame, &limits) {
+            .retain_mut(|sub| match deliver(sub, id, &frame, &limits) {
                 Delivery::Evicted => false,
                 Delivery::Queued { half_full } => {
                     behind |= half_full;
@@ -397,8 +397,8 @@ enum Delivery {
     Queued { half_full: bool },
 }
 
-/// Queues a frame for one subscriber.
-fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> Delivery {
+/// Queues frame `id` for one subscriber.
+fn deliver(sub: &mut Sub, id: u64, frame: &Bytes, limits: &BusLimits) -> Delivery {
     if sub.tx.is_closed() {
         return Delivery::Evicted;
     }
@@ -417,12 +417,23 @@ fn deliver(sub: &mut Sub, frame: &Bytes, limits: &BusLimits) -> Delivery {
         return Delivery::Evicted;
     }
     let frames = limits.queue_frames - sub.tx.capacity();
-    let high = frames * 4 >= limits.queue_frames * 3 || queued * 4 >= limits.queue_bytes * 3;
+    let frames_high = frames * 4 >= limits.queue_frames * 3;
+    let bytes_high = queued * 4 >= limits.queue_bytes * 3;
+    let high = frames_high || bytes_high;
     let half_full = frames * 2 >= limits.queue_frames || queued * 2 >= limits.queue_bytes;
     if high && !sub.warned {
+        let threshold = match (frames_high, bytes_high) {
+            (true, true) => "frames_and_bytes",
+            (false, true) => "bytes",
+            _ => "frames",
+        };
+        // The fields qwen serve sends (its client drops a warning without them), and
+        // acpd's own `queuedFrames`.
         let warning = synthetic(
             "slow_client_warning",
-            json!({"queuedFrames": frames, "queuedBytes": queued}),
+            json!({"queueSize": frames, "maxQueued": limits.queue_frames, "lastEventId": id,
+                   "queuedBytes": queued, "maxQueuedBytes": limits.queue_bytes,
+                   "threshold": threshold, "queuedFrames": frames}),
         );
         let len = warning.len();
         sub.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
@@ -538,7 +549,20 @@ mod tests {
         let mut saw_warning = false;
         loop {
             match slow.next().await {
-                Next::Frame(f) => saw_warning |= text(&f).contains("slow_client_warning"),
+                Next::Frame(f) if text(&f).contains("slow_client_warning") => {
+                    // What qwen serve's client requires of a warning.
+                    let w = envelope(&f).unwrap()["data"].clone();
+                    assert_eq!(w["maxQueued"], 4, "{w}");
+                    assert!(w["queueSize"].as_u64().is_some_and(|n| n >= 3), "{w}");
+                    assert!(w["lastEventId"].as_u64().is_some_and(|n| n >= 1), "{w}");
+                    assert!(
+                        w["queuedBytes"].is_u64() && w["maxQueuedBytes"].is_u64(),
+                        "{w}"
+                    );
+                    assert_eq!(w["threshold"], "frames", "{w}");
+                    saw_warning = true;
+                }
+                Next::Frame(_) => {}
                 Next::Evicted(f) => {
                     assert!(text(&f).contains("queue_overflow"));
                     break;
