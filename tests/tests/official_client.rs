@@ -5,15 +5,19 @@
 //! per step; these tests assert on every step:
 //!
 //! - against the demo agent: the core flow (create, a prompt awaited by the client itself,
-//!   events, permission votes on the session route and the legacy one, cancel) and every
+//!   events, permission votes on the session route and the legacy one, the queue listed and a
+//!   queued prompt removed, cancel, heartbeat, the workspace's sessions, load) and every
 //!   operation of the stable contract (status, context, model switch with its `model_switched`
 //!   event and a refused and an unknown switch, approval mode, metadata, transcript pages
 //!   following the cursors both ways, export in all four formats, the workspace file routes with
-//!   traversal and binary refusals, workspace/tools, resume, close), and that the client's own
-//!   event validation (`asKnownDaemonEvent`) and session view (`reduceDaemonSessionEvents`) accept
-//!   every event acpd sent;
-//! - against the real Qwen Code child (offline, on the tests' mock LLM): model and approval-mode
-//!   switches, the context reflecting each.
+//!   traversal and binary refusals, workspace/tools, resume, close), then the same through the
+//!   client's session object (`DaemonSessionClient`); and that the client's own event validation
+//!   (`asKnownDaemonEvent`) and session view (`reduceDaemonSessionEvents`) accept every event
+//!   acpd sent;
+//! - against the real Qwen Code child (offline, on the tests' mock LLM, with two models
+//!   configured): a switch from one model to the other and through every approval mode it
+//!   announces, each reflected in the context; a turn in yolo mode then shows both reached the
+//!   agent (the LLM is asked for the new model, the file it asks for is written unasked).
 //!
 //! Without node 22 or the SDK, these print "skipped: <reason>" and return. The event shapes the
 //! client requires are also asserted without it, over plain SSE (`event_shapes_the_official_client_requires`).
