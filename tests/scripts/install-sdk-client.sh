@@ -19,14 +19,14 @@ acpd_install_sdk_client() {
   local limit="${ACPD_AGENTS_INSTALL_TIMEOUT:-600}"
   local file=node_modules/@qwen-code/sdk/dist/daemon/index.js
   unset ACPD_QWEN_SDK_DIR
-  if ! command -v npm >/dev/null 2>&1; then
-    echo "warning: npm not found: @qwen-code/sdk not installed (tests/tests/official_client.rs will be skipped)" >&2
-    return 0
-  fi
   local hash dir start
   hash="$(sha256sum "$src/package-lock.json" | cut -c1-16)" || return 0
   dir="$root/qwen-code-sdk-$hash"
   if [ ! -e "$dir/$file" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      echo "warning: npm not found: @qwen-code/sdk not installed (tests/tests/official_client.rs will be skipped)" >&2
+      return 0
+    fi
     start=$(date +%s)
     echo "== installing @qwen-code/sdk (tests/sdk-client/package-lock.json) into $dir" >&2
     rm -rf "$dir.partial"
