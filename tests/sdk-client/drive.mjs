@@ -334,6 +334,21 @@ async function demo(c) {
   });
 }
 
+/** A session created in an approval mode (the client's `approvalMode`), and one refused. */
+async function createInMode(c) {
+  const s = await step('createInPlanMode', () => c.createOrAttachSession({ sessionScope: 'thread', approvalMode: 'plan' }));
+  if (s) {
+    await step('createInPlanModeContext', () => c.sessionContext(s.sessionId, s.clientId));
+    await step('createInPlanModeClose', () => c.closeSession(s.sessionId, s.clientId));
+  }
+  const cwd = s?.workspaceCwd;
+  const count = async () => (await c.listWorkspaceSessions(cwd)).length;
+  const before = await step('sessionsBeforeRefusedCreate', count);
+  await step('createInBogusMode', () => c.createOrAttachSession({ sessionScope: 'thread', approvalMode: 'bogus' }));
+  await step('sessionsAfterRefusedCreate', count);
+  return before;
+}
+
 /** The client's session object: its own subscription carries the prompt's end. */
 async function sessionClient(c) {
   let x;
@@ -428,6 +443,7 @@ const client = new DaemonClient({ baseUrl, fetchTimeoutMs: scenario === 'qwen' ?
 try {
   if (scenario === 'demo') {
     await demo(client);
+    await createInMode(client);
     await sessionClient(client);
   } else {
     await qwen(client);

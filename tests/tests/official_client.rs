@@ -576,6 +576,18 @@ async fn the_official_client_drives_every_operation() -> Result<()> {
     assert_eq!(view["unrecognizedKnownEventCount"], unvalidated, "{view}");
     assert_eq!(st.ok("eventStreamError"), &Value::Null);
 
+    // A session created in an approval mode; a refused mode leaves no session behind.
+    let created = st.ok("createInPlanMode");
+    assert_eq!(created["attached"], false);
+    let cx = &st.ok("createInPlanModeContext")["state"];
+    assert_eq!(cx["modes"]["currentModeId"], "plan", "{cx}");
+    st.ok("createInPlanModeClose");
+    st.refused("createInBogusMode", 400, "invalid_approval_mode");
+    assert_eq!(
+        st.ok("sessionsAfterRefusedCreate"),
+        st.ok("sessionsBeforeRefusedCreate")
+    );
+
     // The client's session object: a prompt awaited on its own subscription, a switch, close.
     let created = st.ok("sessionClientCreate");
     assert_eq!(created["attached"], false);

@@ -141,6 +141,9 @@ pub struct CreateBody {
     #[serde(rename = "_meta")]
     #[schema(value_type = Option<Object>)]
     meta: Option<Meta>,
+    /// Applied once the session is created or attached, as `POST /session/{id}/approval-mode`
+    /// does (a session created for this request is closed again when the switch fails).
+    approval_mode: Option<String>,
 }
 
 /// How a session-scoped route treats `X-Qwen-Client-Id`.
@@ -201,7 +204,8 @@ fn session_body(s: &Session, attached: bool, client_id: &str) -> SessionInfo {
     request_body(content = CreateBody, description = "An empty body is `{}`"),
     responses(
         (status = 200, description = "Created or attached", body = SessionInfo),
-        (status = 400, description = "`invalid_json`, `invalid_request`, `workspace_mismatch`, `invalid_session_id`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`, `invalid_request`, `workspace_mismatch`, `invalid_session_id`, `invalid_approval_mode`", body = ErrorBody),
+        (status = 409, description = "`approval_mode_unsupported`: an `approvalMode` for an agent that announced no modes", body = ErrorBody),
         (status = 502, description = "The agent failed `session/new` (`agent_error`, `agent_exited`)", body = ErrorBody),
         (status = 503, description = "`session_limit_exceeded`, `agent_unavailable` (with `Retry-After`)", body = ErrorBody),
     ))]
@@ -230,6 +234,17 @@ pub async fn create_session(
             client_header(&headers),
         )
         .await?;
+    if let Some(mode) = body.approval_mode.as_deref()
+        && let Err(e) =
+            super::session_ops::apply_mode(&state, &created.session, mode, Some(&created.client_id))
+                .await
+    {
+        // An error names no session: one created for this request is not left behind.
+        if !created.attached {
+            let _ = state.bridge.close_session(&created.session.id);
+        }
+        return Err(e);
+    }
     Ok(Json(session_body(
         &created.session,
         created.attached,
