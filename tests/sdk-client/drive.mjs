@@ -111,7 +111,9 @@ class Events {
     this.abort = new AbortController();
     this.ended = (async () => {
       try {
-        for await (const ev of client.subscribeEvents(sessionId, { clientId, signal: this.abort.signal })) {
+        // From the session's first event (Last-Event-ID: 0): nothing is missed while connecting.
+        const opts = { clientId, lastEventId: 0, signal: this.abort.signal };
+        for await (const ev of client.subscribeEvents(sessionId, opts)) {
           this.seen.push(ev);
           for (const w of [...this.waiters]) w.check();
         }
