@@ -38,6 +38,8 @@ pub struct Opts {
     /// Spans per second the demo agent sends through the gateway, and for how long.
     pub gateway_rate: u64,
     pub gateway_secs: f64,
+    /// Journaled sessions (one turn each) the daemon restarts with.
+    pub journal_sessions: usize,
 }
 
 impl Opts {
@@ -55,6 +57,7 @@ impl Opts {
         startups: 10,
         gateway_rate: 5000,
         gateway_secs: 10.0,
+        journal_sessions: 1000,
     };
 
     /// Proves every part works in a few seconds; the figures mean nothing.
@@ -72,6 +75,7 @@ impl Opts {
         startups: 1,
         gateway_rate: 500,
         gateway_secs: 1.0,
+        journal_sessions: 20,
     };
 }
 
@@ -770,7 +774,7 @@ impl Report {
 }
 
 /// Sections of a run; `ACPD_LOAD_ONLY=overhead,export` (comma-separated) runs only those.
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "floor",
     "overhead",
     "admission",
@@ -779,6 +783,7 @@ pub const SECTIONS: [&str; 8] = [
     "export",
     "gateway",
     "startup",
+    "journal",
 ];
 
 fn wanted(section: &str) -> bool {
@@ -821,6 +826,9 @@ pub async fn run(o: Opts) -> Result<Report> {
     }
     if wanted("startup") {
         startup_section(&mut rep, &o).await?;
+    }
+    if wanted("journal") {
+        journal_section(&mut rep, &o).await?;
     }
     Ok(rep)
 }
@@ -1498,5 +1506,120 @@ async fn gateway_section(rep: &mut Report, o: &Opts) -> Result<()> {
         "sink: {:?}",
         g.sink
     );
+    Ok(())
+}
+
+// ---- The session journal ----
+
+/// A daemon with telemetry and plugins off and the session journal `off`, at its default
+/// (`interval`: written before any client gets an event, fdatasynced every 200 ms) or `always`
+/// (fdatasynced before any client gets an event).
+async fn journal_daemon(mode: &str, limits: &str) -> Result<Daemon> {
+    let state = match mode {
+        "off" => "[state]\njournal = false\n",
+        "always" => "[state]\njournal_fsync = \"always\"\n",
+        _ => "",
+    };
+    Daemon::builder()
+        .config(&format!(
+            "{limits}\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{state}"
+        ))
+        .env("OTEL_SDK_DISABLED", "true")
+        .args(&["--no-plugins"])
+        .start()
+        .await
+}
+
+/// `POST /session/:id/prompt` -> 202, one at a time (each turn ends before the next POST): the
+/// admission path, which journals `pending_prompt_added` before it answers.
+async fn admission_latency(d: &Daemon, n: usize) -> Result<Vec<u64>> {
+    let mut c = Client::open(d).await?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n + 5 {
+        let t0 = Instant::now();
+        let id = submit(d, &c.s, "bench 2").await?;
+        out.push(t0.elapsed().as_nanos() as u64);
+        c.sse.until_turn_end(&id).await?;
+    }
+    out.drain(..5); // warm-up
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Bytes in the state directory's journal files.
+fn journal_bytes(d: &Daemon) -> u64 {
+    std::fs::read_dir(d.state_dir().join("journal"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+async fn journal_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    // Journal off, interval and always, one after the other in this run.
+    let mut row_adm = String::from("journal admission POST->202 p50/p99 us: ");
+    let mut row_evt = String::from("journal @16 sessions, to client p50/p99 us: ");
+    for mode in ["off", "interval", "always"] {
+        let d = Arc::new(journal_daemon(mode, BENCH_LIMITS).await?);
+        let adm = admission_latency(&d, o.overhead_prompts * 2).await?;
+        let _ = write!(
+            row_adm,
+            "| {mode}: {:.0}/{:.0} ",
+            us(pct(&adm, 50.0)),
+            us(pct(&adm, 99.0))
+        );
+        let r = overhead(&d, 16, o.overhead_prompts, THINK_MS).await?;
+        let _ = write!(
+            row_evt,
+            "| {mode}: {:.0}/{:.0} ",
+            us(pct(&r.to_client, 50.0)),
+            us(pct(&r.to_client, 99.0))
+        );
+    }
+    rep.line(row_adm);
+    rep.line(row_evt);
+
+    // Restart with many journaled sessions, each with one turn.
+    let n = o.journal_sessions;
+    let limits = format!(
+        "[limits]\nmax_sessions = {m}\nmax_sessions_per_workspace = {m}\n",
+        m = n + 16
+    );
+    let mut d = journal_daemon("interval", &limits).await?;
+    let mut events = 0u64;
+    for _ in 0..n {
+        let mut c = Client::open(&d).await?;
+        let id = submit(&d, &c.s, "bench 4").await?;
+        let frames = c.sse.until_turn_end(&id).await?;
+        events += frames.iter().filter(|f| f.id.is_some()).count() as u64;
+    }
+    d.terminate(WAIT).await?;
+    let bytes = journal_bytes(&d);
+    let started = Instant::now();
+    let d = d.restart().await?;
+    let restart = started.elapsed();
+    let ws = d.get("/capabilities").await?.body["workspaces"][0]["id"]
+        .as_str()
+        .context("workspace id")?
+        .to_string();
+    let listed = d
+        .get(&format!("/workspace/{ws}/sessions?size=1000"))
+        .await?;
+    let listed = listed.body["sessions"].as_array().map_or(0, Vec::len);
+    ensure!(
+        listed == n.min(1000),
+        "{listed} of {n} sessions listed after the restart"
+    );
+    let empty_started = Instant::now();
+    let _empty = journal_daemon("interval", &limits).await?;
+    let empty = empty_started.elapsed();
+    rep.line(format!(
+        "journal restart with {n} journaled sessions ({events} events, {bytes} bytes, {:.0} bytes per 1,000 events with each session's header and metadata): exec -> listening {:.0} ms (empty state directory {:.0} ms)",
+        bytes as f64 * 1000.0 / events.max(1) as f64,
+        restart.as_secs_f64() * 1000.0,
+        empty.as_secs_f64() * 1000.0
+    ));
     Ok(())
 }

@@ -20,6 +20,9 @@ async fn every_measurement_runs_in_short_mode() {
         "gateway drops",
         "gateway admission",
         "start-up exec -> first /health 200 (no plugins)",
+        "journal admission POST->202",
+        "journal @16 sessions, to client",
+        "journal restart with 20 journaled sessions",
     ] {
         assert!(
             report.text.contains(part),
