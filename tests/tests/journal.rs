@@ -548,3 +548,76 @@ async fn one_daemon_per_state_directory() -> Result<()> {
     );
     Ok(())
 }
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// None (with the reason) where this process cannot mount one (not root, no CAP_SYS_ADMIN).
+    fn mount(size: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_a_counted_drop_not_a_crash() -> Result<()> {
+    let fs = match Tmpfs::mount("256k") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a tmpfs for a full disk: {why}");
+            return Ok(());
+        }
+    };
+    let state = fs.0.path().join("state");
+    let mut d = Daemon::builder()
+        .args(&["--state-dir", state.to_str().context("path")?])
+        .start()
+        .await?;
+    let s = d.create_session().await?;
+    // ~400 KiB of events on a 256 KiB filesystem.
+    let frames = turn(&d, &s, "flood 400 1024").await?;
+    ensure!(
+        frames.last().is_some_and(|f| f.event == "turn_complete"),
+        "live clients get every event"
+    );
+    ensure!(
+        d.log()
+            .iter()
+            .any(|l| l.contains("ERROR") && l.contains("not journaled") && l.contains("io_error")),
+        "no clear error: {:?}",
+        d.log()
+    );
+    let metrics = d.http.get(d.url("/metrics")).send().await?.text().await?;
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("acpd_journal_dropped_total") && l.contains("io_error"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .with_context(|| format!("no drop counter in {metrics}"))?;
+    ensure!(dropped > 0);
+    ensure!(d.get("/health").await?.status == 200);
+    // A session created on the full disk still serves (unjournaled, counted).
+    let other = d.create_session().await?;
+    ensure!(agent_text(&turn(&d, &other, "disk full").await?).contains("disk full"));
+    let st = d.get(&format!("/session/{}", s.id)).await?.body;
+    ensure!(st["journal"]["sealed"] == "io_error", "{st}");
+    d.terminate(Duration::from_secs(20)).await?;
+    Ok(())
+}
