@@ -621,3 +621,34 @@ async fn a_full_disk_is_a_counted_drop_not_a_crash() -> Result<()> {
     d.terminate(Duration::from_secs(20)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_live_session_replays_past_its_ring_from_the_journal() -> Result<()> {
+    let d = Daemon::builder()
+        .config("[limits]\nevent_ring = 4\n")
+        .start()
+        .await?;
+    let s = d.create_session().await?;
+    let frames = turn(&d, &s, "a turn with more events than the ring holds").await?;
+    let st = d.get(&format!("/session/{}", s.id)).await?.body;
+    let last = st["lastEventId"].as_u64().context("last")?;
+    ensure!(last > 8, "{last} events");
+    let epoch = st["eventEpoch"].as_str().context("epoch")?;
+    let all = replay(&d, &s, 0, Some(epoch)).await?;
+    ensure!(all.iter().all(|f| f.event != "state_resync_required"));
+    ensure!(
+        ids(&all) == (1..=last).collect::<Vec<_>>(),
+        "{:?}",
+        ids(&all)
+    );
+    for f in &frames {
+        ensure!(all.iter().any(|a| a.id == f.id && a.data == f.data));
+    }
+    let t = d.get(&format!("/session/{}/transcript", s.id)).await?;
+    ensure!(
+        t.body["partial"].is_null(),
+        "the journal holds it all: {}",
+        t.body
+    );
+    Ok(())
+}

@@ -646,6 +646,39 @@ mod tests {
     }
 
     #[test]
+    fn retention_keeps_the_most_recently_written() {
+        let d = dir();
+        let (j, _, _) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
+        for k in 0..5 {
+            let s = j.create(header(&format!("s{k}"), &j), Value::Null);
+            s.append_event(1, &frame(1));
+        }
+        j.finish();
+        drop(j);
+        // Distinct modification times, oldest first.
+        for k in 0..5 {
+            let f = File::options()
+                .write(true)
+                .open(d.join("journal").join(file_name(&format!("s{k}"))))
+                .unwrap();
+            let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000 + k);
+            f.set_modified(at).unwrap();
+        }
+        let mut c = cfg(1 << 20, 1 << 30);
+        c.max_sessions = 3;
+        c.retention = Duration::from_secs(u64::MAX / 4);
+        let (_j, restored, report) = Journal::open(&d, c).unwrap();
+        assert_eq!(report.removed_by_retention, 2);
+        let mut ids: Vec<_> = restored
+            .iter()
+            .map(|r| r.header.session_id.clone())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["s2", "s3", "s4"]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn damage_resets_the_epoch_and_keeps_the_rest() {
         let d = dir();
         let (j, _, _) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
