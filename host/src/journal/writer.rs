@@ -136,7 +136,7 @@ impl SessionJournal {
                     &mut i,
                     id,
                     Reason::SessionCap,
-                    "the event is larger than the per-session cap allows",
+                    "the per-session cap is reached and nothing older can be compacted away",
                 );
                 return;
             }
