@@ -136,6 +136,11 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
         })
     };
     let mut graceful = drained.clone();
+    // No Nagle delay: an SSE event or a WebSocket frame is a small write that must leave at
+    // once (with Nagle, a WebSocket turn waited ~40 ms on the peer's delayed ACK).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
