@@ -652,3 +652,48 @@ async fn a_live_session_replays_past_its_ring_from_the_journal() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn waking_a_dormant_session_counts_against_the_session_limit() -> Result<()> {
+    let mut d = Daemon::builder()
+        .args(&["--max-sessions", "1"])
+        .start()
+        .await?;
+    let a = d.create_session().await?;
+    turn(&d, &a, "before the restart").await?;
+    d.kill().await?;
+    let d = d.restart().await?;
+    // The dormant session holds no agent, so a new one fits under the limit...
+    let b = d.create_session().await?;
+    // ...and then waking the dormant one would exceed it: a prompt is refused before it is
+    // queued, like a load.
+    let r = d.prompt(&a, "wake up").await?;
+    ensure!(
+        r.status == 503 && r.body["code"] == "session_limit_exceeded",
+        "prompt to a dormant session over the limit -> {}: {}",
+        r.status,
+        r.body
+    );
+    let r = d
+        .post_as(
+            &a,
+            &format!("/session/{}/model", a.id),
+            json!({"modelId": "demo-fast"}),
+        )
+        .await?;
+    ensure!(
+        r.status == 503 && r.body["code"] == "session_limit_exceeded",
+        "model switch on a dormant session over the limit -> {}: {}",
+        r.status,
+        r.body
+    );
+    // With the place free again, the same prompt wakes it and the turn completes.
+    let r = d.delete(&format!("/session/{}", b.id)).await?;
+    ensure!(r.status == 204, "DELETE -> {}", r.status);
+    let frames = turn(&d, &a, "wake up").await?;
+    ensure!(
+        agent_text(&frames).contains("wake up"),
+        "the woken session answered: {frames:?}"
+    );
+    Ok(())
+}

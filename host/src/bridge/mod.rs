@@ -121,6 +121,7 @@ impl Bridge {
                 args: args.clone(),
                 cwd: cwd.clone(),
                 env: env.clone(),
+                nice: config.agent.nice,
             };
             let timeouts = Timeouts {
                 init: Duration::from_millis(config.agent.init_timeout_ms),
@@ -385,6 +386,15 @@ impl Bridge {
             attached: false,
             client_id,
         })
+    }
+
+    /// A dormant session (restored from the journal) takes a place under the session limits
+    /// when something wakes it (a prompt, a model or mode switch), like a load does.
+    pub fn admit_wake(&self, s: &Session) -> Result<(), ApiError> {
+        if s.life() == Life::Dormant {
+            self.check_capacity(&s.workspace)?;
+        }
+        Ok(())
     }
 
     fn check_capacity(&self, ws: &Workspace) -> Result<(), ApiError> {

@@ -299,7 +299,7 @@ pub struct PromptBody {
         (status = 202, description = "Queued; the turn's events arrive on SSE", body = PromptAccepted),
         (status = 400, description = "`invalid_json`, `invalid_request`, `invalid_client_id`", body = ErrorBody),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
-        (status = 503, description = "`prompt_queue_full` (with `limit`, `pendingCount`, `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`prompt_queue_full` (with `limit`, `pendingCount`, `Retry-After`); `session_limit_exceeded` when the prompt would wake a dormant session (restored from the journal) past the session limits", body = ErrorBody),
     ))]
 pub async fn prompt(
     State(state): State<AppState>,
@@ -314,6 +314,7 @@ pub async fn prompt(
         ));
     }
     let blocks: Vec<ContentBlock> = super::body::prompt_blocks(body.prompt)?;
+    state.bridge.admit_wake(&s)?;
     let (prompt_id, last) = s.enqueue(Prompt::new(blocks, client_meta(body.meta), client))?;
     request_fact(PROMPT_ID, &prompt_id);
     let body = PromptAccepted {

@@ -268,6 +268,7 @@ pub async fn set_model(
         );
     }
     let previous = switch.current().map(str::to_string);
+    state.bridge.admit_wake(&s)?;
     let agent = s.ensure_agent(true).await?;
     let result = match &switch {
         Switch::ConfigOption { config_id, .. } => agent
@@ -339,6 +340,7 @@ pub(crate) async fn apply_mode(
         .with("availableModes", switch.available().to_vec()));
     }
     let previous = switch.current().unwrap_or_default().to_string();
+    state.bridge.admit_wake(&s)?;
     let agent = s.ensure_agent(true).await?;
     match &switch {
         Switch::ConfigOption { config_id, .. } => {
