@@ -975,3 +975,68 @@ async fn codex_acp_behind_acp_over_http() -> Result<()> {
     })
     .await
 }
+
+// ---- session configuration and limits -----------------------------------------------------
+
+#[tokio::test]
+async fn modes_are_announced_and_switched_and_the_session_limit_holds() -> Result<()> {
+    use agent_client_protocol::v1::schema::SetSessionModeRequest;
+    let d = Daemon::builder()
+        .config("[limits]\nmax_sessions = 1\n")
+        .start()
+        .await?;
+    let cwd = d.ws_path.clone();
+    with_client(&d.url("/acp"), None, Answer::Allow, async |cx, _seen| {
+        initialize(&cx).await?;
+        let created = within(
+            "session/new",
+            cx.send_request(NewSessionRequest::new(&cwd)).block_task(),
+        )
+        .await?;
+        let sid = created.session_id.to_string();
+        // What the agent announced reaches the ACP client.
+        let modes = created
+            .modes
+            .context("no modes in the session/new answer")?;
+        let ids: Vec<String> = modes
+            .available_modes
+            .iter()
+            .map(|m| m.id.to_string())
+            .collect();
+        if !ids.contains(&"plan".to_string()) {
+            bail!("announced modes {ids:?}");
+        }
+        within(
+            "session/set_mode",
+            cx.send_request(SetSessionModeRequest::new(sid.clone(), "plan"))
+                .block_task(),
+        )
+        .await?;
+        let state = d.get(&format!("/session/{sid}/context")).await?;
+        if state.body["state"]["modes"]["currentModeId"] != "plan" {
+            bail!("mode after set_mode: {}", state.body);
+        }
+        let err = cx
+            .send_request(SetSessionModeRequest::new(sid.clone(), "nope"))
+            .block_task()
+            .await
+            .err()
+            .context("an unknown mode was accepted")?;
+        if err.data.as_ref().map(|d| &d["code"]) != Some(&json!("invalid_approval_mode")) {
+            bail!("unknown mode error {err:?}");
+        }
+        // The daemon's session limit applies to ACP clients too.
+        let err = cx
+            .send_request(NewSessionRequest::new(&cwd))
+            .block_task()
+            .await
+            .err()
+            .context("a session over the limit was created")?;
+        let data = err.data.clone().unwrap_or_default();
+        if data["code"] != "session_limit_exceeded" || data["status"] != 503 {
+            bail!("over the limit: {err:?}");
+        }
+        Ok(())
+    })
+    .await
+}

@@ -166,14 +166,14 @@ pub fn agent(mount: Mount) -> impl ConnectTo<Client> {
                             .with_span(&span)
                             .await?;
                         conn.join(&cx, &created.session, None)?;
-                        Ok::<_, ApiError>(created.session.id.clone())
+                        Ok::<_, ApiError>(created.session)
                     }
                     .await;
                     let _ = match r {
-                        Ok(id) => {
-                            span.session(&id);
+                        Ok(s) => {
+                            span.session(&s.id);
                             span.ok();
-                            responder.respond(NewSessionResponse::new(id))
+                            responder.respond(announced(&s, NewSessionResponse::new(s.id.clone())))
                         }
                         Err(e) => responder.respond_with_error(span.fail(&e)),
                     };
@@ -201,13 +201,13 @@ pub fn agent(mount: Mount) -> impl ConnectTo<Client> {
                         // answer, as ACP's session/load has it.
                         let (_, relay) = conn.join(&cx, &s, Some(0))?;
                         relay.replayed().await;
-                        Ok::<_, ApiError>(())
+                        Ok::<_, ApiError>(s)
                     }
                     .await;
                     let _ = match r {
-                        Ok(()) => {
+                        Ok(s) => {
                             span.ok();
-                            responder.respond(LoadSessionResponse::new())
+                            responder.respond(announced(&s, LoadSessionResponse::new()))
                         }
                         Err(e) => responder.respond_with_error(span.fail(&e)),
                     };
@@ -320,6 +320,15 @@ pub fn agent(mount: Mount) -> impl ConnectTo<Client> {
             },
             on_receive_request!(),
         )
+}
+
+/// A session/new or session/load answer carrying what the agent announced for the session (its
+/// modes, config options, `_meta`), as the agent itself would answer; `bare` when that does not
+/// read as the answer type.
+fn announced<T: serde::de::DeserializeOwned>(s: &Session, bare: T) -> T {
+    let mut v = s.ctx.state();
+    v["sessionId"] = serde_json::Value::from(s.id.clone());
+    serde_json::from_value(v).unwrap_or(bare)
 }
 
 /// The bridge's stop reason as ACP's; one it does not know is reported as the end of the turn.
