@@ -239,6 +239,8 @@ fn unsupported_if_unknown(e: ApiError, what: &'static str, code: &'static str) -
         (status = 404, description = "`session_not_found`, `model_not_found` (not among the models the agent announced)", body = ErrorBody),
         (status = 409, description = "`model_switch_unsupported`: the agent announced no way to switch models", body = ErrorBody),
         (status = 502, description = "The agent refused the switch (`agent_error`); `model_switch_failed` is published", body = ErrorBody),
+        (status = 410, description = "`session_not_restorable`: a dormant session (restored from the journal) whose agent cannot load sessions", body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`; `session_limit_exceeded` when the switch would wake a dormant session past the session limits", body = ErrorBody),
     ))]
 pub async fn set_model(
     State(state): State<AppState>,
@@ -395,6 +397,8 @@ pub struct ModeBody {
         (status = 404, description = "`session_not_found`", body = ErrorBody),
         (status = 409, description = "`approval_mode_unsupported`: the agent announced no modes", body = ErrorBody),
         (status = 502, description = "The agent refused the switch (`agent_error`)", body = ErrorBody),
+        (status = 410, description = "`session_not_restorable`: a dormant session (restored from the journal) whose agent cannot load sessions", body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`; `session_limit_exceeded` when the switch would wake a dormant session past the session limits", body = ErrorBody),
     ))]
 pub async fn set_approval_mode(
     State(state): State<AppState>,
