@@ -1,11 +1,19 @@
 //! The load harness in full (see `acpd_tests::load` and BENCHMARKS.md):
 //! `cargo bench -p acpd-tests --bench load`. `ACPD_LOAD_SHORT=1` runs the CI-sized pass.
+//! The `responsive` section (see `acpd_tests::responsive`) runs only on its own,
+//! `ACPD_LOAD_ONLY=responsive`: its daemons' agents burn the machine's CPU.
 
 use acpd_tests::load::{Opts, run};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let short = std::env::var_os("ACPD_LOAD_SHORT").is_some();
+    if std::env::var("ACPD_LOAD_ONLY").is_ok_and(|only| only.trim() == "responsive") {
+        use acpd_tests::responsive::{Opts, section};
+        let o = if short { Opts::SHORT } else { Opts::FULL };
+        section(&o, acpd::config::DEFAULT_AGENT_NICE).await?;
+        return Ok(());
+    }
     run(if short { Opts::SHORT } else { Opts::FULL }).await?;
     Ok(())
 }

@@ -26,10 +26,14 @@
 //!   paced by the clock (every 10 ms), flushes, and replies `telemetry-rate: emitted <n> spans in
 //!   <ms> ms (all flushed)`. For the gateway's load benchmark: a busy, well-behaved agent.
 //!
+//! With `ACPD_DEMO_BURN=<percent>` it burns that share of one core between and during turns
+//! (see [`burn`]).
+//!
 //! With the standard OTLP environment set it also exports its own spans, metrics and log
 //! records, each signal as that environment says (see [`telemetry`]); the two `telemetry`
 //! commands then have something to emit into (without it they only reply).
 
+pub mod burn;
 pub mod modes;
 pub mod telemetry;
 
@@ -104,6 +108,7 @@ pub async fn run_stdio() -> anyhow::Result<()> {
     if clear_deathsig {
         clear_parent_death_signal();
     }
+    burn::start_from_env();
     let ignore_term = fault("ignore-term") || clear_deathsig;
     if ignore_term {
         // A handler replaces the default action, so SIGTERM no longer ends the process.

@@ -126,6 +126,7 @@ mod tests {
             args: vec!["--secret-arg".into()],
             cwd: cwd.to_path_buf(),
             env: vec![("PATH".into(), path.into())],
+            nice: 0,
         }
     }
 

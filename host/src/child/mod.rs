@@ -42,6 +42,8 @@ pub struct SpawnSpec {
     pub args: Vec<String>,
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Scheduling niceness for the process (`agent.nice`); 0 leaves the daemon's.
+    pub nice: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +136,7 @@ fn spawn_process(
         // daemon's terminal does not hit the agent before the daemon drains it.
         .process_group(0)
         .kill_on_drop(true);
-    spawner::die_with_daemon(&mut cmd);
+    spawner::die_with_daemon(&mut cmd, spec.nice);
     // Registered before the orphan reaper can look (see `reap`).
     let mut spawned = reap::lock();
     let mut child = spawner::spawn(cmd).inspect_err(|_| {

@@ -18,11 +18,20 @@ type Job = Box<dyn FnOnce() + Send>;
 static JOBS: OnceLock<Sender<Job>> = OnceLock::new();
 
 /// Arms `cmd` so its process gets SIGKILL when the thread that spawns it exits (Linux; elsewhere
-/// nothing: see docs/AGENTS.md). Spawn it with [`spawn`], whose thread is the daemon's lifetime.
-pub fn die_with_daemon(cmd: &mut Command) {
+/// nothing: see docs/AGENTS.md), and starts it `nice` steps nicer than the daemon (0: the
+/// daemon's priority; at most 19). Spawn it with [`spawn`], whose thread is the daemon's
+/// lifetime.
+pub fn die_with_daemon(cmd: &mut Command, nice: i32) {
     #[cfg(target_os = "linux")]
     {
         let daemon = nix::unistd::getpid();
+        // Relative to the daemon's own niceness, as nice(1) is: an absolute value below the
+        // daemon's would need privileges. Read here, in the parent, where errno is ours.
+        let target = (nice > 0).then(|| {
+            // SAFETY: getpriority(2) reads the calling thread's niceness; no memory involved.
+            let ours = unsafe { nix::libc::getpriority(nix::libc::PRIO_PROCESS, 0) };
+            (ours + nice).min(19)
+        });
         // SAFETY: runs in the forked child before exec, where only async-signal-safe calls are
         // allowed: prctl(2) and getppid(2) are plain system calls that allocate nothing.
         unsafe {
@@ -33,12 +42,21 @@ pub fn die_with_daemon(cmd: &mut Command) {
                 if nix::unistd::getppid() != daemon {
                     return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
                 }
+                // Here rather than with `nice(1)` in front: no extra exec, and the agent's own
+                // threads and children inherit it. setpriority(2) is a plain system call too;
+                // `who` 0 is this (single-threaded) child. A refusal (e.g. a seccomp policy)
+                // fails the spawn rather than running the agent at a priority not asked for.
+                if let Some(target) = target
+                    && nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, target) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
+    let _ = (cmd, nice);
 }
 
 /// Spawns `cmd` on the spawner thread, within the caller's tokio runtime (which then watches
@@ -83,7 +101,7 @@ mod tests {
     fn sleeper() -> Command {
         let mut cmd = Command::new("sleep");
         cmd.arg("30").kill_on_drop(true);
-        die_with_daemon(&mut cmd);
+        die_with_daemon(&mut cmd, 0);
         cmd
     }
 
@@ -140,6 +158,35 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap()
+        });
+    }
+
+    /// `agent.nice` reaches the agent: its niceness is read back from /proc.
+    #[test]
+    fn an_agent_starts_at_the_niceness_asked_for() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("30").kill_on_drop(true);
+            die_with_daemon(&mut cmd, 7);
+            let mut child = spawn(cmd).expect("spawn");
+            let pid = child.id().unwrap();
+            // SAFETY: plain system calls reading a niceness.
+            let (ours, theirs) = unsafe {
+                (
+                    nix::libc::getpriority(nix::libc::PRIO_PROCESS, 0),
+                    nix::libc::getpriority(nix::libc::PRIO_PROCESS, pid),
+                )
+            };
+            assert_eq!(theirs, (ours + 7).min(19));
+            child.start_kill().unwrap();
+            tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .unwrap()
+                .unwrap();
         });
     }
 

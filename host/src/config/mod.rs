@@ -263,6 +263,11 @@ pub struct AgentConfig {
     /// OTEL_*_EXPORTER switches), exported through acpd's gateway. Off: each agent's own
     /// settings decide.
     pub telemetry: bool,
+    /// Scheduling niceness the agent starts with (0..=19, set between fork and exec). Agents
+    /// burn CPU between turns; a nicer agent leaves the daemon's control plane (admission,
+    /// /health, event delivery) responsive on a machine they share, while the agent keeps all
+    /// the CPU the daemon does not use. 0: the daemon's own priority.
+    pub nice: i32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +299,10 @@ impl Default for ServerConfig {
     }
 }
 
+/// The agents' default niceness: see BENCHMARKS.md ("Responsive under agent load") for the
+/// figures that chose it.
+pub const DEFAULT_AGENT_NICE: i32 = 10;
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -310,6 +319,7 @@ impl Default for AgentConfig {
             restart_backoff_max_ms: 30_000,
             max_line_bytes: 64 << 20,
             telemetry: false,
+            nice: DEFAULT_AGENT_NICE,
         }
     }
 }
@@ -370,6 +380,10 @@ impl Config {
                 "telemetry.protocol",
                 "must be grpc, http/protobuf or http/json",
             );
+        }
+        if !(0..=19).contains(&self.agent.nice) {
+            // Below 0 needs privileges the daemon should not have.
+            return bad("agent.nice", "must be between 0 and 19");
         }
         if self.agent.pool > 0 && self.agent.scope != ChildScope::Session {
             return bad("agent.pool", "warm pools need agent.scope = \"session\"");
