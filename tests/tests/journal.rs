@@ -697,3 +697,29 @@ async fn waking_a_dormant_session_counts_against_the_session_limit() -> Result<(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_workspace_default_session_stays_the_default_across_a_restart() -> Result<()> {
+    let mut d = Daemon::start().await?;
+    // `single` scope (the default): every such client shares the workspace's default session.
+    let a = d.create_session_with(json!({})).await?;
+    turn(&d, &a, "first life").await?;
+    d.kill().await?;
+    let d = d.restart().await?;
+    let r = d.post("/session", json!({})).await?;
+    ensure!(
+        r.status == 200 && r.body["sessionId"] == a.id.as_str() && r.body["attached"] == true,
+        "a single-scope POST /session after the restart attaches to the earlier default: {}",
+        r.body
+    );
+    let again = acpd_tests::SessionRef {
+        id: a.id.clone(),
+        client_id: r.body["clientId"].as_str().context("clientId")?.to_string(),
+    };
+    let frames = turn(&d, &again, "second life").await?;
+    ensure!(agent_text(&frames).contains("second life"), "{frames:?}");
+    // A thread-scope session never becomes the default.
+    let t = d.create_session().await?;
+    ensure!(t.id != a.id);
+    Ok(())
+}

@@ -202,6 +202,17 @@ impl Bridge {
             );
             session.ctx.restore(&r.meta);
             session.restore_clients(&r.meta);
+            if r.meta.get("workspaceDefault") == Some(&serde_json::Value::Bool(true)) {
+                // The newest wins should two claim it (a crash between two writes).
+                let mut d = ws.default_session.lock().unwrap_or_else(|p| p.into_inner());
+                let newer = d
+                    .as_deref()
+                    .and_then(|id| self.session(id).ok())
+                    .is_none_or(|cur| cur.created_at <= created);
+                if newer {
+                    *d = Some(session.id.clone());
+                }
+            }
             if r.header.agent != self.agent {
                 tracing::warn!(target: "acpd::journal", { "session.id" = %session.id }, "session {} ran with agent {:?}; it will be restored with {:?}", session.id, r.header.agent.program, self.agent.program);
             }
@@ -380,6 +391,7 @@ impl Bridge {
         }
         let session = self.new_session(&ws, meta).await?;
         *ws.default_session.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.id.clone());
+        session.persist_meta();
         let client_id = session.attach_client(client);
         Ok(Created {
             session,

@@ -226,6 +226,18 @@ impl Session {
             clients.sort_unstable_by(|a, b| b.cmp(a));
             clients.truncate(MAX_JOURNALED_CLIENTS);
             meta["clients"] = json!(clients.into_iter().map(|(_, c)| c).collect::<Vec<_>>());
+            // The workspace's default session (what a `single`-scope `POST /session` attaches
+            // to) stays the default across a restart.
+            let is_default = self
+                .workspace
+                .default_session
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_deref()
+                == Some(self.id.as_str());
+            if is_default {
+                meta["workspaceDefault"] = json!(true);
+            }
             j.set_meta(meta);
         }
     }
