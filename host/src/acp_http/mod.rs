@@ -10,9 +10,11 @@
 //! - [`transport`] fills what the crate leaves to its host: the body limit, JSON errors, the
 //!   trace context of the HTTP request for messages that carry none, batches refused 501.
 //! - [`resume`] makes session streams resumable (`id:` + `Last-Event-ID`), as qwen serve's are.
+//! - [`expiry`] ends HTTP connections abandoned without DELETE.
 //! - [`facade`] is the ACP agent behind it: methods become bridge operations, and [`relay`]
 //!   carries a session's bus events back as ACP messages.
 
+mod expiry;
 mod facade;
 mod relay;
 mod resume;
@@ -56,10 +58,15 @@ fn mount(
     let options = ServerOptions::default()
         .with_path(path)
         .with_health_endpoint(false);
-    let limit = state.bridge.config.server.max_body_bytes;
-    AcpHttpServer::new(move || facade::agent(m.clone()))
+    let inner = AcpHttpServer::new(move || facade::agent(m.clone()))
         .with_options(options)
         .into_router()
-        .layer(from_fn_with_state(resume.clone(), resume::layer))
-        .layer(from_fn_with_state(limit, transport::layer))
+        .layer(from_fn_with_state(resume.clone(), resume::layer));
+    let live = Arc::new(expiry::Liveness::default());
+    expiry::start(live.clone(), inner.clone(), path.to_string());
+    let t = transport::Transport {
+        limit: state.bridge.config.server.max_body_bytes,
+        live,
+    };
+    inner.layer(from_fn_with_state(t, transport::layer))
 }

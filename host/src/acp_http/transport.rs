@@ -10,6 +10,7 @@
 //!   the crate would otherwise refuse every browser WebSocket (its own policy is off).
 //! - The crate's plain-text refusals become the daemon's JSON error body, with a stable code
 //!   per status (the status itself is the RFD's and is kept).
+//! - Each HTTP connection's activity (requests, open streams) is recorded for [`super::expiry`].
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -20,6 +21,10 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
 use serde_json::{Value, json};
 
+use futures::StreamExt;
+use std::sync::Arc;
+
+use super::expiry::{Liveness, StreamGuard};
 use crate::error::ApiError;
 use crate::telemetry::propagation;
 use crate::telemetry::semconv::RPC_METHOD;
@@ -27,16 +32,71 @@ use crate::telemetry::semconv::RPC_METHOD;
 /// The crate's refusals are short; a longer body is not one of them.
 const REFUSAL_BYTES: usize = 4096;
 
-pub async fn layer(State(limit): State<usize>, req: Request, next: Next) -> Response {
+#[derive(Clone)]
+pub struct Transport {
+    pub limit: usize,
+    pub live: Arc<Liveness>,
+}
+
+pub async fn layer(State(t): State<Transport>, req: Request, next: Next) -> Response {
     let mut req = req;
     req.headers_mut().remove(header::ORIGIN);
-    if req.method() == Method::POST {
-        req = match prepare_post(req, limit).await {
+    let connection = req
+        .headers()
+        .get(HEADER_CONNECTION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(c) = &connection {
+        t.live.touch(c);
+    }
+    let method = req.method().clone();
+    if method == Method::POST {
+        req = match prepare_post(req, t.limit).await {
             Ok(r) => r,
             Err(resp) => return resp,
         };
     }
-    json_refusal(next.run(req).await).await
+    let resp = next.run(req).await;
+    if method == Method::POST
+        && connection.is_none()
+        && resp.status().is_success()
+        && let Some(created) = resp
+            .headers()
+            .get(HEADER_CONNECTION_ID)
+            .and_then(|v| v.to_str().ok())
+    {
+        t.live.register(created);
+    }
+    if method == Method::DELETE
+        && resp.status().is_success()
+        && let Some(c) = &connection
+    {
+        t.live.forget(c);
+    }
+    let streaming = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if method == Method::GET
+        && streaming
+        && let Some(guard) = connection.as_deref().and_then(|c| t.live.open(c))
+    {
+        return held_open(resp, guard);
+    }
+    json_refusal(resp).await
+}
+
+const HEADER_CONNECTION_ID: &str = "acp-connection-id";
+
+/// The stream's body, holding `guard` until the client goes away.
+fn held_open(resp: Response, guard: StreamGuard) -> Response {
+    let (parts, body) = resp.into_parts();
+    let stream = body.into_data_stream().map(move |chunk| {
+        let _held = &guard;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
 }
 
 async fn prepare_post(req: Request, limit: usize) -> Result<Request, Response> {
