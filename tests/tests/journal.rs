@@ -1,5 +1,6 @@
 //! The session journal end to end: sessions survive a daemon restart (SIGTERM and SIGKILL), a
-//! SIGKILL at random instants loses nothing any client received, caps and damaged files are
+//! SIGKILL at random instants loses nothing any client received and leaves no agent running
+//! (agents that ignore stdin EOF and SIGTERM included), caps and damaged files are
 //! clear errors confined to their session, and one daemon owns a state directory.
 
 use acpd_tests::{Daemon, Frame, SessionRef, WAIT, agent_text};
@@ -199,6 +200,35 @@ impl Rng {
     }
 }
 
+/// `/proc/<pid>/stat` after the command name: state, ppid, ..., start time (field 22).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// The daemon's child processes (the agents), as (pid, start time) so a reused pid is not
+/// mistaken for one of them.
+fn children_of(parent: u32) -> Vec<(u32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let f = stat_fields(pid)?;
+            (f.get(1)?.parse::<u32>().ok()? == parent && f[0] != "Z")
+                .then(|| Some((pid, f.get(19)?.parse().ok()?)))?
+        })
+        .collect()
+}
+
+/// Still running (a zombie nobody reaped counts as gone).
+fn alive((pid, start): (u32, u64)) -> bool {
+    stat_fields(pid).is_some_and(|f| {
+        f[0] != "Z" && f.get(19).and_then(|s| s.parse::<u64>().ok()) == Some(start)
+    })
+}
+
 const TRANSCRIPT_TYPES: &[&str] = &[
     "session_update",
     "permission_request",
@@ -214,7 +244,12 @@ async fn sigkill_at_random_instants_loses_nothing_a_client_received() -> Result<
     const SESSIONS: usize = 8;
     const ROUNDS: usize = 3;
     let mut rng = Rng(0x5eed_acbd_2026_1203);
-    let mut d = Daemon::start().await?;
+    // One agent per session, each ignoring stdin EOF and SIGTERM (only SIGKILL stops it), so
+    // nothing but the parent-death signal and the next daemon's leftover sweep can end them.
+    let mut d = Daemon::builder()
+        .config("[agent]\nscope = \"session\"\n\n[agent.env]\nACPD_DEMO_FAULT = \"ignore-term\"\n")
+        .start()
+        .await?;
     let mut sessions = Vec::new();
     for _ in 0..SESSIONS {
         sessions.push(d.create_session().await?);
@@ -261,6 +296,11 @@ async fn sigkill_at_random_instants_loses_nothing_a_client_received() -> Result<
             prompt_id(&d, s, "slow 30 10").await?;
         }
         tokio::time::sleep(Duration::from_millis(50 + rng.below(700))).await;
+        let agents = children_of(d.pid());
+        ensure!(
+            !agents.is_empty(),
+            "round {round}: no agent process found under the daemon"
+        );
         d.kill().await?;
         for (i, r) in readers.into_iter().enumerate() {
             for (id, data) in r.await? {
@@ -270,6 +310,11 @@ async fn sigkill_at_random_instants_loses_nothing_a_client_received() -> Result<
             }
         }
         d = d.restart().await?;
+        let survivors: Vec<_> = agents.iter().filter(|a| alive(**a)).collect();
+        ensure!(
+            survivors.is_empty(),
+            "round {round}: agents from before the kill still run: {survivors:?}"
+        );
         ensure!(
             !d.log()
                 .iter()
