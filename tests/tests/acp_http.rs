@@ -1040,3 +1040,38 @@ async fn modes_are_announced_and_switched_and_the_session_limit_holds() -> Resul
     })
     .await
 }
+
+// ---- plugins ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn error_translation_reaches_the_json_rpc_error_of_a_prompt() -> Result<()> {
+    let config = "[[plugins]]\nname = \"errors\"\npath = \"builtin:errors\"\ndeadline_ms = 200\n";
+    let d = match Daemon::builder().config(config).start().await {
+        Ok(d) => d,
+        Err(e) if format!("{e:#}").contains("not embedded") => {
+            eprintln!("skipped: the built-in errors plugin is not embedded in this build ({e:#})");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let cwd = d.ws_path.clone();
+    with_client(&d.url("/acp"), None, Answer::Allow, async |cx, _seen| {
+        initialize(&cx).await?;
+        let sid = new_session(&cx, &cwd).await?;
+        let err = tokio::time::timeout(
+            LONG,
+            cx.send_request(PromptRequest::new(sid.clone(), text("crash")))
+                .block_task(),
+        )
+        .await
+        .map_err(|_| anyhow!("the crashed turn did not end"))?
+        .err()
+        .context("a crashed turn answered a stop reason")?;
+        let data = err.data.clone().unwrap_or_default();
+        if !err.message.starts_with("The agent stopped unexpectedly") || data["retryable"] != true {
+            bail!("untranslated: {err:?}");
+        }
+        Ok(())
+    })
+    .await
+}
