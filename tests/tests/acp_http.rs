@@ -99,18 +99,20 @@ fn agent_text_of(updates: &[Value], session: &str) -> String {
         .collect()
 }
 
-/// Runs `body` on a connection to `endpoint` (`http://` or `ws://`), with the daemon's token
-/// when it has one.
+/// Runs `body` on a connection to `endpoint` (`http://` or `ws://`), sending `headers` (the
+/// daemon's token, say) with every request.
 async fn with_client<T: Send + 'static>(
     endpoint: &str,
-    token: Option<&str>,
+    headers: &[(&'static str, &str)],
     answer: Answer,
     body: impl AsyncFnOnce(ConnectionTo<Agent>, Seen) -> Result<T>,
 ) -> Result<T> {
     let mut builder = HttpClient::builder_with_endpoint(endpoint);
-    if let Some(t) = token {
+    if !headers.is_empty() {
         let mut h = reqwest::header::HeaderMap::new();
-        h.insert("authorization", format!("Bearer {t}").parse()?);
+        for (k, v) in headers {
+            h.insert(*k, v.parse()?);
+        }
         builder = builder.configure_http(move |http| http.default_headers(h.clone()));
     }
     let transport = builder.build()?;
@@ -236,7 +238,7 @@ async fn workspace_session_ids(d: &Daemon) -> Result<Vec<String>> {
 /// The whole flow on one transport; `endpoint` picks HTTP+SSE or WebSocket.
 async fn full_flow(d: &Daemon, endpoint: &str) -> Result<()> {
     let cwd = d.ws_path.clone();
-    let session = with_client(endpoint, None, Answer::Allow, async |cx, mut seen| {
+    let session = with_client(endpoint, &[], Answer::Allow, async |cx, mut seen| {
         initialize(&cx).await?;
         let sid = new_session(&cx, &cwd).await?;
         // A bridge session: REST lists it.
@@ -310,7 +312,7 @@ async fn full_flow(d: &Daemon, endpoint: &str) -> Result<()> {
     .await?;
 
     // session/load on a second connection: the history arrives before the answer.
-    with_client(endpoint, None, Answer::Allow, async |cx, seen| {
+    with_client(endpoint, &[], Answer::Allow, async |cx, seen| {
         initialize(&cx).await?;
         within(
             "session/load",
@@ -360,7 +362,7 @@ async fn the_workspace_endpoint_serves_its_workspace() -> Result<()> {
     let cwd = d.ws_path.clone();
     with_client(
         &d.url(&format!("/workspaces/{ws}/acp")),
-        None,
+        &[],
         Answer::Allow,
         async |cx, seen| {
             initialize(&cx).await?;
@@ -398,7 +400,7 @@ async fn the_workspace_endpoint_serves_its_workspace() -> Result<()> {
 async fn an_acp_and_a_rest_client_share_a_session_and_the_first_vote_wins() -> Result<()> {
     let d = Daemon::start().await?;
     let cwd = d.ws_path.clone();
-    with_client(&d.url("/acp"), None, Answer::Hold, async |cx, mut seen| {
+    with_client(&d.url("/acp"), &[], Answer::Hold, async |cx, mut seen| {
         initialize(&cx).await?;
         let sid = new_session(&cx, &cwd).await?;
         // The REST client attaches and listens.
@@ -828,7 +830,7 @@ async fn the_token_and_the_body_limit_guard_acp() -> Result<()> {
     let cwd = d.ws_path.clone();
     with_client(
         &d.url("/acp"),
-        Some("s3cret-acp"),
+        &[("authorization", "Bearer s3cret-acp")],
         Answer::Allow,
         async |cx, seen| {
             initialize(&cx).await?;
@@ -859,7 +861,7 @@ async fn a_prompt_over_acp_is_one_trace_from_the_json_rpc_span_into_the_agent() 
         .start()
         .await?;
     let cwd = d.ws_path.clone();
-    let sid = with_client(&d.url("/acp"), None, Answer::Allow, async |cx, _seen| {
+    let sid = with_client(&d.url("/acp"), &[], Answer::Allow, async |cx, _seen| {
         initialize(&cx).await?;
         let sid = new_session(&cx, &cwd).await?;
         let mut meta = serde_json::Map::new();
@@ -952,7 +954,7 @@ async fn codex_acp_behind_acp_over_http() -> Result<()> {
     let cwd = d.ws_path.clone();
     let expected = mock.config().text;
     let target = d.ws_path.join("codex-acp.txt");
-    with_client(&d.url("/acp"), None, Answer::Allow, async |cx, seen| {
+    with_client(&d.url("/acp"), &[], Answer::Allow, async |cx, seen| {
         initialize(&cx).await?;
         let sid = new_session(&cx, &cwd).await?;
         let stop = prompt(&cx, &sid, "Say hello").await?;
@@ -986,7 +988,7 @@ async fn modes_are_announced_and_switched_and_the_session_limit_holds() -> Resul
         .start()
         .await?;
     let cwd = d.ws_path.clone();
-    with_client(&d.url("/acp"), None, Answer::Allow, async |cx, _seen| {
+    with_client(&d.url("/acp"), &[], Answer::Allow, async |cx, _seen| {
         initialize(&cx).await?;
         let created = within(
             "session/new",
@@ -1055,7 +1057,7 @@ async fn error_translation_reaches_the_json_rpc_error_of_a_prompt() -> Result<()
         Err(e) => return Err(e),
     };
     let cwd = d.ws_path.clone();
-    with_client(&d.url("/acp"), None, Answer::Allow, async |cx, _seen| {
+    with_client(&d.url("/acp"), &[], Answer::Allow, async |cx, _seen| {
         initialize(&cx).await?;
         let sid = new_session(&cx, &cwd).await?;
         let err = tokio::time::timeout(
@@ -1074,4 +1076,63 @@ async fn error_translation_reaches_the_json_rpc_error_of_a_prompt() -> Result<()
         Ok(())
     })
     .await
+}
+
+#[tokio::test]
+async fn enrichment_of_the_post_reaches_the_json_rpc_span_and_the_turn() -> Result<()> {
+    use acpd_tests::otlp::{Protocol, Receiver};
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let config = "[[plugins]]\nname = \"enrich\"\npath = \"builtin:enrich\"\ndeadline_ms = 200\n\
+                  [plugins.config]\nheaders = { \"x-team\" = \"team.name\" }\n";
+    let d = match Daemon::builder()
+        .config(config)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .start()
+        .await
+    {
+        Ok(d) => d,
+        Err(e) if format!("{e:#}").contains("not embedded") => {
+            eprintln!("skipped: the built-in enrich plugin is not embedded in this build ({e:#})");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let cwd = d.ws_path.clone();
+    let sid = with_client(
+        &d.url("/acp"),
+        &[("x-team", "payments")],
+        Answer::Allow,
+        async |cx, _seen| {
+            initialize(&cx).await?;
+            let sid = new_session(&cx, &cwd).await?;
+            prompt(&cx, &sid, "enriched").await?;
+            Ok(sid)
+        },
+    )
+    .await?;
+    let team = |s: &acpd_tests::otlp::RecvSpan| s.attr_str("team.name") == Some("payments");
+    let spans = rx
+        .wait_for_spans(LONG, |spans| {
+            spans.iter().any(|s| s.name == "session/prompt" && team(s))
+                && spans.iter().any(|s| s.name == "bridge prompt.dispatch")
+        })
+        .await?;
+    let rpc = spans
+        .iter()
+        .find(|s| s.name == "session/prompt" && s.attr_str("session.id") == Some(sid.as_str()))
+        .context("session/prompt span")?;
+    let dispatch = spans
+        .iter()
+        .find(|s| s.name == "bridge prompt.dispatch" && s.parent_span_id == rpc.span_id)
+        .context("dispatch span under the JSON-RPC span")?;
+    if !team(rpc) || !team(dispatch) {
+        bail!(
+            "not enriched: {:?} / {:?}",
+            rpc.attributes,
+            dispatch.attributes
+        );
+    }
+    Ok(())
 }

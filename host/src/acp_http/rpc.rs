@@ -11,7 +11,47 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiError, Surface, client_visible};
 use crate::telemetry::semconv::*;
+use crate::telemetry::spans::Enrichment;
 use crate::telemetry::{propagation, spans};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+
+/// How many carried enrichments wait for their message's span at most.
+const CARRIED_MAX: usize = 4096;
+
+/// What the `request` plugins added to the HTTP request that carried a message, by the
+/// `traceparent` in the message's `_meta`: the message's JSON-RPC span (and the turn under it)
+/// inherit it as a REST request's spans do. Bounded; what falls out is counted.
+#[derive(Default)]
+struct Carried {
+    inner: Mutex<(HashMap<String, Enrichment>, VecDeque<String>)>,
+    evicted: AtomicU64,
+}
+
+static CARRIED: LazyLock<Carried> = LazyLock::new(Carried::default);
+
+pub fn carry(traceparent: &str, e: Enrichment) {
+    let mut inner = CARRIED.inner.lock().unwrap_or_else(|p| p.into_inner());
+    let (map, order) = &mut *inner;
+    if map.insert(traceparent.to_string(), e).is_none() {
+        order.push_back(traceparent.to_string());
+    }
+    while map.len() > CARRIED_MAX {
+        let Some(old) = order.pop_front() else { break };
+        if map.remove(&old).is_some() {
+            CARRIED.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn carried(traceparent: &str) -> Option<Enrichment> {
+    let mut inner = CARRIED.inner.lock().unwrap_or_else(|p| p.into_inner());
+    let (map, order) = &mut *inner;
+    let e = map.remove(traceparent)?;
+    order.retain(|t| t != traceparent);
+    Some(e)
+}
 
 /// ACP's "resource not found" (the spec's code for an unknown session).
 const RESOURCE_NOT_FOUND: i32 = -32002;
@@ -76,8 +116,21 @@ impl RpcSpan {
     }
 }
 
-/// `traceparent`/`tracestate`/`baggage` from `_meta`; a malformed one starts a new trace.
+/// `traceparent`/`tracestate`/`baggage` from `_meta` (a malformed one starts a new trace), with
+/// the enrichment of the request that carried the message.
 fn parent_from_meta(meta: &Meta) -> Context {
+    let cx = trace_from_meta(meta);
+    match meta
+        .get("traceparent")
+        .and_then(Value::as_str)
+        .and_then(carried)
+    {
+        Some(e) => cx.with_value(e),
+        None => cx,
+    }
+}
+
+fn trace_from_meta(meta: &Meta) -> Context {
     let mut headers = axum::http::HeaderMap::new();
     for key in ["traceparent", "tracestate", "baggage"] {
         if let Some(v) = meta.get(key).and_then(Value::as_str)

@@ -28,6 +28,7 @@ use super::expiry::{Liveness, StreamGuard};
 use crate::error::ApiError;
 use crate::telemetry::propagation;
 use crate::telemetry::semconv::RPC_METHOD;
+use crate::telemetry::spans::Enrichment;
 
 /// The crate's refusals are short; a longer body is not one of them.
 const REFUSAL_BYTES: usize = 4096;
@@ -147,6 +148,13 @@ async fn prepare_post(req: Request, limit: usize) -> Result<Request, Response> {
         true => Body::from(msg.to_string()),
         false => Body::from(bytes),
     };
+    if let Some(e) = cx.get::<Enrichment>()
+        && let Some(tp) = msg
+            .pointer("/params/_meta/traceparent")
+            .and_then(Value::as_str)
+    {
+        super::rpc::carry(tp, e.clone());
+    }
     let mut parts = parts;
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok(Request::from_parts(parts, body))
