@@ -82,14 +82,9 @@ export class TicketRedact extends Plugin {
     // Span names first, then every string attribute, in one scan.
     const ranges = [...batch.spans()].map((s) => s.nameRange);
     const names = ranges.length;
-    const indexes = [];
-    for (const a of batch.attrs) {
-      const r = a.valueRange;
-      if (r !== null) {
-        ranges.push(r);
-        indexes.push(a.index);
-      }
-    }
+    const values = batch.attrs.valueRanges();
+    ranges.push(...values.ranges);
+    const indexes = values.indexes;
     for (const [i, text] of this.redact(batch.arena, ranges)) {
       if (i < names) out.rename(i, text);
       else out.attrs.replace(indexes[i - names], text);
@@ -99,14 +94,9 @@ export class TicketRedact extends Plugin {
   onLogs(batch, out) {
     const ranges = [...batch.logs()].map((l) => l.bodyRange);
     const bodies = ranges.length;
-    const indexes = [];
-    for (const a of batch.attrs) {
-      const r = a.valueRange;
-      if (r !== null) {
-        ranges.push(r);
-        indexes.push(a.index);
-      }
-    }
+    const values = batch.attrs.valueRanges();
+    ranges.push(...values.ranges);
+    const indexes = values.indexes;
     for (const [i, text] of this.redact(batch.arena, ranges)) {
       if (i < bodies) out.setBody(i, text);
       else out.attrs.replace(indexes[i - bodies], text);

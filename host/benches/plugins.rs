@@ -11,7 +11,12 @@
 //! - the host kernels under hostile input: the 256-pattern compile bomb in `init`, and the
 //!   process's RSS around it.
 //!
-//! `cargo bench -p acpd --bench plugins` (the no-op plugin is the tests' fixture, built here).
+//! - the ticket-redact rules in Rust, Python and JavaScript guests against native Rust, what
+//!   loading each guest costs, and the budget meter's cost on that redaction.
+//!
+//! `cargo bench -p acpd --bench plugins` (the no-op plugin is the tests' fixture, built here;
+//! the Python and JavaScript guests need the toolchains of
+//! tests/scripts/install-guest-toolchains.sh, sourced into the environment).
 
 use acpd::config::PluginSpec;
 use acpd::plugins::{self, Hook, PluginSet};
@@ -513,12 +518,284 @@ fn kernels() {
     );
 }
 
+/// The ticket-redact rules (examples/ticket-redact*) over 512 spans x 20 attributes: 3 of
+/// each span's values and its name carry ticket ids or customer names.
+fn ticket_batch() -> Vec<SpanData> {
+    let mut b = batch();
+    for (i, s) in b.iter_mut().enumerate() {
+        s.name = format!("execute_tool Edit OPS-{i} notes").into();
+        let texts = [
+            format!("Acme Corp escalated OPS-{i}; see SEC-77"),
+            format!("globex reopened SUP-{}", i * 7),
+            format!("{{\"path\":\"notes.md\",\"content\":\"ticket ZEN-{i} for Globex\"}}"),
+        ];
+        for (kv, t) in s.attributes.iter_mut().zip(texts) {
+            kv.value = Value::String(t.into());
+        }
+    }
+    b
+}
+
+const TICKET_PATTERN: &str = r"\b[A-Z]{2,10}-\d{1,6}\b";
+const CUSTOMERS: &str = r"(?i)\b(?:Acme Corp|Globex)\b";
+
+/// The same rules in native Rust: the `regex` crate over the span data, replacing in place.
+struct NativeTickets {
+    set: regex::Regex,
+}
+
+impl NativeTickets {
+    fn new() -> Self {
+        Self {
+            set: regex::Regex::new(&format!("(?P<t>{TICKET_PATTERN})|(?P<c>{CUSTOMERS})")).unwrap(),
+        }
+    }
+
+    fn redact(&self, text: &str) -> Option<String> {
+        if !self.set.is_match(text) {
+            return None;
+        }
+        Some(
+            self.set
+                .replace_all(text, |c: &regex::Captures| {
+                    if c.name("t").is_some() {
+                        "[ticket]"
+                    } else {
+                        "[customer]"
+                    }
+                })
+                .into_owned(),
+        )
+    }
+
+    fn run(&self, spans: &mut [SpanData]) -> usize {
+        let mut edits = 0;
+        for s in spans {
+            if let Some(n) = self.redact(&s.name) {
+                s.name = n.into();
+                edits += 1;
+            }
+            for kv in s.attributes.iter_mut() {
+                if let Value::String(v) = &kv.value
+                    && let Some(n) = self.redact(v.as_str())
+                {
+                    kv.value = Value::String(n.into());
+                    edits += 1;
+                }
+            }
+        }
+        edits
+    }
+}
+
+/// The example plugin in Rust (its own project, built as its README says) and in Python and
+/// JavaScript (built with the toolchains of tests/scripts/install-guest-toolchains.sh; skipped
+/// without them).
+fn ticket_guests(target: &Path) -> Vec<(&'static str, Result<PathBuf, String>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let run = |mut c: std::process::Command, out: PathBuf| -> Result<PathBuf, String> {
+        let o = c.current_dir(root).output().map_err(|e| e.to_string())?;
+        if o.status.success() && out.is_file() {
+            Ok(out)
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    };
+    let mut rust = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    rust.args([
+        "build",
+        "-q",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+        "examples/ticket-redact/Cargo.toml",
+        "--target-dir",
+    ])
+    .arg(target)
+    .env_remove("CARGO_TARGET_DIR");
+    let mut out = vec![(
+        "Rust",
+        run(
+            rust,
+            target.join("wasm32-wasip2/release/ticket_redact.wasm"),
+        ),
+    )];
+    for (lang, dir, world) in [
+        ("Python", "examples/ticket-redact-py", "redactor"),
+        ("Python no-op", "tests/plugins/hostile-py", "all-hooks"),
+    ] {
+        let py = target.join(format!("bench-{}.wasm", dir.replace('/', "-")));
+        out.push((
+            lang,
+            match std::env::var("ACPD_COMPONENTIZE_PY") {
+                Ok(tool) => {
+                    let mut c = std::process::Command::new(tool);
+                    c.args(["-d", "wit", "-w", world, "componentize", "-p", dir])
+                        .args(["-p", "sdk/python", "app", "-o"])
+                        .arg(&py);
+                    run(c, py)
+                }
+                Err(_) => Err("ACPD_COMPONENTIZE_PY unset".into()),
+            },
+        ));
+    }
+    for (lang, entry, world) in [
+        (
+            "JavaScript",
+            "examples/ticket-redact-js/plugin.js",
+            "redactor",
+        ),
+        (
+            "JS no-op",
+            "tests/plugins/hostile-js/plugin.js",
+            "all-hooks",
+        ),
+    ] {
+        let js = target.join(format!("bench-{}.wasm", entry.replace('/', "-")));
+        out.push((
+            lang,
+            match std::env::var("ACPD_COMPONENTIZE_JS") {
+                Ok(tool) => {
+                    let mut c = std::process::Command::new(
+                        std::env::var("ACPD_NODE22").unwrap_or("node".into()),
+                    );
+                    c.arg(tool)
+                        .args(["--wit", "wit", "--world-name", world])
+                        .args(["-d", "http", "fetch-event", "-o"])
+                        .arg(&js)
+                        .arg(entry);
+                    run(c, js)
+                }
+                Err(_) => Err("ACPD_COMPONENTIZE_JS unset".into()),
+            },
+        ));
+    }
+    out
+}
+
+/// export-spans with the ticket rules in each guest language against native Rust; what
+/// loading each guest costs (cold compile, cache load, first instance, RSS); and the cost of
+/// the budget meter on this redaction (the no-op call's is in `meters`).
+fn polyglot() {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().join("wasm-guests");
+    let input = ticket_batch();
+    let native = NativeTickets::new();
+    let mut probe = input.clone();
+    assert!(
+        native.run(&mut probe) >= SPANS * 4,
+        "the native rules redact"
+    );
+    let clone_ns = median_ns(20, || {
+        let _ = std::hint::black_box(input.clone());
+    });
+    let native_ns = median_ns(20, || {
+        let mut b = input.clone();
+        native.run(&mut b);
+        std::hint::black_box(&b);
+    }) - clone_ns;
+    println!("\n== export-spans 512x20, ticket-redact rules, per language (same process)");
+    println!(
+        "  native Rust {:>9.0} ns/span  ({:.2} ms/batch)",
+        native_ns / SPANS as f64,
+        native_ns / 1e6
+    );
+    // A compile cache of this run's own: the first load is a cold compile.
+    let cache = std::env::temp_dir().join(format!("acpd-bench-cache-{}", std::process::id()));
+    // SAFETY: set before any thread of this benchmark reads the environment concurrently.
+    unsafe { std::env::set_var("ACPD_CACHE_DIR", &cache) };
+    let customers = serde_json::json!({"customers": ["Acme Corp", "Globex"]});
+    let mut rust_set = None;
+    for (lang, wasm) in ticket_guests(&target) {
+        let wasm = match wasm {
+            Ok(w) => w,
+            Err(e) => {
+                println!("  {lang:<11} skipped: {}", e.lines().last().unwrap_or(""));
+                continue;
+            }
+        };
+        let bytes = std::fs::read(&wasm).unwrap();
+        let host = plugins::standalone().unwrap();
+        // The no-op guests (the hostile fixtures in `ok` mode) take the batch and answer
+        // nothing: what moving it into the interpreter costs.
+        let noop = lang.ends_with("no-op");
+        let config = if noop {
+            serde_json::json!({"mode": "ok"})
+        } else {
+            customers.clone()
+        };
+        let mut sp = spec("tickets", "tickets.wasm", config);
+        sp.memory_mib = Some(256);
+        let rss0 = rss_mib();
+        let cold = load(&host, sp.clone(), &bytes);
+        let rss1 = rss_mib();
+        let warm = load(&host, sp.clone(), &bytes);
+        let h = |s: &PluginSet, k: &str| s.health()[0]["startup"][k].as_f64().unwrap_or(0.0);
+        let mut b = input.clone();
+        warm.spans(&mut b);
+        let text = format!("{} {:?}", b[0].name, b[0].attributes);
+        assert!(
+            noop || (text.contains("[ticket]")
+                && !text.contains("OPS-0")
+                && !text.contains("Acme")),
+            "{lang} redacts: {text}"
+        );
+        let mut copies: Vec<Vec<SpanData>> = (0..40).map(|_| input.clone()).collect();
+        let ns = median_ns(10, || {
+            let mut b = copies.pop().unwrap_or_else(|| input.clone());
+            warm.spans(&mut b);
+            std::hint::black_box(&b);
+        }) - clone_ns;
+        println!(
+            "  {lang:<11} {:>9.0} ns/span  ({:.2} ms/batch, {:.1}x native); {:.1} MB; compile {:.0} ms cold, {:.0} ms from cache; first instance {:.1} ms; {:.1} MiB linear memory; RSS +{:.1} MiB at load",
+            ns / SPANS as f64,
+            ns / 1e6,
+            ns / native_ns,
+            bytes.len() as f64 / 1e6,
+            h(&cold, "loadMs"),
+            h(&warm, "loadMs"),
+            h(&warm, "instantiateMs"),
+            warm.health()[0]["memoryBytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            rss1 - rss0,
+        );
+        if lang == "Rust" {
+            rust_set = Some((bytes, sp));
+        }
+    }
+    if let Some((bytes, sp)) = rust_set {
+        println!("  budget meter on this redaction (Rust guest, thread CPU time per batch):");
+        let mut base = None;
+        for meter in [
+            plugins::Meter::WallClock,
+            plugins::Meter::CpuTime,
+            plugins::Meter::Fuel,
+        ] {
+            let host = plugins::standalone_with(meter).unwrap();
+            let set = load(&host, sp.clone(), &bytes);
+            let ns = cpu_median_ns(10, || {
+                let mut b = input.clone();
+                set.spans(&mut b);
+                std::hint::black_box(&b);
+            });
+            let b = *base.get_or_insert(ns);
+            println!(
+                "    {meter:<9?}: {:.2} ms/batch ({:+.1}%)",
+                ns / 1e6,
+                (ns / b - 1.0) * 100.0
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
 criterion_group!(benches, criterion_benches);
 
 fn main() {
     summary();
     meters();
     kernels();
+    polyglot();
     // `ACPD_BENCH_SUMMARY=1`: the one-run figures only, without the criterion groups.
     if std::env::var_os("ACPD_BENCH_SUMMARY").is_some() {
         return;

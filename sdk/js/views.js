@@ -80,6 +80,23 @@ export class Attrs {
     for (let i = this._start; i < this._end; i++) yield new Attr(i, this.arena, this._refs[i]);
   }
 
+  /** `{ranges, indexes}`: the `[offset, length]` of every string or array value (what
+   * `PatternSet.scan` takes) and the attribute index of each, in one pass without an `Attr`
+   * per attribute (the fast path for scanning a whole batch). */
+  valueRanges() {
+    const ranges = [];
+    const indexes = [];
+    const refs = this._refs;
+    for (let i = this._start; i < this._end; i++) {
+      const v = refs[i].value;
+      if (v.tag === "str" || v.tag === "array") {
+        ranges.push([v.val.offset, v.val.len]);
+        indexes.push(i);
+      }
+    }
+    return { ranges, indexes };
+  }
+
   /** The first attribute named `key`, or undefined. */
   find(key) {
     for (const a of this) if (a.key === key) return a;
