@@ -1136,3 +1136,47 @@ async fn enrichment_of_the_post_reaches_the_json_rpc_span_and_the_turn() -> Resu
     }
     Ok(())
 }
+
+// ---- shutdown -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn open_acp_streams_end_when_the_daemon_drains() -> Result<()> {
+    let mut d = Daemon::start().await?;
+    let (conn_stream, session_stream) = {
+        let raw = raw_initialize(&d).await?;
+        let mut conn_stream = raw.stream(None, None).await?;
+        raw.post(
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "session/new",
+                "params": {"cwd": d.ws_path, "mcpServers": []}}),
+        )
+        .await?;
+        let created = conn_stream.until(|m| m["id"] == 1).await?;
+        let sid = created.last().unwrap().1["result"]["sessionId"]
+            .as_str()
+            .context("sessionId")?
+            .to_string();
+        let session_stream = raw.stream(Some(&sid), None).await?;
+        (conn_stream, session_stream)
+    };
+    // Well inside the daemon's 10 s connection deadline: the streams did not hold it.
+    let t = std::time::Instant::now();
+    let status = d.terminate(Duration::from_secs(8)).await?;
+    if !status.success() {
+        bail!("acpd exited {status:?}");
+    }
+    let waited = t.elapsed();
+    if d.log()
+        .iter()
+        .any(|l| l.contains("connections still open after the shutdown deadline"))
+    {
+        bail!("the shutdown waited for open /acp streams ({waited:?})");
+    }
+    for mut s in [conn_stream, session_stream] {
+        match s.next().await {
+            Err(e) if e.to_string().contains("stream ended") => {}
+            other => bail!("a stream outlived the daemon: {other:?}"),
+        }
+    }
+    Ok(())
+}

@@ -67,6 +67,7 @@ fn mount(
     let t = transport::Transport {
         limit: state.bridge.config.server.max_body_bytes,
         live,
+        bridge: state.bridge.clone(),
     };
     inner.layer(from_fn_with_state(t, transport::layer))
 }

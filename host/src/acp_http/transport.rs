@@ -37,6 +37,7 @@ const REFUSAL_BYTES: usize = 4096;
 pub struct Transport {
     pub limit: usize,
     pub live: Arc<Liveness>,
+    pub bridge: Arc<crate::bridge::Bridge>,
 }
 
 pub async fn layer(State(t): State<Transport>, req: Request, next: Next) -> Response {
@@ -79,24 +80,31 @@ pub async fn layer(State(t): State<Transport>, req: Request, next: Next) -> Resp
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    if method == Method::GET
-        && streaming
-        && let Some(guard) = connection.as_deref().and_then(|c| t.live.open(c))
-    {
-        return held_open(resp, guard);
+    if method == Method::GET && streaming {
+        let guard = connection.as_deref().and_then(|c| t.live.open(c));
+        return held_open(resp, guard, t.bridge.drained());
     }
     json_refusal(resp).await
 }
 
 const HEADER_CONNECTION_ID: &str = "acp-connection-id";
 
-/// The stream's body, holding `guard` until the client goes away.
-fn held_open(resp: Response, guard: StreamGuard) -> Response {
+/// The stream's body, holding `guard` until the client goes away, and ended when the daemon
+/// drains (the crate's streams end only with their connection, so the shutdown would otherwise
+/// wait its whole deadline for every open one).
+fn held_open(
+    resp: Response,
+    guard: Option<StreamGuard>,
+    drained: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Response {
     let (parts, body) = resp.into_parts();
-    let stream = body.into_data_stream().map(move |chunk| {
-        let _held = &guard;
-        chunk
-    });
+    let stream = body
+        .into_data_stream()
+        .map(move |chunk| {
+            let _held = &guard;
+            chunk
+        })
+        .take_until(drained);
     Response::from_parts(parts, Body::from_stream(stream))
 }
 

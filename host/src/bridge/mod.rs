@@ -57,6 +57,8 @@ pub struct Bridge {
     pub workspaces: Vec<Arc<Workspace>>,
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     draining: AtomicBool,
+    /// Turns true with `draining`: long-lived streams outside the bus (ACP over HTTP) end on it.
+    drain_signal: tokio::sync::watch::Sender<bool>,
     bus_limits: BusLimits,
     session_limits: SessionLimits,
     /// The session journal, once the daemon opened it (`[state] journal`).
@@ -164,6 +166,7 @@ impl Bridge {
             workspaces,
             sessions: RwLock::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            drain_signal: tokio::sync::watch::channel(false).0,
             bus_limits,
             session_limits,
             journal: std::sync::OnceLock::new(),
@@ -256,6 +259,14 @@ impl Bridge {
     pub fn start(&self) {
         for ws in &self.workspaces {
             ws.agents.warm_up();
+        }
+    }
+
+    /// Resolves once the daemon drains.
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut rx = self.drain_signal.subscribe();
+        async move {
+            let _ = rx.wait_for(|d| *d).await;
         }
     }
 
@@ -617,6 +628,7 @@ impl Bridge {
     /// Stop admitting, tell every session's subscribers, end their streams, stop every child.
     pub async fn shutdown(&self) {
         self.draining.store(true, Ordering::Release);
+        self.drain_signal.send_replace(true);
         for s in self.sessions() {
             s.close(true);
         }
