@@ -706,6 +706,10 @@ async fn plugin_cli_inspects_and_tests_the_example() -> anyhow::Result<()> {
         !roles.contains(&"error-hooks"),
         "exports only its roles: {info}"
     );
+    // The toolchain, from the component's `producers` sections (a stripped release build keeps
+    // the tools, not rustc's language entry).
+    let tools = info["toolchain"]["processedBy"].to_string();
+    assert!(tools.contains("wit-bindgen-rust"), "{info}");
 
     let tests_dir = acpd_tests::manifest_dir();
     let root = tests_dir.parent().unwrap();
