@@ -718,6 +718,24 @@ async fn a_qwen_style_client_uses_session_streams_and_resumes_them() -> Result<(
     if !workspace_session_ids(&d).await?.contains(&sid) {
         bail!("session gone with the connection");
     }
+    // The transport's bounded stores count what they let go; nothing was, here.
+    let metrics = d.http.get(d.url("/metrics")).send().await?.text().await?;
+    for reason in [
+        "resume_event",
+        "resume_stream",
+        "idle_connection",
+        "carried_context",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("acpd_acp_http_dropped") && l.contains(&format!("\"{reason}\""))
+            })
+            .with_context(|| format!("acpd.acp_http.dropped{{reason={reason}}} not on /metrics"))?;
+        if !line.ends_with(" 0") {
+            bail!("dropped where nothing should be: {line}");
+        }
+    }
     Ok(())
 }
 

@@ -118,6 +118,9 @@ async fn reap(live: &Liveness, router: &Router, path: &str, idle: Duration, now:
         let mut svc = router.clone();
         let _ = tower::Service::call(&mut svc, req).await;
         live.expired.fetch_add(1, Ordering::Relaxed);
+        super::DROPS
+            .idle_connections
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(acp.connection.id = %id, "idle ACP connection ended");
     }
 }
@@ -178,6 +181,8 @@ mod tests {
         reap(&live, &router, "/acp", Duration::ZERO, Instant::now()).await;
         assert_eq!(status(&router, ask()).await, 404);
         assert_eq!(live.expired.load(Ordering::Relaxed), 1);
+        // Counted for `acpd.acp_http.dropped` too (process-wide, so other tests may add).
+        assert!(super::super::DROPS.idle_connections.load(Ordering::Relaxed) >= 1);
     }
 
     #[test]

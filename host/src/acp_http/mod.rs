@@ -25,12 +25,72 @@ use agent_client_protocol_http::{AcpHttpServer, ServerOptions};
 use axum::Router;
 use axum::middleware::from_fn_with_state;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::http::AppState;
 use facade::Mount;
 
+/// What the transport's bounded stores let go, process-wide (every mount), exported as
+/// `acpd.acp_http.dropped` by reason.
+#[derive(Default)]
+pub struct Drops {
+    /// Events that fell out of a session stream's resume ring (a `Last-Event-ID` before them
+    /// can no longer be honoured).
+    pub resume_events: AtomicU64,
+    /// Resume rings forgotten to make room for newer streams.
+    pub resume_streams: AtomicU64,
+    /// Connections ended after sitting idle without DELETE.
+    pub idle_connections: AtomicU64,
+    /// Request enrichments that fell out before their message's span took them.
+    pub carried_context: AtomicU64,
+}
+
+pub static DROPS: Drops = Drops {
+    resume_events: AtomicU64::new(0),
+    resume_streams: AtomicU64::new(0),
+    idle_connections: AtomicU64::new(0),
+    carried_context: AtomicU64::new(0),
+};
+
+impl Drops {
+    pub fn all(&self) -> [(&'static str, u64); 4] {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("resume_event", n(&self.resume_events)),
+            ("resume_stream", n(&self.resume_streams)),
+            ("idle_connection", n(&self.idle_connections)),
+            ("carried_context", n(&self.carried_context)),
+        ]
+    }
+}
+
+/// Registers `acpd.acp_http.dropped` once per process.
+fn register_metrics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use crate::telemetry::semconv;
+        let _ = opentelemetry::global::meter("acpd")
+            .u64_observable_counter(semconv::M_ACP_HTTP_DROPPED)
+            .with_unit("{item}")
+            .with_description("What /acp's bounded stores let go, by reason")
+            .with_callback(|o| {
+                for (reason, n) in DROPS.all() {
+                    o.observe(
+                        n,
+                        &[opentelemetry::KeyValue::new(
+                            semconv::ACP_HTTP_REASON,
+                            reason,
+                        )],
+                    );
+                }
+            })
+            .build();
+    });
+}
+
 /// The transport's routes, added to the daemon's router before its guard layers.
 pub fn router(state: &AppState) -> Router<AppState> {
+    register_metrics();
     let resume = Arc::new(resume::Streams::default());
     let mut router = Router::new().route_service("/acp", mount(state, None, "/acp", &resume));
     for ws in &state.bridge.workspaces {

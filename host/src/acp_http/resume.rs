@@ -54,6 +54,7 @@ impl Streams {
             };
             inner.rings.remove(&old);
             self.evicted_streams.fetch_add(1, Ordering::Relaxed);
+            super::DROPS.resume_streams.fetch_add(1, Ordering::Relaxed);
         }
         let r = Arc::new(Mutex::new(Ring::default()));
         inner.rings.insert(key.clone(), r.clone());
@@ -168,6 +169,7 @@ impl Tap {
             if ring.events.len() > RING {
                 ring.events.pop_front();
                 self.streams.evicted_events.fetch_add(1, Ordering::Relaxed);
+                super::DROPS.resume_events.fetch_add(1, Ordering::Relaxed);
             }
             self.out.push_back(framed);
         }

@@ -41,6 +41,7 @@ pub fn carry(traceparent: &str, e: Enrichment) {
         let Some(old) = order.pop_front() else { break };
         if map.remove(&old).is_some() {
             CARRIED.evicted.fetch_add(1, Ordering::Relaxed);
+            super::DROPS.carried_context.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -80,6 +80,10 @@ pub const M_SSE_EVICTIONS: &str = "acpd.sse.evictions";
 pub const M_TELEMETRY_DROPPED: &str = "acpd.telemetry.dropped";
 pub const M_JOURNAL_DROPPED: &str = "acpd.journal.dropped";
 pub const M_JOURNAL_BYTES: &str = "acpd.journal.bytes";
+pub const M_ACP_HTTP_DROPPED: &str = "acpd.acp_http.dropped";
+/// What `/acp`'s bounded stores let go: `resume_event`, `resume_stream`, `idle_connection`,
+/// `carried_context`.
+pub const ACP_HTTP_REASON: &str = "acpd.acp_http.reason";
 /// Why events are missing from the session journal: `total_cap`, `session_cap`, `io_error`
 /// (not journaled), `compacted` (removed to keep a session under its cap).
 pub const JOURNAL_REASON: &str = "acpd.journal.reason";
