@@ -342,7 +342,7 @@ pub(crate) async fn apply_mode(
         .with("availableModes", switch.available().to_vec()));
     }
     let previous = switch.current().unwrap_or_default().to_string();
-    state.bridge.admit_wake(&s)?;
+    state.bridge.admit_wake(s)?;
     let agent = s.ensure_agent(true).await?;
     match &switch {
         Switch::ConfigOption { config_id, .. } => {
