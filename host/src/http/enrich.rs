@@ -32,7 +32,14 @@ pub async fn request_hook(State(state): State<AppState>, req: Request, next: Nex
         return next.run(req).await;
     };
     let path = req.uri().path().to_string();
-    if path.starts_with("/debug/") || path == "/metrics" || path.starts_with("/admin/") {
+    // An untraced probe (`telemetry.trace_probes` off, see `span::trace`) has no span to
+    // enrich: a plugin call there would halve what /health serves, for nothing.
+    let untraced_probe = path == "/health" && !crate::telemetry::trace_probes();
+    if path.starts_with("/debug/")
+        || path == "/metrics"
+        || path.starts_with("/admin/")
+        || untraced_probe
+    {
         return next.run(req).await;
     }
     let route = route_template(&path);
