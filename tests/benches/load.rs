@@ -11,7 +11,12 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var("ACPD_LOAD_ONLY").is_ok_and(|only| only.trim() == "responsive") {
         use acpd_tests::responsive::{Opts, section};
         let o = if short { Opts::SHORT } else { Opts::FULL };
-        section(&o, acpd::config::DEFAULT_AGENT_NICE).await?;
+        // `ACPD_RESPONSIVE_NICE`: another niceness for the nicer case than the default.
+        let nice = std::env::var("ACPD_RESPONSIVE_NICE")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(acpd::config::DEFAULT_AGENT_NICE);
+        section(&o, nice).await?;
         return Ok(());
     }
     run(if short { Opts::SHORT } else { Opts::FULL }).await?;
