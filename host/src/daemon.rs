@@ -50,16 +50,18 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
     }
+    // HMAC keys read from the environment are the daemon's secrets, not the agent's.
+    child_env_remove.extend(config.keys.values().filter_map(|k| k.env.clone()));
+    // Checks the workspaces (a configuration error exits here, before anything else is said);
+    // spawns nothing yet.
+    let bridge = Bridge::new(config.clone(), (child_env, child_env_remove))?;
     // Before anything is served or spawned: what a crashed predecessor left running is stopped
     // (this daemon's own agents are recorded from here on).
     crate::child::leftovers::stop_leftovers(
-        config.state.resolved_dir().as_deref(),
+        state_dir.as_deref(),
         Duration::from_millis(config.agent.stop_grace_ms),
     )
     .await;
-    // HMAC keys read from the environment are the daemon's secrets, not the agent's.
-    child_env_remove.extend(config.keys.values().filter_map(|k| k.env.clone()));
-    let bridge = Bridge::new(config.clone(), (child_env, child_env_remove))?;
     open_journal(&config, state_dir.as_deref(), &bridge).await?;
     crate::child::reap::start();
     // Plugins are compiled (or taken from the cache) and initialised before the first request.

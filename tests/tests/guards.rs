@@ -746,7 +746,7 @@ async fn capabilities_shape() -> Result<()> {
     }
     let ws = d.ws_path.display().to_string();
     assert_eq!(c["workspaceCwd"], ws.as_str());
-    assert_eq!(c["transports"], json!(["rest"]));
+    assert_eq!(c["transports"], json!(["rest", "acp"]));
     assert_eq!(c["policy"]["permission"], "first-responder");
     for k in [
         "maxPendingPromptsPerSession",
