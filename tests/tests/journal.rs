@@ -483,15 +483,12 @@ async fn a_damaged_journal_is_a_clear_error_for_its_session_only() -> Result<()>
     Ok(())
 }
 
-#[tokio::test]
-async fn the_total_cap_is_a_counted_drop_not_a_crash() -> Result<()> {
-    let mut d = Daemon::builder()
-        .config("[state]\njournal_max_total_bytes = 65536\njournal_max_session_bytes = 1048576\n")
-        .start()
-        .await?;
+/// A flood past a journal bound (`reason`: `total_cap`, `io_error`): live clients still get every
+/// event, the drop is one clear ERROR and counted in `acpd.journal.dropped`, the daemon goes on
+/// serving new sessions, and the flooded session says it is sealed. Returns the flooded session.
+async fn flood_past_a_bound(d: &Daemon, flood: &str, reason: &str) -> Result<SessionRef> {
     let s = d.create_session().await?;
-    // ~120 KiB of events: past the 64 KiB cap.
-    let frames = turn(&d, &s, "flood 120 1024").await?;
+    let frames = turn(d, &s, flood).await?;
     ensure!(
         frames.last().is_some_and(|f| f.event == "turn_complete"),
         "live clients get every event"
@@ -499,23 +496,34 @@ async fn the_total_cap_is_a_counted_drop_not_a_crash() -> Result<()> {
     ensure!(
         d.log()
             .iter()
-            .any(|l| l.contains("ERROR") && l.contains("not journaled") && l.contains("total_cap")),
+            .any(|l| l.contains("ERROR") && l.contains("not journaled") && l.contains(reason)),
         "no clear error: {:?}",
         d.log()
     );
     let metrics = d.http.get(d.url("/metrics")).send().await?.text().await?;
     let dropped: u64 = metrics
         .lines()
-        .find(|l| l.starts_with("acpd_journal_dropped_total") && l.contains("total_cap"))
+        .find(|l| l.starts_with("acpd_journal_dropped_total") && l.contains(reason))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .with_context(|| format!("no drop counter in {metrics}"))?;
     ensure!(dropped > 0);
-    // The daemon goes on: health, a new session, a turn.
     ensure!(d.get("/health").await?.status == 200);
     let other = d.create_session().await?;
-    ensure!(agent_text(&turn(&d, &other, "still serving").await?).contains("still serving"));
+    ensure!(agent_text(&turn(d, &other, "still serving").await?).contains("still serving"));
     let st = d.get(&format!("/session/{}", s.id)).await?.body;
-    ensure!(st["journal"]["sealed"] == "total_cap", "{st}");
+    ensure!(st["journal"]["sealed"] == reason, "{st}");
+    Ok(s)
+}
+
+#[tokio::test]
+async fn the_total_cap_is_a_counted_drop_not_a_crash() -> Result<()> {
+    let mut d = Daemon::builder()
+        .config("[state]\njournal_max_total_bytes = 65536\njournal_max_session_bytes = 1048576\n")
+        .start()
+        .await?;
+    // ~120 KiB of events: past the 64 KiB cap.
+    let s = flood_past_a_bound(&d, "flood 120 1024", "total_cap").await?;
+    let st = d.get(&format!("/session/{}", s.id)).await?.body;
     let last = st["lastEventId"].as_u64().context("last")?;
     let epoch = st["eventEpoch"].as_str().context("epoch")?.to_string();
     // After a restart the session has a new epoch: ids past what was journaled are not reused
@@ -636,33 +644,9 @@ async fn a_full_disk_is_a_counted_drop_not_a_crash() -> Result<()> {
         .args(&["--state-dir", state.to_str().context("path")?])
         .start()
         .await?;
-    let s = d.create_session().await?;
-    // ~400 KiB of events on a 256 KiB filesystem.
-    let frames = turn(&d, &s, "flood 400 1024").await?;
-    ensure!(
-        frames.last().is_some_and(|f| f.event == "turn_complete"),
-        "live clients get every event"
-    );
-    ensure!(
-        d.log()
-            .iter()
-            .any(|l| l.contains("ERROR") && l.contains("not journaled") && l.contains("io_error")),
-        "no clear error: {:?}",
-        d.log()
-    );
-    let metrics = d.http.get(d.url("/metrics")).send().await?.text().await?;
-    let dropped: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("acpd_journal_dropped_total") && l.contains("io_error"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .with_context(|| format!("no drop counter in {metrics}"))?;
-    ensure!(dropped > 0);
-    ensure!(d.get("/health").await?.status == 200);
-    // A session created on the full disk still serves (unjournaled, counted).
-    let other = d.create_session().await?;
-    ensure!(agent_text(&turn(&d, &other, "disk full").await?).contains("disk full"));
-    let st = d.get(&format!("/session/{}", s.id)).await?.body;
-    ensure!(st["journal"]["sealed"] == "io_error", "{st}");
+    // ~400 KiB of events on a 256 KiB filesystem; a session created on the full disk still
+    // serves (unjournaled, counted).
+    flood_past_a_bound(&d, "flood 400 1024", "io_error").await?;
     d.terminate(Duration::from_secs(20)).await?;
     Ok(())
 }
