@@ -373,9 +373,12 @@ async function sessionClient(c) {
   await step('sessionClientContext', () => x.context());
   await step('sessionClientTranscript', () => x.getTranscriptPage({ limit: 500 }));
   await step('sessionClientClose', () => x.close());
-  abort.abort();
+  // The daemon publishes session_closed, then ends the stream: the reader ends by itself once it
+  // has read everything. Aborting at once would race the last events; abort only at the deadline.
+  const deadline = setTimeout(() => abort.abort(), EVENT_WAIT_MS);
   await step('sessionClientEvents', async () => {
     await reading;
+    clearTimeout(deadline);
     return { types: seen.map((e) => e.type), validated: validate(seen), view: view(seen) };
   });
 }
