@@ -81,6 +81,16 @@ impl DaemonBuilder {
         self
     }
 
+    /// Exports the daemon's telemetry to an in-test receiver, with short batch and metric
+    /// intervals so a test sees its items quickly.
+    pub fn exporting_to(self, rx: &otlp::Receiver) -> Self {
+        self.env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self
@@ -246,6 +256,17 @@ impl Daemon {
 
     pub async fn start() -> Result<Daemon> {
         Self::builder().start().await
+    }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> Result<String> {
+        Ok(self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
     }
 
     pub fn url(&self, path: &str) -> String {

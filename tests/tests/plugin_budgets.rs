@@ -48,7 +48,7 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 async fn metrics_text(d: &Daemon) -> anyhow::Result<String> {
-    Ok(d.http.get(d.url("/metrics")).send().await?.text().await?)
+    d.metrics_text().await
 }
 
 fn failures(metrics: &str) -> Vec<&str> {
@@ -61,11 +61,7 @@ fn failures(metrics: &str) -> Vec<&str> {
 async fn start_with(rx: &Receiver, config: &str) -> anyhow::Result<Daemon> {
     Daemon::builder()
         .config(config)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+        .exporting_to(rx)
         .start()
         .await
 }

@@ -107,7 +107,7 @@ async fn stderr_prompt(d: &Daemon, s: &SessionRef) -> anyhow::Result<()> {
 }
 
 async fn metrics_text(d: &Daemon) -> anyhow::Result<String> {
-    Ok(d.http.get(d.url("/metrics")).send().await?.text().await?)
+    d.metrics_text().await
 }
 
 /// Every trace the trace view holds, with all its spans, as one text.

@@ -76,17 +76,13 @@ fn toml_str(p: &std::path::Path) -> String {
 async fn start_with(rx: &Receiver, config: &str) -> anyhow::Result<Daemon> {
     Daemon::builder()
         .config(config)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+        .exporting_to(rx)
         .start()
         .await
 }
 
 async fn metrics_text(d: &Daemon) -> anyhow::Result<String> {
-    Ok(d.http.get(d.url("/metrics")).send().await?.text().await?)
+    d.metrics_text().await
 }
 
 /// Every trace the trace view holds, with all its spans, as one text.
