@@ -6,6 +6,7 @@ pub mod guests;
 pub mod load;
 pub mod mock_llm;
 pub mod otlp;
+pub mod plugin_checks;
 pub mod responsive;
 
 use anyhow::{Context, Result, anyhow, bail};

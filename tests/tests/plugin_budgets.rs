@@ -47,10 +47,6 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-async fn metrics_text(d: &Daemon) -> anyhow::Result<String> {
-    d.metrics_text().await
-}
-
 fn failures(metrics: &str) -> Vec<&str> {
     metrics
         .lines()
@@ -81,7 +77,16 @@ async fn busy_prompt(d: &Daemon, s: &SessionRef, i: usize) -> anyhow::Result<()>
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.body["promptId"].as_str().unwrap().to_string();
     let frames = sse.until_turn_end(&id).await?;
-    assert_eq!(frames.last().unwrap().event, "turn_complete", "{frames:?}");
+    let end = &frames.last().unwrap().event;
+    if end != "turn_complete" {
+        // What the daemon said about its child is what explains a failed turn here.
+        let log = d.log();
+        let tail = &log[log.len().saturating_sub(40)..];
+        panic!(
+            "prompt {i} ended {end}: {frames:?}\ndaemon log tail:\n{}",
+            tail.join("\n")
+        );
+    }
     Ok(())
 }
 
@@ -118,14 +123,22 @@ async fn default_plugins_stay_active_on_a_crowded_host() -> anyhow::Result<()> {
             >= prompts
     })
     .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // And the logs: the last `stderr` prompt's line is the last record through the plugins.
+    let last = if prompts.is_multiple_of(2) {
+        prompts - 1
+    } else {
+        prompts - 2
+    };
+    let line = format!("{last} key");
+    rx.wait_for_logs(WAIT, |logs| logs.iter().any(|l| l.body.starts_with(&line)))
+        .await?;
     let h = d.get("/health?deep=1").await?;
     let plugins = h.body["plugins"].as_array().unwrap();
     assert_eq!(plugins.len(), 3, "{plugins:?}");
     for p in plugins {
         assert_eq!(p["state"], "active", "{p}");
     }
-    let metrics = metrics_text(&d).await?;
+    let metrics = d.metrics_text().await?;
     assert!(failures(&metrics).is_empty(), "{:?}", failures(&metrics));
     let log = d.log();
     let failed: Vec<&String> = log
@@ -188,7 +201,7 @@ async fn an_infinite_loop_is_stopped_at_its_cpu_budget_on_a_crowded_host() -> an
             "charged {cpu} us for a {budget} us budget ({wall} us wall): {all:?}"
         );
     }
-    let metrics = metrics_text(&d).await?;
+    let metrics = d.metrics_text().await?;
     assert!(
         failures(&metrics)
             .iter()
@@ -341,7 +354,7 @@ async fn a_host_call_loop_is_stopped_at_the_budget() -> anyhow::Result<()> {
             "charged {cpu} us for a {budget} us budget ({wall} us wall): {all:?}"
         );
     }
-    let metrics = metrics_text(&d).await?;
+    let metrics = d.metrics_text().await?;
     assert!(
         failures(&metrics)
             .iter()

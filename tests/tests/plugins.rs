@@ -2,7 +2,8 @@
 //! example, and hostile fixtures) loaded by the real daemon, with exports checked at an
 //! in-test OTLP receiver and on /debug/traces.
 
-use acpd_tests::otlp::{Protocol, Receiver, RecvLog, RecvSpan};
+use acpd_tests::otlp::{Protocol, Receiver};
+use acpd_tests::plugin_checks::{self, log_text, span_text, toml_str, traces_json};
 use acpd_tests::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -22,24 +23,6 @@ fn leaks(text: &str) -> Vec<&'static str> {
         .into_iter()
         .filter(|s| text.contains(s))
         .collect()
-}
-
-fn span_text(s: &RecvSpan) -> String {
-    format!(
-        "{} {} {} {:?}",
-        s.name,
-        Value::Object(s.attributes.clone()),
-        s.status_message,
-        s.events
-    )
-}
-
-fn log_text(l: &RecvLog) -> String {
-    format!("{} {}", l.body, Value::Object(l.attributes.clone()))
-}
-
-fn toml_str(p: &std::path::Path) -> String {
-    format!("{:?}", p.display().to_string())
 }
 
 async fn start_with(
@@ -104,28 +87,6 @@ async fn stderr_prompt(d: &Daemon, s: &SessionRef) -> anyhow::Result<()> {
     let id = r.body["promptId"].as_str().unwrap().to_string();
     sse.until_turn_end(&id).await?;
     Ok(())
-}
-
-async fn metrics_text(d: &Daemon) -> anyhow::Result<String> {
-    d.metrics_text().await
-}
-
-/// Every trace the trace view holds, with all its spans, as one text.
-async fn traces_json(d: &Daemon) -> anyhow::Result<String> {
-    let list: Value = d
-        .http
-        .get(d.url("/debug/traces.json?limit=500"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let mut all = list.to_string();
-    for t in list["traces"].as_array().into_iter().flatten() {
-        let id = t["traceId"].as_str().unwrap_or_default();
-        let url = d.url(&format!("/debug/traces.json?traceId={id}"));
-        all.push_str(&d.http.get(url).send().await?.text().await?);
-    }
-    Ok(all)
 }
 
 const FIRST_PARTY: &str = r#"
@@ -368,66 +329,11 @@ async fn hostile_mode_keeps_serving_and_fails_closed(
 ) -> anyhow::Result<()> {
     let rx = Receiver::start(Protocol::HttpProtobuf).await?;
     let d = start_with(&rx, &hostile_config(mode), &[]).await?;
-    let s = d.create_session().await?;
-    let mut sse = d.events(&s, None, None).await?;
-    let r = d.prompt(&s, &format!("hello {}", secret_text())).await?;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.body["promptId"].as_str().unwrap().to_string();
-    let frames = sse.until_turn_end(&id).await?;
-    assert_eq!(frames.last().unwrap().event, "turn_complete", "{mode}");
-    // An error response still renders (the error hook falls back to the daemon's wording).
-    let missing = d.get("/session/nope").await?;
-    assert_eq!(missing.status, 404);
-    assert_eq!(missing.body["code"], "session_not_found");
-    assert_eq!(d.get("/health").await?.status, 200);
-
-    let spans = rx
-        .wait_for_spans(WAIT, |spans| {
-            spans.iter().any(|s| {
-                s.name == "bridge prompt.dispatch" && s.attr_str("acpd.prompt.id") == Some(&id)
-            })
-        })
-        .await?;
-    let dispatch = spans
-        .iter()
-        .find(|s| s.name == "bridge prompt.dispatch" && s.attr_str("acpd.prompt.id") == Some(&id))
-        .unwrap();
-    assert_eq!(
-        dispatch.attr_str("gen_ai.input.messages"),
-        Some("[REDACTED]"),
-        "{mode}"
-    );
-    // Structure stays readable while content is masked.
-    assert_eq!(dispatch.attr_str("session.id"), Some(s.id.as_str()));
-    for span in &spans {
-        let text = span_text(span);
-        assert!(
-            leaks(&text).is_empty(),
-            "{mode}: span {} leaked {:?}",
-            span.name,
-            leaks(&text)
-        );
-    }
+    let text = format!("hello {}", secret_text());
+    plugin_checks::hostile_guest_fails_closed(&d, &rx, &text, leaks, failure, mode).await?;
     let view = traces_json(&d).await?;
     assert!(leaks(&view).is_empty(), "{mode}: trace view leaked");
 
-    let expected = format!("acpd_plugin_failure=\"{failure}\"");
-    let mut metrics;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        metrics = metrics_text(&d).await?;
-        if metrics
-            .lines()
-            .any(|l| l.starts_with("acpd_plugin_failures_total") && l.contains(&expected))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{mode}: no {expected} in /metrics:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let logs = rx
         .wait_for_logs(WAIT, |logs| {
             logs.iter().any(|l| l.event_name == "acpd.plugin.failed")

@@ -4,11 +4,11 @@
 //! /debug/traces and /metrics, as tests/tests/plugins.rs does for Rust plugins. Without a
 //! toolchain (tests/scripts/install-guest-toolchains.sh) a test prints "skipped: <reason>".
 
-use acpd_tests::otlp::{Protocol, Receiver, RecvLog, RecvSpan};
+use acpd_tests::otlp::{Protocol, Receiver};
+use acpd_tests::plugin_checks::{self, log_text, span_text, toml_str, traces_json};
 use acpd_tests::*;
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// What the ticket rules must keep out of every export (customers match case-insensitively).
 const TICKETS: [&str; 2] = ["OPS-4711", "ZEN-31337"];
@@ -20,20 +20,6 @@ fn leaks(text: &str) -> Vec<&'static str> {
     let mut found: Vec<&'static str> = TICKETS.into_iter().filter(|t| text.contains(t)).collect();
     found.extend(CUSTOMERS.into_iter().filter(|c| lower.contains(c)));
     found
-}
-
-fn span_text(s: &RecvSpan) -> String {
-    format!(
-        "{} {} {} {:?}",
-        s.name,
-        Value::Object(s.attributes.clone()),
-        s.status_message,
-        s.events
-    )
-}
-
-fn log_text(l: &RecvLog) -> String {
-    format!("{} {}", l.body, Value::Object(l.attributes.clone()))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -69,38 +55,12 @@ fn built(r: Result<PathBuf, String>) -> Option<PathBuf> {
     }
 }
 
-fn toml_str(p: &std::path::Path) -> String {
-    format!("{:?}", p.display().to_string())
-}
-
 async fn start_with(rx: &Receiver, config: &str) -> anyhow::Result<Daemon> {
     Daemon::builder()
         .config(config)
         .exporting_to(rx)
         .start()
         .await
-}
-
-async fn metrics_text(d: &Daemon) -> anyhow::Result<String> {
-    d.metrics_text().await
-}
-
-/// Every trace the trace view holds, with all its spans, as one text.
-async fn traces_json(d: &Daemon) -> anyhow::Result<String> {
-    let list: Value = d
-        .http
-        .get(d.url("/debug/traces.json?limit=500"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let mut all = list.to_string();
-    for t in list["traces"].as_array().into_iter().flatten() {
-        let id = t["traceId"].as_str().unwrap_or_default();
-        let url = d.url(&format!("/debug/traces.json?traceId={id}"));
-        all.push_str(&d.http.get(url).send().await?.text().await?);
-    }
-    Ok(all)
 }
 
 /// Interpreter guests need more than the default 32 MiB; budgets absorb a debug daemon on a
@@ -233,7 +193,7 @@ async fn example_redacts_end_to_end(lang: Lang) -> anyhow::Result<()> {
         "{lang:?}: trace view leaked {:?}",
         leaks(&view)
     );
-    let metrics = metrics_text(&d).await?;
+    let metrics = d.metrics_text().await?;
     assert!(
         metrics.contains("acpd_plugin"),
         "{lang:?}: plugin metrics are there"
@@ -281,57 +241,16 @@ async fn hostile_fails_as_rust_does(lang: Lang, mode: &str, failure: &str) -> an
     };
     let rx = Receiver::start(Protocol::HttpProtobuf).await?;
     let d = start_with(&rx, &hostile_config(&wasm, mode)).await?;
-    let s = d.create_session().await?;
-    let mut sse = d.events(&s, None, None).await?;
-    let r = d.prompt(&s, "hello OPS-4711 for Acme Corp").await?;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.body["promptId"].as_str().unwrap().to_string();
-    let frames = sse.until_turn_end(&id).await?;
-    assert_eq!(frames.last().unwrap().event, "turn_complete", "{mode}");
-    let missing = d.get("/session/nope").await?;
-    assert_eq!(missing.status, 404);
-    assert_eq!(missing.body["code"], "session_not_found");
-    assert_eq!(d.get("/health").await?.status, 200);
-
-    let spans = rx
-        .wait_for_spans(WAIT, |spans| {
-            spans.iter().any(|s| {
-                s.name == "bridge prompt.dispatch" && s.attr_str("acpd.prompt.id") == Some(&id)
-            })
-        })
-        .await?;
-    let dispatch = spans
-        .iter()
-        .find(|s| s.name == "bridge prompt.dispatch" && s.attr_str("acpd.prompt.id") == Some(&id))
-        .unwrap();
-    assert_eq!(
-        dispatch.attr_str("gen_ai.input.messages"),
-        Some("[REDACTED]"),
-        "{lang:?} {mode}"
-    );
-    for span in &spans {
-        assert!(
-            leaks(&span_text(span)).is_empty(),
-            "{lang:?} {mode}: span {} leaked",
-            span.name
-        );
-    }
-    let expected = format!("acpd_plugin_failure=\"{failure}\"");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let metrics = metrics_text(&d).await?;
-        if metrics
-            .lines()
-            .any(|l| l.starts_with("acpd_plugin_failures_total") && l.contains(&expected))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{lang:?} {mode}: no {expected} in /metrics:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("{lang:?} {mode}");
+    plugin_checks::hostile_guest_fails_closed(
+        &d,
+        &rx,
+        "hello OPS-4711 for Acme Corp",
+        leaks,
+        failure,
+        &what,
+    )
+    .await?;
     Ok(())
 }
 
