@@ -218,6 +218,10 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // Before the runtime starts: its threads inherit the slice.
+            if let Err(e) = crate::sched::set_daemon_slice(config.server.cpu_slice()) {
+                eprintln!("acpd: server.cpu_slice_us not applied: {e}");
+            }
             run_async(async move {
                 // A plugin reload re-reads the same layers (the file and env may have changed).
                 let reread = Box::new(move || {

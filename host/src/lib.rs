@@ -21,5 +21,6 @@ pub mod http;
 pub mod journal;
 pub mod plugin_cli;
 pub mod plugins;
+pub mod sched;
 pub mod telemetry;
 pub mod time;

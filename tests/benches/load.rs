@@ -16,7 +16,12 @@ async fn main() -> anyhow::Result<()> {
             .ok()
             .and_then(|n| n.parse().ok())
             .unwrap_or(acpd::config::DEFAULT_AGENT_NICE);
-        section(&o, nice).await?;
+        // `ACPD_RESPONSIVE_SLICE_US`: another daemon CPU slice than the default.
+        let slice = std::env::var("ACPD_RESPONSIVE_SLICE_US")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(acpd::config::ServerConfig::default().cpu_slice_us);
+        section(&o, nice, slice).await?;
         return Ok(());
     }
     run(if short { Opts::SHORT } else { Opts::FULL }).await?;

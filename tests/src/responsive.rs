@@ -49,19 +49,25 @@ impl Opts {
     };
 }
 
-/// One case: the agents' burn and niceness.
+/// One case: the agents' burn and niceness, and the daemon's CPU slice (`server.cpu_slice_us`,
+/// 0: the kernel's default).
 #[derive(Debug, Clone, Copy)]
 pub struct Case {
     pub burn: u32,
     pub nice: i32,
+    pub slice_us: u64,
 }
 
 impl Case {
     pub fn label(self) -> String {
+        let slice = match self.slice_us {
+            0 => "kernel's slice".to_string(),
+            us => format!("slice {us} µs"),
+        };
         if self.burn == 0 {
-            format!("idle agents, nice {}", self.nice)
+            format!("idle agents, nice {}, {slice}", self.nice)
         } else {
-            format!("agents burn {} %, nice {}", self.burn, self.nice)
+            format!("agents burn {} %, nice {}, {slice}", self.burn, self.nice)
         }
     }
 }
@@ -85,9 +91,10 @@ async fn daemon(case: Case, rx: &Receiver) -> Result<Daemon> {
     let config = format!(
         "[limits]\nmax_sessions = 512\nmax_sessions_per_workspace = 512\n\
          max_pending_prompts_per_session = 1000000\nevent_ring = 256\n\
+         [server]\ncpu_slice_us = {}\n\
          [agent]\nscope = \"session\"\nnice = {}\n\
          [agent.env]\nOTEL_SDK_DISABLED = \"true\"\nACPD_DEMO_BURN = \"{}\"\n",
-        case.nice, case.burn
+        case.slice_us, case.nice, case.burn
     );
     Daemon::builder()
         .config(&config)
@@ -226,16 +233,30 @@ pub async fn run_case(case: Case, o: &Opts) -> Result<Run> {
 }
 
 /// Every case `o.repeats` times, interleaved; prints the table BENCHMARKS.md quotes.
-pub async fn section(o: &Opts, default_nice: i32) -> Result<String> {
+/// The cases: idle agents and burning ones under the defaults, and burning ones as before each
+/// mechanism (the kernel's slice; the daemon's priority as well).
+pub async fn section(o: &Opts, default_nice: i32, default_slice_us: u64) -> Result<String> {
+    let burn = o.burn;
     let cases = [
-        Case { burn: 0, nice: 0 },
         Case {
-            burn: o.burn,
-            nice: 0,
+            burn: 0,
+            nice: default_nice,
+            slice_us: default_slice_us,
         },
         Case {
-            burn: o.burn,
+            burn,
+            nice: 0,
+            slice_us: 0,
+        },
+        Case {
+            burn,
             nice: default_nice,
+            slice_us: 0,
+        },
+        Case {
+            burn,
+            nice: default_nice,
+            slice_us: default_slice_us,
         },
     ];
     let mut out = String::new();

@@ -634,6 +634,7 @@ async fn invalid_config_exits_2_with_one_line_naming_the_key() -> Result<()> {
     let unknown_section = file("section.toml", "[agnet]\ncommand = \"x\"\n")?;
     let bad_scope = file("scope.toml", "[agent]\nscope = \"galaxy\"\n")?;
     let broken = file("broken.toml", "[server\nport = 1\n")?;
+    let bad_slice = file("slice.toml", "[server]\ncpu_slice_us = 50\n")?;
     let ws = dir.path().display().to_string();
     let base = ["--workspace", ws.as_str()];
     let with = |extra: &[&'static str]| -> Vec<String> {
@@ -663,6 +664,11 @@ async fn invalid_config_exits_2_with_one_line_naming_the_key() -> Result<()> {
         (vec!["--config".into(), unknown_section], vec![], "agnet"),
         (vec!["--config".into(), bad_scope], vec![], "agent.scope"),
         (vec!["--config".into(), broken.clone()], vec![], &broken),
+        (
+            vec!["--config".into(), bad_slice],
+            vec![],
+            "server.cpu_slice_us",
+        ),
         (
             with(&["--hostname", "0.0.0.0", "--port", "0"]),
             vec![],

@@ -1,5 +1,6 @@
 //! The responsive-under-agent-load section of the load harness, in its short mode: agents that
-//! burn CPU (`ACPD_DEMO_BURN`) at the daemon's priority and at the default `agent.nice`. Asserts
+//! burn CPU (`ACPD_DEMO_BURN`) at the daemon's priority and slice, and at the defaults
+//! (`agent.nice`, `server.cpu_slice_us`). Asserts
 //! that every probe is answered, every admitted turn completes and the agents got CPU; the
 //! figures themselves are for `cargo bench` (BENCHMARKS.md).
 
@@ -8,8 +9,18 @@ use acpd_tests::responsive::{Case, Opts, run_case};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burning_agents_leave_admission_and_health_answering() {
     let o = Opts::SHORT;
-    for nice in [0, acpd::config::DEFAULT_AGENT_NICE] {
-        let r = run_case(Case { burn: o.burn, nice }, &o).await.unwrap();
+    let slice = acpd::config::ServerConfig::default().cpu_slice_us;
+    for (nice, slice_us) in [(0, 0), (acpd::config::DEFAULT_AGENT_NICE, slice)] {
+        let r = run_case(
+            Case {
+                burn: o.burn,
+                nice,
+                slice_us,
+            },
+            &o,
+        )
+        .await
+        .unwrap();
         assert!(!r.admission.is_empty() && !r.health.is_empty(), "{r:?}");
         // The agents burned: they were scheduled at all, whatever their niceness.
         assert!(

@@ -222,6 +222,17 @@ pub struct ServerConfig {
     pub require_auth: bool,
     pub allow_origin: Vec<String>,
     pub max_body_bytes: usize,
+    /// The CPU slice the daemon's threads ask the kernel for, in µs (Linux 6.12+; 100..=100000,
+    /// 0: the kernel's default). Short, so a request or an agent's line that wakes the daemon
+    /// preempts a CPU-burning agent at once instead of waiting out its slice; the agents keep
+    /// their share of the CPU. See `crate::sched`.
+    pub cpu_slice_us: u64,
+}
+
+impl ServerConfig {
+    pub fn cpu_slice(&self) -> Option<std::time::Duration> {
+        (self.cpu_slice_us > 0).then(|| std::time::Duration::from_micros(self.cpu_slice_us))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -295,6 +306,7 @@ impl Default for ServerConfig {
             require_auth: false,
             allow_origin: Vec::new(),
             max_body_bytes: 10 * 1024 * 1024,
+            cpu_slice_us: 100,
         }
     }
 }
@@ -380,6 +392,10 @@ impl Config {
                 "telemetry.protocol",
                 "must be grpc, http/protobuf or http/json",
             );
+        }
+        if self.server.cpu_slice_us != 0 && !(100..=100_000).contains(&self.server.cpu_slice_us) {
+            // The kernel's range (it would clamp silently).
+            return bad("server.cpu_slice_us", "must be 0 or between 100 and 100000");
         }
         if !(0..=19).contains(&self.agent.nice) {
             // Below 0 needs privileges the daemon should not have.
