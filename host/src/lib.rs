@@ -6,6 +6,7 @@
 
 pub mod acp;
 pub mod acp_http;
+pub mod alloc_count;
 pub mod bridge;
 pub mod child;
 pub mod cli;

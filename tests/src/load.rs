@@ -40,6 +40,8 @@ pub struct Opts {
     pub gateway_secs: f64,
     /// Journaled sessions (one turn each) the daemon restarts with.
     pub journal_sessions: usize,
+    /// Prompts of the soak run (`ACPD_LOAD_ONLY=soak`), RSS read after each tenth.
+    pub soak_prompts: usize,
 }
 
 impl Opts {
@@ -58,6 +60,7 @@ impl Opts {
         gateway_rate: 5000,
         gateway_secs: 10.0,
         journal_sessions: 1000,
+        soak_prompts: 100_000,
     };
 
     /// Proves every part works in a few seconds; the figures mean nothing.
@@ -76,6 +79,7 @@ impl Opts {
         gateway_rate: 500,
         gateway_secs: 1.0,
         journal_sessions: 20,
+        soak_prompts: 160,
     };
 }
 
@@ -491,67 +495,188 @@ pub async fn fanout(
     })
 }
 
+/// Resident set split as the kernel accounts it: (anonymous, file-backed) KiB, from /proc.
+pub fn rss_split_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| name.to_string())
+    };
+    Ok((field("RssAnon:")?, field("RssFile:")? + field("RssShmem:")?))
+}
+
+/// The daemon's allocation counters (`acpd_alloc_*` on /metrics; the bench build counts them):
+/// (allocations, bytes allocated, bytes live). `None` when the daemon was built without them.
+pub async fn alloc_counts(d: &Daemon) -> Result<Option<(u64, u64, u64)>> {
+    let text = d.metrics_text().await?;
+    let value = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    Ok(
+        match (
+            value("acpd_alloc_count_total"),
+            value("acpd_alloc_bytes_total"),
+            value("acpd_alloc_live_bytes"),
+        ) {
+            (Some(a), Some(b), Some(l)) => Some((a, b, l)),
+            _ => None,
+        },
+    )
+}
+
+/// Allocations per operation between two readings: (allocations, bytes) per op.
+#[derive(Debug, Clone, Copy)]
+pub struct AllocsPer {
+    pub allocs: f64,
+    pub bytes: f64,
+}
+
+fn allocs_per(
+    before: Option<(u64, u64, u64)>,
+    after: Option<(u64, u64, u64)>,
+    ops: usize,
+) -> Option<AllocsPer> {
+    let ((a0, b0, _), (a1, b1, _)) = (before?, after?);
+    Some(AllocsPer {
+        allocs: (a1 - a0) as f64 / ops as f64,
+        bytes: (b1 - b0) as f64 / ops as f64,
+    })
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {
     pub idle_kib: u64,
+    /// Idle, (anonymous, file-backed) KiB.
+    pub idle_split: (u64, u64),
     pub sessions_100_kib: u64,
     pub warm_kib: u64,
+    pub warm_split: (u64, u64),
     pub after_kib: u64,
     /// After a second round of `prompts`: a leak keeps growing, a pool filling up does not.
     pub after2_kib: u64,
     pub prompts: usize,
+    /// Per prompt over the last round (16 sessions, one SSE subscriber each, `bench 2`), and per
+    /// sequential `GET /health`; `None` without the daemon's allocation counters.
+    pub per_prompt: Option<AllocsPer>,
+    pub per_health: Option<AllocsPer>,
+    /// Bytes live in the daemon's heap, warm and at the end.
+    pub live_warm: Option<u64>,
+    pub live_end: Option<u64>,
+}
+
+/// 16 sessions each with its SSE stream, `count` turns of `bench 2` spread over them.
+async fn prompt_rounds(d: &Arc<Daemon>, workers: &[SessionRef], count: usize) -> Result<()> {
+    let per = count.div_ceil(workers.len());
+    let tasks: Vec<_> = workers
+        .iter()
+        .cloned()
+        .map(|s| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut sse = d.events(&s, None, None).await?;
+                for _ in 0..per {
+                    turn(&d, &s, &mut sse, "bench 2").await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
 }
 
 /// RSS idle, with 100 sessions, then after a warm-up of `prompts` prompts (fills the replay
 /// rings, the trace view and the plugin instance pools) and after each of two more rounds of
-/// `prompts`: growth that repeats is a leak.
+/// `prompts`: growth that repeats is a leak. Allocations are counted over the last round.
 pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Memory> {
     let d = &t.d;
     d.get("/health").await?;
     let idle_kib = t.rss_kib()?;
+    let idle_split = rss_split_kib(d.pid())?;
     let mut sessions = Vec::new();
     for _ in 0..sessions_n {
         sessions.push(d.create_session().await?);
     }
     let sessions_100_kib = t.rss_kib()?;
     let workers: Vec<SessionRef> = sessions.into_iter().take(16).collect();
-    let run = |count: usize| {
-        let tasks: Vec<_> = workers
-            .iter()
-            .cloned()
-            .map(|s| {
-                let d = d.clone();
-                let per = count.div_ceil(16);
-                tokio::spawn(async move {
-                    let mut sse = d.events(&s, None, None).await?;
-                    for _ in 0..per {
-                        turn(&d, &s, &mut sse, "bench 2").await?;
-                    }
-                    Ok::<_, anyhow::Error>(())
-                })
-            })
-            .collect::<Vec<_>>();
-        async move {
-            for t in tasks {
-                t.await??;
-            }
-            Ok::<_, anyhow::Error>(())
-        }
-    };
-    run(prompts).await?;
+    prompt_rounds(d, &workers, prompts).await?;
     let warm_kib = t.rss_kib()?;
-    run(prompts).await?;
+    let warm_split = rss_split_kib(d.pid())?;
+    let live_warm = alloc_counts(d).await?.map(|c| c.2);
+    prompt_rounds(d, &workers, prompts).await?;
     let after_kib = t.rss_kib()?;
-    run(prompts).await?;
+    let before = alloc_counts(d).await?;
+    let done = workers.len() * prompts.div_ceil(workers.len());
+    prompt_rounds(d, &workers, prompts).await?;
+    let after = alloc_counts(d).await?;
     let after2_kib = t.rss_kib()?;
+    let per_prompt = allocs_per(before, after, done);
+    let probes = (prompts / 5).max(10);
+    let before = alloc_counts(d).await?;
+    for _ in 0..probes {
+        d.get("/health").await?;
+    }
+    let per_health = allocs_per(before, alloc_counts(d).await?, probes);
     Ok(Memory {
         idle_kib,
+        idle_split,
         sessions_100_kib,
         warm_kib,
+        warm_split,
         after_kib,
         after2_kib,
         prompts,
+        per_prompt,
+        per_health,
+        live_warm,
+        live_end: after.map(|c| c.2),
     })
+}
+
+/// One reading of the soak run.
+#[derive(Debug, Clone, Copy)]
+pub struct SoakPoint {
+    pub prompts: usize,
+    pub rss_kib: u64,
+    pub anon_kib: u64,
+    pub live_bytes: Option<u64>,
+}
+
+/// `total` prompts (16 sessions, `bench 2`), RSS read every `every` prompts.
+pub async fn soak(t: &Target, total: usize, every: usize) -> Result<Vec<SoakPoint>> {
+    let d = &t.d;
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        workers.push(d.create_session().await?);
+    }
+    let point = |done: usize, live: Option<u64>| -> Result<SoakPoint> {
+        let (anon, _) = rss_split_kib(d.pid())?;
+        Ok(SoakPoint {
+            prompts: done,
+            rss_kib: t.rss_kib()?,
+            anon_kib: anon,
+            live_bytes: live,
+        })
+    };
+    let mut points = vec![point(0, alloc_counts(d).await?.map(|c| c.2))?];
+    let mut done = 0;
+    while done < total {
+        prompt_rounds(d, &workers, every).await?;
+        done += workers.len() * every.div_ceil(workers.len());
+        points.push(point(done, alloc_counts(d).await?.map(|c| c.2))?);
+    }
+    Ok(points)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -774,7 +899,8 @@ impl Report {
 }
 
 /// Sections of a run; `ACPD_LOAD_ONLY=overhead,export` (comma-separated) runs only those.
-pub const SECTIONS: [&str; 9] = [
+/// `soak` (100,000 prompts) runs only when named.
+pub const SECTIONS: [&str; 10] = [
     "floor",
     "overhead",
     "admission",
@@ -784,12 +910,13 @@ pub const SECTIONS: [&str; 9] = [
     "gateway",
     "startup",
     "journal",
+    "soak",
 ];
 
 fn wanted(section: &str) -> bool {
     std::env::var("ACPD_LOAD_ONLY")
         .map(|only| only.split(',').any(|s| s.trim() == section))
-        .unwrap_or(true)
+        .unwrap_or(section != "soak")
 }
 
 /// Runs every measurement; prints the report as it goes and returns it.
@@ -829,6 +956,9 @@ pub async fn run(o: Opts) -> Result<Report> {
     }
     if wanted("journal") {
         journal_section(&mut rep, &o).await?;
+    }
+    if wanted("soak") {
+        soak_section(&mut rep, &o).await?;
     }
     Ok(rep)
 }
@@ -918,6 +1048,7 @@ async fn fanout_section(rep: &mut Report, o: &Opts) -> Result<()> {
 }
 
 async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    let mib = |k: u64| k as f64 / 1024.0;
     for mode in Telemetry::ALL {
         let t = Target::start_sink(mode).await?;
         let sessions = if o.leak_prompts >= 1000 { 100 } else { 20 };
@@ -925,18 +1056,65 @@ async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
         rep.line(format!(
             "RSS MiB ({}): idle {:.1} | {} sessions {:.1} | warm {:.1} | +{} prompts {:.1} ({:+.2}) | +{} more {:.1} ({:+.2})",
             mode.label(),
-            m.idle_kib as f64 / 1024.0,
+            mib(m.idle_kib),
             sessions,
-            m.sessions_100_kib as f64 / 1024.0,
-            m.warm_kib as f64 / 1024.0,
+            mib(m.sessions_100_kib),
+            mib(m.warm_kib),
             m.prompts,
-            m.after_kib as f64 / 1024.0,
+            mib(m.after_kib),
             (m.after_kib as f64 - m.warm_kib as f64) / 1024.0,
             m.prompts,
-            m.after2_kib as f64 / 1024.0,
+            mib(m.after2_kib),
             (m.after2_kib as f64 - m.after_kib as f64) / 1024.0
         ));
+        let live =
+            |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0));
+        rep.line(format!(
+            "  anon / file MiB ({}): idle {:.1} / {:.1} | warm {:.1} / {:.1}; heap live MiB warm {} end {}",
+            mode.label(),
+            mib(m.idle_split.0),
+            mib(m.idle_split.1),
+            mib(m.warm_split.0),
+            mib(m.warm_split.1),
+            live(m.live_warm),
+            live(m.live_end),
+        ));
+        let per = |a: Option<AllocsPer>| {
+            a.map_or("not counted (build without alloc-count)".into(), |a| {
+                format!("{:.1} allocations, {:.0} bytes", a.allocs, a.bytes)
+            })
+        };
+        rep.line(format!(
+            "  allocations ({}): per prompt {} | per GET /health {}",
+            mode.label(),
+            per(m.per_prompt),
+            per(m.per_health)
+        ));
     }
+    Ok(())
+}
+
+/// `ACPD_LOAD_ONLY=soak`: 100,000 prompts (telemetry and the default plugins on), RSS every
+/// 10,000: a plateau or a trend.
+async fn soak_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    let t = Target::start_sink(Telemetry::OnPlugins).await?;
+    let points = soak(&t, o.soak_prompts, o.soak_prompts / 10).await?;
+    let mut row = format!(
+        "soak ({}), RSS MiB (anon; heap live) by prompts:",
+        t.mode.label()
+    );
+    for p in &points {
+        let _ = write!(
+            row,
+            " | {} {:.1} ({:.1}; {})",
+            p.prompts,
+            p.rss_kib as f64 / 1024.0,
+            p.anon_kib as f64 / 1024.0,
+            p.live_bytes
+                .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0))
+        );
+    }
+    rep.line(row);
     Ok(())
 }
 

@@ -523,7 +523,8 @@ pub async fn method_not_allowed() -> ApiError {
 #[utoipa::path(get, path = "/metrics", tag = "telemetry",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.telemetry.prometheus();
+    let mut body = state.telemetry.prometheus();
+    crate::alloc_count::append_prometheus(&mut body);
     (
         [(
             axum::http::header::CONTENT_TYPE,
