@@ -218,6 +218,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            tune_malloc();
             // Before the runtime starts: its threads inherit the slice.
             if let Err(e) = crate::sched::set_daemon_slice(config.server.cpu_slice()) {
                 eprintln!("acpd: server.cpu_slice_us not applied: {e}");
@@ -238,6 +239,34 @@ pub fn main() -> ExitCode {
                     }
                 })
             })
+        }
+    }
+}
+
+/// glibc's defaults suit a process with few threads. The daemon has many, mostly idle (the
+/// runtime's workers, the blocking pool that the plugins' request hooks step into, the export
+/// threads), and after 3,000 prompts with the default plugins the heap held 17 MiB in 15
+/// arenas for 11 MiB live (BENCHMARKS.md). Two limits, each unless its `MALLOC_*` variable
+/// is set:
+/// - one arena per core instead of eight (each thread keeps its own cache of small blocks in
+///   front of the arena);
+/// - blocks of 128 KiB and more always mapped on their own, so freeing one returns it: by
+///   default glibc raises that threshold after the first such free, and the export batches'
+///   buffers then stay in the arenas.
+///
+/// Measured together: 4.8 MiB less RSS after 3,000 prompts.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::libc::{M_ARENA_MAX, M_MMAP_THRESHOLD, mallopt};
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            // SAFETY: called before the runtime starts any thread; it only sets a limit.
+            unsafe { mallopt(M_ARENA_MAX, cores.clamp(2, 64) as i32) };
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            // SAFETY: as above.
+            unsafe { mallopt(M_MMAP_THRESHOLD, 128 << 10) };
         }
     }
 }

@@ -63,7 +63,9 @@ pub fn redact_spans(batch: &mut [SpanData]) {
 }
 
 fn sanitize_kv(kv: &mut KeyValue) {
-    if let Value::String(s) = &kv.value {
+    if let Value::String(s) = &kv.value
+        && !super::sanitize::is_clean(s.as_str())
+    {
         let clean = sanitize(s.as_str());
         if clean != s.as_str() {
             kv.value = Value::String(clean.into());

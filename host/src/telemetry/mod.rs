@@ -147,6 +147,12 @@ impl Telemetry {
         let reader = SharedReader(Arc::new(ManualReader::builder().build()));
         let mut meter = SdkMeterProvider::builder()
             .with_resource(resource.clone())
+            .with_view(|_: &opentelemetry_sdk::metrics::Instrument| {
+                opentelemetry_sdk::metrics::Stream::builder()
+                    .with_cardinality_limit(METRIC_CARDINALITY_LIMIT)
+                    .build()
+                    .ok()
+            })
             .with_reader(reader.clone());
         if exports("METRICS", cfg).is_some() {
             let mut periodic = PeriodicReader::builder(crate::gateway::DaemonMetrics);
@@ -460,6 +466,13 @@ fn register_observers(ring: &Arc<TraceRing>) {
         })
         .build();
 }
+
+/// Attribute sets per instrument and reader, past which the SDK folds measurements into one
+/// `otel.metric.overflow` set. The SDK's default (2,000) preallocates a table that large for
+/// every instrument and reader: 135 KiB each, 4 MiB of the daemon's idle heap. The daemon's
+/// attributes are low-cardinality by design (docs/TELEMETRY.md); 256 leaves room for the
+/// plugins' own counters.
+pub const METRIC_CARDINALITY_LIMIT: usize = 256;
 
 /// Whose items were lost (`daemon` or `agent`); the trace view's evictions are reported as
 /// `daemon`, the view holding both.

@@ -5,9 +5,18 @@
 pub const MAX_TEXT: usize = 2048;
 
 pub fn sanitize(text: &str) -> String {
+    if is_clean(text) {
+        return text.to_string();
+    }
     let stripped = strip_controls(text);
     let masked = mask_url_credentials(&stripped);
     truncate(masked, MAX_TEXT)
+}
+
+/// Whether `sanitize` would return `text` unchanged: no control character, no URL that could
+/// carry credentials, within the length. Most span attributes are, and need no copy.
+pub fn is_clean(text: &str) -> bool {
+    text.len() <= MAX_TEXT && !text.chars().any(char::is_control) && !text.contains("://")
 }
 
 fn strip_controls(text: &str) -> String {
@@ -87,6 +96,7 @@ mod tests {
             sanitize("\u{1b}[31mfailed\u{1b}[0m: GET https://bob:hunter2@example.com/x\u{7}\nnext");
         assert_eq!(s, "failed: GET https://***@example.com/x next");
         assert_eq!(sanitize("\u{1b}]0;title\u{7}ok"), "ok");
+        assert!(is_clean("plain text, no controls") && !is_clean("a\tb") && !is_clean("x://y"));
         assert_eq!(
             sanitize("no creds at http://host/a@b"),
             "no creds at http://host/a@b"
