@@ -2,5 +2,6 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    acpd_demo_agent::run_stdio().await
+    // On a worker, not on `block_on`'s thread: see `acpd demo-agent` (host/src/cli.rs).
+    tokio::spawn(acpd_demo_agent::run_stdio()).await?
 }

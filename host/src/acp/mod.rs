@@ -11,7 +11,7 @@ use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::ConnectionTo;
 use agent_client_protocol::v1::schema::{
     CancelNotification, ClientCapabilities, ContentBlock, FileSystemCapabilities, Implementation,
-    InitializeRequest, LoadSessionRequest, Meta, NewSessionRequest, PromptRequest,
+    InitializeRequest, LoadSessionRequest, Meta, NewSessionRequest, PromptRequest, PromptResponse,
     ReadTextFileRequest, ReadTextFileResponse, RequestPermissionOutcome, RequestPermissionRequest,
     RequestPermissionResponse, SessionId, WriteTextFileRequest, WriteTextFileResponse,
 };
@@ -55,6 +55,17 @@ pub struct AgentInfo {
     pub name: String,
     pub load_session: bool,
 }
+
+/// A `session/prompt` already sent to the agent, its answer not yet awaited.
+pub struct PromptCall(
+    std::pin::Pin<
+        Box<
+            dyn Future<Output = Result<PromptResponse, agent_client_protocol::Error>>
+                + Send
+                + 'static,
+        >,
+    >,
+);
 
 #[derive(Debug)]
 pub enum PromptError {
@@ -396,17 +407,25 @@ impl AgentConn {
         }
     }
 
-    /// Runs one turn. The caller owns cancellation (`cancel`) and deadlines; dropping this
-    /// future sends `$/cancel_request`, so callers keep it alive until the turn ends.
-    pub async fn prompt(
+    /// Sends `session/prompt` now, without awaiting anything: the crate registers the pending
+    /// reply and queues the request synchronously, so the turn can be started by whichever
+    /// task admits it (see `Session::enqueue`); [`AgentConn::await_prompt`] awaits the answer.
+    pub fn start_prompt(
         &self,
         session_id: &str,
         blocks: Vec<ContentBlock>,
         meta: Meta,
-    ) -> Result<String, PromptError> {
+    ) -> PromptCall {
         let req = PromptRequest::new(SessionId::new(session_id), blocks).meta(meta);
+        PromptCall(Box::pin(self.cx.send_request(req).block_task()))
+    }
+
+    /// The end of a turn started with [`AgentConn::start_prompt`]. The caller owns
+    /// cancellation (`cancel`) and deadlines; dropping the call sends `$/cancel_request`, so
+    /// callers keep it alive until the turn ends.
+    pub async fn await_prompt(&self, call: PromptCall) -> Result<String, PromptError> {
         tokio::select! {
-            r = self.cx.send_request(req).block_task() => match r {
+            r = call.0 => match r {
                 Ok(resp) => Ok(serde_json::to_value(resp.stop_reason).ok()
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_else(|| "end_turn".into())),

@@ -16,7 +16,7 @@ use super::Workspace;
 use super::context::SessionContext;
 use super::events::{EventBus, now_ms};
 use super::trace::{self, TurnTrace};
-use crate::acp::{AgentConn, PromptError, SessionSink};
+use crate::acp::{AgentConn, PromptCall, PromptError, SessionSink};
 use crate::child::ExitInfo;
 use crate::error::{ApiError, Surface, client_visible};
 use crate::telemetry::semconv::{
@@ -74,6 +74,18 @@ struct State {
     life: Life,
     permissions: HashMap<String, Pending>,
     clients: HashMap<String, u64>,
+    /// A turn that `enqueue` started itself (the session was idle): its request is with the
+    /// agent and `running` is set; the runner awaits it before anything else.
+    started: Option<Started>,
+}
+
+/// A turn started in the admitting task, handed to the runner to await.
+struct Started {
+    id: String,
+    originator: Option<String>,
+    cancel: CancellationToken,
+    agent: Arc<AgentConn>,
+    call: PromptCall,
 }
 
 pub struct Prompt {
@@ -176,6 +188,7 @@ impl Session {
                 life,
                 permissions: HashMap::new(),
                 clients: HashMap::new(),
+                started: None,
             }),
             wake: Notify::new(),
             bind: tokio::sync::Mutex::new(()),
@@ -340,10 +353,104 @@ impl Session {
                    "queuedAt": prompt.queued_at}),
             prompt.originator.as_deref(),
         );
-        st.queue.push_back(prompt);
-        drop(st);
-        self.wake.notify_one();
+        // An idle session with a live child: start the turn here, as the runner would next,
+        // instead of waking the runner first. That wake was a task hop (often to the other
+        // core) before the request even left; now the runner only awaits the answer. The
+        // events, their order and the journal are the runner's: pending_prompt_added, then
+        // pending_prompt_started and the echoed blocks, all before the agent has the prompt.
+        let idle = pending == 0 && st.started.is_none() && st.life == Life::Active;
+        let live = st.agent.clone().filter(|a| idle && a.is_alive());
+        match live {
+            Some(agent) => self.start_here(&mut st, prompt, agent),
+            None => {
+                st.queue.push_back(prompt);
+                drop(st);
+                self.wake.notify_one();
+            }
+        }
         Ok((id, last))
+    }
+
+    /// Starts `prompt`'s turn in the caller's task (see `enqueue`); the runner awaits it.
+    fn start_here(&self, st: &mut State, prompt: Prompt, agent: Arc<AgentConn>) {
+        let cancel = CancellationToken::new();
+        let Prompt {
+            id,
+            blocks,
+            meta,
+            originator,
+            text,
+            queued_at,
+            trace,
+        } = prompt;
+        st.running = Some(Running {
+            id: id.clone(),
+            text: text.clone(),
+            queued_at,
+            originator: originator.clone(),
+            cancel: cancel.clone(),
+            death: None,
+            trace: trace.unwrap_or_else(|| TurnTrace::admit(&self.id, &id)),
+        });
+        self.announce_start(&id, &text, &blocks, originator.as_deref());
+        // The runner is woken before the request is sent, not after: the last task woken
+        // runs next on this worker (tokio's LIFO slot), and that should be the connection's
+        // task, which writes the request into the pipe. Until this lock is released the
+        // runner finds nothing to take.
+        self.wake.notify_one();
+        let call = self.dispatch(st, &agent, blocks, meta);
+        st.started = Some(Started {
+            id,
+            originator,
+            cancel,
+            agent,
+            call,
+        });
+    }
+
+    /// `pending_prompt_started` and the prompt's blocks echoed, as a turn starts.
+    fn announce_start(
+        &self,
+        prompt_id: &str,
+        text: &str,
+        blocks: &[ContentBlock],
+        originator: Option<&str>,
+    ) {
+        let pid = Some(prompt_id);
+        // The prompt's text, as in pending_prompt_added: the official client requires it here too.
+        self.bus.publish(
+            "pending_prompt_started",
+            pid,
+            json!({"sessionId": self.id, "promptId": prompt_id, "text": text}),
+            originator,
+        );
+        for block in blocks {
+            self.bus.publish(
+                "session_update",
+                pid,
+                json!({"sessionId": self.id, "update": {"sessionUpdate": "user_message_chunk", "content": block,
+                       "_meta": {"source": "bridge-echo"}}}),
+                originator,
+            );
+        }
+    }
+
+    /// Opens the turn's ACP span and sends `session/prompt` (no await: see `start_prompt`).
+    fn dispatch(
+        &self,
+        st: &mut State,
+        agent: &AgentConn,
+        blocks: Vec<ContentBlock>,
+        meta: Meta,
+    ) -> PromptCall {
+        let acp_cx = match st.running.as_mut() {
+            Some(r) => r.trace.start(&self.id, &agent.child.id),
+            None => opentelemetry::Context::new(),
+        };
+        let mut meta = meta;
+        propagation::inject_meta(&acp_cx, &mut meta, crate::telemetry::meta_keys());
+        agent.child.set_turn(Some(acp_cx));
+        agent.start_prompt(&self.id, blocks, meta)
     }
 
     pub fn pending_prompts(&self) -> Vec<Value> {
@@ -426,10 +533,21 @@ impl Session {
     }
 
     async fn run(self: Arc<Self>) {
+        enum Next {
+            /// Started by `enqueue`: only its answer is awaited here.
+            Started(Started),
+            /// Boxed: a prompt (with its trace) is several times the size of a started turn.
+            Queued(Box<Prompt>, CancellationToken),
+        }
         loop {
-            let (prompt, cancel) = loop {
+            let next = loop {
                 {
                     let mut st = self.lock();
+                    // A turn `enqueue` started is awaited even if the session closed since:
+                    // its cancellation ends it, as for any running turn.
+                    if let Some(started) = st.started.take() {
+                        break Next::Started(started);
+                    }
                     if st.life == Life::Closed {
                         return;
                     }
@@ -448,65 +566,46 @@ impl Session {
                             death: None,
                             trace,
                         });
-                        break (p, cancel);
+                        break Next::Queued(Box::new(p), cancel);
                     }
                 }
                 self.wake.notified().await;
             };
-            let end = self
-                .run_turn(
-                    prompt.id.clone(),
-                    prompt.blocks,
-                    prompt.meta,
-                    prompt.originator.as_deref(),
-                    cancel,
-                )
-                .await;
-            self.finish_turn(&prompt.id, prompt.originator.as_deref(), end);
+            let (prompt_id, originator, end) = match next {
+                Next::Started(s) => {
+                    let end = self.await_turn(&s.agent, s.call, s.cancel).await;
+                    (s.id, s.originator, end)
+                }
+                Next::Queued(p, cancel) => {
+                    let (id, originator) = (p.id.clone(), p.originator.clone());
+                    let end = self.run_turn(*p, cancel).await;
+                    (id, originator, end)
+                }
+            };
+            self.finish_turn(&prompt_id, originator.as_deref(), end);
         }
     }
 
-    async fn run_turn(
+    /// A queued turn: announced, bound to a child (restoring the session if its child died),
+    /// sent, and awaited.
+    async fn run_turn(&self, p: Prompt, cancel: CancellationToken) -> Result<String, ApiError> {
+        self.announce_start(&p.id, &p.text, &p.blocks, p.originator.as_deref());
+        let agent = self.ensure_agent(true).await?;
+        let call = {
+            let mut st = self.lock();
+            self.dispatch(&mut st, &agent, p.blocks, p.meta)
+        };
+        self.await_turn(&agent, call, cancel).await
+    }
+
+    /// Awaits a sent turn's answer, under the turn's cancellation and deadline.
+    async fn await_turn(
         &self,
-        prompt_id: String,
-        blocks: Vec<ContentBlock>,
-        meta: Meta,
-        originator: Option<&str>,
+        agent: &AgentConn,
+        call: PromptCall,
         cancel: CancellationToken,
     ) -> Result<String, ApiError> {
-        let pid = Some(prompt_id.as_str());
-        // The prompt's text, as in pending_prompt_added: the official client requires it here too.
-        let text = (self.lock().running.as_ref())
-            .filter(|r| r.id == prompt_id)
-            .map(|r| r.text.clone())
-            .unwrap_or_default();
-        self.bus.publish(
-            "pending_prompt_started",
-            pid,
-            json!({"sessionId": self.id, "promptId": prompt_id, "text": text}),
-            originator,
-        );
-        for block in &blocks {
-            self.bus.publish(
-                "session_update",
-                pid,
-                json!({"sessionId": self.id, "update": {"sessionUpdate": "user_message_chunk", "content": block,
-                       "_meta": {"source": "bridge-echo"}}}),
-                originator,
-            );
-        }
-        let agent = self.ensure_agent(true).await?;
-        let acp_cx = {
-            let mut st = self.lock();
-            match st.running.as_mut() {
-                Some(r) => r.trace.start(&self.id, &agent.child.id),
-                None => opentelemetry::Context::new(),
-            }
-        };
-        let mut meta = meta;
-        propagation::inject_meta(&acp_cx, &mut meta, crate::telemetry::meta_keys());
-        agent.child.set_turn(Some(acp_cx));
-        let turn = agent.prompt(&self.id, blocks, meta);
+        let turn = agent.await_prompt(call);
         tokio::pin!(turn);
         let deadline = tokio::time::sleep(self.limits.turn_timeout);
         tokio::pin!(deadline);
@@ -517,7 +616,7 @@ impl Session {
             tokio::select! {
                 r = &mut turn => {
                     if matches!(r, Err(PromptError::AgentGone)) {
-                        self.note_death(&agent).await;
+                        self.note_death(agent).await;
                     }
                     return r.map_err(|e| match e {
                     PromptError::AgentGone => ApiError::new(502, "agent_exited", "The agent process exited during the turn"),
