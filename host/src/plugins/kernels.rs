@@ -56,7 +56,20 @@ pub const HOOK_COMPILE: CompileLimits = CompileLimits {
 /// Lazy DFA cache of the set (it grows with the text scanned, up to this) and of each
 /// pattern's own regex (only run on texts the set matched).
 const SET_DFA_BYTES: usize = 1 << 20;
-const PATTERN_DFA_BYTES: usize = 32 << 10;
+
+/// Each pattern's cache: a share of 1 MiB, between 32 and 128 KiB (32 KiB from 32 patterns
+/// up, as before). 32 KiB was too small for a forward and reverse lazy DFA of a pattern like
+/// the redactor's `api_key`: the cache was cleared on every search until the engine gave up
+/// for the bounded backtracker, ~6M instructions per 512-span batch (callgrind,
+/// `ACPD_BENCH_PROFILE=wasm` of `--bench plugins`) that the same regex with the crate's
+/// default cache does not spend; 64 KiB is enough for it.
+const PATTERN_DFA_TOTAL: usize = 1 << 20;
+const PATTERN_DFA_MIN: usize = 32 << 10;
+const PATTERN_DFA_MAX: usize = 128 << 10;
+
+fn pattern_dfa_bytes(patterns: usize) -> usize {
+    (PATTERN_DFA_TOTAL / patterns.max(1)).clamp(PATTERN_DFA_MIN, PATTERN_DFA_MAX)
+}
 const NEST_LIMIT: u32 = 64;
 
 /// Live pattern sets per instance, and the bytes they are accounted at.
@@ -140,13 +153,14 @@ impl PatternSet {
                 max >> 10
             ));
         };
+        let pattern_dfa = pattern_dfa_bytes(patterns.len());
         let regexes = patterns
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 regex::RegexBuilder::new(p)
                     .size_limit(limit)
-                    .dfa_size_limit(PATTERN_DFA_BYTES)
+                    .dfa_size_limit(pattern_dfa)
                     .nest_limit(NEST_LIMIT)
                     .build()
                     .map_err(|e| format!("pattern {i}: {e}"))
@@ -155,7 +169,7 @@ impl PatternSet {
         Ok(Self {
             set,
             regexes,
-            bytes: 2 * limit + SET_DFA_BYTES + patterns.len() * PATTERN_DFA_BYTES,
+            bytes: 2 * limit + SET_DFA_BYTES + patterns.len() * pattern_dfa,
         })
     }
 
@@ -425,7 +439,7 @@ impl host::HostPatternSet for State {
         // The least this set can be accounted at: refused before any compile work.
         let least = limits.size_limits.first().map_or(0, |l| 2 * l)
             + SET_DFA_BYTES
-            + patterns.len() * PATTERN_DFA_BYTES;
+            + patterns.len() * pattern_dfa_bytes(patterns.len());
         if self.set_bytes + least > MAX_SET_BYTES {
             return Ok(Err(format!(
                 "pattern sets of this instance would exceed {} MiB",
@@ -552,6 +566,20 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.starts_with("pattern 1:"), "{e}");
+    }
+
+    /// Small sets get larger caches per pattern, within the same total; from 32 patterns up
+    /// the accounting is what it always was.
+    #[test]
+    fn pattern_caches_share_a_bound() {
+        assert_eq!(pattern_dfa_bytes(1), 128 << 10);
+        assert_eq!(pattern_dfa_bytes(7), 128 << 10);
+        assert_eq!(pattern_dfa_bytes(16), 64 << 10);
+        assert_eq!(pattern_dfa_bytes(32), 32 << 10);
+        assert_eq!(pattern_dfa_bytes(256), 32 << 10);
+        for n in 1..=256 {
+            assert!(n * pattern_dfa_bytes(n) <= (1 << 20).max(n * (32 << 10)));
+        }
     }
 
     #[test]
