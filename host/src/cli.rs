@@ -187,12 +187,8 @@ fn number(raw: &str) -> Value {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        // On a worker, not on `block_on`'s thread: there, each line read from the pipe (woken
-        // by a worker's I/O driver) and each line handed to the stdout writer task crossed
-        // threads, a futex wake per message on the prompt path.
-        Command::DemoAgent => {
-            run_async(async { tokio::spawn(acpd_demo_agent::run_stdio()).await? })
-        }
+        // From the main thread (`block_on`'s); the agent moves itself onto a worker.
+        Command::DemoAgent => run_async(acpd_demo_agent::run_stdio()),
         Command::Plugin(cmd) => crate::plugin_cli::run(match cmd {
             PluginCommand::Inspect { file } => crate::plugin_cli::Command::Inspect { file },
             PluginCommand::Test {

@@ -102,12 +102,22 @@ type Cx = ConnectionTo<Client>;
 /// Only JSON-RPC lines go to stdout; diagnostics go to stderr. The prompt commands are listed
 /// in the crate documentation.
 ///
-/// Must run inside a tokio runtime that outlives it (OTLP export, when enabled, uses it).
+/// Must run inside a multi-threaded tokio runtime that outlives it (OTLP export, when enabled,
+/// uses it), called from the process's main thread (`block_on`'s, as `#[tokio::main]` does).
 pub async fn run_stdio() -> anyhow::Result<()> {
     let clear_deathsig = fault("clear-deathsig");
     if clear_deathsig {
+        // Here, on the main thread: the parent-death signal is a per-thread setting, and the
+        // one the spawner armed before exec belongs to the main thread.
         clear_parent_death_signal();
     }
+    // The agent itself serves from a worker, not from `block_on`'s thread: there, each line
+    // read from the pipe (woken by a worker's I/O driver) and each line handed to the stdout
+    // writer task crossed threads, a futex wake per message on the prompt path.
+    tokio::spawn(serve_stdio(clear_deathsig)).await?
+}
+
+async fn serve_stdio(clear_deathsig: bool) -> anyhow::Result<()> {
     burn::start_from_env();
     let ignore_term = fault("ignore-term") || clear_deathsig;
     if ignore_term {
