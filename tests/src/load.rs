@@ -465,22 +465,7 @@ pub async fn fanout(
         owners.push(s);
     }
     let started = Instant::now();
-    let drivers: Vec<_> = owners
-        .into_iter()
-        .map(|s| {
-            let d = d.clone();
-            tokio::spawn(async move {
-                let mut sse = d.events(&s, None, None).await?;
-                for _ in 0..turns {
-                    turn(&d, &s, &mut sse, &format!("flood {chunks} 64")).await?;
-                }
-                Ok::<_, anyhow::Error>(())
-            })
-        })
-        .collect();
-    for t in drivers {
-        t.await??;
-    }
+    drive(d, owners, turns, &format!("flood {chunks} 64")).await?;
     let mut events = 0;
     for r in readers {
         events += r.await??;
@@ -575,16 +560,25 @@ pub struct Memory {
 
 /// 16 sessions each with its SSE stream, `count` turns of `bench 2` spread over them.
 async fn prompt_rounds(d: &Arc<Daemon>, workers: &[SessionRef], count: usize) -> Result<()> {
-    let per = count.div_ceil(workers.len());
-    let tasks: Vec<_> = workers
-        .iter()
-        .cloned()
+    drive(
+        d,
+        workers.to_vec(),
+        count.div_ceil(workers.len()),
+        "bench 2",
+    )
+    .await
+}
+
+/// `turns` turns of `text` on each session, the sessions concurrently, each on its own stream.
+async fn drive(d: &Arc<Daemon>, sessions: Vec<SessionRef>, turns: usize, text: &str) -> Result<()> {
+    let tasks: Vec<_> = sessions
+        .into_iter()
         .map(|s| {
-            let d = d.clone();
+            let (d, text) = (d.clone(), text.to_string());
             tokio::spawn(async move {
                 let mut sse = d.events(&s, None, None).await?;
-                for _ in 0..per {
-                    turn(&d, &s, &mut sse, "bench 2").await?;
+                for _ in 0..turns {
+                    turn(&d, &s, &mut sse, &text).await?;
                 }
                 Ok::<_, anyhow::Error>(())
             })

@@ -79,11 +79,9 @@ struct State {
     started: Option<Started>,
 }
 
-/// A turn started in the admitting task, handed to the runner to await.
+/// A turn started in the admitting task, handed to the runner to await. Its id, originator
+/// and cancellation are the session's `running` turn's.
 struct Started {
-    id: String,
-    originator: Option<String>,
-    cancel: CancellationToken,
     agent: Arc<AgentConn>,
     call: PromptCall,
 }
@@ -373,7 +371,6 @@ impl Session {
 
     /// Starts `prompt`'s turn in the caller's task (see `enqueue`); the runner awaits it.
     fn start_here(&self, st: &mut State, prompt: Prompt, agent: Arc<AgentConn>) {
-        let cancel = CancellationToken::new();
         let Prompt {
             id,
             blocks,
@@ -388,7 +385,7 @@ impl Session {
             text: text.clone(),
             queued_at,
             originator: originator.clone(),
-            cancel: cancel.clone(),
+            cancel: CancellationToken::new(),
             death: None,
             trace: trace.unwrap_or_else(|| TurnTrace::admit(&self.id, &id)),
         });
@@ -399,13 +396,7 @@ impl Session {
         // runner finds nothing to take.
         self.wake.notify_one();
         let call = self.dispatch(st, &agent, blocks, meta);
-        st.started = Some(Started {
-            id,
-            originator,
-            cancel,
-            agent,
-            call,
-        });
+        st.started = Some(Started { agent, call });
     }
 
     /// `pending_prompt_started` and the prompt's blocks echoed, as a turn starts.
@@ -534,8 +525,9 @@ impl Session {
 
     async fn run(self: Arc<Self>) {
         enum Next {
-            /// Started by `enqueue`: only its answer is awaited here.
-            Started(Started),
+            /// Started by `enqueue`: only its answer is awaited here (with the running turn's
+            /// id, originator and cancellation).
+            Started(Started, String, Option<String>, CancellationToken),
             /// Boxed: a prompt (with its trace) is several times the size of a started turn.
             Queued(Box<Prompt>, CancellationToken),
         }
@@ -545,8 +537,11 @@ impl Session {
                     let mut st = self.lock();
                     // A turn `enqueue` started is awaited even if the session closed since:
                     // its cancellation ends it, as for any running turn.
-                    if let Some(started) = st.started.take() {
-                        break Next::Started(started);
+                    if let Some(started) = st.started.take()
+                        && let Some(r) = st.running.as_ref()
+                    {
+                        let (id, originator) = (r.id.clone(), r.originator.clone());
+                        break Next::Started(started, id, originator, r.cancel.clone());
                     }
                     if st.life == Life::Closed {
                         return;
@@ -572,9 +567,9 @@ impl Session {
                 self.wake.notified().await;
             };
             let (prompt_id, originator, end) = match next {
-                Next::Started(s) => {
-                    let end = self.await_turn(&s.agent, s.call, s.cancel).await;
-                    (s.id, s.originator, end)
+                Next::Started(s, id, originator, cancel) => {
+                    let end = self.await_turn(&s.agent, s.call, cancel).await;
+                    (id, originator, end)
                 }
                 Next::Queued(p, cancel) => {
                     let (id, originator) = (p.id.clone(), p.originator.clone());
