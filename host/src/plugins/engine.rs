@@ -52,6 +52,16 @@ pub fn new_engine() -> anyhow::Result<Engine> {
 }
 
 pub fn new_engine_with(meter: Meter) -> anyhow::Result<Engine> {
+    let engine = Engine::new(&config(meter)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if meter != Meter::Fuel {
+        start_ticker(&engine);
+    }
+    Ok(engine)
+}
+
+/// The settings of the daemon's engine, and of the short-lived engines that compile for it
+/// ([`compile`]): the same settings give the same compatibility hash.
+fn config(meter: Meter) -> Config {
     let mut c = Config::new();
     // On by default with component-model-async, and 3x the cost of a sync call: our hooks are
     // plain synchronous functions.
@@ -67,11 +77,7 @@ pub fn new_engine_with(meter: Meter) -> anyhow::Result<Engine> {
     c.cranelift_opt_level(OptLevel::Speed);
     c.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(16));
     c.max_wasm_stack(1 << 20);
-    let engine = Engine::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if meter != Meter::Fuel {
-        start_ticker(&engine);
-    }
-    Ok(engine)
+    c
 }
 
 /// Deadlines are only real if something advances the epoch: a thread that lives as long as
@@ -121,11 +127,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Compiles `bytes`, or loads the artifact compiled earlier for the same bytes by an engine
-/// with the same settings. Only artifacts this function wrote are ever deserialised.
-pub fn compile(engine: &Engine, bytes: &[u8], cache: Option<&Path>) -> anyhow::Result<Component> {
+/// Compiles `bytes` (`meter`: the settings `engine` was made with), or loads the artifact
+/// compiled earlier for the same bytes by an engine with the same settings. Only artifacts
+/// this function wrote are ever deserialised.
+pub fn compile(
+    engine: &Engine,
+    meter: Meter,
+    bytes: &[u8],
+    cache: Option<&Path>,
+) -> anyhow::Result<Component> {
     let Some(dir) = cache else {
-        return Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("{e:?}"));
+        let artifact = precompile(meter, bytes)?;
+        // SAFETY: `artifact` was just produced by an engine with `engine`'s settings.
+        return unsafe { Component::deserialize(engine, &artifact) }
+            .map_err(|e| anyhow::anyhow!("{e:?}"));
     };
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
@@ -143,9 +158,7 @@ pub fn compile(engine: &Engine, bytes: &[u8], cache: Option<&Path>) -> anyhow::R
             return Ok(c);
         }
     }
-    let artifact = engine
-        .precompile_component(bytes)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let artifact = precompile(meter, bytes)?;
     if std::fs::create_dir_all(dir).is_ok() {
         // Write-then-rename: a concurrent daemon never reads half an artifact.
         let tmp = dir.join(format!(
@@ -153,10 +166,45 @@ pub fn compile(engine: &Engine, bytes: &[u8], cache: Option<&Path>) -> anyhow::R
             std::process::id(),
             uuid::Uuid::new_v4()
         ));
-        if std::fs::write(&tmp, &artifact).is_ok() && std::fs::rename(&tmp, &path).is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        if std::fs::write(&tmp, &artifact).is_ok() {
+            if std::fs::rename(&tmp, &path).is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            } else {
+                // Mapped from the file, as every later start maps it: the code's pages are
+                // then the page cache's, not anonymous memory this process holds for its life
+                // (about 2 MiB for the default plugins on a first start).
+                // SAFETY: the file was just written from this engine's artifact, by this user.
+                if let Ok(c) = unsafe { Component::deserialize_file(engine, &path) } {
+                    return Ok(c);
+                }
+            }
         }
     }
-    // SAFETY: `artifact` was just produced by this engine.
+    // SAFETY: `artifact` was just produced by an engine with `engine`'s settings.
     unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// Compiles with an engine made for this one component and dropped after it. An engine keeps
+/// the compiler's working state (Cranelift's contexts, one per compiling thread) for its life:
+/// compiled by the daemon's own engine, the default plugins left about 14 MiB of heap live
+/// until a restart (BENCHMARKS.md, "memory"). The artifact is the same: same settings.
+fn precompile(meter: Meter, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let compiler = Engine::new(&config(meter)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let artifact = compiler
+        .precompile_component(bytes)
+        .map_err(|e| anyhow::anyhow!("{e:?}"));
+    drop(compiler);
+    release_free_heap();
+    artifact
+}
+
+/// A compile frees tens of MiB in many small blocks across the compiling threads' arenas, and
+/// glibc returns only what is free at the top of a heap: the rest stayed resident (7 MiB with
+/// the default plugins). One trim per compile gives it back, about a millisecond.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call it.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }

@@ -334,7 +334,7 @@ impl PluginHost {
         keys: &kernels::Keys,
     ) -> Result<Arc<Plugin>, LoadError> {
         let (started, rss_before) = (std::time::Instant::now(), resident_bytes());
-        let component = engine::compile(&self.engine, bytes, self.cache.as_deref())
+        let component = engine::compile(&self.engine, self.meter, bytes, self.cache.as_deref())
             .map_err(|e| LoadError(format!("not a loadable component: {e}")))?;
         let loaded = started.elapsed();
         let pre =
@@ -466,8 +466,13 @@ pub fn inspect(bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
     let engine = engine::new_engine()?;
     // Through the compile cache: an interpreter guest takes seconds to compile, and the
     // daemon (same engine settings) then loads it from there.
-    let component = engine::compile(&engine, bytes, engine::default_cache_dir().as_deref())
-        .map_err(|e| anyhow::anyhow!("not a component: {e}"))?;
+    let component = engine::compile(
+        &engine,
+        engine::Meter::CpuTime,
+        bytes,
+        engine::default_cache_dir().as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("not a component: {e}"))?;
     let ty = component.component_type();
     let names = |it: &mut dyn Iterator<Item = String>| it.collect::<Vec<_>>();
     let exports = names(&mut ty.exports(&engine).map(|(n, _)| n.to_string()));
