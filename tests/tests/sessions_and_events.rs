@@ -952,3 +952,62 @@ async fn subscriber_cap_refuses_the_extra_stream_with_429() -> Result<()> {
     drop(c);
     Ok(())
 }
+
+/// Every attach without a known client id mints one: a client that reconnects without keeping
+/// its id must not grow the session's set for its whole life. The set keeps the 256 most
+/// recently seen; the least recently seen is forgotten (refused as not issued) first.
+#[tokio::test]
+async fn a_session_remembers_a_bounded_set_of_client_ids() -> Result<()> {
+    const KEPT: usize = 256;
+    let d = Daemon::start().await?;
+    let first = d.post("/session", json!({})).await?;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let id = first.body["sessionId"]
+        .as_str()
+        .context("sessionId")?
+        .to_string();
+    let client = |r: &Resp| -> Result<SessionRef> {
+        Ok(SessionRef {
+            id: id.clone(),
+            client_id: r.body["clientId"].as_str().context("clientId")?.to_string(),
+        })
+    };
+    let oldest = client(&first)?;
+    let second = client(&d.post("/session", json!({})).await?)?;
+    // The second client stays in use, so it is not the least recently seen when the set is full.
+    let mut newest = second.clone();
+    for i in 2..KEPT + 8 {
+        let r = d.post("/session", json!({})).await?;
+        assert_eq!(r.status, 200, "attach {i}: {}", r.body);
+        assert_eq!(r.body["sessionId"], id.as_str(), "single scope attaches");
+        newest = client(&r)?;
+        if i % 64 == 0 {
+            let hb = d
+                .post_as(&second, &format!("/session/{id}/heartbeat"), json!({}))
+                .await?;
+            assert_eq!(hb.status, 200, "{}", hb.body);
+        }
+    }
+    let st = d.get(&format!("/session/{id}")).await?;
+    assert_eq!(st.status, 200, "{}", st.body);
+    assert_eq!(st.body["clients"], KEPT, "{}", st.body);
+    let hb = |s: SessionRef| {
+        let d = &d;
+        async move {
+            d.post_as(&s, &format!("/session/{}/heartbeat", s.id), json!({}))
+                .await
+        }
+    };
+    let r = hb(oldest).await?;
+    assert_eq!(
+        r.status, 400,
+        "the least recently seen is forgotten: {}",
+        r.body
+    );
+    assert_eq!(r.body["code"], "invalid_client_id", "{}", r.body);
+    for s in [second, newest] {
+        let r = hb(s).await?;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    Ok(())
+}

@@ -25,8 +25,11 @@ use crate::telemetry::semconv::{
 use crate::telemetry::{propagation, spans};
 use opentelemetry::KeyValue;
 
-/// Client ids a session's journal keeps (the most recently seen).
-const MAX_JOURNALED_CLIENTS: usize = 256;
+/// Client ids a session remembers (the most recently seen), in memory and in its journal. Every
+/// attach, load or resume without a known id mints one, so a client that reconnects without
+/// keeping its id would otherwise grow the set for the session's life. The least recently seen
+/// is forgotten first: its header is then refused as not issued.
+const MAX_CLIENTS: usize = 256;
 
 /// An agent asking more than this many questions at once gets `cancelled` for the excess.
 const MAX_PENDING_PERMISSIONS: usize = 64;
@@ -235,7 +238,7 @@ impl Session {
                 .map(|(c, t)| (*t, c.clone()))
                 .collect();
             clients.sort_unstable_by(|a, b| b.cmp(a));
-            clients.truncate(MAX_JOURNALED_CLIENTS);
+            clients.truncate(MAX_CLIENTS);
             meta["clients"] = json!(clients.into_iter().map(|(_, c)| c).collect::<Vec<_>>());
             // The workspace's default session (what a `single`-scope `POST /session` attaches
             // to) stays the default across a restart.
@@ -269,6 +272,17 @@ impl Session {
             _ => format!("client_{}", uuid::Uuid::new_v4()),
         };
         let minted = st.clients.insert(id.clone(), now_ms()).is_none();
+        if minted && st.clients.len() > MAX_CLIENTS {
+            let oldest = st
+                .clients
+                .iter()
+                .filter(|(c, _)| **c != id)
+                .min_by_key(|(_, seen)| **seen)
+                .map(|(c, _)| c.clone());
+            if let Some(oldest) = oldest {
+                st.clients.remove(&oldest);
+            }
+        }
         drop(st);
         if minted {
             // Journaled, so a client keeps its id (and its `X-Qwen-Client-Id`) across a restart.
