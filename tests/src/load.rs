@@ -493,6 +493,52 @@ pub fn rss_split_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("RssAnon:")?, field("RssFile:")? + field("RssShmem:")?))
 }
 
+/// A pause longer than the runtime's keep-alive of idle blocking threads (10 s, where the
+/// plugins' request hooks step out): the memory section reads what a daemon holds between
+/// bursts after it.
+pub const QUIET: Duration = Duration::from_secs(12);
+
+/// The daemon binary's own file-backed pages: (mapped, referenced since the last
+/// [`clear_referenced`]) KiB, from `/proc/<pid>/smaps`. Mapped counts what the kernel's
+/// fault-around maps next to each page the daemon touches; referenced is what it used.
+pub fn binary_pages_kib(pid: u32) -> Result<(u64, u64)> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+    let exe = exe.to_string_lossy().into_owned();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let (mut rss, mut referenced, mut ours) = (0, 0, false);
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range perms offset dev inode [path].
+            ours = line.split_whitespace().nth(5) == Some(exe.as_str());
+            continue;
+        }
+        if !ours {
+            continue;
+        }
+        let mut kib = || {
+            fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match first {
+            "Rss:" => rss += kib(),
+            "Referenced:" => referenced += kib(),
+            _ => {}
+        }
+    }
+    Ok((rss, referenced))
+}
+
+/// Clears the daemon's accessed bits (`/proc/<pid>/clear_refs`), so [`binary_pages_kib`]
+/// counts what is touched from here on.
+pub fn clear_referenced(pid: u32) -> Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "1")?;
+    Ok(())
+}
+
 /// The daemon's allocation counters (`acpd_alloc_*` on /metrics; the bench build counts them):
 /// (allocations, bytes allocated, bytes live). `None` when the daemon was built without them.
 pub async fn alloc_counts(d: &Daemon) -> Result<Option<(u64, u64, u64)>> {
@@ -545,6 +591,13 @@ pub struct Memory {
     pub sessions_100_kib: u64,
     pub warm_kib: u64,
     pub warm_split: (u64, u64),
+    /// The binary's pages: mapped idle; (mapped, referenced) after the warm-up (referenced:
+    /// touched since idle); `None` where smaps or clear_refs cannot be read.
+    pub idle_binary: Option<u64>,
+    pub warm_binary: Option<(u64, u64)>,
+    /// RSS after the warm-up and a quiet pause ([`QUIET`]).
+    pub quiet_kib: u64,
+    pub quiet_split: (u64, u64),
     pub after_kib: u64,
     /// After a second round of `prompts`: a leak keeps growing, a pool filling up does not.
     pub after2_kib: u64,
@@ -598,6 +651,9 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
     d.get("/health").await?;
     let idle_kib = t.rss_kib()?;
     let idle_split = rss_split_kib(d.pid())?;
+    let idle_binary = binary_pages_kib(d.pid()).ok().map(|(mapped, _)| mapped);
+    // From here, count the binary's pages the daemon actually touches while it serves.
+    let cleared = clear_referenced(d.pid()).is_ok();
     let mut sessions = Vec::new();
     for _ in 0..sessions_n {
         sessions.push(d.create_session().await?);
@@ -607,7 +663,11 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
     prompt_rounds(d, &workers, prompts).await?;
     let warm_kib = t.rss_kib()?;
     let warm_split = rss_split_kib(d.pid())?;
+    let warm_binary = binary_pages_kib(d.pid()).ok();
     let live_warm = alloc_counts(d).await?.map(|c| c.2);
+    tokio::time::sleep(QUIET).await;
+    let quiet_kib = t.rss_kib()?;
+    let quiet_split = rss_split_kib(d.pid())?;
     prompt_rounds(d, &workers, prompts).await?;
     let after_kib = t.rss_kib()?;
     let before = alloc_counts(d).await?;
@@ -628,6 +688,10 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
         sessions_100_kib,
         warm_kib,
         warm_split,
+        idle_binary,
+        warm_binary: warm_binary.filter(|_| cleared),
+        quiet_kib,
+        quiet_split,
         after_kib,
         after2_kib,
         prompts,
@@ -1072,6 +1136,25 @@ async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
             mib(m.warm_split.1),
             live(m.live_warm),
             live(m.live_end),
+        ));
+        let pages = |b: Option<(u64, u64)>| {
+            b.map_or("-".into(), |(m, r)| {
+                format!(
+                    "{:.1}, of which {:.1} touched while serving",
+                    mib(m),
+                    mib(r)
+                )
+            })
+        };
+        rep.line(format!(
+            "  quiet {:.1} s after warm ({}): RSS {:.1} (anon {:.1} / file {:.1}); the binary's pages MiB: idle {}, warm {}",
+            QUIET.as_secs_f64(),
+            mode.label(),
+            mib(m.quiet_kib),
+            mib(m.quiet_split.0),
+            mib(m.quiet_split.1),
+            m.idle_binary.map_or("-".into(), |k| format!("{:.1}", mib(k))),
+            pages(m.warm_binary),
         ));
         let per = |a: Option<AllocsPer>| {
             a.map_or("not counted (build without alloc-count)".into(), |a| {
