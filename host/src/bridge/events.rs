@@ -185,28 +185,34 @@ impl EventBus {
         data: Value,
         originator: Option<&str>,
     ) -> Option<u64> {
-        let mut tail = String::with_capacity(128);
-        tail.push_str(",\"v\":1,\"type\":");
-        push_json(&mut tail, &Value::from(kind));
-        tail.push_str(",\"data\":");
+        // Bytes, not a String: the strings are escaped straight into it (a `Value` of each
+        // cost an allocation per field per event).
+        let mut tail = Vec::with_capacity(128);
+        tail.extend_from_slice(b",\"v\":1,\"type\":");
+        push_json(&mut tail, kind);
+        tail.extend_from_slice(b",\"data\":");
         push_json(&mut tail, &data);
         if let Some(p) = prompt_id {
-            tail.push_str(",\"promptId\":");
-            push_json(&mut tail, &Value::from(p));
+            tail.extend_from_slice(b",\"promptId\":");
+            push_json(&mut tail, p);
         }
         if let Some(o) = originator {
-            tail.push_str(",\"originatorClientId\":");
-            push_json(&mut tail, &Value::from(o));
+            tail.extend_from_slice(b",\"originatorClientId\":");
+            push_json(&mut tail, o);
         }
         let mut inner = self.lock();
         if inner.closed {
             return None;
         }
         let id = inner.last_id + 1;
-        let frame = Bytes::from(format!(
-            "id: {id}\nevent: {kind}\ndata: {{\"id\":{id}{tail},\"_meta\":{{\"serverTimestamp\":{}}}}}\n\n",
-            now_ms()
-        ));
+        let frame = {
+            use std::io::Write as _;
+            let mut f = Vec::with_capacity(tail.len() + kind.len() + 96);
+            let _ = write!(f, "id: {id}\nevent: {kind}\ndata: {{\"id\":{id}");
+            f.extend_from_slice(&tail);
+            let _ = write!(f, ",\"_meta\":{{\"serverTimestamp\":{}}}}}\n\n", now_ms());
+            Bytes::from(f)
+        };
         // Durable (written to the OS, or synced under `fsync = "always"`) before any
         // subscriber can see it: a crash loses only events nobody was sent.
         if let Some(j) = &self.journal {
@@ -384,9 +390,9 @@ pub(crate) fn envelope(frame: &[u8]) -> Option<Value> {
 }
 
 /// Appends `v` as JSON (serialising a `Value` into a `String` cannot fail).
-fn push_json(out: &mut String, v: &Value) {
-    use std::fmt::Write as _;
-    let _ = write!(out, "{v}");
+fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing JSON of a string or a `Value` into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, v);
 }
 
 /// What queuing a frame did to one subscriber.
