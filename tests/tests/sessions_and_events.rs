@@ -972,6 +972,11 @@ async fn a_session_remembers_a_bounded_set_of_client_ids() -> Result<()> {
             client_id: r.body["clientId"].as_str().context("clientId")?.to_string(),
         })
     };
+    let heartbeat = format!("/session/{id}/heartbeat");
+    let hb = |s: SessionRef| {
+        let (d, path) = (&d, &heartbeat);
+        async move { d.post_as(&s, path, json!({})).await }
+    };
     let oldest = client(&first)?;
     let second = client(&d.post("/session", json!({})).await?)?;
     // The second client stays in use, so it is not the least recently seen when the set is full.
@@ -982,22 +987,13 @@ async fn a_session_remembers_a_bounded_set_of_client_ids() -> Result<()> {
         assert_eq!(r.body["sessionId"], id.as_str(), "single scope attaches");
         newest = client(&r)?;
         if i % 64 == 0 {
-            let hb = d
-                .post_as(&second, &format!("/session/{id}/heartbeat"), json!({}))
-                .await?;
-            assert_eq!(hb.status, 200, "{}", hb.body);
+            let r = hb(second.clone()).await?;
+            assert_eq!(r.status, 200, "{}", r.body);
         }
     }
     let st = d.get(&format!("/session/{id}")).await?;
     assert_eq!(st.status, 200, "{}", st.body);
     assert_eq!(st.body["clients"], KEPT, "{}", st.body);
-    let hb = |s: SessionRef| {
-        let d = &d;
-        async move {
-            d.post_as(&s, &format!("/session/{}/heartbeat", s.id), json!({}))
-                .await
-        }
-    };
     let r = hb(oldest).await?;
     assert_eq!(
         r.status, 400,

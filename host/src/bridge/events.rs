@@ -185,7 +185,7 @@ impl EventBus {
         data: Value,
         originator: Option<&str>,
     ) -> Option<u64> {
-        // Bytes, not a String: the strings are escaped straight into it (a `Value` of each
+        // Bytes, not a String: the strings are escaped straight into them (a `Value` of each
         // cost an allocation per field per event).
         let mut tail = Vec::with_capacity(128);
         tail.extend_from_slice(b",\"v\":1,\"type\":");
@@ -389,9 +389,8 @@ pub(crate) fn envelope(frame: &[u8]) -> Option<Value> {
     serde_json::from_str(data).ok()
 }
 
-/// Appends `v` as JSON (serialising a `Value` into a `String` cannot fail).
+/// Appends `v` as JSON (serialising a string or a `Value` into a `Vec` cannot fail).
 fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
-    // Writing JSON of a string or a `Value` into a Vec cannot fail.
     let _ = serde_json::to_writer(out, v);
 }
 

@@ -230,16 +230,9 @@ impl Session {
             if !prs.is_empty() {
                 meta["prs"] = json!(prs);
             }
-            // The most recently seen clients, bounded.
-            let mut clients: Vec<(u64, String)> = self
-                .lock()
-                .clients
-                .iter()
-                .map(|(c, t)| (*t, c.clone()))
-                .collect();
-            clients.sort_unstable_by(|a, b| b.cmp(a));
-            clients.truncate(MAX_CLIENTS);
-            meta["clients"] = json!(clients.into_iter().map(|(_, c)| c).collect::<Vec<_>>());
+            // Bounded in memory already (`MAX_CLIENTS`).
+            let clients: Vec<String> = self.lock().clients.keys().cloned().collect();
+            meta["clients"] = json!(clients);
             // The workspace's default session (what a `single`-scope `POST /session` attaches
             // to) stays the default across a restart.
             let is_default = self

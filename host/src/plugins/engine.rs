@@ -48,7 +48,7 @@ pub fn thread_cpu() -> Duration {
 }
 
 pub fn new_engine() -> anyhow::Result<Engine> {
-    new_engine_with(Meter::CpuTime)
+    new_engine_with(Meter::default())
 }
 
 pub fn new_engine_with(meter: Meter) -> anyhow::Result<Engine> {
@@ -166,18 +166,17 @@ pub fn compile(
             std::process::id(),
             uuid::Uuid::new_v4()
         ));
-        if std::fs::write(&tmp, &artifact).is_ok() {
-            if std::fs::rename(&tmp, &path).is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            } else {
-                // Mapped from the file, as every later start maps it: the code's pages are
-                // then the page cache's, not anonymous memory this process holds for its life
-                // (about 2 MiB for the default plugins on a first start).
-                // SAFETY: the file was just written from this engine's artifact, by this user.
-                if let Ok(c) = unsafe { Component::deserialize_file(engine, &path) } {
-                    return Ok(c);
-                }
+        let written = std::fs::write(&tmp, &artifact).is_ok();
+        if written && std::fs::rename(&tmp, &path).is_ok() {
+            // Mapped from the file, as every later start maps it: the code's pages are then
+            // the page cache's, not anonymous memory this process holds for its life (about
+            // 2 MiB for the default plugins on a first start).
+            // SAFETY: the file was just written from this engine's artifact, by this user.
+            if let Ok(c) = unsafe { Component::deserialize_file(engine, &path) } {
+                return Ok(c);
             }
+        } else {
+            let _ = std::fs::remove_file(&tmp);
         }
     }
     // SAFETY: `artifact` was just produced by an engine with `engine`'s settings.

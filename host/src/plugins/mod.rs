@@ -468,7 +468,7 @@ pub fn inspect(bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
     // daemon (same engine settings) then loads it from there.
     let component = engine::compile(
         &engine,
-        engine::Meter::CpuTime,
+        engine::Meter::default(),
         bytes,
         engine::default_cache_dir().as_deref(),
     )
