@@ -54,6 +54,15 @@ function rememberClient(sessionId, clientId) {
 
 // ---- the session list -----------------------------------------------------------------------
 
+// Events that change what a fetched snapshot shows (Session.snapshot): the queue of pending prompts, or
+// the session's context (model, modes, config options).
+const SNAPSHOT_OF = {
+  pending_prompt_added: 'queue', pending_prompt_started: 'queue', pending_prompt_completed: 'queue',
+  prompt_cancelled: 'queue',
+  model_switched: 'context', approval_mode_changed: 'context', current_mode_update: 'context',
+  config_option_update: 'context',
+};
+
 const app = { workspaces: [], sessions: new Map(), details: new Map(), current: null, timer: null };
 window.acpdConsole = app; // for debugging from the devtools console
 
@@ -244,6 +253,9 @@ class SessionView {
     this.tools = new Map();
     this.perms = new Map();
     this.queue = new Map();
+    // Bumped by every event of a kind (and a reset): a snapshot of it fetched meanwhile may predate it.
+    this.gens ??= { queue: 0, context: 0 };
+    for (const k in this.gens) this.gens[k]++;
     this.dirty = new Set();
     this.running = null;
   }
@@ -352,12 +364,9 @@ class SessionView {
   }
 
   /** The agent's models and modes as the daemon keeps them; the pickers follow. */
-  async loadContext() {
-    try {
-      const cx = await api('GET', `/session/${encodeURIComponent(this.id)}/context`);
-      if (this.closed) return;
-      this.applyContext((cx && cx.state) || {});
-    } catch { /* the stream reports a gone session */ }
+  loadContext() {
+    return this.snapshot('context', () => api('GET', `/session/${encodeURIComponent(this.id)}/context`),
+      cx => this.applyContext((cx && cx.state) || {}));
   }
 
   applyContext(state) {
@@ -396,6 +405,8 @@ class SessionView {
   apply(env) {
     const d = env.data || {};
     const pid = env.promptId || d.promptId || null;
+    const kind = SNAPSHOT_OF[env.type] || (env.type === 'session_update' && SNAPSHOT_OF[d.update?.sessionUpdate]);
+    if (kind) this.gens[kind]++;
     switch (env.type) {
       case 'session_update': this.update(d.update || {}, pid); break;
       case 'permission_request': this.permission(d, pid); break;
@@ -450,15 +461,30 @@ class SessionView {
   }
 
   /** After a replay: the queue as the daemon holds it (older events may have left its ring). */
-  async reconcile() {
+  reconcile() {
     this.refreshStatus();
     this.loadContext();
-    try {
-      const r = await api('GET', `/session/${encodeURIComponent(this.id)}/pending-prompts`);
+    this.snapshot('queue', () => api('GET', `/session/${encodeURIComponent(this.id)}/pending-prompts`), r => {
       this.queue = new Map((r.pendingPrompts || []).map(p => [p.promptId, { text: p.text || '', state: p.state }]));
       this.running = (r.pendingPrompts || []).find(p => p.state === 'running')?.promptId || null;
       this.renderQueue();
-    } catch { /* reported elsewhere */ }
+    });
+  }
+
+  /**
+   * Fetches a snapshot and applies it, unless an event of its kind arrived while it was in flight: the
+   * snapshot may predate that event and would erase it (a prompt sent just after a replay lost its
+   * running row, and Cancel with it). It is then fetched again; after five tries the events' state
+   * stands.
+   */
+  async snapshot(kind, get, apply) {
+    for (let tries = 0; tries < 5; tries++) {
+      const gen = this.gens[kind];
+      let r;
+      try { r = await get(); } catch { return; /* the stream reports a gone session */ }
+      if (this.closed) return;
+      if (gen === this.gens[kind]) { apply(r); return; }
+    }
   }
 
   update(u, pid) {

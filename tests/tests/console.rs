@@ -40,6 +40,11 @@ fn js(s: &str) -> String {
 /// Opens the console, creates a session with the button, and returns its id.
 async fn new_session(page: &Page, d: &Daemon) -> Result<String> {
     page.goto(&d.url("/")).await?;
+    new_session_here(page).await
+}
+
+/// Opens a new session from the console's page as loaded.
+async fn new_session_here(page: &Page) -> Result<String> {
     page.click("button[data-action=new-session]").await?;
     let id = page
         .wait(
@@ -54,6 +59,22 @@ async fn new_session(page: &Page, d: &Daemon) -> Result<String> {
     .await?;
     Ok(id.as_str().context("session id")?.to_string())
 }
+
+/// Holds the first response for a session's pending prompts until `releaseQueueSnapshot()` (true once
+/// it was fetched); `queueSnapshots` counts the fetches.
+const HOLD_QUEUE_SNAPSHOT: &str = r#"(() => {
+  const real = window.fetch;
+  let release = null;
+  window.queueSnapshots = 0;
+  window.releaseQueueSnapshot = () => { if (!release) return false; release(); return true; };
+  window.fetch = (url, opts) => {
+    const r = real.call(window, url, opts);
+    if (!String(url).endsWith('/pending-prompts')) return r;
+    if (++window.queueSnapshots > 1) return r;
+    return new Promise(done => { release = () => done(r); });
+  };
+  return true;
+})()"#;
 
 async fn send(page: &Page, text: &str) -> Result<()> {
     page.type_into("#prompt", text).await?;
@@ -292,10 +313,25 @@ async fn a_slow_turn_is_cancelled_and_a_queued_prompt_removed() -> Result<()> {
     };
     let d = daemon(&[]).await?;
     let page = b.page(1280, 860).await?;
-    new_session(&page, &d).await?;
+    // The queue's snapshot, fetched as the session's replay completes, is held until the prompt below
+    // runs: it then predates the prompt's events and must not erase them (it once did, and Cancel,
+    // enabled only while a prompt runs, stayed disabled).
+    page.goto(&d.url("/")).await?;
+    page.eval(HOLD_QUEUE_SNAPSHOT).await?;
+    new_session_here(&page).await?;
     send(&page, "slow 200 100").await?;
     page.wait(
         "document.querySelector('.msg.agent')?.textContent.includes('tick 3')",
+        UI,
+    )
+    .await?;
+    assert_eq!(
+        page.eval("window.releaseQueueSnapshot()").await?,
+        json!(true),
+        "the snapshot was fetched and held"
+    );
+    page.wait(
+        "window.queueSnapshots >= 2 && !document.querySelector('button[data-action=cancel]').disabled",
         UI,
     )
     .await?;
