@@ -16,7 +16,9 @@
 //!
 //! `ACPD_BENCH_PROFILE=wasm|native[:N]` runs only one side of the export-spans comparison, for
 //! a profiler; under `valgrind --tool=callgrind` the instruction counts of two N give a
-//! repeatable per-batch cost where wall clock on a shared machine is not (BENCHMARKS.md).
+//! repeatable per-batch cost where wall clock on a shared machine is not (BENCHMARKS.md). There,
+//! `ACPD_BENCH_REDACT_WASM=<path>` replaces the built-in redactor with another build of it (one
+//! built with `CARGO_PROFILE_GUEST_STRIP=false` keeps its function names for `perf`).
 //!
 //! `cargo bench -p acpd --bench plugins` (the no-op plugin is the tests' fixture, built here;
 //! the Python and JavaScript guests need the toolchains of
@@ -808,10 +810,14 @@ fn profile(which: &str) {
     match side {
         "wasm" => {
             let host = plugins::standalone().unwrap();
+            let bytes = match std::env::var("ACPD_BENCH_REDACT_WASM") {
+                Ok(p) => std::fs::read(p).unwrap(),
+                Err(_) => builtin("redact").to_vec(),
+            };
             let redact = load(
                 &host,
                 spec("redact", "builtin:redact", serde_json::json!({})),
-                builtin("redact"),
+                &bytes,
             );
             for _ in 0..n {
                 let mut b = input.clone();

@@ -260,3 +260,102 @@ fn a_0_1_0_component_still_refuses_a_bad_config() {
     let e = r.err().expect("refused");
     assert!(e.0.contains("invalid_config"), "{e}");
 }
+
+/// Every kind of attribute value reaches a plugin as the host sent it, on the record it belongs
+/// to, in span and log batches. The batches' attribute lists are lowered by acpd's own code
+/// (host/src/plugins/lower.rs), not wasmtime's: this holds it to the canonical ABI. The echoing
+/// plugin is the tests' hostile fixture in its `echo` mode, built from source.
+#[test]
+fn every_value_kind_reaches_a_plugin_as_sent() {
+    use opentelemetry::{Array, StringValue};
+    let host = plugins::standalone().unwrap();
+    let bytes = std::fs::read(acpd_tests::guests::hostile()).unwrap();
+    let keys = plugins::resolve_keys(&Default::default()).unwrap();
+    let p = host
+        .instantiate(
+            &spec("echo", serde_json::json!({"mode": "echo"})),
+            &bytes,
+            "hostile".into(),
+            plugins::sha256_hex(&bytes),
+            &keys,
+        )
+        .unwrap();
+    let set = PluginSet::single(p);
+
+    // (key, value, what the plugin saw) per record; records differ so a misplaced one shows.
+    let values = |i: i64| -> Vec<(&'static str, Value, Value)> {
+        let same = |k, v: Value| (k, v.clone(), v);
+        vec![
+            same("s", Value::from(format!("text {i} ünï ✓"))),
+            same("empty", Value::from("")),
+            same("t", Value::Bool(i % 2 == 0)),
+            same("f", Value::Bool(i % 2 == 1)),
+            same("min", Value::I64(i64::MIN + i)),
+            same("max", Value::I64(i64::MAX - i)),
+            same("neg", Value::I64(-1 - i)),
+            same("d", Value::F64(-0.5 - i as f64)),
+            same("big", Value::F64(f64::MAX)),
+            same("tiny", Value::F64(f64::MIN_POSITIVE * (i + 1) as f64)),
+            (
+                "words",
+                Value::Array(Array::String(vec![
+                    StringValue::from("a"),
+                    StringValue::from(format!("b{i}")),
+                ])),
+                Value::from(format!("array:[\"a\",\"b{i}\"]")),
+            ),
+            (
+                "ints",
+                Value::Array(Array::I64(vec![i, -2])),
+                Value::from(format!("array:[{i},-2]")),
+            ),
+        ]
+    };
+    let mut batch: Vec<SpanData> = (0..3)
+        .map(|i| {
+            let attrs = values(i).into_iter().map(|(k, v, _)| KeyValue::new(k, v));
+            span(&format!("s{i}"), attrs.collect())
+        })
+        .collect();
+    set.spans(&mut batch);
+    for (i, s) in batch.iter().enumerate() {
+        for (k, _, seen) in values(i as i64) {
+            assert_eq!(
+                attr(&s.attributes, &format!("echo.{k}")),
+                Some(&seen),
+                "span {i}, {k}: {:?}",
+                s.attributes
+            );
+        }
+    }
+
+    let item = |i: i64| LogItem {
+        body: Some(AnyValue::String(format!("log {i}").into())),
+        severity: 9,
+        event_name: None,
+        attrs: vec![
+            (Key::from("s"), AnyValue::String(format!("v{i}").into())),
+            (Key::from("b"), AnyValue::Boolean(i == 1)),
+            (Key::from("n"), AnyValue::Int(i64::MIN + i)),
+            (Key::from("d"), AnyValue::Double(1.25 * i as f64)),
+        ],
+        dropped: false,
+        origin: 0,
+    };
+    let mut logs: Vec<LogItem> = (0..2).map(item).collect();
+    set.logs(&mut logs);
+    for (i, l) in logs.iter().enumerate() {
+        let i = i as i64;
+        let echoed = |k: &str| {
+            l.attrs
+                .iter()
+                .find(|(key, _)| key.as_str() == format!("echo.{k}"))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(echoed("s"), Some(AnyValue::String(format!("v{i}").into())));
+        assert_eq!(echoed("b"), Some(AnyValue::Boolean(i == 1)));
+        assert_eq!(echoed("n"), Some(AnyValue::Int(i64::MIN + i)));
+        assert_eq!(echoed("d"), Some(AnyValue::Double(1.25 * i as f64)));
+    }
+    assert_eq!(set.health()[0]["state"], "active", "no failures");
+}

@@ -77,6 +77,11 @@ fn config(meter: Meter) -> Config {
     c.cranelift_opt_level(OptLevel::Speed);
     c.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(16));
     c.max_wasm_stack(1 << 20);
+    // For profiling: wasmtime writes /tmp/perf-<pid>.map, and `perf report` names the guest's
+    // functions (BENCHMARKS.md, "How to run").
+    if std::env::var_os("ACPD_PERFMAP").is_some() {
+        c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     c
 }
 

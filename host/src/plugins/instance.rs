@@ -14,6 +14,7 @@ use super::bindings::exports::acpd::plugin::{
 use super::budget::Phase;
 use super::engine::{FUEL_PER_MS, Meter};
 use super::kernels::{Shared, State};
+use super::lower;
 
 /// Why a call did not produce a usable answer (the `acpd.plugin.failure` label).
 #[derive(Debug, Clone)]
@@ -309,7 +310,16 @@ impl Live {
     ) -> Result<span_hooks::SpanEdits, Failure> {
         self.arm(budget);
         let g = self.spans.as_ref().ok_or_else(missing)?;
-        let r = g.call_on_spans(&mut self.store, batch);
+        // The batch's attributes are lowered in one pass (lower.rs): the same function, typed with
+        // the borrowed batch (typechecked on every call: a few thousand instructions).
+        let r = g
+            .func_on_spans()
+            .func()
+            .typed::<(lower::SpanBatch<'_>,), (Result<span_hooks::SpanEdits, PluginError>,)>(
+                &self.store,
+            )
+            .and_then(|f| f.call(&mut self.store, (batch.into(),)))
+            .map(|(r,)| r);
         finish(&self.store, r)
     }
 
@@ -320,7 +330,14 @@ impl Live {
     ) -> Result<log_hooks::LogEdits, Failure> {
         self.arm(budget);
         let g = self.logs.as_ref().ok_or_else(missing)?;
-        let r = g.call_on_logs(&mut self.store, batch);
+        let r = g
+            .func_on_logs()
+            .func()
+            .typed::<(lower::LogBatch<'_>,), (Result<log_hooks::LogEdits, PluginError>,)>(
+                &self.store,
+            )
+            .and_then(|f| f.call(&mut self.store, (batch.into(),)))
+            .map(|(r,)| r);
         finish(&self.store, r)
     }
 

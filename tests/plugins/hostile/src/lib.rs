@@ -11,11 +11,14 @@
 //! init and again at every hook: a compile-time and memory bomb for the regex engine),
 //! `hoard` (compiles up to 300 one-pattern sets at every call and keeps them all),
 //! `host-loop` (calls the pattern kernel in an endless loop). `spin` runs `iterations` turns of
-//! a loop and returns (benchmarks: cost per guest instruction).
+//! a loop and returns (benchmarks: cost per guest instruction). `echo` is not hostile: it
+//! answers every span and log attribute with an `echo.<key>` upsert on the same record, holding
+//! the value as it arrived (an array as `array:<its JSON>`), to check what crosses the boundary.
 
 use acpd_plugin_sdk::{
-    Attrs, ClientError, Config, Edits, Error, ErrorInfo, ErrorTranslator, LogBatch, LogEdits,
-    LogProcessor, Observer, PatternSet, Plugin, SpanBatch, SpanEdits, SpanProcessor, export_plugin,
+    AttrValue, Attrs, ClientError, Config, Edits, Error, ErrorInfo, ErrorTranslator, LogBatch,
+    LogEdits, LogProcessor, Observer, PatternSet, Plugin, SpanBatch, SpanEdits, SpanProcessor,
+    Value, export_plugin,
 };
 
 #[derive(serde::Deserialize)]
@@ -128,7 +131,7 @@ impl Plugin for Hostile {
             "panic-init" => panic!("hostile: panicking in init on purpose"),
             "bad-config" => Err(Error::config("hostile: this config is refused on purpose")),
             "ok" | "tag" | "trap" | "loop" | "alloc" | "huge-output" | "bad-index" | "flaky"
-            | "error-5xx" | "escape" | "spin" | "bomb" | "hoard" | "host-loop" => {
+            | "error-5xx" | "escape" | "spin" | "bomb" | "hoard" | "host-loop" | "echo" => {
                 let mut h = Hostile {
                     at_init: if c.mode == "escape" {
                         escape_attempts(c.connect.as_deref())
@@ -228,6 +231,20 @@ impl Hostile {
     }
 }
 
+/// `echo`: every attribute back as it arrived, on its own record.
+fn echo(attrs: &Attrs<'_>, out: &mut Edits) {
+    for a in attrs.iter() {
+        let v: AttrValue = match a.value {
+            Value::Str(s) => s.into(),
+            Value::Bool(b) => b.into(),
+            Value::Int(i) => i.into(),
+            Value::Double(d) => d.into(),
+            Value::Array(json) => format!("array:{json}").into(),
+        };
+        out.upsert(a.record, format!("echo.{}", a.key), v);
+    }
+}
+
 impl Observer for Hostile {
     fn on_request(&mut self, attrs: &Attrs<'_>, out: &mut Edits) -> Result<(), Error> {
         self.misbehave(out, attrs.len())?;
@@ -247,6 +264,9 @@ impl Observer for Hostile {
 
 impl SpanProcessor for Hostile {
     fn on_spans(&mut self, batch: &SpanBatch<'_>, out: &mut SpanEdits) -> Result<(), Error> {
+        if self.mode == "echo" {
+            echo(batch.attrs(), &mut out.attrs);
+        }
         if self.misbehave(&mut out.attrs, batch.attrs().len())? && self.mode == "tag" {
             for s in batch.spans() {
                 out.attrs.upsert(s.index, "hostile.seen", true);
@@ -294,6 +314,9 @@ impl SpanProcessor for Hostile {
 
 impl LogProcessor for Hostile {
     fn on_logs(&mut self, batch: &LogBatch<'_>, out: &mut LogEdits) -> Result<(), Error> {
+        if self.mode == "echo" {
+            echo(batch.attrs(), &mut out.attrs);
+        }
         self.misbehave(&mut out.attrs, batch.attrs().len())?;
         Ok(())
     }

@@ -1,0 +1,157 @@
+//! The export batches' attribute lists, lowered into the guest in one pass.
+//!
+//! wasmtime lowers a `list<record>` element by element and field by field, and looks the guest's
+//! memory up again for every primitive it stores: about 600 instructions per `attr-ref`, 6.3 M of
+//! the 46 M instructions a 512-span export batch cost (BENCHMARKS.md, "Plugin hooks"). Native
+//! code pays nothing like it, and it was the largest part of the WASM/native gap. `Attr` is an
+//! `attr-ref` whose list is written as canonical-ABI bytes straight into the memory wasmtime
+//! allocated for it: the same bytes, in one pass.
+//!
+//! This overrides `Lower::linear_store_list_to_memory`, a hidden item of wasmtime's lowering traits
+//! (the way wasmtime's own integer lists are lowered). The wasmtime version is pinned exactly; the
+//! layout is asserted at compile time and checked against wasmtime's own lowering in the tests.
+
+use wasmtime::Result;
+use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType};
+use wasmtime::component::{ComponentType, Lower};
+
+use super::bindings::acpd::plugin::types::{AttrRef, ValueRef};
+use super::bindings::exports::acpd::plugin::{log_hooks, span_hooks};
+
+/// An `attr-ref` (the same value: the wrapper only changes how a list of them is lowered).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub struct Attr(pub AttrRef);
+
+/// `attr-ref`'s canonical-ABI layout: `record` at 0, `key` at 4 (offset, length), `value` at 16
+/// (a one-byte case, then its payload at 24).
+const SIZE: usize = 32;
+const _: () = {
+    assert!(<AttrRef as ComponentType>::SIZE32 == SIZE);
+    assert!(<AttrRef as ComponentType>::ALIGN32 == 8);
+    assert!(<ValueRef as ComponentType>::SIZE32 == 16);
+};
+
+impl Attr {
+    /// The attributes as the list type the calls below take (no copy).
+    pub fn slice(attrs: &[AttrRef]) -> &[Attr] {
+        // SAFETY: `Attr` is `repr(transparent)` over `AttrRef`: same size, alignment and validity.
+        unsafe { std::slice::from_raw_parts(attrs.as_ptr().cast::<Attr>(), attrs.len()) }
+    }
+
+    fn bytes(&self) -> [u8; SIZE] {
+        let a = &self.0;
+        let mut b = [0u8; SIZE];
+        b[0..4].copy_from_slice(&a.record.to_le_bytes());
+        b[4..8].copy_from_slice(&a.key.offset.to_le_bytes());
+        b[8..12].copy_from_slice(&a.key.len.to_le_bytes());
+        // The cases in WIT order (typechecking the call checked names and order).
+        let (case, payload): (u8, [u8; 8]) = match a.value {
+            ValueRef::Str(r) => (0, pair(r.offset, r.len)),
+            ValueRef::Boolean(v) => (1, [v as u8, 0, 0, 0, 0, 0, 0, 0]),
+            ValueRef::Int(v) => (2, v.to_le_bytes()),
+            ValueRef::Double(v) => (3, v.to_bits().to_le_bytes()),
+            ValueRef::Array(r) => (4, pair(r.offset, r.len)),
+        };
+        b[16] = case;
+        b[24..32].copy_from_slice(&payload);
+        b
+    }
+}
+
+fn pair(a: u32, b: u32) -> [u8; 8] {
+    let mut p = [0u8; 8];
+    p[..4].copy_from_slice(&a.to_le_bytes());
+    p[4..].copy_from_slice(&b.to_le_bytes());
+    p
+}
+
+// SAFETY: every item is `AttrRef`'s, so the type's shape and flat form are exactly `AttrRef`'s.
+unsafe impl ComponentType for Attr {
+    type Lower = <AttrRef as ComponentType>::Lower;
+    const ABI: CanonicalAbiInfo = <AttrRef as ComponentType>::ABI;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> Result<()> {
+        <AttrRef as ComponentType>::typecheck(ty, types)
+    }
+}
+
+// SAFETY: one value is lowered by `AttrRef`'s own code; a list writes the bytes it would write.
+unsafe impl Lower for Attr {
+    fn linear_lower_to_flat<T>(
+        &self,
+        cx: &mut wasmtime::component::__internal::LowerContext<'_, T>,
+        ty: InterfaceType,
+        dst: &mut std::mem::MaybeUninit<Self::Lower>,
+    ) -> Result<()> {
+        self.0.linear_lower_to_flat(cx, ty, dst)
+    }
+
+    fn linear_lower_to_memory<T>(
+        &self,
+        cx: &mut wasmtime::component::__internal::LowerContext<'_, T>,
+        ty: InterfaceType,
+        offset: usize,
+    ) -> Result<()> {
+        self.0.linear_lower_to_memory(cx, ty, offset)
+    }
+
+    fn linear_store_list_to_memory<T>(
+        cx: &mut wasmtime::component::__internal::LowerContext<'_, T>,
+        _ty: InterfaceType,
+        offset: usize,
+        items: &[Self],
+    ) -> Result<()> {
+        // wasmtime allocated `items.len() * SIZE` bytes at `offset` (the slice panics otherwise,
+        // as its own stores do).
+        let dst = &mut cx.as_slice_mut()[offset..][..items.len() * SIZE];
+        for (d, a) in dst.chunks_exact_mut(SIZE).zip(items) {
+            d.copy_from_slice(&a.bytes());
+        }
+        Ok(())
+    }
+}
+
+/// `span-batch` as `on-spans` takes it, borrowed.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct SpanBatch<'a> {
+    #[component(name = "arena")]
+    pub arena: &'a str,
+    #[component(name = "spans")]
+    pub spans: &'a [span_hooks::SpanRef],
+    #[component(name = "attrs")]
+    pub attrs: &'a [Attr],
+}
+
+/// `log-batch` as `on-logs` takes it, borrowed.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct LogBatch<'a> {
+    #[component(name = "arena")]
+    pub arena: &'a str,
+    #[component(name = "logs")]
+    pub logs: &'a [log_hooks::LogRef],
+    #[component(name = "attrs")]
+    pub attrs: &'a [Attr],
+}
+
+impl<'a> From<&'a span_hooks::SpanBatch> for SpanBatch<'a> {
+    fn from(b: &'a span_hooks::SpanBatch) -> Self {
+        SpanBatch {
+            arena: &b.arena,
+            spans: &b.spans,
+            attrs: Attr::slice(&b.attrs),
+        }
+    }
+}
+
+impl<'a> From<&'a log_hooks::LogBatch> for LogBatch<'a> {
+    fn from(b: &'a log_hooks::LogBatch) -> Self {
+        LogBatch {
+            arena: &b.arena,
+            logs: &b.logs,
+            attrs: Attr::slice(&b.attrs),
+        }
+    }
+}
