@@ -2,14 +2,15 @@
 //!
 //! wasmtime lowers a `list<record>` element by element and field by field, and looks the guest's
 //! memory up again for every primitive it stores: about 600 instructions per `attr-ref`, 6.3 M of
-//! the 46 M instructions a 512-span export batch cost (BENCHMARKS.md, "Plugin hooks"). Native
+//! the 46 M instructions a 512-span export batch cost (BENCHMARKS.md, "Round five"). Native
 //! code pays nothing like it, and it was the largest part of the WASM/native gap. `Attr` is an
 //! `attr-ref` whose list is written as canonical-ABI bytes straight into the memory wasmtime
 //! allocated for it: the same bytes, in one pass.
 //!
 //! This overrides `Lower::linear_store_list_to_memory`, a hidden item of wasmtime's lowering traits
-//! (the way wasmtime's own integer lists are lowered). The wasmtime version is pinned exactly; the
-//! layout is asserted at compile time and checked against wasmtime's own lowering in the tests.
+//! (the way wasmtime's own integer lists are lowered). The wasmtime version is pinned exactly, the
+//! layout is asserted at compile time, and a guest built from source echoes every kind of value
+//! back in `every_value_kind_reaches_a_plugin_as_sent` (tests/tests/plugin_contract.rs).
 
 use wasmtime::Result;
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType};
