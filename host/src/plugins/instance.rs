@@ -180,6 +180,21 @@ fn finish<R>(
     }
 }
 
+/// Calls an export batch hook with the batch borrowed, its attributes lowered in one pass
+/// (lower.rs). The function is typed on every call: a few thousand instructions.
+fn call_batch<B, E>(
+    store: &mut Store<State>,
+    f: wasmtime::component::Func,
+    batch: B,
+) -> wasmtime::Result<Result<E, PluginError>>
+where
+    B: wasmtime::component::Lower,
+    Result<E, PluginError>: wasmtime::component::Lift + 'static,
+{
+    let typed = f.typed::<(B,), (Result<E, PluginError>,)>(&*store)?;
+    typed.call(store, (batch,)).map(|(r,)| r)
+}
+
 fn missing() -> Failure {
     Failure::Trap("hook not exported".into())
 }
@@ -310,16 +325,8 @@ impl Live {
     ) -> Result<span_hooks::SpanEdits, Failure> {
         self.arm(budget);
         let g = self.spans.as_ref().ok_or_else(missing)?;
-        // The batch's attributes are lowered in one pass (lower.rs): the same function, typed with
-        // the borrowed batch (typechecked on every call: a few thousand instructions).
-        let r = g
-            .func_on_spans()
-            .func()
-            .typed::<(lower::SpanBatch<'_>,), (Result<span_hooks::SpanEdits, PluginError>,)>(
-                &self.store,
-            )
-            .and_then(|f| f.call(&mut self.store, (batch.into(),)))
-            .map(|(r,)| r);
+        let f = *g.func_on_spans().func();
+        let r = call_batch(&mut self.store, f, lower::SpanBatch::from(batch));
         finish(&self.store, r)
     }
 
@@ -330,14 +337,8 @@ impl Live {
     ) -> Result<log_hooks::LogEdits, Failure> {
         self.arm(budget);
         let g = self.logs.as_ref().ok_or_else(missing)?;
-        let r = g
-            .func_on_logs()
-            .func()
-            .typed::<(lower::LogBatch<'_>,), (Result<log_hooks::LogEdits, PluginError>,)>(
-                &self.store,
-            )
-            .and_then(|f| f.call(&mut self.store, (batch.into(),)))
-            .map(|(r,)| r);
+        let f = *g.func_on_logs().func();
+        let r = call_batch(&mut self.store, f, lower::LogBatch::from(batch));
         finish(&self.store, r)
     }
 
