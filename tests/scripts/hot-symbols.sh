@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Regenerates host/link/hot-symbols.txt: the functions the release daemon runs while it starts, serves
+# the console, the trace view, /health, /metrics and prompts on two sessions, and shuts down. The
+# release link places them first and together (host/build.rs), so the few MiB of code a running
+# daemon uses are not spread over the whole 28 MB of text (BENCHMARKS.md, "Round five": idle RSS
+# about 10 MiB lower). Names are the linker's (mangled, with their hashes), so the list goes stale as
+# dependencies or the toolchain change: run this again then. Needs valgrind, curl and python3;
+# takes about 4 minutes after the builds.
+#
+# usage: tests/scripts/hot-symbols.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+target=${CARGO_TARGET_DIR:-$root/target}
+work=$(mktemp -d)
+trap 'pkill -f "callgrind.*--port 4197" 2>/dev/null || true; rm -rf "$work"' EXIT
+mkdir -p "$work/ws"
+
+# The daemon, driven as a user would: a sequence, not a load.
+drive() {
+  local u=http://127.0.0.1:4197 r id a
+  for _ in $(seq 1 600); do curl -sf $u/health >/dev/null && break; sleep 0.5; done
+  for path in /health /metrics /capabilities / /debug/traces; do curl -sf $u$path >/dev/null; done
+  for _ in 1 2; do
+    r=$(curl -sf -X POST $u/session -H 'content-type: application/json' -d "{\"cwd\":\"$work/ws\"}")
+    id=$(python3 -c 'import sys,json; print(json.loads(sys.argv[1])["sessionId"])' "$r")
+    for _ in 1 2 3; do
+      a=$(curl -sf -X POST "$u/session/$id/prompt" -H 'content-type: application/json' \
+        -d '{"prompt":[{"type":"text","text":"hello there"}]}')
+      # The stream stays open: it is cut once the turn is seen to end.
+      { timeout 120 curl -sfN "$u/session/$id/events" \
+        -H "Last-Event-ID: $(python3 -c 'import sys,json; print(json.loads(sys.argv[1])["lastEventId"])' "$a")" \
+        -H "X-Qwen-Event-Epoch: $(python3 -c 'import sys,json; print(json.loads(sys.argv[1])["eventEpoch"])' "$a")" \
+        || true; } | grep -m1 -q turn_complete
+    done
+    curl -sf "$u/session/$id" >/dev/null
+    curl -sf "$u/session/$id/pending-prompts" >/dev/null
+  done
+  curl -sf $u/debug/traces.json >/dev/null
+  curl -sf $u/metrics >/dev/null
+}
+
+# The daemon as released, and as the load harness builds it (its counting allocator changes the
+# hashes of acpd's own functions): both sets of names, the release build's first.
+: >"$work/names"
+for features in "" "alloc-count"; do
+  cargo build -q --release -p acpd --bin acpd ${features:+--features $features}
+  cp "$target/release/acpd" "$work/acpd"
+  (cd "$work/ws" && valgrind --tool=callgrind --demangle=no --dump-instr=no \
+    --callgrind-out-file="$work/cg.out" "$work/acpd" serve --port 4197 \
+    --state-dir "$work/state" >"$work/daemon.log" 2>&1) &
+  drive
+  pkill -TERM -f "callgrind.*--port 4197"
+  wait
+  nm --defined-only "$work/acpd" | awk '$2 ~ /^[tTwW]$/ {print $3}' | sort -u >"$work/syms"
+  # Callgrind names a function once in full, then by number: every full name, in first-seen order.
+  grep -oE '^c?fn=\([0-9]+\) .+' "$work/cg.out" | sed -E 's/^c?fn=\([0-9]+\) //' \
+    | awk 'NR == FNR { defined[$0] = 1; next } ($0 in defined) && !seen[$0]++' "$work/syms" - \
+    >>"$work/names"
+done
+awk '!seen[$0]++' "$work/names" >"$root/host/link/hot-symbols.txt"
+echo "host/link/hot-symbols.txt: $(wc -l <"$root/host/link/hot-symbols.txt") functions"
