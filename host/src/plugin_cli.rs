@@ -54,6 +54,21 @@ pub fn run(cmd: Command) -> ExitCode {
     }
 }
 
+/// Writes the report to stdout. A reader that went away (`| head`) is not an error: `println!`
+/// panicked there.
+fn print_json(v: &Json) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let r = serde_json::to_writer_pretty(&mut out, v)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn read(file: &str) -> anyhow::Result<Vec<u8>> {
     match file.strip_prefix("builtin:") {
         Some(name) => plugins::builtin::bytes(name)
@@ -76,7 +91,7 @@ fn inspect(file: &str) -> anyhow::Result<()> {
     } else {
         info["init"] = json!("refused an empty config; pass one to `acpd plugin test`");
     }
-    println!("{}", serde_json::to_string_pretty(&info)?);
+    print_json(&info)?;
     Ok(())
 }
 
@@ -215,7 +230,7 @@ fn test(
             .cloned()
             .unwrap_or(Json::Null),
     );
-    println!("{}", serde_json::to_string_pretty(&Json::Object(report))?);
+    print_json(&Json::Object(report))?;
     if !failures.is_empty() {
         anyhow::bail!("the plugin failed during the test (see the log above and `plugin.state`)");
     }

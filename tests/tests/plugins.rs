@@ -598,6 +598,25 @@ async fn plugin_cli_inspects_and_tests_the_example() -> anyhow::Result<()> {
     );
     let info: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(info["package"], "acpd:plugin@0.1.0");
+    // A reader that stops early (`| head -1`) ends the report quietly: no panic.
+    let mut child = std::process::Command::new(acpd_bin())
+        .args(["plugin", "inspect"])
+        .arg(&wasm)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await???;
+    assert!(
+        cut.status.success(),
+        "{:?}: {}",
+        cut.status,
+        String::from_utf8_lossy(&cut.stderr)
+    );
     let roles: Vec<&str> = info["roles"]
         .as_array()
         .unwrap()
