@@ -511,7 +511,7 @@ pub fn binary_pages_kib(pid: u32) -> Result<(u64, u64)> {
         let first = fields.next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
             // A mapping's header: range perms offset dev inode [path].
-            ours = line.split_whitespace().nth(5) == Some(exe.as_str());
+            ours = fields.nth(4) == Some(exe.as_str());
             continue;
         }
         if !ours {

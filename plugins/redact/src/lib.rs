@@ -178,24 +178,26 @@ struct Edge {
     patterns: Vec<Box<[u8]>>,
     /// bit `b` set: some pattern has byte `b` (in either ASCII case) at its edge
     bytes: [u64; 4],
+    /// an empty pattern (`*` alone) matches every key, the empty key too
+    empty: bool,
 }
 
 impl Edge {
     fn add(&mut self, pattern: &[u8], edge: Option<&u8>) {
-        // An empty pattern (`*` alone) matches at every byte.
-        let bytes: Vec<u8> = match edge {
-            Some(b) => vec![b.to_ascii_lowercase(), b.to_ascii_uppercase()],
-            None => (0..=255).collect(),
-        };
-        for b in bytes {
-            self.bytes[b as usize / 64] |= 1 << (b % 64);
+        match edge {
+            Some(b) => {
+                for b in [b.to_ascii_lowercase(), b.to_ascii_uppercase()] {
+                    self.bytes[b as usize / 64] |= 1 << (b % 64);
+                }
+            }
+            None => self.empty = true,
         }
         self.patterns.push(pattern.into());
     }
 
+    /// Whether a key with `b` at this edge could match any pattern.
     fn may(&self, b: Option<&u8>) -> bool {
-        b.is_some_and(|&b| self.bytes[b as usize / 64] & (1 << (b % 64)) != 0)
-            || (self.bytes == [u64::MAX; 4])
+        self.empty || b.is_some_and(|&b| self.bytes[b as usize / 64] & (1 << (b % 64)) != 0)
     }
 }
 
