@@ -267,6 +267,8 @@ pub fn epoch(data: &[u8]) {
     };
     let bus = EventBus::new(BusLimits {
         ring,
+        ring_bytes: usize::MAX,
+        journaled_ring_bytes: usize::MAX,
         queue_frames: 64,
         queue_bytes: 1 << 20,
         max_subscribers: 2,

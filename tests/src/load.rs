@@ -110,16 +110,18 @@ pub const THINK_MS: (u64, u64) = (20, 60);
 /// Tool calls per `bench` turn in the export run: each is an `execute_tool` span.
 const EXPORT_TOOLS: usize = 8;
 
-/// Limits raised so the harness measures the daemon, not its admission caps; the replay ring
-/// is small so the leak check sees steady state after its warm-up. The agent's own telemetry
-/// is off in every mode: the figures are the daemon's.
+/// Limits raised so the harness measures the daemon, not its admission caps. The replay ring
+/// is the default one (journaled: its byte bound fills within the warm-up, so the leak check
+/// sees steady state). `ACPD_LOAD_LIMITS` adds lines to `[limits]` (e.g.
+/// `journaled_event_ring_bytes = 1073741824` for a ring bounded by `event_ring` alone). The
+/// agent's own telemetry is off in every mode: the figures are the daemon's.
 fn bench_config(extra: &str) -> String {
-    format!("{BENCH_LIMITS}\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{extra}")
+    let more = std::env::var("ACPD_LOAD_LIMITS").unwrap_or_default();
+    format!("{BENCH_LIMITS}{more}\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{extra}")
 }
 
 const BENCH_LIMITS: &str = "[limits]\nmax_sessions = 512\nmax_sessions_per_workspace = 512\n\
-     max_pending_prompts_per_session = 1000000\nmax_subscribers_per_session = 256\n\
-     event_ring = 256\n";
+     max_pending_prompts_per_session = 1000000\nmax_subscribers_per_session = 256\n";
 
 /// A daemon in one telemetry mode, with its OTLP receiver when telemetry is on.
 pub struct Target {

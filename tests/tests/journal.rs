@@ -653,8 +653,18 @@ async fn a_full_disk_is_a_counted_drop_not_a_crash() -> Result<()> {
 
 #[tokio::test]
 async fn a_live_session_replays_past_its_ring_from_the_journal() -> Result<()> {
+    // The ring bounded by its count, and by its journaled byte bound (nothing in memory).
+    for limits in ["event_ring = 4", "journaled_event_ring_bytes = 0"] {
+        replays_past_the_ring(limits)
+            .await
+            .with_context(|| limits.to_string())?;
+    }
+    Ok(())
+}
+
+async fn replays_past_the_ring(limits: &str) -> Result<()> {
     let d = Daemon::builder()
-        .config("[limits]\nevent_ring = 4\n")
+        .config(&format!("[limits]\n{limits}\n"))
         .start()
         .await?;
     let s = d.create_session().await?;

@@ -14,7 +14,14 @@ use crate::journal::SessionJournal;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BusLimits {
+    /// Events the replay ring holds at most.
     pub ring: usize,
+    /// Bytes of frames the ring holds at most: events vary in size (a tool call's diff is far
+    /// larger than a message chunk), so a count alone does not bound a session's memory.
+    pub ring_bytes: usize,
+    /// The byte bound while every event is also in the session's journal: replays older than
+    /// the ring read the journal, so the ring only spares recent reconnects a disk read.
+    pub journaled_ring_bytes: usize,
     pub queue_frames: usize,
     pub queue_bytes: usize,
     pub max_subscribers: usize,
@@ -55,6 +62,12 @@ pub struct EventBus {
 struct Inner {
     last_id: u64,
     ring: VecDeque<(u64, Bytes)>,
+    /// The frames' bytes in `ring`.
+    ring_bytes: usize,
+    /// The last event known to be in the journal (0: none). A journal that refused one
+    /// event (sealed at a cap, a write error) refuses every later one, so the ring holds
+    /// everything after it under the unjournaled bound.
+    journaled_upto: u64,
     subs: Vec<Sub>,
     closed: bool,
 }
@@ -137,6 +150,8 @@ impl EventBus {
             inner: Mutex::new(Inner {
                 last_id,
                 ring: VecDeque::new(),
+                ring_bytes: 0,
+                journaled_upto: last_id,
                 subs: Vec::new(),
                 closed: false,
             }),
@@ -215,16 +230,32 @@ impl EventBus {
         };
         // Durable (written to the OS, or synced under `fsync = "always"`) before any
         // subscriber can see it: a crash loses only events nobody was sent.
-        if let Some(j) = &self.journal {
-            j.append_event(id, &frame);
+        let journaled = self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.append_event(id, &frame));
+        if journaled {
+            inner.journaled_upto = id;
         }
         inner.last_id = id;
+        inner.ring_bytes += frame.len();
         inner.ring.push_back((id, frame.clone()));
-        while inner.ring.len() > self.limits.ring {
-            inner.ring.pop_front();
-            self.stats
-                .ring_evicted_events
-                .fetch_add(1, Ordering::Relaxed);
+        let max_bytes = if journaled {
+            self.limits.journaled_ring_bytes
+        } else {
+            self.limits.ring_bytes
+        };
+        while inner.ring.len() > self.limits.ring || inner.ring_bytes > max_bytes {
+            let Some((old, f)) = inner.ring.pop_front() else {
+                break;
+            };
+            inner.ring_bytes -= f.len();
+            // Only an event the journal does not hold is lost to replay.
+            if old > inner.journaled_upto {
+                self.stats
+                    .ring_evicted_events
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
         let limits = self.limits;
         let before = inner.subs.len();
@@ -294,14 +325,22 @@ impl EventBus {
                 // that the ring still starts where the read ended.
                 let need_journal = self.journal.is_some() && from + 1 < ring_earliest;
                 let have_upto = from_journal.last().map_or(from, |(id, _)| *id);
-                if need_journal && have_upto + 1 < ring_earliest && attempts < 3 {
-                    attempts += 1;
-                    drop(inner);
-                    if let Some(j) = &self.journal {
-                        let start = have_upto + 1;
-                        from_journal.extend(j.read_frames(start..=ring_earliest - 1));
+                if need_journal && have_upto + 1 < ring_earliest {
+                    let rest = have_upto + 1..=ring_earliest - 1;
+                    if attempts < 3 {
+                        attempts += 1;
+                        drop(inner);
+                        if let Some(j) = &self.journal {
+                            from_journal.extend(j.read_frames(rest));
+                        }
+                        continue;
                     }
-                    continue;
+                    // Publishing outran three reads (the ring is small once a journal backs
+                    // it): the rest is read under the lock, so publishers wait for one read
+                    // rather than the client seeing a hole the journal could fill.
+                    if let Some(j) = &self.journal {
+                        from_journal.extend(j.read_frames(rest));
+                    }
                 }
                 if let Some((reason, detail)) = resync {
                     preface.push(synthetic(
@@ -459,6 +498,8 @@ mod tests {
     fn bus(ring: usize, frames: usize) -> EventBus {
         EventBus::new(BusLimits {
             ring,
+            ring_bytes: usize::MAX,
+            journaled_ring_bytes: usize::MAX,
             queue_frames: frames,
             queue_bytes: 1 << 20,
             max_subscribers: 2,
@@ -467,6 +508,110 @@ mod tests {
 
     fn text(b: &Bytes) -> String {
         String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    fn limits(ring_bytes: usize, journaled_ring_bytes: usize) -> BusLimits {
+        BusLimits {
+            ring: 8000,
+            ring_bytes,
+            journaled_ring_bytes,
+            queue_frames: 1024,
+            queue_bytes: 1 << 20,
+            max_subscribers: 4,
+        }
+    }
+
+    fn ids(frames: &[Bytes]) -> Vec<u64> {
+        frames
+            .iter()
+            .filter_map(|f| {
+                text(f)
+                    .strip_prefix("id: ")?
+                    .split('\n')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// A session's journal in a temporary directory, removed when the guard drops.
+    struct TempJournal(std::path::PathBuf, Arc<SessionJournal>);
+
+    impl Drop for TempJournal {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn journal(max_total: u64) -> TempJournal {
+        use crate::journal::{Journal, test_support};
+        let dir = test_support::dir();
+        let (j, _, _) = Journal::open(&dir, test_support::cfg(1 << 30, max_total)).unwrap();
+        let s = j.create(test_support::header("s1", &j), Value::Null);
+        TempJournal(dir, s)
+    }
+
+    #[test]
+    fn the_ring_is_bounded_by_bytes_and_counts_what_it_drops() {
+        let one = bus(8000, 16);
+        one.publish("x", None, json!({"pad": "p".repeat(200)}), None);
+        let frame_len = one.lock().ring_bytes;
+        let b = EventBus::new(limits(3 * frame_len + 10, usize::MAX));
+        for _ in 0..10 {
+            b.publish("x", None, json!({"pad": "p".repeat(200)}), None);
+        }
+        let inner = b.lock();
+        assert_eq!(inner.ring.len(), 3, "three frames fit the byte bound");
+        let held: usize = inner.ring.iter().map(|(_, f)| f.len()).sum();
+        assert_eq!(inner.ring_bytes, held);
+        assert!(held <= 3 * frame_len + 10);
+        assert_eq!(inner.ring.front().map(|(id, _)| *id), Some(8));
+        drop(inner);
+        assert_eq!(b.stats.ring_evicted_events.load(Ordering::Relaxed), 7);
+        let s = b.subscribe(Some(0), None).unwrap();
+        assert!(text(&s.preface[0]).contains("ring_evicted"));
+        assert_eq!(ids(&s.preface), [8, 9, 10]);
+    }
+
+    #[test]
+    fn a_journaled_ring_keeps_little_and_replays_the_rest_from_the_journal() {
+        let j = journal(1 << 30);
+        let b = EventBus::journaled(limits(usize::MAX, 1000), Some(j.1.clone()), "e1".into(), 0);
+        for i in 0..200 {
+            b.publish("x", None, json!({"n": i, "pad": "p".repeat(100)}), None);
+        }
+        let inner = b.lock();
+        assert!(
+            inner.ring_bytes <= 1000 && !inner.ring.is_empty(),
+            "{}",
+            inner.ring_bytes
+        );
+        assert!(inner.ring.len() < 10);
+        drop(inner);
+        // Nothing was lost: every evicted event is in the journal.
+        assert_eq!(b.stats.ring_evicted_events.load(Ordering::Relaxed), 0);
+        let s = b.subscribe(Some(0), Some("e1")).unwrap();
+        assert!(!text(&s.preface[0]).contains("state_resync_required"));
+        assert_eq!(ids(&s.preface), (1..=200).collect::<Vec<_>>());
+        let s = b.subscribe(Some(150), Some("e1")).unwrap();
+        assert_eq!(ids(&s.preface), (151..=200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn once_the_journal_refuses_events_the_ring_keeps_them_under_the_larger_bound() {
+        // A total cap that seals the journal after a few events.
+        let j = journal(2000);
+        let b = EventBus::journaled(limits(usize::MAX, 500), Some(j.1.clone()), "e1".into(), 0);
+        for i in 0..100 {
+            b.publish("x", None, json!({"n": i, "pad": "p".repeat(100)}), None);
+        }
+        let sealed_at = b.lock().journaled_upto;
+        assert!((1..20).contains(&sealed_at), "sealed after {sealed_at}");
+        assert_eq!(b.stats.ring_evicted_events.load(Ordering::Relaxed), 0);
+        let s = b.subscribe(Some(0), Some("e1")).unwrap();
+        assert!(!text(&s.preface[0]).contains("state_resync_required"));
+        assert_eq!(ids(&s.preface), (1..=100).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -150,6 +150,8 @@ impl Bridge {
         let l = &config.limits;
         let bus_limits = BusLimits {
             ring: l.event_ring,
+            ring_bytes: l.event_ring_bytes,
+            journaled_ring_bytes: l.journaled_event_ring_bytes,
             queue_frames: l.subscriber_queue_frames,
             queue_bytes: l.subscriber_queue_bytes,
             max_subscribers: l.max_subscribers_per_session,

@@ -1,8 +1,7 @@
 //! A session's transcript: pages of its recorded events (`GET /session/:id/transcript`) and a
-//! readable export (`GET /session/:id/export`). Both read a [`History`]; today the one history
-//! is the session's in-memory event ring (what SSE replays), so a transcript covers what the
-//! ring still holds and says `partial` once older events were evicted. A durable journal
-//! implements the same trait.
+//! readable export (`GET /session/:id/export`). Both read a [`History`]: the session's journal
+//! when it has one, else its in-memory event ring (what SSE replays), whose transcript covers
+//! what the ring still holds and says `partial` once older events were evicted.
 
 use serde_json::{Value, json};
 
@@ -22,7 +21,8 @@ pub trait History {
     fn partial(&self) -> bool;
     /// Why records are missing, for `replayError`.
     fn lost(&self) -> String {
-        "older events were evicted from the in-memory event ring (limits.event_ring)".into()
+        "older events were evicted from the in-memory event ring (limits.event_ring, limits.event_ring_bytes)"
+            .into()
     }
 }
 

@@ -254,6 +254,18 @@ mod tests {
         None
     }
 
+    /// The annotated example ships the defaults: it parses, and its limits are the defaults
+    /// (a changed default or a new limit shows here until the example is updated).
+    #[test]
+    fn the_example_config_parses_and_states_the_default_limits() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/configs/acpd.toml");
+        let c = load(Some(&example), no_env, &[]).unwrap();
+        assert_eq!(
+            format!("{:?}", c.limits),
+            format!("{:?}", Config::default().limits)
+        );
+    }
+
     #[test]
     fn precedence_is_file_then_env_then_flags() {
         let dir = std::env::temp_dir().join(format!("acpd-cfg-{}", std::process::id()));

@@ -289,7 +289,12 @@ pub struct Limits {
     /// Running prompt included.
     pub max_pending_prompts_per_session: usize,
     pub permission_timeout_secs: u64,
+    /// Events a session keeps in memory for `Last-Event-ID` replay.
     pub event_ring: usize,
+    /// ...and their bytes at most.
+    pub event_ring_bytes: usize,
+    /// The byte bound while the session's events are journaled: older replays read the journal.
+    pub journaled_event_ring_bytes: usize,
     pub subscriber_queue_frames: usize,
     pub subscriber_queue_bytes: usize,
     pub max_subscribers_per_session: usize,
@@ -344,6 +349,8 @@ impl Default for Limits {
             max_pending_prompts_per_session: 5,
             permission_timeout_secs: 300,
             event_ring: 8000,
+            event_ring_bytes: 4 * 1024 * 1024,
+            journaled_event_ring_bytes: 128 * 1024,
             subscriber_queue_frames: 256,
             subscriber_queue_bytes: 2 * 1024 * 1024,
             max_subscribers_per_session: 64,
@@ -415,6 +422,7 @@ impl Config {
                 self.limits.max_pending_prompts_per_session,
             ),
             ("limits.event_ring", self.limits.event_ring),
+            ("limits.event_ring_bytes", self.limits.event_ring_bytes),
             (
                 "limits.subscriber_queue_frames",
                 self.limits.subscriber_queue_frames,

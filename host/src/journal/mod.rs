@@ -561,15 +561,16 @@ fn register_metrics(journal: &Arc<Journal>) {
         .build();
 }
 
+/// A journal in a fresh temporary directory, for the tests here and the event bus's.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    fn dir() -> PathBuf {
+    pub fn dir() -> PathBuf {
         std::env::temp_dir().join(format!("acpd-journal-{}", uuid::Uuid::new_v4()))
     }
 
-    fn cfg(max_session: u64, max_total: u64) -> JournalConfig {
+    pub fn cfg(max_session: u64, max_total: u64) -> JournalConfig {
         JournalConfig {
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_millis(50),
@@ -580,7 +581,7 @@ mod tests {
         }
     }
 
-    fn header(id: &str, j: &Journal) -> Header {
+    pub fn header(id: &str, j: &Journal) -> Header {
         Header {
             v: 1,
             session_id: id.into(),
@@ -597,6 +598,12 @@ mod tests {
             fsync: "interval".into(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{cfg, dir, header};
+    use super::*;
 
     fn frame(id: u64) -> Vec<u8> {
         format!(

@@ -117,15 +117,16 @@ impl SessionJournal {
 
     /// Journals one event; called with the bus lock held, before the frame reaches any
     /// subscriber. A failure is logged, counted and seals the journal: the event still goes to
-    /// the live subscribers, it is only missing from the journal.
-    pub fn append_event(&self, id: u64, frame: &[u8]) {
+    /// the live subscribers, it is only missing from the journal. True when the event is in the
+    /// journal (the bus then need not keep it in memory for replay).
+    pub fn append_event(&self, id: u64, frame: &[u8]) -> bool {
         let mut i = self.lock();
         if i.removed {
-            return;
+            return false;
         }
         if let Some(reason) = i.sealed {
             super::count_drop(reason, 1);
-            return;
+            return false;
         }
         let rec = encode_event(id, frame);
         let cap = self.store.cfg.max_session_bytes;
@@ -138,7 +139,7 @@ impl SessionJournal {
                     Reason::SessionCap,
                     "the per-session cap is reached and nothing older can be compacted away",
                 );
-                return;
+                return false;
             }
         }
         if let Err(reason) = self.store.reserve(rec.len() as u64) {
@@ -148,7 +149,7 @@ impl SessionJournal {
                 reason,
                 "the journal's total size cap is reached",
             );
-            return;
+            return false;
         }
         match self.write(&mut i, &rec) {
             Ok(()) => {
@@ -163,11 +164,13 @@ impl SessionJournal {
                 i.since_index += 1;
                 i.events += 1;
                 i.last_id = id;
+                true
             }
             Err(e) => {
                 self.store.release(rec.len() as u64);
                 let why = format!("write failed: {e}");
                 self.seal(&mut i, id, Reason::IoError, &why);
+                false
             }
         }
     }
