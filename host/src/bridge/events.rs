@@ -31,6 +31,7 @@ pub struct BusLimits {
 #[derive(Debug, Default)]
 pub struct BusStats {
     pub evicted_subscribers: AtomicU64,
+    /// Events evicted from the ring that the journal does not hold: lost to replay.
     pub ring_evicted_events: AtomicU64,
     /// Permission requests answered `cancelled` because too many were pending.
     pub refused_permissions: AtomicU64,
