@@ -16,10 +16,15 @@ work=$(mktemp -d)
 trap 'pkill -f "callgrind.*--port 4197" 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/ws"
 
+# Polls /health for up to 300 s (valgrind starts the daemon slowly).
+wait_health() {
+  for _ in $(seq 1 600); do curl -sf http://127.0.0.1:4197/health >/dev/null && return; sleep 0.5; done
+}
+
 # The daemon, driven as a user would: a sequence, not a load.
 drive() {
   local u=http://127.0.0.1:4197 r id a
-  for _ in $(seq 1 600); do curl -sf $u/health >/dev/null && break; sleep 0.5; done
+  wait_health
   for path in /health /metrics /capabilities / /debug/traces; do curl -sf $u$path >/dev/null; done
   for _ in 1 2; do
     r=$(curl -sf -X POST $u/session -H 'content-type: application/json' -d "{\"cwd\":\"$work/ws\"}")
@@ -53,7 +58,7 @@ for features in "" "alloc-count"; do
   (cd "$work/ws" && timeout 600 valgrind --tool=none -q "$work/acpd" serve --port 4197 \
     --state-dir "$work/state" >"$work/warm.log" 2>&1) &
   daemon=$!
-  for _ in $(seq 1 600); do curl -sf http://127.0.0.1:4197/health >/dev/null && break; sleep 0.5; done
+  wait_health
   pkill -TERM -f "acpd serve --port 4197"
   wait "$daemon"
   # Every wait has its deadline: a daemon that does not stop ends the run with an error.

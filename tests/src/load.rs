@@ -116,12 +116,21 @@ const EXPORT_TOOLS: usize = 8;
 /// `journaled_event_ring_bytes = 1073741824` for a ring bounded by `event_ring` alone). The
 /// agent's own telemetry is off in every mode: the figures are the daemon's.
 fn bench_config(extra: &str) -> String {
-    let more = std::env::var("ACPD_LOAD_LIMITS").unwrap_or_default();
-    format!("{BENCH_LIMITS}{more}\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{extra}")
+    format!(
+        "{}\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{extra}",
+        bench_limits()
+    )
 }
 
-const BENCH_LIMITS: &str = "[limits]\nmax_sessions = 512\nmax_sessions_per_workspace = 512\n\
-     max_pending_prompts_per_session = 1000000\nmax_subscribers_per_session = 256\n";
+/// The harness's `[limits]` section, with `ACPD_LOAD_LIMITS` added: every section's daemons
+/// take it.
+fn bench_limits() -> String {
+    let more = std::env::var("ACPD_LOAD_LIMITS").unwrap_or_default();
+    format!(
+        "[limits]\nmax_sessions = 512\nmax_sessions_per_workspace = 512\n\
+         max_pending_prompts_per_session = 1000000\nmax_subscribers_per_session = 256\n{more}\n"
+    )
+}
 
 /// A daemon in one telemetry mode, with its OTLP receiver when telemetry is on.
 pub struct Target {
@@ -1266,8 +1275,9 @@ const ADMISSION_EVERY: Duration = Duration::from_millis(10);
 /// come from the agent's own SDK (a full queue there drops silently, uncounted).
 fn gateway_config() -> String {
     format!(
-        "{BENCH_LIMITS}\n[agent.env]\nOTEL_BSP_MAX_QUEUE_SIZE = \"16384\"\n\
-         OTEL_BSP_SCHEDULE_DELAY = \"200\"\n"
+        "{}\n[agent.env]\nOTEL_BSP_MAX_QUEUE_SIZE = \"16384\"\n\
+         OTEL_BSP_SCHEDULE_DELAY = \"200\"\n",
+        bench_limits()
     )
 }
 
@@ -1819,7 +1829,7 @@ async fn journal_section(rep: &mut Report, o: &Opts) -> Result<()> {
     let mut row_adm = String::from("journal admission POST->202 p50/p99 us: ");
     let mut row_evt = String::from("journal @16 sessions, to client p50/p99 us: ");
     for mode in ["off", "interval", "always"] {
-        let d = Arc::new(journal_daemon(mode, BENCH_LIMITS).await?);
+        let d = Arc::new(journal_daemon(mode, &bench_limits()).await?);
         let adm = admission_latency(&d, o.overhead_prompts * 2).await?;
         let _ = write!(
             row_adm,
