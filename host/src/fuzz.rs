@@ -734,7 +734,7 @@ pub fn plugin_output(data: &[u8]) {
     }
 
     let result = validate(&edits, &pack.attrs, records, fuzz_protected, |i| {
-        packed_len(&pack, i)
+        packed_len(&pack.attrs, i)
     });
 
     // The rules of PLUGINS.md, restated.

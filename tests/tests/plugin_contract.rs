@@ -262,8 +262,9 @@ fn a_0_1_0_component_still_refuses_a_bad_config() {
 }
 
 /// Every kind of attribute value reaches a plugin as the host sent it, on the record it belongs
-/// to, in span and log batches. The batches' attribute lists are lowered by acpd's own code
-/// (host/src/plugins/lower.rs), not wasmtime's: this holds it to the canonical ABI. The echoing
+/// to, in span and log batches, and every kind of edit comes back as the plugin made it. The
+/// batches' attribute lists are lowered and the edits lifted by acpd's own code
+/// (host/src/plugins/lower.rs, lift.rs), not wasmtime's: this holds it to the canonical ABI. The echoing
 /// plugin is the tests' hostile fixture in its `echo` mode, built from source.
 #[test]
 fn every_value_kind_reaches_a_plugin_as_sent() {
@@ -309,16 +310,49 @@ fn every_value_kind_reaches_a_plugin_as_sent() {
                 Value::Array(Array::I64(vec![i, -2])),
                 Value::from(format!("array:[{i},-2]")),
             ),
+            same("r.s", Value::from(format!("old {i} ✓"))),
+            same("r.t", Value::Bool(i % 2 == 0)),
+            same("r.n", Value::I64(i64::MAX - i)),
+            same("r.d", Value::F64(0.75 + i as f64)),
+            same("x.gone", Value::from(format!("gone {i}"))),
         ]
     };
+    // What the plugin's `replace` edits leave (`remove`: nothing).
+    let replaced = |i: i64| -> Vec<(&'static str, Option<Value>)> {
+        vec![
+            ("r.s", Some(Value::from(format!("r:old {i} ✓")))),
+            ("r.t", Some(Value::Bool(i % 2 != 0))),
+            ("r.n", Some(Value::I64((i64::MAX - i).wrapping_add(1)))),
+            ("r.d", Some(Value::F64((0.75 + i as f64) * 2.0))),
+            ("x.gone", None),
+        ]
+    };
+    let kinds = [SpanKind::Internal, SpanKind::Server, SpanKind::Consumer];
     let mut batch: Vec<SpanData> = (0..3)
         .map(|i| {
             let attrs = values(i).into_iter().map(|(k, v, _)| KeyValue::new(k, v));
-            span(&format!("s{i}"), attrs.collect())
+            let mut s = span(&format!("s{i} ✓"), attrs.collect());
+            s.span_kind = kinds[i as usize].clone();
+            if i == 1 {
+                s.status = Status::error("broke");
+            }
+            s
         })
         .collect();
     set.spans(&mut batch);
     for (i, s) in batch.iter().enumerate() {
+        for (k, now) in replaced(i as i64) {
+            assert_eq!(attr(&s.attributes, k), now.as_ref(), "span {i}, {k}");
+        }
+        let record = [
+            ("name", Value::from(format!("s{i} ✓"))),
+            ("kind", Value::from(format!("{:?}", kinds[i]))),
+            ("error", Value::Bool(i == 1)),
+        ];
+        for (k, v) in record {
+            let k = format!("echo.record.{k}");
+            assert_eq!(attr(&s.attributes, &k), Some(&v), "span {i}, {k}");
+        }
         for (k, _, seen) in values(i as i64) {
             assert_eq!(
                 attr(&s.attributes, &format!("echo.{k}")),
@@ -330,14 +364,16 @@ fn every_value_kind_reaches_a_plugin_as_sent() {
     }
 
     let item = |i: i64| LogItem {
-        body: Some(AnyValue::String(format!("log {i}").into())),
-        severity: 9,
-        event_name: None,
+        body: Some(AnyValue::String(format!("log {i} ✓").into())),
+        severity: 9 + i as u8,
+        event_name: (i == 1).then_some("ev.one".into()),
         attrs: vec![
             (Key::from("s"), AnyValue::String(format!("v{i}").into())),
             (Key::from("b"), AnyValue::Boolean(i == 1)),
             (Key::from("n"), AnyValue::Int(i64::MIN + i)),
             (Key::from("d"), AnyValue::Double(1.25 * i as f64)),
+            (Key::from("r.s"), AnyValue::String(format!("w{i}").into())),
+            (Key::from("x.gone"), AnyValue::Int(i)),
         ],
         dropped: false,
         origin: 0,
@@ -356,6 +392,22 @@ fn every_value_kind_reaches_a_plugin_as_sent() {
         assert_eq!(echoed("b"), Some(AnyValue::Boolean(i == 1)));
         assert_eq!(echoed("n"), Some(AnyValue::Int(i64::MIN + i)));
         assert_eq!(echoed("d"), Some(AnyValue::Double(1.25 * i as f64)));
+        let own = |k: &str| {
+            l.attrs
+                .iter()
+                .find(|(key, _)| key.as_str() == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(own("r.s"), Some(AnyValue::String(format!("r:w{i}").into())));
+        assert_eq!(own("x.gone"), None, "removed: {:?}", l.attrs);
+        assert_eq!(echoed("x.gone"), Some(AnyValue::Int(i)));
+        assert_eq!(
+            echoed("record.body"),
+            Some(AnyValue::String(format!("log {i} ✓").into()))
+        );
+        assert_eq!(echoed("record.severity"), Some(AnyValue::Int(9 + i)));
+        let event = if i == 1 { "ev.one" } else { "" };
+        assert_eq!(echoed("record.event"), Some(AnyValue::String(event.into())));
     }
     assert_eq!(set.health()[0]["state"], "active", "no failures");
 }

@@ -189,6 +189,30 @@ fn qualifies_span(sel: &HookSelector, span: &SpanData) -> bool {
     sel.record_qualifies(span.attributes.iter().map(|kv| kv.key.as_str()))
 }
 
+/// What packing `batch` takes at most, about: attribute entries and arena bytes (names, keys,
+/// string values; other values count 8 bytes, events' keys their attribute's key).
+fn span_batch_size(batch: &[SpanData]) -> (usize, usize) {
+    let value = |v: &Value| match v {
+        Value::String(s) => s.as_str().len(),
+        _ => 8,
+    };
+    let (mut attrs, mut bytes) = (0, 0);
+    for s in batch {
+        attrs += s.attributes.len() + 1;
+        bytes += s.name.len();
+        for kv in &s.attributes {
+            bytes += kv.key.as_str().len() + value(&kv.value);
+        }
+        for ev in s.events.events.iter() {
+            attrs += ev.attributes.len();
+            for kv in &ev.attributes {
+                bytes += ev.name.len() + kv.key.as_str().len() + 7 + value(&kv.value);
+            }
+        }
+    }
+    (attrs, bytes)
+}
+
 impl PluginSet {
     /// request / dispatch / child: attributes to add (enrichment). Fails open.
     pub fn observe(&self, hook: Hook, facts: &[(&str, Value)]) -> Vec<KeyValue> {
@@ -226,7 +250,7 @@ impl PluginSet {
                 &pk.attrs,
                 1,
                 |k| protected(k, &pk.attrs, &pk.arena),
-                |i| packed_len(&pk, i),
+                |i| packed_len(&pk.attrs, i),
             )
             .and_then(|()| {
                 if edits.iter().all(|e| matches!(e, AttrEdit::Upsert(_))) {
@@ -262,9 +286,12 @@ impl PluginSet {
             let Some(sel) = p.selector(hook) else {
                 continue;
             };
-            let mut pk = Pack::default();
+            // Sized for the whole batch up front: growing the lists and the arena by doubling
+            // copied them about twice over (0.6 M instructions per 512-span batch).
+            let (attr_n, bytes) = span_batch_size(batch);
+            let mut pk = Pack::with_capacity(attr_n, bytes);
             let mut refs = Vec::with_capacity(batch.len());
-            let mut locs: Vec<(usize, SpanLoc)> = Vec::new();
+            let mut locs: Vec<(usize, SpanLoc)> = Vec::with_capacity(attr_n);
             let mut any = false;
             for (r, span) in batch.iter().enumerate() {
                 let name = pk.str(&span.name);
@@ -309,7 +336,6 @@ impl PluginSet {
                 metrics::skipped(&p.name, hook, "selector");
                 continue;
             }
-            let lens: Vec<usize> = (0..pk.attrs.len()).map(|i| packed_len(&pk, i)).collect();
             let wb = span_hooks::SpanBatch {
                 arena: std::mem::take(&mut pk.arena),
                 spans: refs,
@@ -327,7 +353,7 @@ impl PluginSet {
                 &wb.attrs,
                 batch.len(),
                 |k| k == STATUS_KEY || k.starts_with("event."),
-                |i| lens[i],
+                |i| packed_len(&wb.attrs, i),
             )
             .and_then(|()| renames_ok(&edits.renames, batch.len()));
             if let Err(why) = check {
@@ -353,9 +379,10 @@ impl PluginSet {
             let Some(sel) = p.selector(hook) else {
                 continue;
             };
-            let mut pk = Pack::default();
+            let attr_n: usize = batch.iter().map(|i| i.attrs.len()).sum();
+            let mut pk = Pack::with_capacity(attr_n, 0);
             let mut refs = Vec::with_capacity(batch.len());
-            let mut locs: Vec<(usize, usize)> = Vec::new();
+            let mut locs: Vec<(usize, usize)> = Vec::with_capacity(attr_n);
             let mut any = false;
             let mut body_lens = Vec::with_capacity(batch.len());
             for (r, item) in batch.iter().enumerate() {
@@ -384,7 +411,6 @@ impl PluginSet {
                 metrics::skipped(&p.name, hook, "selector");
                 continue;
             }
-            let lens: Vec<usize> = (0..pk.attrs.len()).map(|i| packed_len(&pk, i)).collect();
             let wb = log_hooks::LogBatch {
                 arena: std::mem::take(&mut pk.arena),
                 logs: refs,
@@ -397,8 +423,14 @@ impl PluginSet {
                     continue;
                 }
             };
-            let check = validate(&edits.attrs, &wb.attrs, batch.len(), |_| false, |i| lens[i])
-                .and_then(|()| bodies_ok(&edits, batch.len(), &body_lens));
+            let check = validate(
+                &edits.attrs,
+                &wb.attrs,
+                batch.len(),
+                |_| false,
+                |i| packed_len(&wb.attrs, i),
+            )
+            .and_then(|()| bodies_ok(&edits, batch.len(), &body_lens));
             if let Err(why) = check {
                 p.failed(hook, &Failure::InvalidOutput(why));
                 safety_net_logs(batch);

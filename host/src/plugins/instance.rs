@@ -14,7 +14,7 @@ use super::bindings::exports::acpd::plugin::{
 use super::budget::Phase;
 use super::engine::{FUEL_PER_MS, Meter};
 use super::kernels::{Shared, State};
-use super::lower;
+use super::{kernels, lift, lower};
 
 /// Why a call did not produce a usable answer (the `acpd.plugin.failure` label).
 #[derive(Debug, Clone)]
@@ -85,6 +85,14 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<State>> {
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
     AllHooks::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // `scan` again, over the generated one: it borrows the arena from the guest's memory and
+    // moves its ranges and matches in one pass (kernels::scan_hook).
+    linker.allow_shadowing(true);
+    linker
+        .instance(kernels::HOST_INTERFACE)
+        .and_then(|mut i| i.func_wrap(kernels::SCAN, kernels::scan_hook))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    linker.allow_shadowing(false);
     Ok(linker)
 }
 
@@ -181,7 +189,7 @@ fn finish<R>(
 }
 
 /// Calls an export batch hook with the batch borrowed, its attributes lowered in one pass
-/// (lower.rs). The function is typed on every call: a few thousand instructions.
+/// (lower.rs) and its edits lifted in one pass (lift.rs). The function is typed on every call: a few thousand instructions.
 fn call_batch<B, E>(
     store: &mut Store<State>,
     f: wasmtime::component::Func,
@@ -326,8 +334,8 @@ impl Live {
         self.arm(budget);
         let g = self.spans.as_ref().ok_or_else(missing)?;
         let f = *g.func_on_spans().func();
-        let r = call_batch(&mut self.store, f, lower::SpanBatch::from(batch));
-        finish(&self.store, r)
+        let r = call_batch::<_, lift::SpanEdits>(&mut self.store, f, lower::SpanBatch::from(batch));
+        finish(&self.store, r).map(Into::into)
     }
 
     pub fn logs(
@@ -338,8 +346,8 @@ impl Live {
         self.arm(budget);
         let g = self.logs.as_ref().ok_or_else(missing)?;
         let f = *g.func_on_logs().func();
-        let r = call_batch(&mut self.store, f, lower::LogBatch::from(batch));
-        finish(&self.store, r)
+        let r = call_batch::<_, lift::LogEdits>(&mut self.store, f, lower::LogBatch::from(batch));
+        finish(&self.store, r).map(Into::into)
     }
 
     pub fn translate(

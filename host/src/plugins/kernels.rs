@@ -16,6 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::acpd::plugin::host::{self, Level, Match, RangeMatch};
 use super::budget::{CallMeter, Phase};
 use super::engine::Meter;
+use super::lift::{Hit, Ranges};
 
 /// Operator-held HMAC keys by id (`[keys]`); a plugin only ever sees digests.
 pub type Keys = Arc<BTreeMap<String, Vec<u8>>>;
@@ -487,30 +488,11 @@ impl host::HostPatternSet for State {
         arena: String,
         ranges: Vec<(u32, u32)>,
     ) -> wasmtime::Result<Vec<RangeMatch>> {
+        // Shadowed in the linker by `scan_hook`; kept for the generated trait.
         let entered = self.meter.host_enter();
-        let set = self.table.get(&this)?;
-        let mut found = Vec::new();
-        let mut out = Vec::new();
-        for (i, &(offset, len)) in ranges.iter().enumerate() {
-            let Some(text) =
-                arena.get(offset as usize..(offset as usize).saturating_add(len as usize))
-            else {
-                continue;
-            };
-            found.clear();
-            set.find(text, &mut found);
-            out.extend(found.iter().map(|&(pattern, start, end)| RangeMatch {
-                range: i as u32,
-                pattern,
-                start,
-                end,
-            }));
-            if out.len() >= MAX_MATCHES {
-                break;
-            }
-        }
+        let out = scan(self.table.get(&this)?, &arena, &ranges);
         self.meter.host_exit(entered)?;
-        Ok(out)
+        Ok(out.into_iter().map(|h| h.0).collect())
     }
 
     fn drop(&mut self, this: Resource<PatternSet>) -> wasmtime::Result<()> {
@@ -519,6 +501,53 @@ impl host::HostPatternSet for State {
         self.set_bytes -= set.bytes;
         Ok(())
     }
+}
+
+/// The interface the kernels are imported from, and `scan`'s name in it.
+pub const HOST_INTERFACE: &str = "acpd:plugin/host@0.1.0";
+pub const SCAN: &str = "[method]pattern-set.scan";
+
+/// `pattern-set.scan` as the linker serves it. The generated binding would copy the arena (the
+/// whole batch's text) into the daemon and lift and lower the ranges and matches field by field;
+/// this one reads the arena where the guest holds it, and moves the lists in one pass (lift.rs).
+pub fn scan_hook(
+    mut store: wasmtime::StoreContextMut<'_, State>,
+    (this, arena, ranges): (Resource<PatternSet>, wasmtime::component::WasmStr, Ranges),
+) -> wasmtime::Result<(Vec<Hit>,)> {
+    let entered = store.data_mut().meter.host_enter();
+    let out = {
+        let text = arena.to_str(&store)?;
+        scan(store.data().table.get(&this)?, &text, &ranges.0)
+    };
+    store.data_mut().meter.host_exit(entered)?;
+    Ok((out,))
+}
+
+/// `find` over each `(offset, len)` range of `arena`, offsets relative to the range; a range
+/// off the arena or its character boundaries matches nothing; at most [`MAX_MATCHES`].
+fn scan(set: &PatternSet, arena: &str, ranges: &[(u32, u32)]) -> Vec<Hit> {
+    let mut found = Vec::new();
+    let mut out = Vec::new();
+    for (i, &(offset, len)) in ranges.iter().enumerate() {
+        let Some(text) = arena.get(offset as usize..(offset as usize).saturating_add(len as usize))
+        else {
+            continue;
+        };
+        found.clear();
+        set.find(text, &mut found);
+        out.extend(found.iter().map(|&(pattern, start, end)| {
+            Hit(RangeMatch {
+                range: i as u32,
+                pattern,
+                start,
+                end,
+            })
+        }));
+        if out.len() >= MAX_MATCHES {
+            break;
+        }
+    }
+    out
 }
 
 /// The `types` interface has no functions; the world still names it as an import.

@@ -15,6 +15,7 @@ mod engine;
 mod hooks;
 mod instance;
 mod kernels;
+mod lift;
 mod lower;
 mod metrics;
 pub(crate) mod pack;

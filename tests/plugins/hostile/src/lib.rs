@@ -13,7 +13,11 @@
 //! `host-loop` (calls the pattern kernel in an endless loop). `spin` runs `iterations` turns of
 //! a loop and returns (benchmarks: cost per guest instruction). `echo` is not hostile: it
 //! answers every span and log attribute with an `echo.<key>` upsert on the same record, holding
-//! the value as it arrived (an array as `array:<its JSON>`), to check what crosses the boundary.
+//! the value as it arrived (an array as `array:<its JSON>`), replaces an attribute whose key
+//! starts with `r.` by a value of the same kind (`r:` + text, `!` bool, `+1`, `×2`) and removes
+//! one whose key starts with `x.`, and reports each span's name, kind and error flag and each
+//! log's body, severity and event name as `echo.record.*`, to check what crosses the boundary
+//! both ways.
 
 use acpd_plugin_sdk::{
     AttrValue, Attrs, ClientError, Config, Edits, Error, ErrorInfo, ErrorTranslator, LogBatch,
@@ -241,6 +245,17 @@ fn echo(attrs: &Attrs<'_>, out: &mut Edits) {
             Value::Double(d) => d.into(),
             Value::Array(json) => format!("array:{json}").into(),
         };
+        if a.key.starts_with("r.") {
+            let r: AttrValue = match a.value {
+                Value::Str(s) | Value::Array(s) => format!("r:{s}").into(),
+                Value::Bool(b) => (!b).into(),
+                Value::Int(i) => i.wrapping_add(1).into(),
+                Value::Double(d) => (d * 2.0).into(),
+            };
+            out.replace(a.index, r);
+        } else if a.key.starts_with("x.") {
+            out.remove(a.index);
+        }
         out.upsert(a.record, format!("echo.{}", a.key), v);
     }
 }
@@ -266,6 +281,12 @@ impl SpanProcessor for Hostile {
     fn on_spans(&mut self, batch: &SpanBatch<'_>, out: &mut SpanEdits) -> Result<(), Error> {
         if self.mode == "echo" {
             echo(batch.attrs(), &mut out.attrs);
+            for s in batch.spans() {
+                out.attrs.upsert(s.index, "echo.record.name", s.name());
+                out.attrs
+                    .upsert(s.index, "echo.record.kind", format!("{:?}", s.kind()));
+                out.attrs.upsert(s.index, "echo.record.error", s.is_error());
+            }
         }
         if self.misbehave(&mut out.attrs, batch.attrs().len())? && self.mode == "tag" {
             for s in batch.spans() {
@@ -316,6 +337,13 @@ impl LogProcessor for Hostile {
     fn on_logs(&mut self, batch: &LogBatch<'_>, out: &mut LogEdits) -> Result<(), Error> {
         if self.mode == "echo" {
             echo(batch.attrs(), &mut out.attrs);
+            for l in batch.logs() {
+                out.attrs.upsert(l.index, "echo.record.body", l.body());
+                out.attrs
+                    .upsert(l.index, "echo.record.severity", i64::from(l.severity()));
+                out.attrs
+                    .upsert(l.index, "echo.record.event", l.event_name());
+            }
         }
         self.misbehave(&mut out.attrs, batch.attrs().len())?;
         Ok(())
