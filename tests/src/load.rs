@@ -676,6 +676,14 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
     let warm_split = rss_split_kib(d.pid())?;
     let warm_binary = binary_pages_kib(d.pid()).ok();
     let live_warm = alloc_counts(d).await?.map(|c| c.2);
+    // `ACPD_LOAD_SMAPS=<dir>`: the warm daemon's mappings, to see what holds its memory.
+    if let Some(dir) = std::env::var_os("ACPD_LOAD_SMAPS") {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", d.pid()))?;
+        std::fs::write(
+            std::path::Path::new(&dir).join(format!("warm-{}.smaps", d.pid())),
+            smaps,
+        )?;
+    }
     tokio::time::sleep(QUIET).await;
     let quiet_kib = t.rss_kib()?;
     let quiet_split = rss_split_kib(d.pid())?;

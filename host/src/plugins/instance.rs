@@ -188,8 +188,9 @@ fn finish<R>(
     }
 }
 
-/// Calls an export batch hook with the batch borrowed, its attributes lowered in one pass
-/// (lower.rs) and its edits lifted in one pass (lift.rs). The function is typed on every call: a few thousand instructions.
+/// Calls an export batch hook with the batch borrowed, its records and attributes lowered in
+/// one pass (lower.rs) and its edits lifted in one pass (lift.rs). The function is typed on
+/// every call: a few thousand instructions.
 fn call_batch<B, E>(
     store: &mut Store<State>,
     f: wasmtime::component::Func,

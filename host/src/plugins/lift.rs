@@ -2,7 +2,7 @@
 //! hooks and the ranges of a kernel `scan`.
 //!
 //! wasmtime lifts a `list<variant>` element by element, each through its generic variant,
-//! tuple and string code: about 700 instructions per edit, 1.1 M of a 512-span export batch,
+//! tuple and string code: about 730 instructions per edit, 1.1 M of a 512-span export batch,
 //! and 55 per range of the kernel's `scan` (BENCHMARKS.md, "Round seven"). Here each list is
 //! read straight from the guest's memory with the same checks (bounds, alignment, the
 //! discriminants, UTF-8, hostcall fuel) and the same errors as wasmtime's own code.

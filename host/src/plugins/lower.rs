@@ -1,4 +1,4 @@
-//! The export batches' attribute lists, lowered into the guest in one pass.
+//! The export batches' lists (attributes, spans, logs), lowered into the guest in one pass.
 //!
 //! wasmtime lowers a `list<record>` element by element and field by field, and looks the guest's
 //! memory up again for every primitive it stores: about 600 instructions per `attr-ref`, 6.3 M of
