@@ -676,14 +676,7 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
     let warm_split = rss_split_kib(d.pid())?;
     let warm_binary = binary_pages_kib(d.pid()).ok();
     let live_warm = alloc_counts(d).await?.map(|c| c.2);
-    // `ACPD_LOAD_SMAPS=<dir>`: the warm daemon's mappings, to see what holds its memory.
-    if let Some(dir) = std::env::var_os("ACPD_LOAD_SMAPS") {
-        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", d.pid()))?;
-        std::fs::write(
-            std::path::Path::new(&dir).join(format!("warm-{}.smaps", d.pid())),
-            smaps,
-        )?;
-    }
+    save_smaps(d, "warm")?;
     tokio::time::sleep(QUIET).await;
     let quiet_kib = t.rss_kib()?;
     let quiet_split = rss_split_kib(d.pid())?;
@@ -721,6 +714,17 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
     })
 }
 
+/// `ACPD_LOAD_SMAPS=<dir>`: the daemon's mappings as `<dir>/<what>-<pid>.smaps`, to see what
+/// holds its memory (the memory section's warm daemon, each reading of the soak run).
+fn save_smaps(d: &Daemon, what: &str) -> Result<()> {
+    if let Some(dir) = std::env::var_os("ACPD_LOAD_SMAPS") {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", d.pid()))?;
+        let file = std::path::Path::new(&dir).join(format!("{what}-{}.smaps", d.pid()));
+        std::fs::write(file, smaps)?;
+    }
+    Ok(())
+}
+
 /// One reading of the soak run.
 #[derive(Debug, Clone, Copy)]
 pub struct SoakPoint {
@@ -752,6 +756,7 @@ pub async fn soak(t: &Target, total: usize, every: usize) -> Result<Vec<SoakPoin
         prompt_rounds(d, &workers, every).await?;
         done += workers.len() * every.div_ceil(workers.len());
         points.push(point(done, alloc_counts(d).await?.map(|c| c.2))?);
+        save_smaps(d, &format!("soak{done:06}"))?;
     }
     Ok(points)
 }
