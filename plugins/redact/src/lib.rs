@@ -451,24 +451,36 @@ impl Redactor {
 
     fn hash(&self, text: &str) -> String {
         match keyed_hash(&self.hash_key, text, self.hash_len) {
-            Ok(h) => format!("[hash:{h}]"),
+            Ok(h) => ["[hash:", &h, "]"].concat(),
             // Never fall back to the clear text.
             Err(_) => "[REDACTED]".to_string(),
         }
     }
 
     fn render(&self, action: Action, rule: &str, text: &str) -> String {
+        let mut out = String::new();
+        self.render_into(&mut out, action, rule, text);
+        out
+    }
+
+    /// Appends what `action` makes of `text`. Pieces pushed in turn, not `format!`: the
+    /// formatting machinery was a tenth of the guest's time on a batch with many matches.
+    fn render_into(&self, out: &mut String, action: Action, rule: &str, text: &str) {
         match action {
-            Action::Mask | Action::Drop => format!("[REDACTED:{rule}]"),
+            Action::Mask | Action::Drop => {
+                out.push_str("[REDACTED:");
+                out.push_str(rule);
+                out.push(']');
+            }
             Action::KeepLast(n) => {
                 let count = text.chars().count();
-                let tail: String = text.chars().skip(count.saturating_sub(n)).collect();
-                format!("****{tail}")
+                out.push_str("****");
+                out.extend(text.chars().skip(count.saturating_sub(n)));
             }
-            Action::Hash => self.hash(text),
+            Action::Hash => out.push_str(&self.hash(text)),
             Action::Truncate(n) => {
-                let head: String = text.chars().take(n).collect();
-                format!("{head}...")
+                out.extend(text.chars().take(n));
+                out.push_str("...");
             }
         }
     }
@@ -504,10 +516,10 @@ impl Redactor {
                 let userinfo = userinfo.trim_end_matches('@');
                 out.push_str(scheme);
                 out.push_str("://");
-                out.push_str(&self.render(rule.action, &rule.name, userinfo));
+                self.render_into(&mut out, rule.action, &rule.name, userinfo);
                 out.push('@');
             } else {
-                out.push_str(&self.render(rule.action, &rule.name, m));
+                self.render_into(&mut out, rule.action, &rule.name, m);
             }
             at = e;
             changed = true;
