@@ -409,5 +409,20 @@ fn every_value_kind_reaches_a_plugin_as_sent() {
         let event = if i == 1 { "ev.one" } else { "" };
         assert_eq!(echoed("record.event"), Some(AnyValue::String(event.into())));
     }
+
+    // The `request` hook's facts, lowered like the batches, edits lifted like theirs.
+    let facts: Vec<(&str, Value)> = vec![
+        ("s", Value::from("fact ✓")),
+        ("b", Value::Bool(true)),
+        ("n", Value::I64(i64::MIN)),
+        ("d", Value::F64(-2.5)),
+    ];
+    let added = set.observe(Hook::Request, &facts);
+    for (k, v) in &facts {
+        let echoed = added
+            .iter()
+            .find(|kv| kv.key.as_str() == format!("echo.{k}"));
+        assert_eq!(echoed.map(|kv| &kv.value), Some(v), "{k}: {added:?}");
+    }
     assert_eq!(set.health()[0]["state"], "active", "no failures");
 }

@@ -12,7 +12,8 @@
 //! `hoard` (compiles up to 300 one-pattern sets at every call and keeps them all),
 //! `host-loop` (calls the pattern kernel in an endless loop). `spin` runs `iterations` turns of
 //! a loop and returns (benchmarks: cost per guest instruction). `echo` is not hostile: it
-//! answers every span and log attribute with an `echo.<key>` upsert on the same record, holding
+//! answers every span and log attribute (and every `request` fact) with an `echo.<key>` upsert on
+//! the same record, holding
 //! the value as it arrived (an array as `array:<its JSON>`), replaces an attribute whose key
 //! starts with `r.` by a value of the same kind (`r:` + text, `!` bool, `+1`, `×2`) and removes
 //! one whose key starts with `x.`, and reports each span's name, kind and error flag and each
@@ -262,6 +263,18 @@ fn echo(attrs: &Attrs<'_>, out: &mut Edits) {
 
 impl Observer for Hostile {
     fn on_request(&mut self, attrs: &Attrs<'_>, out: &mut Edits) -> Result<(), Error> {
+        if self.mode == "echo" {
+            // Upserts only: the only edits an observing hook may make.
+            for a in attrs.iter() {
+                let v: AttrValue = match a.value {
+                    Value::Str(s) | Value::Array(s) => s.into(),
+                    Value::Bool(b) => b.into(),
+                    Value::Int(i) => i.into(),
+                    Value::Double(d) => d.into(),
+                };
+                out.upsert(a.record, format!("echo.{}", a.key), v);
+            }
+        }
         self.misbehave(out, attrs.len())?;
         Ok(())
     }
