@@ -189,8 +189,8 @@ fn qualifies_span(sel: &HookSelector, span: &SpanData) -> bool {
     sel.record_qualifies(span.attributes.iter().map(|kv| kv.key.as_str()))
 }
 
-/// What packing `batch` takes at most, about: attribute entries and arena bytes (names, keys,
-/// string values; other values count 8 bytes, events' keys their attribute's key).
+/// About what packing `batch` takes at most: attribute entries, and arena bytes (names, keys and
+/// string values; 8 for any other value; an event's attribute is keyed `event.<name>.<key>`).
 fn span_batch_size(batch: &[SpanData]) -> (usize, usize) {
     let value = |v: &Value| match v {
         Value::String(s) => s.as_str().len(),
