@@ -16,7 +16,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::acpd::plugin::host::{self, Level, Match, RangeMatch};
 use super::budget::{CallMeter, Phase};
 use super::engine::Meter;
-use super::lift::{Hit, Ranges};
+use super::lift::Ranges;
+use super::lower::Hit;
 
 /// Operator-held HMAC keys by id (`[keys]`); a plugin only ever sees digests.
 pub type Keys = Arc<BTreeMap<String, Vec<u8>>>;

@@ -1,5 +1,5 @@
-//! What comes back from a guest, lifted from its memory in one pass: the edits of the export
-//! hooks and the ranges of a kernel `scan`.
+//! What comes back from a guest, lifted from its memory in one pass: the edits of the hooks
+//! and the ranges of a kernel `scan`.
 //!
 //! wasmtime lifts a `list<variant>` element by element, each through its generic variant,
 //! tuple and string code: about 730 instructions per edit, 1.1 M of a 512-span export batch,
@@ -15,10 +15,9 @@
 
 use wasmtime::component::__internal::wasmtime_environ::component::StringEncoding;
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};
-use wasmtime::component::{ComponentType, Lift, Lower};
-use wasmtime::{Result, ValRaw, bail};
+use wasmtime::component::{ComponentType, Lift};
+use wasmtime::{Result, bail};
 
-use super::bindings::acpd::plugin::host::RangeMatch;
 use super::bindings::acpd::plugin::types::{AttrEdit, AttrValue};
 use super::bindings::exports::acpd::plugin::{log_hooks, span_hooks};
 
@@ -32,8 +31,6 @@ const _: () = {
     assert!(<AttrEdit as ComponentType>::ALIGN32 == 8);
     assert!(<AttrValue as ComponentType>::SIZE32 == VALUE);
     assert!(<(u32, u32) as ComponentType>::SIZE32 == 8);
-    assert!(<RangeMatch as ComponentType>::SIZE32 == 16);
-    assert!(<RangeMatch as ComponentType>::ALIGN32 == 4);
 };
 
 /// The guest memory a list occupies, checked as wasmtime checks it (and charged to the
@@ -67,10 +64,6 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut v = [0u8; 8];
     v.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(v)
-}
-
-fn pointer_pair(src: &[ValRaw; 2]) -> (usize, usize) {
-    (src[0].get_u32() as usize, src[1].get_u32() as usize)
 }
 
 /// A `string` whose pointer and length are the 8 bytes at `b[at..]`.
@@ -112,6 +105,41 @@ fn edit(cx: &mut LiftContext<'_>, utf8: bool, b: &[u8]) -> Result<AttrEdit> {
     })
 }
 
+/// `ComponentType` and `Lift` for `$name`, a list type with a one-pass `lift(cx, ptr, len)`:
+/// its shape and flat form are `$list`'s (a pointer and a length, wherever the list is).
+macro_rules! lifted_list {
+    ($name:ident, $list:ty) => {
+        // SAFETY: the shape and flat form are exactly `$list`'s, as it declares them.
+        unsafe impl ComponentType for $name {
+            type Lower = <$list as ComponentType>::Lower;
+            const ABI: CanonicalAbiInfo = <$list as ComponentType>::ABI;
+
+            fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> Result<()> {
+                <$list as ComponentType>::typecheck(ty, types)
+            }
+        }
+
+        // SAFETY: `lift` reads only the bytes `list_bytes` checked, as wasmtime's lists do.
+        unsafe impl Lift for $name {
+            fn linear_lift_from_flat(
+                cx: &mut LiftContext<'_>,
+                _ty: InterfaceType,
+                src: &Self::Lower,
+            ) -> Result<Self> {
+                Self::lift(cx, src[0].get_u32() as usize, src[1].get_u32() as usize)
+            }
+
+            fn linear_lift_from_memory(
+                cx: &mut LiftContext<'_>,
+                _ty: InterfaceType,
+                bytes: &[u8],
+            ) -> Result<Self> {
+                Self::lift(cx, u32_at(bytes, 0) as usize, u32_at(bytes, 4) as usize)
+            }
+        }
+    };
+}
+
 /// A `list<attr-edit>`, lifted in one pass.
 #[derive(Debug, Default)]
 pub struct Edits(pub Vec<AttrEdit>);
@@ -128,36 +156,7 @@ impl Edits {
     }
 }
 
-// SAFETY: the type's shape and flat form are exactly `list<attr-edit>`'s, as `Vec<AttrEdit>`
-// declares them.
-unsafe impl ComponentType for Edits {
-    type Lower = <Vec<AttrEdit> as ComponentType>::Lower;
-    const ABI: CanonicalAbiInfo = <Vec<AttrEdit> as ComponentType>::ABI;
-
-    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> Result<()> {
-        <Vec<AttrEdit> as ComponentType>::typecheck(ty, types)
-    }
-}
-
-// SAFETY: reads only the bytes `list_bytes` checked, as wasmtime's list lifting does.
-unsafe impl Lift for Edits {
-    fn linear_lift_from_flat(
-        cx: &mut LiftContext<'_>,
-        _ty: InterfaceType,
-        src: &Self::Lower,
-    ) -> Result<Self> {
-        let (ptr, len) = pointer_pair(src);
-        Self::lift(cx, ptr, len)
-    }
-
-    fn linear_lift_from_memory(
-        cx: &mut LiftContext<'_>,
-        _ty: InterfaceType,
-        bytes: &[u8],
-    ) -> Result<Self> {
-        Self::lift(cx, u32_at(bytes, 0) as usize, u32_at(bytes, 4) as usize)
-    }
-}
+lifted_list!(Edits, Vec<AttrEdit>);
 
 /// The `ranges` of a kernel `scan` (`list<tuple<u32, u32>>`), lifted in one pass.
 #[derive(Debug, Default)]
@@ -175,90 +174,7 @@ impl Ranges {
     }
 }
 
-// SAFETY: as for `Edits`.
-unsafe impl ComponentType for Ranges {
-    type Lower = <Vec<(u32, u32)> as ComponentType>::Lower;
-    const ABI: CanonicalAbiInfo = <Vec<(u32, u32)> as ComponentType>::ABI;
-
-    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> Result<()> {
-        <Vec<(u32, u32)> as ComponentType>::typecheck(ty, types)
-    }
-}
-
-// SAFETY: as for `Edits`.
-unsafe impl Lift for Ranges {
-    fn linear_lift_from_flat(
-        cx: &mut LiftContext<'_>,
-        _ty: InterfaceType,
-        src: &Self::Lower,
-    ) -> Result<Self> {
-        let (ptr, len) = pointer_pair(src);
-        Self::lift(cx, ptr, len)
-    }
-
-    fn linear_lift_from_memory(
-        cx: &mut LiftContext<'_>,
-        _ty: InterfaceType,
-        bytes: &[u8],
-    ) -> Result<Self> {
-        Self::lift(cx, u32_at(bytes, 0) as usize, u32_at(bytes, 4) as usize)
-    }
-}
-
-/// A `range-match` whose list is lowered in one pass (the kernel's answer to `scan`).
-#[repr(transparent)]
-#[derive(Clone, Copy, Debug)]
-pub struct Hit(pub RangeMatch);
-
-// SAFETY: every item is `RangeMatch`'s, so the type's shape and flat form are exactly its.
-unsafe impl ComponentType for Hit {
-    type Lower = <RangeMatch as ComponentType>::Lower;
-    const ABI: CanonicalAbiInfo = <RangeMatch as ComponentType>::ABI;
-
-    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> Result<()> {
-        <RangeMatch as ComponentType>::typecheck(ty, types)
-    }
-}
-
-// SAFETY: one value is lowered by `RangeMatch`'s own code; a list writes the bytes it would.
-unsafe impl Lower for Hit {
-    fn linear_lower_to_flat<T>(
-        &self,
-        cx: &mut wasmtime::component::__internal::LowerContext<'_, T>,
-        ty: InterfaceType,
-        dst: &mut std::mem::MaybeUninit<Self::Lower>,
-    ) -> Result<()> {
-        self.0.linear_lower_to_flat(cx, ty, dst)
-    }
-
-    fn linear_lower_to_memory<T>(
-        &self,
-        cx: &mut wasmtime::component::__internal::LowerContext<'_, T>,
-        ty: InterfaceType,
-        offset: usize,
-    ) -> Result<()> {
-        self.0.linear_lower_to_memory(cx, ty, offset)
-    }
-
-    fn linear_store_list_to_memory<T>(
-        cx: &mut wasmtime::component::__internal::LowerContext<'_, T>,
-        _ty: InterfaceType,
-        offset: usize,
-        items: &[Self],
-    ) -> Result<()> {
-        // `range`, `pattern`, `start`, `end`: four u32 in WIT order. wasmtime allocated
-        // `items.len() * 16` bytes at `offset` (the slice panics otherwise, as its own do).
-        let dst = &mut cx.as_slice_mut()[offset..][..items.len() * 16];
-        for (d, h) in dst.chunks_exact_mut(16).zip(items) {
-            let m = &h.0;
-            d[0..4].copy_from_slice(&m.range.to_le_bytes());
-            d[4..8].copy_from_slice(&m.pattern.to_le_bytes());
-            d[8..12].copy_from_slice(&m.start.to_le_bytes());
-            d[12..16].copy_from_slice(&m.end.to_le_bytes());
-        }
-        Ok(())
-    }
-}
+lifted_list!(Ranges, Vec<(u32, u32)>);
 
 /// `span-edits` as `on-spans` returns it.
 #[derive(ComponentType, Lift, Debug)]

@@ -1,11 +1,12 @@
-//! The export batches' lists (attributes, spans, logs), lowered into the guest in one pass.
+//! The lists the daemon sends a guest (a batch's attributes, spans and logs; the kernel's
+//! matches), lowered in one pass.
 //!
 //! wasmtime lowers a `list<record>` element by element and field by field, and looks the guest's
 //! memory up again for every primitive it stores: about 600 instructions per `attr-ref`, 6.3 M of
 //! the 46 M instructions a 512-span export batch cost (BENCHMARKS.md, "Round five"). Native
 //! code pays nothing like it, and it was the largest part of the WASM/native gap. `Attr` is an
 //! `attr-ref` whose list is written as canonical-ABI bytes straight into the memory wasmtime
-//! allocated for it: the same bytes, in one pass.
+//! allocated for it: the same bytes, in one pass; `one_pass_list!` makes each such type.
 //!
 //! This overrides `Lower::linear_store_list_to_memory`, a hidden item of wasmtime's lowering traits
 //! (the way wasmtime's own integer lists are lowered). The wasmtime version is pinned exactly, the
@@ -16,105 +17,14 @@ use wasmtime::Result;
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType};
 use wasmtime::component::{ComponentType, Lower};
 
+use super::bindings::acpd::plugin::host::RangeMatch;
 use super::bindings::acpd::plugin::types::{AttrRef, ValueRef};
 use super::bindings::exports::acpd::plugin::{log_hooks, span_hooks};
 
-/// An `attr-ref` (the same value: the wrapper only changes how a list of them is lowered).
-#[repr(transparent)]
-#[derive(Clone, Copy, Debug)]
-pub struct Attr(pub AttrRef);
-
-/// `attr-ref`'s canonical-ABI layout: `record` at 0, `key` at 4 (offset, length), `value` at 16
-/// (a one-byte case, then its payload at 24).
-const SIZE: usize = 32;
-const _: () = {
-    assert!(<AttrRef as ComponentType>::SIZE32 == SIZE);
-    assert!(<AttrRef as ComponentType>::ALIGN32 == 8);
-    assert!(<ValueRef as ComponentType>::SIZE32 == 16);
-};
-
-impl Attr {
-    /// The attributes as the list type the calls below take (no copy).
-    pub fn slice(attrs: &[AttrRef]) -> &[Attr] {
-        // SAFETY: `Attr` is `repr(transparent)` over `AttrRef`: same size, alignment and validity.
-        unsafe { std::slice::from_raw_parts(attrs.as_ptr().cast::<Attr>(), attrs.len()) }
-    }
-
-    fn bytes(&self) -> [u8; SIZE] {
-        let a = &self.0;
-        let mut b = [0u8; SIZE];
-        b[0..4].copy_from_slice(&a.record.to_le_bytes());
-        b[4..8].copy_from_slice(&a.key.offset.to_le_bytes());
-        b[8..12].copy_from_slice(&a.key.len.to_le_bytes());
-        // The cases in WIT order (typechecking the call checked names and order).
-        let (case, payload): (u8, [u8; 8]) = match a.value {
-            ValueRef::Str(r) => (0, pair(r.offset, r.len)),
-            ValueRef::Boolean(v) => (1, [v as u8, 0, 0, 0, 0, 0, 0, 0]),
-            ValueRef::Int(v) => (2, v.to_le_bytes()),
-            ValueRef::Double(v) => (3, v.to_bits().to_le_bytes()),
-            ValueRef::Array(r) => (4, pair(r.offset, r.len)),
-        };
-        b[16] = case;
-        b[24..32].copy_from_slice(&payload);
-        b
-    }
-}
-
-fn pair(a: u32, b: u32) -> [u8; 8] {
-    let mut p = [0u8; 8];
-    p[..4].copy_from_slice(&a.to_le_bytes());
-    p[4..].copy_from_slice(&b.to_le_bytes());
-    p
-}
-
-// SAFETY: every item is `AttrRef`'s, so the type's shape and flat form are exactly `AttrRef`'s.
-unsafe impl ComponentType for Attr {
-    type Lower = <AttrRef as ComponentType>::Lower;
-    const ABI: CanonicalAbiInfo = <AttrRef as ComponentType>::ABI;
-
-    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> Result<()> {
-        <AttrRef as ComponentType>::typecheck(ty, types)
-    }
-}
-
-// SAFETY: one value is lowered by `AttrRef`'s own code; a list writes the bytes it would write.
-unsafe impl Lower for Attr {
-    fn linear_lower_to_flat<T>(
-        &self,
-        cx: &mut wasmtime::component::__internal::LowerContext<'_, T>,
-        ty: InterfaceType,
-        dst: &mut std::mem::MaybeUninit<Self::Lower>,
-    ) -> Result<()> {
-        self.0.linear_lower_to_flat(cx, ty, dst)
-    }
-
-    fn linear_lower_to_memory<T>(
-        &self,
-        cx: &mut wasmtime::component::__internal::LowerContext<'_, T>,
-        ty: InterfaceType,
-        offset: usize,
-    ) -> Result<()> {
-        self.0.linear_lower_to_memory(cx, ty, offset)
-    }
-
-    fn linear_store_list_to_memory<T>(
-        cx: &mut wasmtime::component::__internal::LowerContext<'_, T>,
-        _ty: InterfaceType,
-        offset: usize,
-        items: &[Self],
-    ) -> Result<()> {
-        // wasmtime allocated `items.len() * SIZE` bytes at `offset` (the slice panics otherwise,
-        // as its own stores do).
-        let dst = &mut cx.as_slice_mut()[offset..][..items.len() * SIZE];
-        for (d, a) in dst.chunks_exact_mut(SIZE).zip(items) {
-            d.copy_from_slice(&a.bytes());
-        }
-        Ok(())
-    }
-}
-
-/// The other lists of a batch, one record per span or log, lowered in one pass like `Attr`
-/// (field by field they cost about 375 instructions a span).
+/// A record type whose lists are lowered in one pass: `$name` wraps `$inner` (the same value),
+/// and a list of it is written as the `$size` canonical-ABI bytes per record that `$write`
+/// puts in `b` for `v`, straight into the memory wasmtime allocated for the list. One value
+/// alone is lowered by the inner type's own code.
 macro_rules! one_pass_list {
     ($(#[$doc:meta])* $name:ident($inner:ty), $size:expr, |$v:ident, $b:ident| $write:block) => {
         $(#[$doc])*
@@ -123,6 +33,8 @@ macro_rules! one_pass_list {
         pub struct $name(pub $inner);
 
         impl $name {
+            /// The records as the list type the calls take (no copy).
+            #[allow(dead_code, reason = "lists built as this type are not borrowed")]
             pub fn slice(items: &[$inner]) -> &[$name] {
                 // SAFETY: `repr(transparent)`: same size, alignment and validity.
                 unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<$name>(), items.len()) }
@@ -180,6 +92,41 @@ macro_rules! one_pass_list {
 }
 
 one_pass_list!(
+    /// An `attr-ref`: `record` at 0, `key` at 4 (offset, length), `value` at 16 (a one-byte
+    /// case, then its payload at 24).
+    Attr(AttrRef),
+    32,
+    |a, b| {
+        b[0..4].copy_from_slice(&a.record.to_le_bytes());
+        b[4..12].copy_from_slice(&pair(a.key.offset, a.key.len));
+        // The cases in WIT order (typechecking the call checked names and order).
+        let (case, payload): (u8, [u8; 8]) = match a.value {
+            ValueRef::Str(r) => (0, pair(r.offset, r.len)),
+            ValueRef::Boolean(v) => (1, [v as u8, 0, 0, 0, 0, 0, 0, 0]),
+            ValueRef::Int(v) => (2, v.to_le_bytes()),
+            ValueRef::Double(v) => (3, v.to_bits().to_le_bytes()),
+            ValueRef::Array(r) => (4, pair(r.offset, r.len)),
+        };
+        b[12..16].fill(0);
+        b[16] = case;
+        b[17..24].fill(0);
+        b[24..32].copy_from_slice(&payload);
+    }
+);
+
+const _: () = {
+    assert!(<AttrRef as ComponentType>::ALIGN32 == 8);
+    assert!(<ValueRef as ComponentType>::SIZE32 == 16);
+};
+
+fn pair(a: u32, b: u32) -> [u8; 8] {
+    let mut p = [0u8; 8];
+    p[..4].copy_from_slice(&a.to_le_bytes());
+    p[4..].copy_from_slice(&b.to_le_bytes());
+    p
+}
+
+one_pass_list!(
     /// A `span-ref`: `name` at 0 (offset, length), `kind` at 8, `is-error` at 9.
     Span(span_hooks::SpanRef),
     12,
@@ -200,6 +147,19 @@ one_pass_list!(
         b[8] = l.severity;
         b[9..12].fill(0);
         b[12..20].copy_from_slice(&pair(l.event_name.offset, l.event_name.len));
+    }
+);
+
+one_pass_list!(
+    /// A `range-match`, the kernel's answer to `scan`: `range`, `pattern`, `start`, `end`, four
+    /// u32 in WIT order.
+    Hit(RangeMatch),
+    16,
+    |m, b| {
+        b[0..4].copy_from_slice(&m.range.to_le_bytes());
+        b[4..8].copy_from_slice(&m.pattern.to_le_bytes());
+        b[8..12].copy_from_slice(&m.start.to_le_bytes());
+        b[12..16].copy_from_slice(&m.end.to_le_bytes());
     }
 );
 

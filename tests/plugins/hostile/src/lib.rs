@@ -236,16 +236,21 @@ impl Hostile {
     }
 }
 
+/// A value as it arrived (an array as `array:<its JSON>`).
+fn echoed(v: Value<'_>) -> AttrValue {
+    match v {
+        Value::Str(s) => s.into(),
+        Value::Bool(b) => b.into(),
+        Value::Int(i) => i.into(),
+        Value::Double(d) => d.into(),
+        Value::Array(json) => format!("array:{json}").into(),
+    }
+}
+
 /// `echo`: every attribute back as it arrived, on its own record.
 fn echo(attrs: &Attrs<'_>, out: &mut Edits) {
     for a in attrs.iter() {
-        let v: AttrValue = match a.value {
-            Value::Str(s) => s.into(),
-            Value::Bool(b) => b.into(),
-            Value::Int(i) => i.into(),
-            Value::Double(d) => d.into(),
-            Value::Array(json) => format!("array:{json}").into(),
-        };
+        let v = echoed(a.value);
         if a.key.starts_with("r.") {
             let r: AttrValue = match a.value {
                 Value::Str(s) | Value::Array(s) => format!("r:{s}").into(),
@@ -266,13 +271,7 @@ impl Observer for Hostile {
         if self.mode == "echo" {
             // Upserts only: the only edits an observing hook may make.
             for a in attrs.iter() {
-                let v: AttrValue = match a.value {
-                    Value::Str(s) | Value::Array(s) => s.into(),
-                    Value::Bool(b) => b.into(),
-                    Value::Int(i) => i.into(),
-                    Value::Double(d) => d.into(),
-                };
-                out.upsert(a.record, format!("echo.{}", a.key), v);
+                out.upsert(a.record, format!("echo.{}", a.key), echoed(a.value));
             }
         }
         self.misbehave(out, attrs.len())?;
