@@ -1,4 +1,4 @@
-//! The one wasmtime `Engine` (settings that decide per-call cost), its epoch ticker, the CPU
+//! The one wasmtime `Engine` (settings that decide per-call cost), its epoch ticker (`ticker`), the CPU
 //! clock plugin budgets are counted in, and the on-disk cache of compiled components.
 
 use sha2::{Digest, Sha256};
@@ -8,9 +8,7 @@ use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, OptLevel};
 
-/// One epoch tick. Under [`Meter::CpuTime`] a tick is only when the budget is looked at: what
-/// is charged is the calling thread's CPU time.
-pub const TICK: Duration = Duration::from_millis(1);
+pub use super::ticker::TICK;
 
 /// How a plugin call's budget is measured (PLUGINS.md, "CPU budgets").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,7 +52,7 @@ pub fn new_engine() -> anyhow::Result<Engine> {
 pub fn new_engine_with(meter: Meter) -> anyhow::Result<Engine> {
     let engine = Engine::new(&config(meter)).map_err(|e| anyhow::anyhow!("{e}"))?;
     if meter != Meter::Fuel {
-        start_ticker(&engine);
+        super::ticker::start(&engine);
     }
     Ok(engine)
 }
@@ -83,21 +81,6 @@ fn config(meter: Meter) -> Config {
         c.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
     c
-}
-
-/// Deadlines are only real if something advances the epoch: a thread that lives as long as
-/// the engine does.
-fn start_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    let _ = std::thread::Builder::new()
-        .name("acpd-plugin-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(TICK);
-            }
-        });
 }
 
 /// Where compiled artifacts live: `$ACPD_CACHE_DIR`, else `$XDG_CACHE_HOME/acpd/plugins`, else

@@ -14,6 +14,7 @@ use super::bindings::exports::acpd::plugin::{
 use super::budget::Phase;
 use super::engine::{FUEL_PER_MS, Meter};
 use super::kernels::{Shared, State};
+use super::ticker;
 use super::{kernels, lift, lower};
 
 /// Why a call did not produce a usable answer (the `acpd.plugin.failure` label).
@@ -273,6 +274,7 @@ impl Live {
         init_budget: Duration,
         meter: Meter,
     ) -> Result<(Live, PluginInfo), Failure> {
+        let _running = ticker::running();
         let mut store = Store::new(pre.pre.engine(), State::new(shared, max_memory, meter));
         store.limiter(|s| &mut s.limiter);
         if meter == Meter::CpuTime {
@@ -329,10 +331,13 @@ impl Live {
         ))
     }
 
-    fn arm(&mut self, budget: Duration) {
+    /// Arms the store for one hook call; the call's deadline holds while the guard lives.
+    fn arm(&mut self, budget: Duration) -> ticker::Running {
+        let running = ticker::running();
         self.calls += 1;
         self.store.data_mut().limiter.exceeded = false;
         arm_store(&mut self.store, Phase::Hook, budget);
+        running
     }
 
     /// CPU charged to the last call when it was stopped for its budget.
@@ -356,7 +361,7 @@ impl Live {
         arena: &str,
         attrs: &[AttrRef],
     ) -> Result<Vec<AttrEdit>, Failure> {
-        self.arm(budget);
+        let _running = self.arm(budget);
         let g = self.observe.as_ref().ok_or_else(missing)?;
         let f = *match which {
             super::Hook::Dispatch => g.func_on_dispatch(),
@@ -374,7 +379,7 @@ impl Live {
         budget: Duration,
         batch: &span_hooks::SpanBatch,
     ) -> Result<span_hooks::SpanEdits, Failure> {
-        self.arm(budget);
+        let _running = self.arm(budget);
         let g = self.spans.as_ref().ok_or_else(missing)?;
         let f = *g.func_on_spans().func();
         let params = (lower::SpanBatch::from(batch),);
@@ -387,7 +392,7 @@ impl Live {
         budget: Duration,
         batch: &log_hooks::LogBatch,
     ) -> Result<log_hooks::LogEdits, Failure> {
-        self.arm(budget);
+        let _running = self.arm(budget);
         let g = self.logs.as_ref().ok_or_else(missing)?;
         let f = *g.func_on_logs().func();
         let params = (lower::LogBatch::from(batch),);
@@ -400,7 +405,7 @@ impl Live {
         budget: Duration,
         err: &error_hooks::ErrorInfo,
     ) -> Result<Option<error_hooks::ClientError>, Failure> {
-        self.arm(budget);
+        let _running = self.arm(budget);
         let g = self.errors.as_ref().ok_or_else(missing)?;
         let r = g.call_translate(&mut self.store, err);
         finish(&self.store, r)

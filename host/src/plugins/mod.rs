@@ -1,7 +1,8 @@
 //! WASM plugins: the wasmtime component host behind the pipeline hooks (PLUGINS.md). Nothing
 //! else in the daemon touches wasmtime; the rest calls the hook functions of `PluginSet`.
 //!
-//! - `engine`: one Engine (concurrency support off, epochs), the ticker, the artifact cache;
+//! - `engine`: one Engine (concurrency support off, epochs), the artifact cache;
+//! - `ticker`: advances the epoch while a guest runs, parked when no call is in flight;
 //! - `budget`: CPU budgets per call (the calling thread's CPU time, not wall-clock time);
 //! - `instance` / `plugin`: long-lived instances in a small pool, limits, circuit breaker;
 //! - `kernels`: what the `host` import gives a plugin; a WASI that grants nothing;
@@ -21,6 +22,7 @@ mod metrics;
 pub(crate) mod pack;
 mod plugin;
 mod producers;
+mod ticker;
 
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
