@@ -20,7 +20,7 @@
 //! <secs>` emits `demo.rate` spans at a steady rate (see [`TurnTrace::rate`]).
 //!
 //! All three signals of a turn are force-flushed right after the turn's response; the providers
-//! are shut down on stdin EOF. Both are blocking calls, so they run on the blocking pool, bounded
+//! are shut down on stdin EOF. Both are blocking calls, so they run on one long-lived thread per signal, bounded
 //! by a deadline.
 //!
 //! Environment read here, per signal `S` = `TRACES`, `METRICS`, `LOGS`: `OTEL_SDK_DISABLED`
@@ -241,6 +241,8 @@ pub struct Telemetry {
     flood_round: usize,
     /// Only the first failed flush of each signal is reported on stderr.
     warned: [AtomicBool; 3],
+    /// The threads that run each signal's blocking calls, started with the first call.
+    flushers: [std::sync::OnceLock<std::io::Result<Flusher>>; 3],
 }
 
 fn scope() -> InstrumentationScope {
@@ -330,6 +332,7 @@ impl Telemetry {
             logs,
             flood_round: flood_round(env),
             warned: Default::default(),
+            flushers: Default::default(),
         })
     }
 
@@ -342,9 +345,21 @@ impl Telemetry {
         }
     }
 
-    /// Runs one blocking call per exported signal, concurrently, each on a thread of its own,
-    /// and waits for them until `deadline`. Returns the signals that did not confirm, with the
-    /// reason.
+    /// Queues `call` on the flush thread of `signal`, starting it first if need be.
+    fn flusher<T: Send + 'static>(
+        &self,
+        signal: Signal,
+        call: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<oneshot::Receiver<T>, String> {
+        match self.flushers[signal as usize].get_or_init(|| Flusher::start(signal)) {
+            Ok(f) => f.run(call),
+            Err(e) => Err(format!("no thread for it: {e}")),
+        }
+    }
+
+    /// Runs one blocking call per exported signal, concurrently, each on its signal's
+    /// [`Flusher`] thread, and waits for them until `deadline`. Returns the signals that did
+    /// not confirm, with the reason.
     ///
     /// Not on tokio's blocking pool: the runtime waits for those threads when it shuts down,
     /// and a metric flush is bounded only by the export timeout (the SDK waits for the periodic
@@ -360,19 +375,25 @@ impl Telemetry {
         let mut jobs = Vec::new();
         if let Some(t) = &self.traces {
             let p = t.provider.clone();
-            jobs.push((Signal::Traces, detached(move || traces(p))));
+            jobs.push((
+                Signal::Traces,
+                self.flusher(Signal::Traces, move || traces(p)),
+            ));
         }
         if let Some(m) = &self.metrics {
             let p = m.provider.clone();
-            jobs.push((Signal::Metrics, detached(move || metrics(p))));
+            jobs.push((
+                Signal::Metrics,
+                self.flusher(Signal::Metrics, move || metrics(p)),
+            ));
         }
         if let Some(l) = &self.logs {
             let p = l.provider.clone();
-            jobs.push((Signal::Logs, detached(move || logs(p))));
+            jobs.push((Signal::Logs, self.flusher(Signal::Logs, move || logs(p))));
         }
         let waits = jobs.into_iter().map(|(signal, job)| async move {
             let problem = match job {
-                Err(e) => format!("no thread for it: {e}"),
+                Err(e) => e,
                 Ok(answer) => match tokio::time::timeout_at(deadline, answer).await {
                     Ok(Ok(Ok(()))) => return None,
                     Ok(Ok(Err(e))) => e.to_string(),
@@ -429,17 +450,50 @@ impl Telemetry {
     }
 }
 
-/// Starts `call` on a new thread; its result arrives on the returned channel.
-fn detached<T: Send + 'static>(
-    call: impl FnOnce() -> T + Send + 'static,
-) -> std::io::Result<oneshot::Receiver<T>> {
-    let (tx, rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("otel-flush".to_owned())
-        .spawn(move || {
+/// Blocking calls queued for the flush thread of one signal. The SDK's processor answers
+/// flushes one at a time anyway, so one thread loses no concurrency; this many calls waiting
+/// (one per session whose turn just ended, and then some) means the exporter is stuck (a dead
+/// collector), and a newer call is refused: what it would have flushed leaves with the queued
+/// flushes or the next batch.
+const FLUSH_QUEUE: usize = 64;
+
+/// A long-lived thread that runs one signal's blocking calls in turn. Each turn flushes all
+/// three signals; a thread started per call cost three thread creations a turn (`perf trace`:
+/// three `clone3` per prompt), about as much CPU as the daemon spends on the prompt.
+struct Flusher {
+    jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Flusher {
+    fn start(signal: Signal) -> std::io::Result<Flusher> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(FLUSH_QUEUE);
+        std::thread::Builder::new()
+            .name(format!("otel-flush-{}", signal.as_str()))
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })?;
+        Ok(Flusher { jobs })
+    }
+
+    /// Queues `call`; its result arrives on the returned channel.
+    fn run<T: Send + 'static>(
+        &self,
+        call: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<oneshot::Receiver<T>, String> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move || {
             let _ = tx.send(call());
+        });
+        self.jobs.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => {
+                format!("{FLUSH_QUEUE} earlier calls still wait for the exporter")
+            }
+            std::sync::mpsc::TrySendError::Disconnected(_) => "the flush thread ended".to_owned(),
         })?;
-    Ok(rx)
+        Ok(rx)
+    }
 }
 
 /// Reads W3C trace context from a request's `_meta`: root keys `traceparent`/`tracestate`,
