@@ -20,8 +20,8 @@
 //! <secs>` emits `demo.rate` spans at a steady rate (see [`TurnTrace::rate`]).
 //!
 //! All three signals of a turn are force-flushed right after the turn's response; the providers
-//! are shut down on stdin EOF. Both are blocking calls, so they run on one long-lived thread per signal, bounded
-//! by a deadline.
+//! are shut down on stdin EOF. Both are blocking calls, so they run on one long-lived thread per
+//! signal, bounded by a deadline.
 //!
 //! Environment read here, per signal `S` = `TRACES`, `METRICS`, `LOGS`: `OTEL_SDK_DISABLED`
 //! (`true` disables all), `OTEL_S_EXPORTER` (`none` disables that signal),
