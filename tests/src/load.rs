@@ -93,6 +93,27 @@ pub enum Telemetry {
 impl Telemetry {
     pub const ALL: [Telemetry; 3] = [Telemetry::Off, Telemetry::On, Telemetry::OnPlugins];
 
+    /// The modes a run measures: all of them, or those `ACPD_LOAD_MODES` names (`off`, `on`,
+    /// `plugins`, comma-separated), to A/B one mode or profile one daemon in less time.
+    pub fn selected() -> Vec<Telemetry> {
+        let Ok(names) = std::env::var("ACPD_LOAD_MODES") else {
+            return Self::ALL.to_vec();
+        };
+        let short = |m: Telemetry| match m {
+            Telemetry::Off => "off",
+            Telemetry::On => "on",
+            Telemetry::OnPlugins => "plugins",
+        };
+        let names: Vec<&str> = names.split(',').map(str::trim).collect();
+        if let Some(bad) = names.iter().find(|n| !["off", "on", "plugins"].contains(n)) {
+            panic!("ACPD_LOAD_MODES: unknown mode {bad:?} (off, on, plugins)");
+        }
+        Self::ALL
+            .into_iter()
+            .filter(|m| names.contains(&short(*m)))
+            .collect()
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Telemetry::Off => "telemetry off",
@@ -1063,7 +1084,7 @@ async fn overhead_section(rep: &mut Report, o: &Opts) -> Result<()> {
     )]);
     for (n, think, note) in runs {
         let mut row = format!("overhead @{n:>2} sessions{note} (p50/p99 us)  ");
-        for mode in Telemetry::ALL {
+        for mode in Telemetry::selected() {
             let t = Target::start_sink(mode).await?;
             let r = overhead(&t.d, n, o.overhead_prompts, think).await?;
             let _ = write!(
@@ -1084,7 +1105,7 @@ async fn overhead_section(rep: &mut Report, o: &Opts) -> Result<()> {
 async fn admission_section(rep: &mut Report, o: &Opts) -> Result<()> {
     let mut adm = Vec::new();
     let mut hl = Vec::new();
-    for mode in Telemetry::ALL {
+    for mode in Telemetry::selected() {
         let t = Target::start_sink(mode).await?;
         adm.push(admissions(&t.d, o.admissions).await?);
         hl.push(health(&t.d, o.health_requests).await?);
@@ -1113,7 +1134,7 @@ async fn fanout_section(rep: &mut Report, o: &Opts) -> Result<()> {
         (o.fanout_width, 1, "N sessions x 1 subscriber"),
     ] {
         let mut row = format!("fan-out {name} (N={}), events/s: ", o.fanout_width);
-        for mode in Telemetry::ALL {
+        for mode in Telemetry::selected() {
             let t = Target::start_sink(mode).await?;
             let f = fanout(&t.d, sessions, width, o.fanout_turns, o.fanout_chunks).await?;
             let _ = write!(
@@ -1131,7 +1152,7 @@ async fn fanout_section(rep: &mut Report, o: &Opts) -> Result<()> {
 
 async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
     let mib = |k: u64| k as f64 / 1024.0;
-    for mode in Telemetry::ALL {
+    for mode in Telemetry::selected() {
         let t = Target::start_sink(mode).await?;
         let sessions = if o.leak_prompts >= 1000 { 100 } else { 20 };
         let m = memory(&t, o.leak_prompts, sessions).await?;

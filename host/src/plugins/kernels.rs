@@ -5,9 +5,8 @@
 use hmac::{Hmac, Mac};
 use regex::{Regex, RegexSet};
 use sha2::Sha256;
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
@@ -84,7 +83,15 @@ pub struct Shared {
     pub keys: Keys,
     log_budget: Mutex<(Instant, u32)>,
     counter_names: Mutex<Vec<String>>,
+    /// The pattern sets this plugin's instances compiled, by what they were compiled from.
+    /// Every instance of a pool compiles the same rules in `init`: one copy of the programs
+    /// and of their lazy DFA caches (the regex crate keeps one per thread searching at once,
+    /// whichever instance asks) serves them all. Only live sets are kept.
+    sets: Mutex<HashMap<SetKey, Weak<Compiled>>>,
 }
+
+/// What a compiled set depends on: its compile limits and its patterns.
+type SetKey = (&'static [usize], Vec<String>);
 
 impl Shared {
     pub fn new(name: String, keys: Keys) -> Self {
@@ -93,6 +100,36 @@ impl Shared {
             keys,
             log_budget: Mutex::new((Instant::now(), 0)),
             counter_names: Mutex::new(Vec::new()),
+            sets: Mutex::default(),
+        }
+    }
+
+    /// The set of `patterns`, compiled once for all of this plugin's instances while any of
+    /// them holds it. Each instance still accounts it in full against its own bound, so what
+    /// a guest may compile is what it was without the sharing.
+    fn pattern_set(
+        &self,
+        patterns: Vec<String>,
+        limits: &CompileLimits,
+    ) -> Result<PatternSet, String> {
+        PatternSet::check(&patterns, limits)?;
+        let key = (limits.size_limits, patterns);
+        let lock = || self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(compiled) = lock().get(&key).and_then(Weak::upgrade) {
+            return Ok(PatternSet { compiled });
+        }
+        // Compiled outside the lock: another instance's lookup does not wait for it.
+        let set = PatternSet::compile(&key.1, limits)?;
+        let mut sets = lock();
+        sets.retain(|_, s| s.strong_count() > 0);
+        let slot = sets.entry(key).or_default();
+        match slot.upgrade() {
+            // Another instance compiled the same set meanwhile: one copy stays.
+            Some(compiled) => Ok(PatternSet { compiled }),
+            None => {
+                *slot = Arc::downgrade(&set.compiled);
+                Ok(set)
+            }
         }
     }
 
@@ -107,12 +144,17 @@ impl Shared {
     }
 }
 
+/// A guest's handle on a compiled set, which its plugin's instances may share (`Shared`).
 pub struct PatternSet {
+    compiled: Arc<Compiled>,
+}
+
+struct Compiled {
     set: RegexSet,
     regexes: Vec<Regex>,
     /// What the set is accounted at against [`MAX_SET_BYTES`]: an upper bound of its compiled
     /// programs (set and patterns: twice the size limit it fit in) and of its DFA caches.
-    pub bytes: usize,
+    bytes: usize,
 }
 
 fn too_big(e: &regex::Error) -> bool {
@@ -120,7 +162,12 @@ fn too_big(e: &regex::Error) -> bool {
 }
 
 impl PatternSet {
-    pub fn compile(patterns: &[String], limits: &CompileLimits) -> Result<Self, String> {
+    pub fn bytes(&self) -> usize {
+        self.compiled.bytes
+    }
+
+    /// The limits checked before any compile work (or any lookup of a compiled set).
+    fn check(patterns: &[String], limits: &CompileLimits) -> Result<(), String> {
         if patterns.len() > limits.max_patterns {
             return Err(format!("at most {} patterns", limits.max_patterns));
         }
@@ -131,6 +178,11 @@ impl PatternSet {
                 limits.max_pattern_bytes
             ));
         }
+        Ok(())
+    }
+
+    pub fn compile(patterns: &[String], limits: &CompileLimits) -> Result<Self, String> {
+        Self::check(patterns, limits)?;
         let mut compiled = None;
         for &limit in limits.size_limits {
             match regex::RegexSetBuilder::new(patterns)
@@ -169,21 +221,24 @@ impl PatternSet {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            set,
-            regexes,
-            bytes: 2 * limit + SET_DFA_BYTES + patterns.len() * pattern_dfa,
+            compiled: Arc::new(Compiled {
+                set,
+                regexes,
+                bytes: 2 * limit + SET_DFA_BYTES + patterns.len() * pattern_dfa,
+            }),
         })
     }
 
     /// Leftmost-first, non-overlapping matches of any pattern (an earlier pattern wins a tie).
     pub fn find(&self, text: &str, out: &mut Vec<(u32, u32, u32)>) {
-        let hits = self.set.matches(text);
+        let Compiled { set, regexes, .. } = &*self.compiled;
+        let hits = set.matches(text);
         if !hits.matched_any() {
             return;
         }
         let start = out.len();
         for p in hits.iter() {
-            for m in self.regexes[p].find_iter(text) {
+            for m in regexes[p].find_iter(text) {
                 out.push((p as u32, m.start() as u32, m.end() as u32));
             }
         }
@@ -449,20 +504,20 @@ impl host::HostPatternSet for State {
             )));
         }
         let entered = self.meter.host_enter();
-        let compiled = PatternSet::compile(&patterns, limits);
+        let compiled = self.shared.pattern_set(patterns, limits);
         self.meter.host_exit(entered)?;
         let set = match compiled {
             Ok(set) => set,
             Err(e) => return Ok(Err(e)),
         };
-        if self.set_bytes + set.bytes > MAX_SET_BYTES {
+        if self.set_bytes + set.bytes() > MAX_SET_BYTES {
             return Ok(Err(format!(
                 "pattern sets of this instance would exceed {} MiB",
                 MAX_SET_BYTES >> 20
             )));
         }
         self.sets += 1;
-        self.set_bytes += set.bytes;
+        self.set_bytes += set.bytes();
         Ok(Ok(self.table.push(set)?))
     }
 
@@ -499,7 +554,7 @@ impl host::HostPatternSet for State {
     fn drop(&mut self, this: Resource<PatternSet>) -> wasmtime::Result<()> {
         let set = self.table.delete(this)?;
         self.sets -= 1;
-        self.set_bytes -= set.bytes;
+        self.set_bytes -= set.bytes();
         Ok(())
     }
 }
@@ -591,11 +646,41 @@ mod tests {
         .map(String::from)
         .to_vec();
         let set = PatternSet::compile(&rules, &INIT_COMPILE).unwrap();
-        assert!(set.bytes <= MAX_SET_BYTES / 2, "{}", set.bytes);
+        assert!(set.bytes() <= MAX_SET_BYTES / 2, "{}", set.bytes());
         let e = PatternSet::compile(&["ok".into(), "(".into()], &INIT_COMPILE)
             .err()
             .unwrap();
         assert!(e.starts_with("pattern 1:"), "{e}");
+    }
+
+    /// Instances of one plugin compiling the same rules get one compiled set while any holds
+    /// it; the limits are checked before the lookup; sets no instance holds are not kept.
+    #[test]
+    fn a_plugins_instances_share_one_compiled_set() {
+        let shared = Shared::new("p".into(), Keys::default());
+        let rules = vec!["a+".to_string(), "b".into()];
+        let a = shared.pattern_set(rules.clone(), &INIT_COMPILE).unwrap();
+        let b = shared.pattern_set(rules.clone(), &INIT_COMPILE).unwrap();
+        assert!(Arc::ptr_eq(&a.compiled, &b.compiled));
+        let mut out = Vec::new();
+        b.find("xaab", &mut out);
+        assert_eq!(out, vec![(0, 1, 3), (1, 3, 4)]);
+        let hook = shared.pattern_set(rules.clone(), &HOOK_COMPILE).unwrap();
+        assert!(!Arc::ptr_eq(&a.compiled, &hook.compiled));
+        let other = shared.pattern_set(vec!["c".into()], &INIT_COMPILE).unwrap();
+        assert!(!Arc::ptr_eq(&a.compiled, &other.compiled));
+        let many = vec!["a".to_string(); 33];
+        shared.pattern_set(many.clone(), &INIT_COMPILE).unwrap();
+        let e = shared.pattern_set(many, &HOOK_COMPILE).err().unwrap();
+        assert!(e.contains("at most 32 patterns"), "{e}");
+        drop((a, b, hook));
+        let _c = shared.pattern_set(vec!["d".into()], &INIT_COMPILE).unwrap();
+        // Live: `other` and `_c`; the rest were dropped (the 33-pattern set at once).
+        assert_eq!(shared.sets.lock().unwrap().len(), 2);
+        let again = shared.pattern_set(rules.clone(), &INIT_COMPILE).unwrap();
+        let alone = PatternSet::compile(&rules, &INIT_COMPILE).unwrap();
+        assert_eq!(again.bytes(), alone.bytes());
+        assert_eq!(shared.sets.lock().unwrap().len(), 3);
     }
 
     /// Small sets get larger caches per pattern, within the same total; from 32 patterns up
