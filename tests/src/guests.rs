@@ -78,6 +78,12 @@ pub fn hostile() -> PathBuf {
     guest("acpd-test-hostile")
 }
 
+/// The printer fixture (`tests/plugins/printer`): writes to stderr at every request-path call
+/// (`mode = "print"`), or panics there (`mode = "panic"`), importing no sockets or files.
+pub fn printer() -> PathBuf {
+    guest("acpd-test-printer")
+}
+
 /// Every file under `dirs` (relative to the root), hashed with the toolchain that builds them:
 /// the cache key of an interpreter guest, so each is built once, not once per test process.
 fn source_hash(dirs: &[&str], tool: &str) -> u64 {

@@ -525,6 +525,16 @@ pub fn rss_split_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("RssAnon:")?, field("RssFile:")? + field("RssShmem:")?))
 }
 
+/// The daemon's threads now (the blocking pool's grow with the hand-offs in flight).
+pub fn threads(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("Threads:")
+}
+
 /// A pause longer than the runtime's keep-alive of idle blocking threads (10 s, where the
 /// plugins' request hooks step out): the memory section reads what a daemon holds between
 /// bursts after it.
@@ -641,6 +651,8 @@ pub struct Memory {
     /// Bytes live in the daemon's heap, warm and at the end.
     pub live_warm: Option<u64>,
     pub live_end: Option<u64>,
+    /// The daemon's threads: idle, warm, at the end.
+    pub threads: (u64, u64, u64),
 }
 
 /// 16 sessions each with its SSE stream, `count` turns of `bench 2` spread over them.
@@ -684,6 +696,7 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
     let idle_kib = t.rss_kib()?;
     let idle_split = rss_split_kib(d.pid())?;
     let idle_binary = binary_pages_kib(d.pid()).ok().map(|(mapped, _)| mapped);
+    let idle_threads = threads(d.pid())?;
     // From here, count the binary's pages the daemon actually touches while it serves.
     let cleared = clear_referenced(d.pid()).is_ok();
     let mut sessions = Vec::new();
@@ -697,6 +710,7 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
     let warm_split = rss_split_kib(d.pid())?;
     let warm_binary = binary_pages_kib(d.pid()).ok();
     let live_warm = alloc_counts(d).await?.map(|c| c.2);
+    let warm_threads = threads(d.pid())?;
     save_smaps(d, "warm")?;
     tokio::time::sleep(QUIET).await;
     let quiet_kib = t.rss_kib()?;
@@ -708,6 +722,7 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
     prompt_rounds(d, &workers, prompts).await?;
     let after = alloc_counts(d).await?;
     let after2_kib = t.rss_kib()?;
+    let end_threads = threads(d.pid())?;
     let per_prompt = allocs_per(before, after, done);
     let probes = (prompts / 5).max(10);
     let before = alloc_counts(d).await?;
@@ -732,6 +747,7 @@ pub async fn memory(t: &Target, prompts: usize, sessions_n: usize) -> Result<Mem
         per_health,
         live_warm,
         live_end: after.map(|c| c.2),
+        threads: (idle_threads, warm_threads, end_threads),
     })
 }
 
@@ -1173,7 +1189,7 @@ async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
         let live =
             |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0));
         rep.line(format!(
-            "  anon / file MiB ({}): idle {:.1} / {:.1} | warm {:.1} / {:.1}; heap live MiB warm {} end {}",
+            "  anon / file MiB ({}): idle {:.1} / {:.1} | warm {:.1} / {:.1}; heap live MiB warm {} end {}; threads idle {} warm {} end {}",
             mode.label(),
             mib(m.idle_split.0),
             mib(m.idle_split.1),
@@ -1181,6 +1197,9 @@ async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
             mib(m.warm_split.1),
             live(m.live_warm),
             live(m.live_end),
+            m.threads.0,
+            m.threads.1,
+            m.threads.2,
         ));
         let pages = |b: Option<(u64, u64)>| {
             b.map_or("-".into(), |(m, r)| {

@@ -355,6 +355,69 @@ async fn a_trapping_plugin_is_contained() -> anyhow::Result<()> {
     hostile_mode_keeps_serving_and_fails_closed("trap", "trap").await
 }
 
+/// The sum of a Prometheus metric's series whose line holds every one of `labels`.
+fn metric_total(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A plugin importing no sockets or files has its request-path calls run on the daemon's
+/// async workers themselves. One that writes to stderr there (a blocking WASI write) is
+/// served, every call; one that panics there (Rust prints the panic to stderr before the guest
+/// traps) fails its calls as traps, and the daemon serves every request on.
+#[tokio::test]
+async fn a_plugin_writing_to_stderr_on_an_async_worker_is_served() -> anyhow::Result<()> {
+    for mode in ["print", "panic"] {
+        let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+        let config = format!(
+            "[[plugins]]\nname = \"printer\"\npath = {}\n[plugins.config]\nmode = \"{mode}\"\n",
+            toml_str(&guests::printer())
+        );
+        let d = start_with(&rx, &config, &[]).await?;
+        let requests = 6;
+        for i in 0..requests {
+            let s = d.create_session().await?;
+            let r = d.prompt(&s, &format!("hello {i}")).await?;
+            assert!(
+                r.status < 300,
+                "{mode}: prompt {i}: {} {}",
+                r.status,
+                r.body
+            );
+        }
+        assert_eq!(d.get("/health").await?.status, 200, "{mode}");
+        let metrics = d.metrics_text().await?;
+        let printed = metric_total(
+            &metrics,
+            "acpd_plugin_custom",
+            &["acpd_plugin_counter=\"printed\""],
+        );
+        let traps = metric_total(
+            &metrics,
+            "acpd_plugin_failures",
+            &[
+                "acpd_plugin_failure=\"trap\"",
+                "acpd_plugin_hook=\"request\"",
+            ],
+        );
+        if mode == "print" {
+            // A session and a prompt each pass the `request` hook.
+            assert!(
+                printed >= (2 * requests) as f64,
+                "printed {printed}\n{metrics}"
+            );
+            assert_eq!(traps, 0.0, "{metrics}");
+        } else {
+            assert_eq!(printed, 0.0, "{metrics}");
+            assert!(traps >= 1.0, "no trap counted\n{metrics}");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_infinite_loop_hits_the_deadline() -> anyhow::Result<()> {
     hostile_mode_keeps_serving_and_fails_closed("loop", "timeout").await

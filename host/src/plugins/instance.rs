@@ -84,6 +84,8 @@ impl std::fmt::Display for Failure {
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<State>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // `wasi:io` again: its blocking calls step out of async only when made (wasi_io.rs).
+    super::wasi_io::shadow(&mut linker)?;
     AllHooks::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // `scan` again, over the generated one: it borrows the arena from the guest's memory and
@@ -100,6 +102,9 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<State>> {
 /// Type-checked once per plugin; instances are cheap to make from it.
 pub struct Pre {
     pre: InstancePre<State>,
+    /// The component imports WASI that blocks on the ambient runtime other than `wasi:io`
+    /// (`wasi_io::BLOCKING_ELSEWHERE`): its request-path calls step out of async whole.
+    pub blocks_elsewhere: bool,
     lifecycle: lifecycle::GuestIndices,
     observe: Option<observe_hooks::GuestIndices>,
     spans: Option<span_hooks::GuestIndices>,
@@ -127,7 +132,17 @@ impl Pre {
         let lifecycle = lifecycle::GuestIndices::new(&pre).map_err(|e| {
             anyhow::anyhow!("not an acpd:plugin@0.1 component (no lifecycle export): {e}")
         })?;
+        let blocks_elsewhere =
+            component
+                .component_type()
+                .imports(linker.engine())
+                .any(|(name, _)| {
+                    super::wasi_io::BLOCKING_ELSEWHERE
+                        .iter()
+                        .any(|p| name.starts_with(p))
+                });
         Ok(Self {
+            blocks_elsewhere,
             observe: observe_hooks::GuestIndices::new(&pre).ok(),
             spans: span_hooks::GuestIndices::new(&pre).ok(),
             logs: log_hooks::GuestIndices::new(&pre).ok(),

@@ -401,6 +401,13 @@ impl State {
     }
 }
 
+impl State {
+    /// The instance's WASI resources (`wasi_io` serves its streams and pollables).
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

@@ -6,6 +6,7 @@
 //! - `budget`: CPU budgets per call (the calling thread's CPU time, not wall-clock time);
 //! - `instance` / `plugin`: long-lived instances in a small pool, limits, circuit breaker;
 //! - `kernels`: what the `host` import gives a plugin; a WASI that grants nothing;
+//! - `wasi_io`: that WASI's streams and polls, which step out of async only when they block;
 //! - `pack` / `hooks`: packed attributes in, validated sparse edits out, per-hook policy;
 //! - `builtin`: the first-party plugins embedded in the binary.
 
@@ -23,6 +24,7 @@ pub(crate) mod pack;
 mod plugin;
 mod producers;
 mod ticker;
+mod wasi_io;
 
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;

@@ -441,7 +441,18 @@ impl Plugin {
         hook: Hook,
         f: impl FnOnce(&mut Live, Duration) -> Result<R, Failure>,
     ) -> Result<R, Failure> {
-        outside_async(|| self.call_here(hook, f))
+        // On an async worker (the request path) a call runs where it is: `wasi_io` steps out
+        // for the rare WASI call that blocks, and the default budget bounds how long the call
+        // holds the worker. A plugin with other blocking WASI imports, or given a longer
+        // budget by its operator, steps out of async for the whole call, as every plugin did:
+        // that hands the worker's core to another thread each call (a thread wake-up, and the
+        // runtime's blocking pool grows to the hand-offs in flight).
+        if self.pre.blocks_elsewhere || self.limits.budget(hook) > super::budget::defaults::REQUEST
+        {
+            super::wasi_io::outside_async(|| self.call_here(hook, f))
+        } else {
+            self.call_here(hook, f)
+        }
     }
 
     fn call_here<R>(
@@ -522,20 +533,6 @@ impl Plugin {
                 self.name
             );
         }
-    }
-}
-
-/// Runs `f`, a guest call, where WASI may block. wasmtime-wasi's synchronous WASI (a guest's
-/// stdout/stderr writes, polls) blocks on the ambient tokio runtime, which panics on one of its
-/// async workers: an interpreter prints its uncaught exception to stderr before it traps. The
-/// request-path hooks run on those workers, so there the worker steps out of async first;
-/// export threads and the CLI have no runtime and call straight through.
-fn outside_async<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }
 
