@@ -535,9 +535,9 @@ pub fn threads(pid: u32) -> Result<u64> {
         .context("Threads:")
 }
 
-/// A pause longer than the runtime's keep-alive of idle blocking threads (10 s, where the
-/// plugins' request hooks step out): the memory section reads what a daemon holds between
-/// bursts after it.
+/// A pause longer than the runtime's keep-alive of idle blocking threads (10 s; plugins whose
+/// request hooks step out of async whole grow that pool): the memory section reads what a
+/// daemon holds between bursts after it.
 pub const QUIET: Duration = Duration::from_secs(12);
 
 /// The daemon binary's own file-backed pages: (mapped, referenced since the last
