@@ -264,7 +264,7 @@ impl Daemon {
         Self::builder().start().await
     }
 
-    /// The Prometheus text of `GET /metrics`.
+    /// The Prometheus text of `GET /metrics` (read it with [`metric_total`]).
     pub async fn metrics_text(&self) -> Result<String> {
         Ok(self
             .http
@@ -695,4 +695,13 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cond()
+}
+
+/// The sum of a metric's series in Prometheus text whose line holds every one of `labels`
+/// (`key="value"`); 0 when it has none.
+pub fn metric_total(prom: &str, name: &str, labels: &[&str]) -> f64 {
+    prom.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -99,19 +99,26 @@ impl Telemetry {
         let Ok(names) = std::env::var("ACPD_LOAD_MODES") else {
             return Self::ALL.to_vec();
         };
-        let short = |m: Telemetry| match m {
-            Telemetry::Off => "off",
-            Telemetry::On => "on",
-            Telemetry::OnPlugins => "plugins",
-        };
         let names: Vec<&str> = names.split(',').map(str::trim).collect();
-        if let Some(bad) = names.iter().find(|n| !["off", "on", "plugins"].contains(n)) {
+        if let Some(bad) = names
+            .iter()
+            .find(|n| !Self::ALL.iter().any(|m| m.short() == **n))
+        {
             panic!("ACPD_LOAD_MODES: unknown mode {bad:?} (off, on, plugins)");
         }
         Self::ALL
             .into_iter()
-            .filter(|m| names.contains(&short(*m)))
+            .filter(|m| names.contains(&m.short()))
             .collect()
+    }
+
+    /// The mode's name in `ACPD_LOAD_MODES`.
+    fn short(self) -> &'static str {
+        match self {
+            Telemetry::Off => "off",
+            Telemetry::On => "on",
+            Telemetry::OnPlugins => "plugins",
+        }
     }
 
     pub fn label(self) -> &'static str {
@@ -515,24 +522,25 @@ pub async fn fanout(
 /// Resident set split as the kernel accounts it: (anonymous, file-backed) KiB, from /proc.
 pub fn rss_split_kib(pid: u32) -> Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| name.to_string())
-    };
+    let field = |name| status_field(&status, name);
     Ok((field("RssAnon:")?, field("RssFile:")? + field("RssShmem:")?))
+}
+
+/// A number in `/proc/<pid>/status` (`Threads:`, or a size in kB).
+fn status_field(status: &str, name: &str) -> Result<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| name.to_string())
 }
 
 /// The daemon's threads now (the blocking pool's grow with the hand-offs in flight).
 pub fn threads(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("Threads:")
+    status_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/status"))?,
+        "Threads:",
+    )
 }
 
 /// A pause longer than the runtime's keep-alive of idle blocking threads (10 s; plugins whose
@@ -814,13 +822,9 @@ pub async fn export_dropped(d: &Daemon) -> Result<u64> {
 
 /// `acpd.telemetry.dropped` for spans at one `acpd.drop.stage`, from `/metrics`.
 pub async fn spans_dropped(d: &Daemon, stage: &str) -> Result<u64> {
-    let text = d.http.get(d.url("/metrics")).send().await?.text().await?;
     let label = format!("acpd_drop_stage=\"{stage}\"");
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("acpd_telemetry_dropped") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+    let prom = d.metrics_text().await?;
+    Ok(crate::metric_total(&prom, "acpd_telemetry_dropped", &[&label]) as u64)
 }
 
 /// Offers `rate` spans/s for `secs` (prompts of `bench 2 8`, paced), then waits for the receiver
@@ -1535,12 +1539,7 @@ pub async fn dropped_from(d: &Daemon, source: &str) -> Result<BTreeMap<String, u
 
 /// The sum of a counter's series on `/metrics` (0 when it has none).
 pub async fn metric_sum(d: &Daemon, name: &str) -> Result<u64> {
-    let text = d.http.get(d.url("/metrics")).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+    Ok(crate::metric_total(&d.metrics_text().await?, name, &[]) as u64)
 }
 
 /// One `telemetry-rate` turn through the gateway.

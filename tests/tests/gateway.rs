@@ -322,12 +322,8 @@ async fn only_a_childs_own_credential_is_accepted_and_garbage_is_refused() -> Re
 
 /// The sum of the `acpd.telemetry.dropped` series whose labels include all of `labels`.
 async fn drops(d: &Daemon, labels: &[&str]) -> Result<u64> {
-    let prom = d.http.get(d.url("/metrics")).send().await?.text().await?;
-    Ok(prom
-        .lines()
-        .filter(|l| l.starts_with("acpd_telemetry_dropped") && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+    let prom = d.metrics_text().await?;
+    Ok(metric_total(&prom, "acpd_telemetry_dropped", labels) as u64)
 }
 
 /// Items lost from agents at `stage`, as /metrics reports them.

@@ -355,15 +355,6 @@ async fn a_trapping_plugin_is_contained() -> anyhow::Result<()> {
     hostile_mode_keeps_serving_and_fails_closed("trap", "trap").await
 }
 
-/// The sum of a Prometheus metric's series whose line holds every one of `labels`.
-fn metric_total(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A plugin importing no sockets or files has its request-path calls run on the daemon's
 /// async workers themselves. One that writes to stderr there (a blocking WASI write) is
 /// served, every call; one that panics there (Rust prints the panic to stderr before the guest

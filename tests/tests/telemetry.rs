@@ -754,15 +754,11 @@ async fn health_probes_are_counted_not_traced_by_default() -> anyhow::Result<()>
         spans.iter().all(|sp| sp.name != "GET /health"),
         "no probe spans"
     );
-    let prom = d.http.get(d.url("/metrics")).send().await?.text().await?;
-    let probes: f64 = prom
-        .lines()
-        .filter(|l| {
-            l.starts_with("http_server_request_duration_seconds_count")
-                && l.contains("http_route=\"/health\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let probes = metric_total(
+        &d.metrics_text().await?,
+        "http_server_request_duration_seconds_count",
+        &["http_route=\"/health\""],
+    );
     assert!(probes >= 5.0, "probes are counted: {probes}");
     drop(s);
     Ok(())

@@ -103,7 +103,7 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<State>> {
 pub struct Pre {
     pre: InstancePre<State>,
     /// The component imports WASI that blocks on the ambient runtime other than `wasi:io`
-    /// (`wasi_io::BLOCKING_ELSEWHERE`): its request-path calls step out of async whole.
+    /// (`wasi_io::blocks_elsewhere`): its request-path calls step out of async whole.
     pub blocks_elsewhere: bool,
     lifecycle: lifecycle::GuestIndices,
     observe: Option<observe_hooks::GuestIndices>,
@@ -132,17 +132,8 @@ impl Pre {
         let lifecycle = lifecycle::GuestIndices::new(&pre).map_err(|e| {
             anyhow::anyhow!("not an acpd:plugin@0.1 component (no lifecycle export): {e}")
         })?;
-        let blocks_elsewhere =
-            component
-                .component_type()
-                .imports(linker.engine())
-                .any(|(name, _)| {
-                    super::wasi_io::BLOCKING_ELSEWHERE
-                        .iter()
-                        .any(|p| name.starts_with(p))
-                });
         Ok(Self {
-            blocks_elsewhere,
+            blocks_elsewhere: super::wasi_io::blocks_elsewhere(component, linker.engine()),
             observe: observe_hooks::GuestIndices::new(&pre).ok(),
             spans: span_hooks::GuestIndices::new(&pre).ok(),
             logs: log_hooks::GuestIndices::new(&pre).ok(),

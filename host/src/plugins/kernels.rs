@@ -399,9 +399,7 @@ impl State {
             set_bytes: 0,
         }
     }
-}
 
-impl State {
     /// The instance's WASI resources (`wasi_io` serves its streams and pollables).
     pub fn table(&mut self) -> &mut ResourceTable {
         &mut self.table

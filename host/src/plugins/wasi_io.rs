@@ -10,7 +10,8 @@
 //! Every method is wasmtime-wasi's own, called through; the streams a plugin has are the
 //! sinks and empty input of a WASI that grants nothing (`kernels::State`).
 
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::Engine;
+use wasmtime::component::{Component, HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::bindings::sync::io::poll::{self, Pollable};
 use wasmtime_wasi::p2::bindings::sync::io::streams::{self, InputStream, OutputStream};
 use wasmtime_wasi::p2::{StreamError, StreamResult};
@@ -20,7 +21,15 @@ use super::kernels::State;
 /// The component's imports that reach wasmtime-wasi's `block_on` by other ways than `wasi:io`
 /// (sockets; files, though a plugin is given none): a plugin importing any of them steps out
 /// of async for the whole of each call, as before this module.
-pub const BLOCKING_ELSEWHERE: [&str; 2] = ["wasi:sockets/", "wasi:filesystem/"];
+const BLOCKING_ELSEWHERE: [&str; 2] = ["wasi:sockets/", "wasi:filesystem/"];
+
+/// Whether `component` imports any of [`BLOCKING_ELSEWHERE`].
+pub fn blocks_elsewhere(component: &Component, engine: &Engine) -> bool {
+    component
+        .component_type()
+        .imports(engine)
+        .any(|(name, _)| BLOCKING_ELSEWHERE.iter().any(|p| name.starts_with(p)))
+}
 
 /// Adds `wasi:io/poll` and `wasi:io/streams` over wasmtime-wasi's (call after
 /// `add_to_linker_sync`).
