@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::telemetry::semconv::{CHILD_ID, PROMPT_ID, SESSION_ID, WORKSPACE_ID};
 
 /// Prompts remembered for attribution: agents export a turn's spans after it ends, so entries
-/// stay until newer prompts push them out, not until the turn ends. The least recently *used*
-/// goes first: a long turn whose agent keeps exporting keeps its entry however many prompts
-/// start meanwhile.
+/// stay until newer prompts push them out, not until the turn ends. An entry used since it was
+/// last considered for eviction is kept: a long turn whose agent keeps exporting keeps its
+/// entry however many prompts start meanwhile.
 const PROMPTS_KEPT: usize = 4096;
 
 /// One agent child, as the gateway knows it.
@@ -42,48 +42,49 @@ impl ChildEntry {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct PromptFacts {
-    child_id: String,
-    attributes: Vec<KeyValue>,
-    /// When it was last noted or used (see `Prompts`).
-    used: u64,
+    child_id: Box<str>,
+    attributes: Box<[KeyValue]>,
+    /// Used since the eviction clock last passed it (see `Prompts`).
+    used: bool,
 }
 
-/// Prompts by trace id, and a queue of (trace id, use) in order of use, oldest first. A use
-/// pushes a new entry; an entry whose use is not the prompt's latest is stale and skipped at
-/// eviction, and the queue is rebuilt when stale entries dominate.
+/// Prompts by trace id, and their trace ids in a queue, oldest first. Eviction is a clock (a
+/// second chance): the oldest entry goes unless it was used since it last reached the front,
+/// in which case it goes to the back instead. A prompt whose agent keeps exporting thus stays,
+/// and the queue holds each kept prompt once (16 bytes), where a queue of every use grew to
+/// four times the prompts kept.
 #[derive(Default)]
 struct Prompts {
     map: HashMap<[u8; 16], PromptFacts>,
-    order: VecDeque<([u8; 16], u64)>,
-    clock: u64,
+    order: VecDeque<[u8; 16]>,
 }
 
 impl Prompts {
-    fn touch(&mut self, id: [u8; 16]) {
-        self.clock += 1;
-        let now = self.clock;
-        if let Some(p) = self.map.get_mut(&id) {
-            p.used = now;
-            self.order.push_back((id, now));
+    fn note(&mut self, id: [u8; 16], facts: PromptFacts) {
+        if let Some(f) = self.map.get_mut(&id) {
+            // The same trace noted again (already queued): the newer facts hold.
+            *f = facts;
+            return;
         }
-        if self.order.len() > 4 * PROMPTS_KEPT {
-            let map = &self.map;
-            self.order
-                .retain(|(id, used)| map.get(id).is_some_and(|p| p.used == *used));
-        }
-    }
-
-    fn evict(&mut self) {
-        while self.map.len() > PROMPTS_KEPT {
-            let Some((id, used)) = self.order.pop_front() else {
-                return;
+        // Room first, so the queue never grows past the bound.
+        while self.map.len() >= PROMPTS_KEPT {
+            let Some(old) = self.order.pop_front() else {
+                break;
             };
-            if self.map.get(&id).is_some_and(|p| p.used == used) {
-                self.map.remove(&id);
+            match self.map.get_mut(&old) {
+                Some(f) if f.used => {
+                    f.used = false;
+                    self.order.push_back(old);
+                }
+                _ => {
+                    self.map.remove(&old);
+                }
             }
         }
+        self.map.insert(id, facts);
+        self.order.push_back(id);
     }
 }
 
@@ -150,22 +151,22 @@ impl Registry {
         prompt_id: &str,
         enrichment: Vec<KeyValue>,
     ) {
-        let mut attributes = vec![
+        let attributes = [
             KeyValue::new(SESSION_ID, session_id.to_string()),
             KeyValue::new(PROMPT_ID, prompt_id.to_string()),
-        ];
-        attributes.extend(enrichment);
-        let mut p = self.prompts.lock().unwrap_or_else(|p| p.into_inner());
-        p.map.insert(
-            trace_id,
-            PromptFacts {
-                child_id: child_id.to_string(),
-                attributes,
-                used: 0,
-            },
-        );
-        p.touch(trace_id);
-        p.evict();
+        ]
+        .into_iter()
+        .chain(enrichment)
+        .collect();
+        let facts = PromptFacts {
+            child_id: child_id.into(),
+            attributes,
+            used: false,
+        };
+        self.prompts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(trace_id, facts);
     }
 
     /// The session and prompt of an item in `trace_id`, when that prompt ran on this child (a
@@ -175,12 +176,13 @@ impl Registry {
             return Vec::new();
         };
         let mut p = self.prompts.lock().unwrap_or_else(|p| p.into_inner());
-        let out = match p.map.get(&id) {
-            Some(f) if f.child_id == child_id => f.attributes.clone(),
-            _ => return Vec::new(),
-        };
-        p.touch(id);
-        out
+        match p.map.get_mut(&id) {
+            Some(f) if &*f.child_id == child_id => {
+                f.used = true;
+                f.attributes.to_vec()
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -229,6 +231,22 @@ mod tests {
         );
         let g = r.prompts.lock().unwrap();
         assert_eq!(g.map.len(), PROMPTS_KEPT);
-        assert!(g.order.len() <= 4 * PROMPTS_KEPT + 1, "{}", g.order.len());
+        assert_eq!(
+            g.order.len(),
+            PROMPTS_KEPT,
+            "one queue entry per kept prompt"
+        );
+    }
+
+    #[test]
+    fn a_trace_noted_twice_is_kept_once_with_its_newer_facts() {
+        let r = Registry::default();
+        r.note_prompt(id(1), "c", "s", "first", vec![]);
+        r.note_prompt(id(1), "c", "s", "second", vec![KeyValue::new("k", "v")]);
+        let got = r.prompt_attributes(&id(1), "c");
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[1].value.as_str(), "second");
+        let g = r.prompts.lock().unwrap();
+        assert_eq!((g.map.len(), g.order.len()), (1, 1));
     }
 }
