@@ -925,10 +925,15 @@ pub async fn export_overload(prompts: usize) -> Result<(usize, u64)> {
 pub async fn startup(plugins: bool) -> Result<Duration> {
     use tokio::io::AsyncBufReadExt;
     let ws = tempfile::tempdir()?;
+    // A state directory of its own: the user's default one holds whatever journal earlier
+    // daemons left, which a start restores (and would time).
+    let state = tempfile::tempdir()?;
     let started = Instant::now();
     let mut cmd = tokio::process::Command::new(crate::acpd_bin());
     cmd.args(["serve", "--port", "0", "--workspace"])
         .arg(ws.path())
+        .arg("--state-dir")
+        .arg(state.path())
         .env("OTEL_SDK_DISABLED", "true")
         .env("ACPD_LOG", "info")
         .stdin(std::process::Stdio::null())
