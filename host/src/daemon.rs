@@ -100,6 +100,10 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     for ws in &bridge.workspaces {
         ws.agents.ready().await;
     }
+    // Start-up is over: its code and tables need not stay resident (see `startup_pages`).
+    // Here, before the daemon says it listens, so that what it reports from then on is its
+    // serving size; it takes about a millisecond.
+    crate::startup_pages::release_logged("start-up");
     // Tests and scripts read the bound address from this line (port 0 picks a free port). One
     // line, printed as is: a log line would carry a timestamp and level before it, and appear
     // only at `info`.
@@ -216,7 +220,13 @@ fn watch_sighup(plugins: Arc<PluginHost>) -> std::io::Result<()> {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let p = plugins.clone();
-            match tokio::task::spawn_blocking(move || p.reload()).await {
+            // A reload may have compiled plugins: the compiler's code goes as start-up's did.
+            let reload = move || {
+                let set = p.reload();
+                crate::startup_pages::release_logged("plugin reload");
+                set
+            };
+            match tokio::task::spawn_blocking(reload).await {
                 Ok(Ok(set)) => eprintln!("acpd: plugins reloaded (set {})", set.generation),
                 Ok(Err(e)) => {
                     eprintln!("acpd: plugin reload refused, the previous set keeps running: {e}")

@@ -23,5 +23,6 @@ pub mod journal;
 pub mod plugin_cli;
 pub mod plugins;
 pub mod sched;
+pub mod startup_pages;
 pub mod telemetry;
 pub mod time;

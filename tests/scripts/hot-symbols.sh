@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Regenerates host/link/hot-symbols.txt: the functions the release daemon runs while it starts, serves
-# the console, the trace view, /health, /metrics and prompts on two sessions, and shuts down. The
-# release link places them first and together (host/build.rs), so the few MiB of code a running
-# daemon uses are not spread over the whole 28 MB of text (BENCHMARKS.md, "Round five": idle RSS
-# about 10 MiB lower). Names are the linker's (mangled, with their hashes), so the list goes stale as
+# Regenerates host/link/hot-symbols.txt: the functions the release daemon runs while it serves
+# the console, the trace view, /health, /metrics and prompts on two sessions, and shuts down, then
+# those it ran only while it started. The release link places them first and together, in that
+# order (host/build.rs), so the few MiB of code a running daemon uses are not spread over the
+# whole 28 MB of text (BENCHMARKS.md, "Round five": idle RSS about 10 MiB lower), and the start-up
+# code the daemon releases once it listens (host/src/startup_pages.rs) is not interleaved with
+# the code serving faults back in. Names are the linker's (mangled, with their hashes), so the list goes stale as
 # dependencies or the toolchain change: run this again then. Needs valgrind, curl and python3;
 # takes about 4 minutes after the builds.
 #
@@ -21,10 +23,9 @@ wait_health() {
   for _ in $(seq 1 600); do curl -sf http://127.0.0.1:4197/health >/dev/null && return; sleep 0.5; done
 }
 
-# The daemon, driven as a user would: a sequence, not a load.
+# The daemon, driven as a user would: a sequence, not a load (after `wait_health`).
 drive() {
   local u=http://127.0.0.1:4197 r id a
-  wait_health
   for path in /health /metrics /capabilities / /debug/traces; do curl -sf $u$path >/dev/null; done
   for _ in 1 2; do
     r=$(curl -sf -X POST $u/session -H 'content-type: application/json' -d "{\"cwd\":\"$work/ws\"}")
@@ -46,8 +47,9 @@ drive() {
 }
 
 # The daemon as released, and as the load harness builds it (its counting allocator changes the
-# hashes of acpd's own functions): both sets of names, the release build's first.
-: >"$work/names"
+# hashes of acpd's own functions): both sets of names, serving's of both builds before start-up's.
+: >"$work/serve"
+: >"$work/start"
 for features in "" "alloc-count"; do
   cargo build -q --release -p acpd --bin acpd ${features:+--features $features}
   cp "$target/release/acpd" "$work/acpd"
@@ -66,20 +68,31 @@ for features in "" "alloc-count"; do
     --callgrind-out-file="$work/cg.out" "$work/acpd" serve --port 4197 \
     --state-dir "$work/state" >"$work/daemon.log" 2>&1) &
   daemon=$!
+  wait_health
+  # Start-up's profile ends here (the first dump, `cg.out.1`); serving's is the rest.
+  callgrind_control -d "$work/acpd" >/dev/null 2>&1
   drive
   pkill -TERM -f "callgrind.*--port 4197"
   wait "$daemon"
   nm --defined-only "$work/acpd" | awk '$2 ~ /^[tTwW]$/ {print $3}' | sort -u >"$work/syms"
-  # Callgrind names a function once in full, then by number: every full name, in first-seen order.
-  grep -oE '^c?fn=\([0-9]+\) .+' "$work/cg.out" | sed -E 's/^c?fn=\([0-9]+\) //' \
-    | awk 'NR == FNR { defined[$0] = 1; next } ($0 in defined) && !seen[$0]++' "$work/syms" - \
-    >>"$work/names"
+  # Callgrind names a function once in full per file, then by number: every full name, in
+  # first-seen order, serving's first.
+  parts=$(ls "$work"/cg.out* | grep -v '\.1$')
+  [ -n "$parts" ] && [ -f "$work/cg.out.1" ] || { echo "hot-symbols.sh: no start-up dump" >&2; exit 1; }
+  names() {
+    grep -ohE '^c?fn=\([0-9]+\) .+' "$@" | sed -E 's/^c?fn=\([0-9]+\) //' \
+      | awk 'NR == FNR { defined[$0] = 1; next } ($0 in defined) && !seen[$0]++' "$work/syms" -
+  }
+  # shellcheck disable=SC2086 # one path per word
+  names $parts >>"$work/serve"
+  names "$work/cg.out.1" >>"$work/start"
+  rm -f "$work"/cg.out*
   # Only compiling runs the register allocator: its code in the list means the profiled start
   # compiled the plugins, and the list would be the compiler's as much as the daemon's.
-  if grep -q regalloc2 "$work/names"; then
+  if grep -q regalloc2 "$work/serve" "$work/start"; then
     echo "hot-symbols.sh: the profiled start compiled the plugins (the warm-up missed the cache)" >&2
     exit 1
   fi
 done
-awk '!seen[$0]++' "$work/names" >"$root/host/link/hot-symbols.txt"
+awk '!seen[$0]++' "$work/serve" "$work/start" >"$root/host/link/hot-symbols.txt"
 echo "host/link/hot-symbols.txt: $(wc -l <"$root/host/link/hot-symbols.txt") functions"
