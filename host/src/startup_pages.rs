@@ -11,6 +11,9 @@
 //! read-only mapping with private copies (the relocated RELRO data, or code a debugger
 //! patched) would lose them, so it is left alone.
 
+// The smaps reading below serves Linux only; elsewhere only its tests use it.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
+
 use std::io;
 
 /// What [`release`] unmapped.
