@@ -1,10 +1,10 @@
-//! Start-up code leaves the resident set once the daemon serves. Parsing the configuration,
+//! Start-up code leaves the resident set once the daemon is ready. Parsing the configuration,
 //! restoring the journal, loading plugins and starting telemetry run code and read tables (the
 //! dynamic loader's relocations among them) that serving never touches again, yet their pages
 //! stay mapped, and the kernel maps up to 64 KiB around every page touched (fault-around).
 //! Measured, that was about 7.5 MiB of an idle daemon's 22.5 (BENCHMARKS.md, "Round nine").
 //!
-//! So once the daemon listens, the executable's read-only mappings are unmapped
+//! So just before the daemon says it listens, the executable's read-only mappings are unmapped
 //! (`madvise(MADV_DONTNEED)`): the pages stay in the page cache, and those serving needs come
 //! back on first use through a minor fault. A plugin reload, which may run the compiler, ends
 //! the same way. Only mappings that hold nothing but the file's own pages are released: a
