@@ -119,7 +119,7 @@ impl Shared {
             return Ok(PatternSet { compiled });
         }
         // Compiled outside the lock: another instance's lookup does not wait for it.
-        let set = PatternSet::compile(&key.1, limits)?;
+        let set = PatternSet::compile_checked(&key.1, limits)?;
         let mut sets = lock();
         sets.retain(|_, s| s.strong_count() > 0);
         let slot = sets.entry(key).or_default();
@@ -181,8 +181,15 @@ impl PatternSet {
         Ok(())
     }
 
-    pub fn compile(patterns: &[String], limits: &CompileLimits) -> Result<Self, String> {
+    /// A set compiled on its own, as [`Shared::pattern_set`] compiles one it has not seen.
+    #[cfg(test)]
+    fn compile(patterns: &[String], limits: &CompileLimits) -> Result<Self, String> {
         Self::check(patterns, limits)?;
+        Self::compile_checked(patterns, limits)
+    }
+
+    /// [`compile`](Self::compile) once [`check`](Self::check) has passed.
+    fn compile_checked(patterns: &[String], limits: &CompileLimits) -> Result<Self, String> {
         let mut compiled = None;
         for &limit in limits.size_limits {
             match regex::RegexSetBuilder::new(patterns)
