@@ -3,13 +3,16 @@
 //! dynamic loader's relocations among them) that serving never touches again, yet their pages
 //! stay mapped, and the kernel maps up to 64 KiB around every page touched (fault-around).
 //! Measured, that was about 7.5 MiB of an idle daemon's 22.5 (BENCHMARKS.md, "Round nine").
+//! The same holds for the shared libraries (the loader's own code, `libm`, most of `libc`)
+//! and for the plugins' compiled code, which loading and instantiating read in full, and of
+//! which a plugin whose hook never runs (the error translator, on a healthy day) needs none.
 //!
-//! So just before the daemon says it listens, the executable's read-only mappings are unmapped
+//! So just before the daemon says it listens, every read-only file mapping is unmapped
 //! (`madvise(MADV_DONTNEED)`): the pages stay in the page cache, and those serving needs come
 //! back on first use through a minor fault. A plugin reload, which may run the compiler, ends
-//! the same way. Only mappings that hold nothing but the file's own pages are released: a
+//! the same way. Only mappings that hold nothing but their file's own pages are released: a
 //! read-only mapping with private copies (the relocated RELRO data, or code a debugger
-//! patched) would lose them, so it is left alone.
+//! patched) would lose them, so it is left alone, as are anonymous and special mappings.
 
 // The smaps reading below serves Linux only; elsewhere only its tests use it.
 #![cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -37,19 +40,18 @@ pub fn release_logged(after: &str) {
     }
 }
 
-/// Unmaps the executable's read-only, file-only mappings (Linux; elsewhere nothing).
+/// Unmaps the read-only, file-only mappings (Linux; elsewhere nothing).
 pub fn release() -> io::Result<Released> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::fs::MetadataExt;
-        let exe = std::fs::metadata("/proc/self/exe")?;
         let smaps = std::fs::read_to_string("/proc/self/smaps")?;
         let mut out = Released::default();
-        for m in candidates(&smaps, exe.dev(), exe.ino()) {
-            // SAFETY: the range is a whole mapping of the executable that is not writable
-            // and holds no private (anonymous) page, so every page of it can be read back
-            // from the file unchanged; nothing in this process writes to it, being
-            // read-only, so none can become private between the read of smaps and here.
+        for m in candidates(&smaps) {
+            // SAFETY: the range is a whole mapping of a file that is not writable and holds
+            // no private (anonymous) page, so every page of it can be read back from the file
+            // unchanged; nothing in this process writes to it, being read-only, so none can
+            // become private between the read of smaps and here. A file truncated under its
+            // mapping would fault on the pages never touched before as well: nothing new.
             let r = unsafe {
                 nix::libc::madvise(m.start as *mut _, m.end - m.start, nix::libc::MADV_DONTNEED)
             };
@@ -71,9 +73,9 @@ struct Mapping {
     rss_kib: u64,
 }
 
-/// The mappings of the file `(dev, ino)` in `smaps` that are readable, not writable, and hold
-/// no anonymous page.
-fn candidates(smaps: &str, dev: u64, ino: u64) -> Vec<Mapping> {
+/// The mappings of files in `smaps` that are readable, not writable, and hold no anonymous
+/// page. Anonymous mappings and the kernel's own (`[vdso]`, `[vvar]`) have no inode.
+fn candidates(smaps: &str) -> Vec<Mapping> {
     let mut out = Vec::new();
     let mut current: Option<(Mapping, bool)> = None; // (mapping, still a candidate)
     let finish = |c: Option<(Mapping, bool)>, out: &mut Vec<Mapping>| {
@@ -86,8 +88,7 @@ fn candidates(smaps: &str, dev: u64, ino: u64) -> Vec<Mapping> {
             finish(current.take(), &mut out);
             let ok = header.perms.starts_with('r')
                 && header.perms.as_bytes().get(1) == Some(&b'-')
-                && header.ino == ino
-                && header.dev == dev;
+                && header.ino != 0;
             current = Some((
                 Mapping {
                     start: header.start,
@@ -121,7 +122,6 @@ struct Header<'a> {
     start: usize,
     end: usize,
     perms: &'a str,
-    dev: u64,
     ino: u64,
 }
 
@@ -136,27 +136,14 @@ fn header(line: &str) -> Option<Header<'_>> {
         return None;
     }
     let _offset = f.next()?;
-    let (major, minor) = f.next()?.split_once(':')?;
-    let (major, minor) = (
-        u64::from_str_radix(major, 16).ok()?,
-        u64::from_str_radix(minor, 16).ok()?,
-    );
+    let _device = f.next()?.split_once(':')?;
     let ino = f.next()?.parse().ok()?;
     Some(Header {
         start,
         end,
         perms,
-        dev: makedev(major, minor),
         ino,
     })
-}
-
-/// glibc's `makedev`, which `st_dev` is encoded with.
-fn makedev(major: u64, minor: u64) -> u64 {
-    ((major & 0xfffff000) << 32)
-        | ((major & 0x0000_0fff) << 8)
-        | ((minor & 0xffffff00) << 12)
-        | (minor & 0x0000_00ff)
 }
 
 #[cfg(test)]
@@ -194,14 +181,23 @@ Anonymous:             0 kB
 7f10-7f20 r-xp 00000000 fe:01 77 /other/device
 Rss:                 100 kB
 Anonymous:             0 kB
+7f20-7f30 r--p 00000000 00:00 0 
+Rss:                   8 kB
+Anonymous:             0 kB
+7f30-7f31 r--p 00000000 00:00 0                          [vvar]
+Rss:                   4 kB
+Anonymous:             0 kB
+7f31-7f32 r-xp 00000000 00:00 0                          [vdso]
+Rss:                   4 kB
+Anonymous:             0 kB
 ";
 
-    /// The code and read-only data of the executable go, dirty file pages or not; its
-    /// relocated read-only data (private pages), a locked mapping, its writable data, another
-    /// file, and the same inode on another device stay.
+    /// The code and read-only data of the executable and of other files go, dirty file pages
+    /// or not; relocated read-only data (private pages), a locked mapping, writable data, an
+    /// anonymous read-only mapping and the kernel's `[vvar]` and `[vdso]` stay.
     #[test]
-    fn only_the_executables_file_only_read_only_mappings_are_released() {
-        let got = candidates(SMAPS, makedev(0xfe, 0), 77);
+    fn only_file_only_read_only_mappings_are_released() {
+        let got = candidates(SMAPS);
         assert_eq!(
             got,
             vec![
@@ -215,6 +211,16 @@ Anonymous:             0 kB
                     end: 0x55c0,
                     rss_kib: 60
                 },
+                Mapping {
+                    start: 0x7f00,
+                    end: 0x7f10,
+                    rss_kib: 100
+                },
+                Mapping {
+                    start: 0x7f10,
+                    end: 0x7f20,
+                    rss_kib: 100
+                },
             ]
         );
     }
@@ -223,11 +229,12 @@ Anonymous:             0 kB
     #[test]
     fn an_unreadable_private_count_keeps_the_mapping() {
         let smaps = "55a0-55b0 r-xp 00000000 fe:00 77 /x\nAnonymous: lots\n";
-        assert!(candidates(smaps, makedev(0xfe, 0), 77).is_empty());
+        assert!(candidates(smaps).is_empty());
     }
 
-    /// In this test process: the release unmaps the executable's code, which keeps running
-    /// (the page that runs this test is faulted back in), and calling it again is harmless.
+    /// In this test process: the release unmaps the executable's code and the shared
+    /// libraries', which keep running (the pages that run this test are faulted back in), and
+    /// calling it again is harmless.
     #[cfg(target_os = "linux")]
     #[test]
     fn releasing_the_executables_pages_keeps_it_running() {
