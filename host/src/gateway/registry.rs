@@ -42,10 +42,22 @@ impl ChildEntry {
     }
 }
 
+/// What the prompts of one session on one child have in common: the child, and the attributes
+/// every item of their turns carries (the session, then what the `dispatch` hook added). The
+/// prompts share one copy while these stay the same, as they do for a session's life unless a
+/// plugin varies them: 4,096 kept prompts then hold one copy per session, not one each.
+#[derive(Debug, PartialEq)]
+struct TurnFacts {
+    session_id: Box<str>,
+    child_id: Box<str>,
+    /// The session first, then the enrichment.
+    attributes: Box<[KeyValue]>,
+}
+
 #[derive(Debug)]
 struct PromptFacts {
-    child_id: Box<str>,
-    attributes: Box<[KeyValue]>,
+    turn: Arc<TurnFacts>,
+    prompt_id: Box<str>,
     /// Used since the eviction clock last passed it (see `Prompts`).
     used: bool,
 }
@@ -59,13 +71,30 @@ struct PromptFacts {
 struct Prompts {
     map: HashMap<[u8; 16], PromptFacts>,
     order: VecDeque<[u8; 16]>,
+    /// Each session's latest `TurnFacts`, which its next prompt shares when they are equal;
+    /// dropped with the last kept prompt holding them.
+    turns: HashMap<Box<str>, Arc<TurnFacts>>,
 }
 
 impl Prompts {
-    fn note(&mut self, id: [u8; 16], facts: PromptFacts) {
+    fn note(&mut self, id: [u8; 16], prompt_id: &str, turn: TurnFacts) {
+        let turn = match self.turns.get(&turn.session_id) {
+            Some(t) if **t == turn => t.clone(),
+            _ => {
+                let t = Arc::new(turn);
+                self.turns.insert(t.session_id.clone(), t.clone());
+                t
+            }
+        };
+        let facts = PromptFacts {
+            turn,
+            prompt_id: prompt_id.into(),
+            used: false,
+        };
         if let Some(f) = self.map.get_mut(&id) {
             // The same trace noted again (already queued): the newer facts hold.
-            *f = facts;
+            let old = std::mem::replace(f, facts);
+            self.release(&old.turn);
             return;
         }
         // Room first, so the queue never grows past the bound.
@@ -79,12 +108,27 @@ impl Prompts {
                     self.order.push_back(old);
                 }
                 _ => {
-                    self.map.remove(&old);
+                    if let Some(f) = self.map.remove(&old) {
+                        self.release(&f.turn);
+                    }
                 }
             }
         }
         self.map.insert(id, facts);
         self.order.push_back(id);
+    }
+
+    /// A prompt holding `turn` is gone: when only the session's entry still holds it (the
+    /// count is taken under the registry's lock, where every clone is made), that goes too.
+    fn release(&mut self, turn: &Arc<TurnFacts>) {
+        if Arc::strong_count(turn) == 2
+            && self
+                .turns
+                .get(&turn.session_id)
+                .is_some_and(|t| Arc::ptr_eq(t, turn))
+        {
+            self.turns.remove(&turn.session_id);
+        }
     }
 }
 
@@ -151,22 +195,17 @@ impl Registry {
         prompt_id: &str,
         enrichment: Vec<KeyValue>,
     ) {
-        let attributes = [
-            KeyValue::new(SESSION_ID, session_id.to_string()),
-            KeyValue::new(PROMPT_ID, prompt_id.to_string()),
-        ]
-        .into_iter()
-        .chain(enrichment)
-        .collect();
-        let facts = PromptFacts {
+        let turn = TurnFacts {
+            session_id: session_id.into(),
             child_id: child_id.into(),
-            attributes,
-            used: false,
+            attributes: std::iter::once(KeyValue::new(SESSION_ID, session_id.to_string()))
+                .chain(enrichment)
+                .collect(),
         };
         self.prompts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .note(trace_id, facts);
+            .note(trace_id, prompt_id, turn);
     }
 
     /// The session and prompt of an item in `trace_id`, when that prompt ran on this child (a
@@ -177,9 +216,14 @@ impl Registry {
         };
         let mut p = self.prompts.lock().unwrap_or_else(|p| p.into_inner());
         match p.map.get_mut(&id) {
-            Some(f) if &*f.child_id == child_id => {
+            Some(f) if &*f.turn.child_id == child_id => {
                 f.used = true;
-                f.attributes.to_vec()
+                let (session, enrichment) = f.turn.attributes.split_at(1);
+                let mut out = Vec::with_capacity(f.turn.attributes.len() + 1);
+                out.extend_from_slice(session);
+                out.push(KeyValue::new(PROMPT_ID, f.prompt_id.to_string()));
+                out.extend_from_slice(enrichment);
+                out
             }
             _ => Vec::new(),
         }
@@ -248,5 +292,44 @@ mod tests {
         assert_eq!(got[1].value.as_str(), "second");
         let g = r.prompts.lock().unwrap();
         assert_eq!((g.map.len(), g.order.len()), (1, 1));
+        assert_eq!(
+            g.turns.len(),
+            1,
+            "the first facts went with the entry they were in"
+        );
+    }
+
+    /// A session's prompts share their facts while those stay the same; facts that change start
+    /// a new copy, and a session's copy goes with its last kept prompt.
+    #[test]
+    fn a_sessions_prompts_share_one_copy_of_their_facts() {
+        let r = Registry::default();
+        for i in 0..10 {
+            r.note_prompt(id(i), "c", "s1", &format!("p{i}"), vec![]);
+        }
+        r.note_prompt(id(10), "c", "s1", "p10", vec![KeyValue::new("k", "v")]);
+        r.note_prompt(id(11), "c", "s2", "p11", vec![]);
+        {
+            let g = r.prompts.lock().unwrap();
+            let first = &g.map[&id(0)].turn;
+            assert!((1..10).all(|i| Arc::ptr_eq(first, &g.map[&id(i)].turn)));
+            assert!(!Arc::ptr_eq(first, &g.map[&id(10)].turn));
+            assert_eq!(g.turns.len(), 2);
+        }
+        let got = r.prompt_attributes(&id(3), "c");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].value.as_str(), "s1");
+        assert_eq!(got[1].value.as_str(), "p3");
+        let got = r.prompt_attributes(&id(10), "c");
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2].value.as_str(), "v");
+        // Newer prompts push all of these out (the two used ones after their second chance):
+        // no session's copy outlives its prompts.
+        for i in 100..(100 + 2 * PROMPTS_KEPT as u32) {
+            r.note_prompt(id(i), "c", "s3", "p", vec![]);
+        }
+        let g = r.prompts.lock().unwrap();
+        assert_eq!(g.map.len(), PROMPTS_KEPT);
+        assert_eq!(g.turns.keys().map(|k| &**k).collect::<Vec<_>>(), ["s3"]);
     }
 }
