@@ -1,6 +1,7 @@
 //! The session journal's write cost per event and disk bytes per 1,000 events, in process
-//! (`cargo bench -p acpd --bench journal`), for both fsync policies; and the start-up recovery
-//! of 1,000 journaled sessions. BENCHMARKS.md quotes it.
+//! (`cargo bench -p acpd --bench journal`), for both fsync policies; what a replay that reaches
+//! past a session's in-memory ring costs (it reads the journal); and the start-up recovery of
+//! 1,000 journaled sessions. BENCHMARKS.md quotes it.
 
 use acpd::config::Fsync;
 use acpd::journal::{AgentCommand, Header, Journal, JournalConfig};
@@ -75,6 +76,35 @@ fn main() -> std::io::Result<()> {
             bytes as f64 * 1000.0 / n as f64,
             frame_len as f64 * 1000.0,
         );
+        j.finish();
+    }
+    // A reconnect that reaches past the ring reads the journal: the last `k` of a session's
+    // 5,000 events (the file is in the page cache, as it is a moment after it was written).
+    {
+        let (j, _, _) = Journal::open(&base.join("replay"), cfg(Fsync::Interval))?;
+        let s = j.create(header("replay"), serde_json::Value::Null);
+        let last = 5_000u64;
+        for id in 1..=last {
+            s.append_event(id, &frame(id));
+        }
+        for k in [100u64, 370, 1_000] {
+            let mut lat: Vec<u64> = (0..300)
+                .map(|_| {
+                    let t = Instant::now();
+                    let got = s.read_frames(last - k + 1..=last);
+                    assert_eq!(got.len() as u64, k, "replay of {k} events");
+                    t.elapsed().as_nanos() as u64
+                })
+                .collect();
+            lat.sort_unstable();
+            let p =
+                |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+            println!(
+                "journal replay (the last {k} of {last} events of {frame_len} B): p50 {:.0} us, p99 {:.0} us",
+                p(0.50),
+                p(0.99),
+            );
+        }
         j.finish();
     }
     // Start-up recovery: 1,000 sessions of 50 events each, scanned and checked.

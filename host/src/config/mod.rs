@@ -294,6 +294,8 @@ pub struct Limits {
     /// ...and their bytes at most.
     pub event_ring_bytes: usize,
     /// The byte bound while the session's events are journaled: older replays read the journal.
+    /// Small by default (about 80 typical events): reading 370 events back from the journal
+    /// takes about 50 us, while every busy session holds its ring (BENCHMARKS.md, "Round ten").
     pub journaled_event_ring_bytes: usize,
     pub subscriber_queue_frames: usize,
     pub subscriber_queue_bytes: usize,
@@ -350,7 +352,7 @@ impl Default for Limits {
             permission_timeout_secs: 300,
             event_ring: 8000,
             event_ring_bytes: 4 * 1024 * 1024,
-            journaled_event_ring_bytes: 128 * 1024,
+            journaled_event_ring_bytes: 32 * 1024,
             subscriber_queue_frames: 256,
             subscriber_queue_bytes: 2 * 1024 * 1024,
             max_subscribers_per_session: 64,
