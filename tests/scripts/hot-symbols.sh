@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates host/link/hot-symbols.txt: the functions the release daemon runs while it serves
-# the console, the trace view, /health, /metrics and prompts on two sessions, and shuts down, then
-# those it ran only while it started. The release link places them first and together, in that
+# the console, the trace view, /health, /metrics and prompts on two sessions, exporting its
+# telemetry over OTLP, and shuts down, then those it ran only while it started. The release link places them first and together, in that
 # order (host/build.rs), so the few MiB of code a running daemon uses are not spread over the
 # whole 28 MB of text (BENCHMARKS.md, "Round five": idle RSS about 10 MiB lower), and the start-up
 # code the daemon releases once it is ready (host/src/startup_pages.rs) is not interleaved with
@@ -15,8 +15,41 @@ cd "$(dirname "$0")/../.."
 root=$PWD
 target=${CARGO_TARGET_DIR:-$root/target}
 work=$(mktemp -d)
-trap 'pkill -f "callgrind.*--port 4197" 2>/dev/null || true; rm -rf "$work"' EXIT
-mkdir -p "$work/ws"
+trap 'pkill -f "callgrind.*--port 4197" 2>/dev/null || true; kill "$sink" 2>/dev/null || true
+  rm -rf "$work"' EXIT
+mkdir -p "$work/ws" "$work/got"
+
+# An OTLP receiver (http/protobuf) that answers every export and notes its signal: a daemon that
+# exports runs the exporters' code, the HTTP client's and the batching's, which serving a
+# deployment with a collector keeps resident; without a receiver none of it would be listed.
+python3 -c '
+import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+        open(os.path.join(sys.argv[1], self.path.strip("/").replace("/", "-")), "a").write("x")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 4198), H).serve_forever()
+' "$work/got" &
+sink=$!
+export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4198 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+# Exports while the profile runs, not only at shutdown (which flushes through another path).
+export OTEL_BSP_SCHEDULE_DELAY=200 OTEL_BLRP_SCHEDULE_DELAY=200 OTEL_METRIC_EXPORT_INTERVAL=500
+
+# Waits up to 300 s until the receiver has had every signal since it was cleared.
+wait_exports() {
+  for _ in $(seq 1 600); do
+    [ -f "$work/got/v1-traces" ] && [ -f "$work/got/v1-metrics" ] && [ -f "$work/got/v1-logs" ] && return
+    sleep 0.5
+  done
+  echo "hot-symbols.sh: in 300 s the receiver got only: $(ls "$work/got" | tr "\n" " ")" >&2
+  exit 1
+}
 
 # Polls /health for up to 300 s (valgrind starts the daemon slowly).
 wait_health() {
@@ -71,7 +104,9 @@ for features in "" "alloc-count"; do
   wait_health
   # Start-up's profile ends here (the first dump, `cg.out.1`); serving's is the rest.
   callgrind_control -d "$work/acpd" >/dev/null 2>&1
+  rm -f "$work/got"/*
   drive
+  wait_exports
   pkill -TERM -f "callgrind.*--port 4197"
   wait "$daemon"
   nm --defined-only "$work/acpd" | awk '$2 ~ /^[tTwW]$/ {print $3}' | sort -u >"$work/syms"
