@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Regenerates host/link/hot-symbols.txt: the functions the release daemon runs while it serves
 # the console, the trace view, /health, /metrics and prompts on two sessions, exporting its
-# telemetry over OTLP, and shuts down, then those it ran only while it started. The release link places them first and together, in that
-# order (host/build.rs), so the few MiB of code a running daemon uses are not spread over the
-# whole 28 MB of text (BENCHMARKS.md, "Round five": idle RSS about 10 MiB lower), and the start-up
-# code the daemon releases once it is ready (host/src/startup_pages.rs) is not interleaved with
-# the code serving faults back in. Names are the linker's (mangled, with their hashes), so the
-# list goes stale as dependencies or the toolchain change: run this again then. Needs valgrind,
-# curl and python3; takes about 4 minutes after the builds.
+# telemetry over OTLP, and shuts down, then those it ran only while it started. The release link
+# places them first and together, in that order (host/build.rs), so the few MiB of code a running
+# daemon uses are not spread over the whole 28 MB of text (BENCHMARKS.md, "Round five": idle RSS
+# about 10 MiB lower; "Round ten": the exporters' code), and the start-up code the daemon
+# releases once it is ready (host/src/startup_pages.rs) is not interleaved with the code serving
+# faults back in. Names are the linker's (mangled, with their hashes), so the list goes stale as
+# the code, dependencies or the toolchain change: run this again then. Needs valgrind, curl and
+# python3; takes about 5 minutes after the builds.
 #
 # usage: tests/scripts/hot-symbols.sh
 set -euo pipefail
