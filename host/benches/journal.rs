@@ -40,6 +40,11 @@ fn uuid_like(id: &str) -> String {
     format!("{id:0>36}")
 }
 
+/// The `q` quantile of sorted nanoseconds, in microseconds.
+fn quantile_us(sorted: &[u64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)] as f64 / 1000.0
+}
+
 /// A typical streamed chunk: an `agent_message_chunk` session update as the bus frames it.
 fn frame(id: u64) -> Vec<u8> {
     format!(
@@ -65,7 +70,7 @@ fn main() -> std::io::Result<()> {
         }
         let total = started.elapsed();
         lat.sort_unstable();
-        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+        let p = |q: f64| quantile_us(&lat, q);
         let bytes = s.state().bytes;
         println!(
             "journal write ({}, {n} events of {frame_len} B): mean {:.2} us, p50 {:.2} us, p99 {:.2} us; {:.0} bytes per 1,000 events ({:.0} of them frame bytes)",
@@ -97,8 +102,7 @@ fn main() -> std::io::Result<()> {
                 })
                 .collect();
             lat.sort_unstable();
-            let p =
-                |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+            let p = |q: f64| quantile_us(&lat, q);
             println!(
                 "journal replay (the last {k} of {last} events of {frame_len} B): p50 {:.0} us, p99 {:.0} us",
                 p(0.50),

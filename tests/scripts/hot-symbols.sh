@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 root=$PWD
 target=${CARGO_TARGET_DIR:-$root/target}
 work=$(mktemp -d)
-trap 'pkill -f "callgrind.*--port 4197" 2>/dev/null || true; kill "$sink" 2>/dev/null || true
+trap 'pkill -f "callgrind.*--port 4197" 2>/dev/null || true; kill "${sink:-}" 2>/dev/null || true
   rm -rf "$work"' EXIT
 mkdir -p "$work/ws" "$work/got"
 
@@ -52,9 +52,12 @@ wait_exports() {
   exit 1
 }
 
-# Polls /health for up to 300 s (valgrind starts the daemon slowly).
+# Polls /health for up to 300 s (valgrind starts the daemon slowly); a daemon that never answers
+# ends the run with an error.
 wait_health() {
   for _ in $(seq 1 600); do curl -sf http://127.0.0.1:4197/health >/dev/null && return; sleep 0.5; done
+  echo "hot-symbols.sh: the daemon did not answer /health in 300 s" >&2
+  exit 1
 }
 
 # The daemon, driven as a user would: a sequence, not a load (after `wait_health`).

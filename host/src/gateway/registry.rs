@@ -42,16 +42,15 @@ impl ChildEntry {
     }
 }
 
-/// What the prompts of one session on one child have in common: the child, and the attributes
-/// every item of their turns carries (the session, then what the `dispatch` hook added). The
-/// prompts share one copy while these stay the same, as they do for a session's life unless a
-/// plugin varies them: 4,096 kept prompts then hold one copy per session, not one each.
+/// What the prompts of one session on one child have in common: the session, the child, and
+/// what the `dispatch` hook added. The prompts share one copy while these stay the same, as
+/// they do for a session's life unless a plugin varies them: 4,096 kept prompts then hold one
+/// copy per session, not one each.
 #[derive(Debug, PartialEq)]
 struct TurnFacts {
     session_id: Box<str>,
     child_id: Box<str>,
-    /// The session first, then the enrichment.
-    attributes: Box<[KeyValue]>,
+    enrichment: Box<[KeyValue]>,
 }
 
 #[derive(Debug)]
@@ -198,9 +197,7 @@ impl Registry {
         let turn = TurnFacts {
             session_id: session_id.into(),
             child_id: child_id.into(),
-            attributes: std::iter::once(KeyValue::new(SESSION_ID, session_id.to_string()))
-                .chain(enrichment)
-                .collect(),
+            enrichment: enrichment.into(),
         };
         self.prompts
             .lock()
@@ -218,11 +215,10 @@ impl Registry {
         match p.map.get_mut(&id) {
             Some(f) if &*f.turn.child_id == child_id => {
                 f.used = true;
-                let (session, enrichment) = f.turn.attributes.split_at(1);
-                let mut out = Vec::with_capacity(f.turn.attributes.len() + 1);
-                out.extend_from_slice(session);
+                let mut out = Vec::with_capacity(f.turn.enrichment.len() + 2);
+                out.push(KeyValue::new(SESSION_ID, f.turn.session_id.to_string()));
                 out.push(KeyValue::new(PROMPT_ID, f.prompt_id.to_string()));
-                out.extend_from_slice(enrichment);
+                out.extend_from_slice(&f.turn.enrichment);
                 out
             }
             _ => Vec::new(),
