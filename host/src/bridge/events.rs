@@ -126,6 +126,49 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// An event for [`EventBus::publish_all`]: what [`EventBus::publish`] takes as arguments.
+pub struct Draft<'a> {
+    pub kind: &'a str,
+    pub prompt_id: Option<&'a str>,
+    pub data: Value,
+    pub originator: Option<&'a str>,
+}
+
+/// Everything in an event's frame after its id, serialised outside the bus's lock.
+fn frame_tail(
+    kind: &str,
+    prompt_id: Option<&str>,
+    data: &Value,
+    originator: Option<&str>,
+) -> Vec<u8> {
+    // Bytes, not a String: the strings are escaped straight into them (a `Value` of each
+    // cost an allocation per field per event).
+    let mut tail = Vec::with_capacity(128);
+    tail.extend_from_slice(b",\"v\":1,\"type\":");
+    push_json(&mut tail, kind);
+    tail.extend_from_slice(b",\"data\":");
+    push_json(&mut tail, data);
+    if let Some(p) = prompt_id {
+        tail.extend_from_slice(b",\"promptId\":");
+        push_json(&mut tail, p);
+    }
+    if let Some(o) = originator {
+        tail.extend_from_slice(b",\"originatorClientId\":");
+        push_json(&mut tail, o);
+    }
+    tail
+}
+
+/// The SSE frame of event `id` (under the bus's lock: only the id and the time are written).
+fn frame(id: u64, kind: &str, tail: &[u8]) -> Bytes {
+    use std::io::Write as _;
+    let mut f = Vec::with_capacity(tail.len() + kind.len() + 96);
+    let _ = write!(f, "id: {id}\nevent: {kind}\ndata: {{\"id\":{id}");
+    f.extend_from_slice(tail);
+    let _ = write!(f, ",\"_meta\":{{\"serverTimestamp\":{}}}}}\n\n", now_ms());
+    Bytes::from(f)
+}
+
 /// An id-less frame (replay_complete, resync, warnings, eviction): clients never store its id.
 pub fn synthetic(kind: &str, data: Value) -> Bytes {
     let env = json!({"v": 1, "type": kind, "data": data, "_meta": {"serverTimestamp": now_ms()}});
@@ -201,40 +244,52 @@ impl EventBus {
         data: Value,
         originator: Option<&str>,
     ) -> Option<u64> {
-        // Bytes, not a String: the strings are escaped straight into them (a `Value` of each
-        // cost an allocation per field per event).
-        let mut tail = Vec::with_capacity(128);
-        tail.extend_from_slice(b",\"v\":1,\"type\":");
-        push_json(&mut tail, kind);
-        tail.extend_from_slice(b",\"data\":");
-        push_json(&mut tail, &data);
-        if let Some(p) = prompt_id {
-            tail.extend_from_slice(b",\"promptId\":");
-            push_json(&mut tail, p);
-        }
-        if let Some(o) = originator {
-            tail.extend_from_slice(b",\"originatorClientId\":");
-            push_json(&mut tail, o);
-        }
+        let tail = frame_tail(kind, prompt_id, &data, originator);
         let mut inner = self.lock();
         if inner.closed {
             return None;
         }
         let id = inner.last_id + 1;
-        let frame = {
-            use std::io::Write as _;
-            let mut f = Vec::with_capacity(tail.len() + kind.len() + 96);
-            let _ = write!(f, "id: {id}\nevent: {kind}\ndata: {{\"id\":{id}");
-            f.extend_from_slice(&tail);
-            let _ = write!(f, ",\"_meta\":{{\"serverTimestamp\":{}}}}}\n\n", now_ms());
-            Bytes::from(f)
-        };
+        let frame = frame(id, kind, &tail);
         // Durable (written to the OS, or synced under `fsync = "always"`) before any
         // subscriber can see it: a crash loses only events nobody was sent.
         let journaled = self
             .journal
             .as_ref()
             .is_some_and(|j| j.append_event(id, &frame));
+        self.commit(&mut inner, id, frame, journaled);
+        Some(id)
+    }
+
+    /// Publishes consecutive events, as [`publish`](Self::publish) one by one would, with one
+    /// journal write for all of them. Returns the last one's id.
+    pub fn publish_all(&self, drafts: &[Draft<'_>]) -> Option<u64> {
+        let tails: Vec<Vec<u8>> = drafts
+            .iter()
+            .map(|d| frame_tail(d.kind, d.prompt_id, &d.data, d.originator))
+            .collect();
+        let mut inner = self.lock();
+        if inner.closed || drafts.is_empty() {
+            return None;
+        }
+        let first = inner.last_id + 1;
+        let frames: Vec<(u64, Bytes)> = (first..)
+            .zip(drafts.iter().zip(&tails))
+            .map(|(id, (d, tail))| (id, frame(id, d.kind, tail)))
+            .collect();
+        let journaled = self.journal.as_ref().map_or(0, |j| {
+            let records: Vec<(u64, &[u8])> = frames.iter().map(|(id, f)| (*id, &f[..])).collect();
+            j.append_events(&records)
+        });
+        let last = first + frames.len() as u64 - 1;
+        for (n, (id, frame)) in frames.into_iter().enumerate() {
+            self.commit(&mut inner, id, frame, n < journaled);
+        }
+        Some(last)
+    }
+
+    /// Puts a published event in the ring and every subscriber's queue.
+    fn commit(&self, inner: &mut Inner, id: u64, frame: Bytes, journaled: bool) {
         if journaled {
             inner.journaled_upto = id;
         }
@@ -277,7 +332,6 @@ impl EventBus {
                 .evicted_subscribers
                 .fetch_add(evicted as u64, Ordering::Relaxed);
         }
-        Some(id)
     }
 
     /// Registers a subscriber and computes its replay atomically with respect to publish, so
@@ -613,6 +667,51 @@ mod tests {
         let s = b.subscribe(Some(0), Some("e1")).unwrap();
         assert!(!text(&s.preface[0]).contains("state_resync_required"));
         assert_eq!(ids(&s.preface), (1..=100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn events_published_together_are_journaled_and_sent_as_single_ones() {
+        let j = journal(1 << 30);
+        let b = EventBus::journaled(
+            limits(usize::MAX, 1 << 20),
+            Some(j.1.clone()),
+            "e1".into(),
+            0,
+        );
+        let mut live = b.subscribe(None, None).unwrap();
+        b.publish("x", None, json!({"n": 0}), None);
+        let drafts: Vec<Draft> = (1..=3)
+            .map(|n| Draft {
+                kind: "y",
+                prompt_id: Some("p1"),
+                data: json!({"n": n}),
+                originator: Some("c1"),
+            })
+            .collect();
+        assert_eq!(b.publish_all(&drafts), Some(4));
+        assert_eq!(b.publish_all(&[]), None, "nothing to publish");
+        b.publish("x", None, json!({"n": 4}), None);
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            match live.next().await {
+                Next::Frame(f) => got.push(f),
+                _ => panic!("expected a frame"),
+            }
+        }
+        assert_eq!(ids(&got), [1, 2, 3, 4, 5]);
+        let second = text(&got[1]);
+        assert!(second.starts_with("id: 2\nevent: y\n"), "{second}");
+        assert!(second.contains(r#""data":{"n":1},"promptId":"p1","originatorClientId":"c1""#));
+        // The journal has them all, as the ring does: a replay from the journal matches.
+        assert_eq!(j.1.state().last_id, 5);
+        assert_eq!(
+            j.1.read_frames(1..=5)
+                .into_iter()
+                .map(|(_, f)| f)
+                .collect::<Vec<_>>(),
+            got
+        );
+        assert_eq!(b.lock().journaled_upto, 5);
     }
 
     #[tokio::test]

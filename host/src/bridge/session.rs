@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Workspace;
 use super::context::SessionContext;
-use super::events::{EventBus, now_ms};
+use super::events::{Draft, EventBus, now_ms};
 use super::trace::{self, TurnTrace};
 use crate::acp::{AgentConn, PromptCall, PromptError, SessionSink};
 use crate::child::ExitInfo;
@@ -350,14 +350,9 @@ impl Session {
         let trace = TurnTrace::admit(&self.id, &id);
         trace.record_input(&prompt.text);
         prompt.trace = Some(trace);
-        self.bus.publish(
-            "pending_prompt_added",
-            Some(&id),
-            // queuedAt: the official client rejects a pending_prompt_added without it.
-            json!({"sessionId": self.id, "promptId": id, "text": prompt.text, "position": pending,
-                   "queuedAt": prompt.queued_at}),
-            prompt.originator.as_deref(),
-        );
+        // queuedAt: the official client rejects a pending_prompt_added without it.
+        let added = json!({"sessionId": self.id, "promptId": id, "text": prompt.text,
+                           "position": pending, "queuedAt": prompt.queued_at});
         // An idle session with a live child: start the turn here, as the runner would next,
         // instead of waking the runner first. That wake was a task hop (often to the other
         // core) before the request even left; now the runner only awaits the answer. The
@@ -366,8 +361,14 @@ impl Session {
         let idle = pending == 0 && st.started.is_none() && st.life == Life::Active;
         let live = st.agent.clone().filter(|a| idle && a.is_alive());
         match live {
-            Some(agent) => self.start_here(&mut st, prompt, agent),
+            Some(agent) => self.start_here(&mut st, prompt, agent, added),
             None => {
+                self.bus.publish(
+                    "pending_prompt_added",
+                    Some(&id),
+                    added,
+                    prompt.originator.as_deref(),
+                );
                 st.queue.push_back(prompt);
                 drop(st);
                 self.wake.notify_one();
@@ -377,7 +378,9 @@ impl Session {
     }
 
     /// Starts `prompt`'s turn in the caller's task (see `enqueue`); the runner awaits it.
-    fn start_here(&self, st: &mut State, prompt: Prompt, agent: Arc<AgentConn>) {
+    /// `added` is its `pending_prompt_added`, published with the start's events: one journal
+    /// write for the three.
+    fn start_here(&self, st: &mut State, prompt: Prompt, agent: Arc<AgentConn>, added: Value) {
         let Prompt {
             id,
             blocks,
@@ -396,7 +399,15 @@ impl Session {
             death: None,
             trace: trace.unwrap_or_else(|| TurnTrace::admit(&self.id, &id)),
         });
-        self.announce_start(&id, &text, &blocks, originator.as_deref());
+        let mut events = Vec::with_capacity(2 + blocks.len());
+        events.push(Draft {
+            kind: "pending_prompt_added",
+            prompt_id: Some(&id),
+            data: added,
+            originator: originator.as_deref(),
+        });
+        self.start_events(&mut events, &id, &text, &blocks, originator.as_deref());
+        self.bus.publish_all(&events);
         // The runner is woken before the request is sent, not after: the last task woken
         // runs next on this worker (tokio's LIFO slot), and that should be the connection's
         // task, which writes the request into the pipe. Until this lock is released the
@@ -406,30 +417,32 @@ impl Session {
         st.started = Some(Started { agent, call });
     }
 
-    /// `pending_prompt_started` and the prompt's blocks echoed, as a turn starts.
-    fn announce_start(
+    /// `pending_prompt_started` and the prompt's blocks echoed, as a turn starts (added to
+    /// `events`, to be published together).
+    fn start_events<'a>(
         &self,
-        prompt_id: &str,
+        events: &mut Vec<Draft<'a>>,
+        prompt_id: &'a str,
         text: &str,
         blocks: &[ContentBlock],
-        originator: Option<&str>,
+        originator: Option<&'a str>,
     ) {
         let pid = Some(prompt_id);
         // The prompt's text, as in pending_prompt_added: the official client requires it here too.
-        self.bus.publish(
-            "pending_prompt_started",
-            pid,
-            json!({"sessionId": self.id, "promptId": prompt_id, "text": text}),
+        events.push(Draft {
+            kind: "pending_prompt_started",
+            prompt_id: pid,
+            data: json!({"sessionId": self.id, "promptId": prompt_id, "text": text}),
             originator,
-        );
+        });
         for block in blocks {
-            self.bus.publish(
-                "session_update",
-                pid,
-                json!({"sessionId": self.id, "update": {"sessionUpdate": "user_message_chunk", "content": block,
+            events.push(Draft {
+                kind: "session_update",
+                prompt_id: pid,
+                data: json!({"sessionId": self.id, "update": {"sessionUpdate": "user_message_chunk", "content": block,
                        "_meta": {"source": "bridge-echo"}}}),
                 originator,
-            );
+            });
         }
     }
 
@@ -591,7 +604,10 @@ impl Session {
     /// A queued turn: announced, bound to a child (restoring the session if its child died),
     /// sent, and awaited.
     async fn run_turn(&self, p: Prompt, cancel: CancellationToken) -> Result<String, ApiError> {
-        self.announce_start(&p.id, &p.text, &p.blocks, p.originator.as_deref());
+        let mut events = Vec::with_capacity(1 + p.blocks.len());
+        let originator = p.originator.as_deref();
+        self.start_events(&mut events, &p.id, &p.text, &p.blocks, originator);
+        self.bus.publish_all(&events);
         let agent = self.ensure_agent(true).await?;
         let call = {
             let mut st = self.lock();

@@ -765,4 +765,79 @@ mod tests {
         assert_eq!(restored[0].last_id, last);
         let _ = std::fs::remove_dir_all(&d);
     }
+
+    #[test]
+    fn batched_appends_read_back_as_single_ones_do() {
+        let d = dir();
+        let (j, _, _) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
+        let one = j.create(header("one", &j), Value::Null);
+        let batched = j.create(header("batched", &j), Value::Null);
+        // The first batch is also this run's first write (the `Opened` record goes before it);
+        // batches of 1 to 7 cross the index's stride many times.
+        let mut id = 1;
+        for n in (1..=7).cycle().take(120) {
+            let frames: Vec<Vec<u8>> = (id..id + n).map(frame).collect();
+            let events: Vec<(u64, &[u8])> = (id..).zip(frames.iter().map(|f| &f[..])).collect();
+            assert_eq!(batched.append_events(&events), n as usize);
+            for (k, f) in (id..).zip(&frames) {
+                assert!(one.append_event(k, f));
+            }
+            id += n;
+        }
+        let last = id - 1;
+        let (a, b) = (one.state(), batched.state());
+        assert_eq!((b.first_id, b.last_id), (a.first_id, a.last_id));
+        // The same records: only the headers differ, by the sessions' ids (twice each).
+        assert_eq!(
+            b.bytes - a.bytes,
+            2 * ("batched".len() - "one".len()) as u64
+        );
+        for range in [1..=last, 1..=3, 250..=260, last - 5..=last] {
+            assert_eq!(batched.read_frames(range.clone()), one.read_frames(range));
+        }
+        assert_eq!(&batched.read_frames(77..=77)[0].1[..], &frame(77)[..]);
+        drop((one, batched, j));
+        let (_j, restored, report) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
+        assert_eq!((report.events, report.damaged), (2 * last, 0));
+        let r = restored
+            .iter()
+            .find(|r| r.header.session_id == "batched")
+            .unwrap();
+        assert_eq!(r.journal.read_frames(1..=last).len() as u64, last);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_batch_past_a_cap_goes_event_by_event() {
+        let d = dir();
+        let (j, _, _) = Journal::open(&d, cfg(64 * 1024, 1 << 30)).unwrap();
+        let s = j.create(header("s", &j), Value::Null);
+        // Batches of five past the session cap: compaction makes room as for single appends.
+        for first in (1..=2000).step_by(5) {
+            let frames: Vec<Vec<u8>> = (first..first + 5).map(frame).collect();
+            let events: Vec<(u64, &[u8])> = (first..).zip(frames.iter().map(|f| &f[..])).collect();
+            assert_eq!(s.append_events(&events), 5);
+        }
+        let st = s.state();
+        assert!(st.bytes <= 64 * 1024, "{}", st.bytes);
+        assert!(st.first_id > 1 && st.last_id == 2000);
+        assert_eq!(
+            s.read_frames(st.first_id..=2000).len() as u64,
+            2001 - st.first_id
+        );
+        drop((s, j));
+        // The total cap: the batch that reaches it is journaled up to it, the rest dropped.
+        let size = std::fs::metadata(d.join("journal").join(file_name("s")))
+            .unwrap()
+            .len();
+        let (_j, restored, _) = Journal::open(&d, cfg(1 << 20, size + 300)).unwrap();
+        let r = &restored[0].journal;
+        let frames: Vec<Vec<u8>> = (2001..=2005).map(frame).collect();
+        let events: Vec<(u64, &[u8])> = (2001..).zip(frames.iter().map(|f| &f[..])).collect();
+        let journaled = r.append_events(&events);
+        assert!((1..5).contains(&journaled), "{journaled}");
+        assert_eq!(r.state().sealed, Some(Reason::TotalCap));
+        assert_eq!(r.state().last_id, 2000 + journaled as u64);
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

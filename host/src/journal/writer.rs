@@ -153,17 +153,8 @@ impl SessionJournal {
         }
         match self.write(&mut i, &rec) {
             Ok(()) => {
-                if i.events == 0 {
-                    i.first_id = id;
-                }
-                if i.since_index >= INDEX_EVERY || i.index.is_empty() {
-                    let at = i.len - rec.len() as u64;
-                    i.index.push((id, at));
-                    i.since_index = 0;
-                }
-                i.since_index += 1;
-                i.events += 1;
-                i.last_id = id;
+                let at = i.len - rec.len() as u64;
+                Self::appended(&mut i, id, at);
                 true
             }
             Err(e) => {
@@ -173,6 +164,67 @@ impl SessionJournal {
                 false
             }
         }
+    }
+
+    /// Journals consecutive events as [`append_event`](Self::append_event) would one by one,
+    /// with one `write(2)` when they fit (an admitted prompt's events come three at once, and a
+    /// write is a system call each). Returns how many of the first events are journaled.
+    pub fn append_events(&self, events: &[(u64, &[u8])]) -> usize {
+        if let [(id, frame)] = events {
+            return usize::from(self.append_event(*id, frame));
+        }
+        let recs: Vec<Vec<u8>> = events
+            .iter()
+            .map(|(id, frame)| encode_event(*id, frame))
+            .collect();
+        let total: u64 = recs.iter().map(|r| r.len() as u64).sum();
+        let mut i = self.lock();
+        let cap = self.store.cfg.max_session_bytes;
+        // Anything but the plain case (removed, sealed, a cap reached: compaction, sealing and
+        // the drop counts) is append_event's, one event at a time.
+        let plain = !i.removed
+            && i.sealed.is_none()
+            && i.len + total <= cap
+            && self.store.reserve(total).is_ok();
+        if !plain {
+            drop(i);
+            let mut journaled = 0;
+            for (n, (id, frame)) in events.iter().enumerate() {
+                if self.append_event(*id, frame) && journaled == n {
+                    journaled += 1;
+                }
+            }
+            return journaled;
+        }
+        if let Err(e) = self.write(&mut i, &recs.concat()) {
+            self.store.release(total);
+            let why = format!("write failed: {e}");
+            // The seal counts the first event; the rest are dropped as a sealed journal's are.
+            self.seal(&mut i, events[0].0, Reason::IoError, &why);
+            super::count_drop(Reason::IoError, events.len() as u64 - 1);
+            return 0;
+        }
+        // `write` may have put this run's `Opened` record first: the events end at `i.len`.
+        let mut at = i.len - total;
+        for ((id, _), rec) in events.iter().zip(&recs) {
+            Self::appended(&mut i, *id, at);
+            at += rec.len() as u64;
+        }
+        events.len()
+    }
+
+    /// The bookkeeping of an event written at offset `at`.
+    fn appended(i: &mut Inner, id: u64, at: u64) {
+        if i.events == 0 {
+            i.first_id = id;
+        }
+        if i.since_index >= INDEX_EVERY || i.index.is_empty() {
+            i.index.push((id, at));
+            i.since_index = 0;
+        }
+        i.since_index += 1;
+        i.events += 1;
+        i.last_id = id;
     }
 
     /// Journals the session's metadata when it changed (whole; the last record wins).
