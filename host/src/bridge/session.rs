@@ -604,10 +604,13 @@ impl Session {
     /// A queued turn: announced, bound to a child (restoring the session if its child died),
     /// sent, and awaited.
     async fn run_turn(&self, p: Prompt, cancel: CancellationToken) -> Result<String, ApiError> {
-        let mut events = Vec::with_capacity(1 + p.blocks.len());
-        let originator = p.originator.as_deref();
-        self.start_events(&mut events, &p.id, &p.text, &p.blocks, originator);
-        self.bus.publish_all(&events);
+        {
+            // Scoped: the events' payloads are not kept for the rest of the turn.
+            let mut events = Vec::with_capacity(1 + p.blocks.len());
+            let originator = p.originator.as_deref();
+            self.start_events(&mut events, &p.id, &p.text, &p.blocks, originator);
+            self.bus.publish_all(&events);
+        }
         let agent = self.ensure_agent(true).await?;
         let call = {
             let mut st = self.lock();
