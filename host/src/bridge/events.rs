@@ -277,10 +277,10 @@ impl EventBus {
             .zip(drafts.iter().zip(&tails))
             .map(|(id, (d, tail))| (id, frame(id, d.kind, tail)))
             .collect();
-        let journaled = self.journal.as_ref().map_or(0, |j| {
-            let records: Vec<(u64, &[u8])> = frames.iter().map(|(id, f)| (*id, &f[..])).collect();
-            j.append_events(&records)
-        });
+        let journaled = self
+            .journal
+            .as_ref()
+            .map_or(0, |j| j.append_events(&frames));
         let last = first + frames.len() as u64 - 1;
         for (n, (id, frame)) in frames.into_iter().enumerate() {
             self.commit(&mut inner, id, frame, n < journaled);

@@ -68,18 +68,35 @@ pub fn encode_event(id: u64, frame: &[u8]) -> Vec<u8> {
     encode_parts(Kind::Event, &[&id.to_le_bytes(), frame])
 }
 
+/// `Event` records appended to `out` (several events written together), each `event_len` long.
+pub fn encode_event_into(out: &mut Vec<u8>, id: u64, frame: &[u8]) {
+    encode_parts_into(out, Kind::Event, &[&id.to_le_bytes(), frame]);
+}
+
+/// The length of an `Event` record of `frame`.
+pub fn event_len(frame: &[u8]) -> usize {
+    PREFIX + 1 + 8 + frame.len()
+}
+
 fn encode_parts(kind: Kind, parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFIX + 1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    encode_parts_into(&mut out, kind, parts);
+    out
+}
+
+fn encode_parts_into(out: &mut Vec<u8>, kind: Kind, parts: &[&[u8]]) {
+    let start = out.len();
     let body_len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
-    let mut out = Vec::with_capacity(PREFIX + body_len);
+    out.reserve(PREFIX + body_len);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.push(kind as u8);
     for p in parts {
         out.extend_from_slice(p);
     }
-    let crc = checksum(&out[..4], &out[PREFIX..]);
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
-    out
+    let rec = &mut out[start..];
+    let crc = checksum(&rec[..4], &rec[PREFIX..]);
+    rec[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn checksum(len: &[u8], body: &[u8]) -> u32 {

@@ -604,6 +604,7 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::{cfg, dir, header};
     use super::*;
+    use bytes::Bytes;
 
     fn frame(id: u64) -> Vec<u8> {
         format!(
@@ -776,11 +777,10 @@ mod tests {
         // batches of 1 to 7 cross the index's stride many times.
         let mut id = 1;
         for n in (1..=7).cycle().take(120) {
-            let frames: Vec<Vec<u8>> = (id..id + n).map(frame).collect();
-            let events: Vec<(u64, &[u8])> = (id..).zip(frames.iter().map(|f| &f[..])).collect();
+            let events: Vec<(u64, Bytes)> = (id..id + n).map(|k| (k, frame(k).into())).collect();
             assert_eq!(batched.append_events(&events), n as usize);
-            for (k, f) in (id..).zip(&frames) {
-                assert!(one.append_event(k, f));
+            for (k, f) in &events {
+                assert!(one.append_event(*k, f));
             }
             id += n;
         }
@@ -814,8 +814,8 @@ mod tests {
         let s = j.create(header("s", &j), Value::Null);
         // Batches of five past the session cap: compaction makes room as for single appends.
         for first in (1..=2000).step_by(5) {
-            let frames: Vec<Vec<u8>> = (first..first + 5).map(frame).collect();
-            let events: Vec<(u64, &[u8])> = (first..).zip(frames.iter().map(|f| &f[..])).collect();
+            let events: Vec<(u64, Bytes)> =
+                (first..first + 5).map(|k| (k, frame(k).into())).collect();
             assert_eq!(s.append_events(&events), 5);
         }
         let st = s.state();
@@ -832,8 +832,7 @@ mod tests {
             .len();
         let (_j, restored, _) = Journal::open(&d, cfg(1 << 20, size + 300)).unwrap();
         let r = &restored[0].journal;
-        let frames: Vec<Vec<u8>> = (2001..=2005).map(frame).collect();
-        let events: Vec<(u64, &[u8])> = (2001..).zip(frames.iter().map(|f| &f[..])).collect();
+        let events: Vec<(u64, Bytes)> = (2001..=2005).map(|k| (k, frame(k).into())).collect();
         let journaled = r.append_events(&events);
         assert!((1..5).contains(&journaled), "{journaled}");
         assert_eq!(r.state().sealed, Some(Reason::TotalCap));

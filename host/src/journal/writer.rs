@@ -9,7 +9,10 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::format::{Decoded, Kind, MAGIC, PREFIX, decode, encode, encode_event, event_parts};
+use super::format::{
+    Decoded, Kind, MAGIC, PREFIX, decode, encode, encode_event, encode_event_into, event_len,
+    event_parts,
+};
 use super::recover::{Header, INDEX_EVERY, Scanned};
 use super::{Fsync, Journal, Reason};
 
@@ -169,15 +172,11 @@ impl SessionJournal {
     /// Journals consecutive events as [`append_event`](Self::append_event) would one by one,
     /// with one `write(2)` when they fit (an admitted prompt's events come three at once, and a
     /// write is a system call each). Returns how many of the first events are journaled.
-    pub fn append_events(&self, events: &[(u64, &[u8])]) -> usize {
+    pub fn append_events(&self, events: &[(u64, Bytes)]) -> usize {
         if let [(id, frame)] = events {
             return usize::from(self.append_event(*id, frame));
         }
-        let recs: Vec<Vec<u8>> = events
-            .iter()
-            .map(|(id, frame)| encode_event(*id, frame))
-            .collect();
-        let total: u64 = recs.iter().map(|r| r.len() as u64).sum();
+        let total: u64 = events.iter().map(|(_, f)| event_len(f) as u64).sum();
         let mut i = self.lock();
         let cap = self.store.cfg.max_session_bytes;
         // Anything but the plain case (removed, sealed, a cap reached: compaction, sealing and
@@ -196,7 +195,11 @@ impl SessionJournal {
             }
             return journaled;
         }
-        if let Err(e) = self.write(&mut i, &recs.concat()) {
+        let mut records = Vec::with_capacity(total as usize);
+        for (id, frame) in events {
+            encode_event_into(&mut records, *id, frame);
+        }
+        if let Err(e) = self.write(&mut i, &records) {
             self.store.release(total);
             let why = format!("write failed: {e}");
             // The seal counts the first event; the rest are dropped as a sealed journal's are.
@@ -206,9 +209,9 @@ impl SessionJournal {
         }
         // `write` may have put this run's `Opened` record first: the events end at `i.len`.
         let mut at = i.len - total;
-        for ((id, _), rec) in events.iter().zip(&recs) {
+        for (id, frame) in events {
             Self::appended(&mut i, *id, at);
-            at += rec.len() as u64;
+            at += event_len(frame) as u64;
         }
         events.len()
     }
