@@ -68,7 +68,7 @@ pub fn encode_event(id: u64, frame: &[u8]) -> Vec<u8> {
     encode_parts(Kind::Event, &[&id.to_le_bytes(), frame])
 }
 
-/// `Event` records appended to `out` (several events written together), each `event_len` long.
+/// Appends an `Event` record (`event_len(frame)` bytes) to `out`: several are written together.
 pub fn encode_event_into(out: &mut Vec<u8>, id: u64, frame: &[u8]) {
     encode_parts_into(out, Kind::Event, &[&id.to_le_bytes(), frame]);
 }
