@@ -463,7 +463,17 @@ async fn without_the_otlp_env_or_when_disabled_nothing_is_built() -> Result<()> 
         let mut agent = Agent::spawn(&env).await?;
         let session = agent.new_session().await?;
         agent.prompt(&session, "hello", None).await?;
-        let threads = agent.thread_names();
+        // A thread the runtime is starting carries the process name until it names itself (a
+        // window of microseconds between clone and prctl): read again until none is, with a
+        // deadline, so a thread caught mid-start is not taken for an unnamed one.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut threads = agent.thread_names();
+        while threads.iter().filter(|n| *n == "acpd-demo-agent").count() > 1
+            && Instant::now() < deadline
+        {
+            tokio::task::yield_now().await;
+            threads = agent.thread_names();
+        }
         assert!(!threads.is_empty(), "/proc is readable");
         // No batch processor and no HTTP client thread; and no thread still unnamed (it would
         // carry the process name, like the main thread).
