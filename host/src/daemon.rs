@@ -71,7 +71,7 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
             .await?
             .map_err(|e| crate::config::ConfigError::new("plugins", format!("{e:#}")))?
     };
-    watch_sighup(plugins)?;
+    watch_sighup(plugins.clone())?;
     let host = config
         .server
         .hostname
@@ -103,7 +103,11 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     // Start-up is over: its code and tables need not stay resident (see `startup_pages`).
     // Here, before the daemon says it listens, so that what it reports from then on is its
     // serving size; it takes about a millisecond.
-    crate::startup_pages::release_logged("start-up");
+    // The current set is held across the release: its code may be released too.
+    {
+        let held = plugins.current();
+        crate::startup_pages::release_logged("start-up", &held.code_ranges());
+    }
     // Tests and scripts read the bound address from this line (port 0 picks a free port). One
     // line, printed as is: a log line would carry a timestamp and level before it, and appear
     // only at `info`.
@@ -221,9 +225,13 @@ fn watch_sighup(plugins: Arc<PluginHost>) -> std::io::Result<()> {
         while hup.recv().await.is_some() {
             let p = plugins.clone();
             // A reload may have compiled plugins: the compiler's code goes as start-up's did.
+            // The set now current is held across the release (a concurrent reload may replace
+            // it): its code may be released; an old set's, unmapped when its last call ends,
+            // is not touched.
             let reload = move || {
                 let set = p.reload();
-                crate::startup_pages::release_logged("plugin reload");
+                let held = p.current();
+                crate::startup_pages::release_logged("plugin reload", &held.code_ranges());
                 set
             };
             match tokio::task::spawn_blocking(reload).await {

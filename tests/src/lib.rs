@@ -283,6 +283,21 @@ impl Daemon {
         self.child.id().expect("daemon running")
     }
 
+    /// Whether the daemon still runs, or how it ended (read from `/proc` without reaping it),
+    /// with the last lines of its log.
+    pub fn fate(&self) -> String {
+        let state = match self.child.id() {
+            Some(pid) => process_fate(pid),
+            None => "was reaped".to_string(),
+        };
+        let log = self.log();
+        let tail = &log[log.len().saturating_sub(20)..];
+        format!(
+            "the daemon {state}; its last log lines:\n{}",
+            tail.join("\n")
+        )
+    }
+
     /// The daemon's stderr lines so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
@@ -294,7 +309,12 @@ impl Daemon {
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Resp> {
-        let r = req.send().await?;
+        // A request that cannot reach the daemon says what became of it: a flake in CI is then
+        // diagnosable from its output alone.
+        let r = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(anyhow::Error::new(e).context(self.fate())),
+        };
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let bytes = r.bytes().await?;
@@ -433,6 +453,40 @@ impl Daemon {
             .await
             .map_err(|_| anyhow!("acpd did not exit within {within:?}"))?
             .map_err(Into::into)
+    }
+}
+
+/// "is running", or how process `pid` (a child not yet reaped) ended: `/proc/<pid>/stat`
+/// keeps a zombie's wait status (its 52nd field).
+pub fn process_fate(pid: u32) -> String {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return "is gone".to_string();
+    };
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    match (
+        fields.first(),
+        fields.get(49).and_then(|s| s.parse::<i32>().ok()),
+    ) {
+        (Some(&"Z") | Some(&"X"), Some(status)) if status & 0x7f != 0 => {
+            let sig = nix::sys::signal::Signal::try_from(status & 0x7f)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {}", status & 0x7f));
+            let core = if status & 0x80 != 0 {
+                ", core dumped"
+            } else {
+                ""
+            };
+            format!("was killed by {sig}{core}")
+        }
+        (Some(&"Z") | Some(&"X"), Some(status)) => {
+            format!("exited with code {}", (status >> 8) & 0xff)
+        }
+        (Some(state), _) => format!("is running (state {state})"),
+        (None, _) => "is in an unreadable state".to_string(),
     }
 }
 

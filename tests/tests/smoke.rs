@@ -40,3 +40,37 @@ async fn prompt_streams_echo_chunks_and_turn_complete_in_order() -> anyhow::Resu
     assert!(d.stdout().is_empty());
     Ok(())
 }
+
+/// A request the daemon can no longer answer says how it ended (a signal, or an exit code)
+/// and what it last logged, read without reaping it: a flake in CI is diagnosable from its
+/// output alone.
+#[tokio::test]
+async fn a_request_to_a_dead_daemon_says_how_it_ended() -> anyhow::Result<()> {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let d = Daemon::start().await?;
+    let pid = d.pid();
+    signal(pid, nix::sys::signal::Signal::SIGKILL)?;
+    // Blocks until it has exited, and leaves it unreaped (WNOWAIT).
+    let wait = |pid: u32| {
+        waitid(
+            Id::Pid(nix::unistd::Pid::from_raw(pid as i32)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        )
+    };
+    tokio::task::spawn_blocking(move || wait(pid)).await??;
+    let err = d.get("/health").await.expect_err("a dead daemon answered");
+    let text = format!("{err:#}");
+    assert!(text.contains("the daemon was killed by SIGKILL"), "{text}");
+    assert!(text.contains("acpd listening on http://"), "{text}");
+
+    let child = std::process::Command::new("sh")
+        .args(["-c", "exit 3"])
+        .spawn()?;
+    let pid = child.id();
+    tokio::task::spawn_blocking(move || wait(pid)).await??;
+    assert_eq!(process_fate(pid), "exited with code 3");
+    // Reaped: a zombie is not left behind by the test.
+    let mut child = child;
+    child.wait()?;
+    Ok(())
+}

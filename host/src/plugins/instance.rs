@@ -122,6 +122,12 @@ pub struct Exports {
 }
 
 impl Pre {
+    /// Where the component's compiled image is mapped (mapped while this lives).
+    pub fn code_range(&self) -> std::ops::Range<usize> {
+        let r = self.pre.component().image_range();
+        r.start as usize..r.end as usize
+    }
+
     pub fn new(
         linker: &Linker<State>,
         component: &wasmtime::component::Component,

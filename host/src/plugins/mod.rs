@@ -100,6 +100,18 @@ pub struct PluginSet {
 }
 
 impl PluginSet {
+    /// Where the set's plugins' compiled code is mapped: it stays mapped while the set lives
+    /// (what `startup_pages::release` needs to know it may release those pages).
+    pub fn code_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        self.slots
+            .iter()
+            .filter_map(|s| match &**s {
+                Slot::Ready(p) => Some(p.code_range()),
+                Slot::Broken { .. } => None,
+            })
+            .collect()
+    }
+
     fn new(slots: Vec<Arc<Slot>>, generation: u64) -> Self {
         let mut by_hook: [Vec<Arc<Slot>>; 6] = Default::default();
         for slot in &slots {

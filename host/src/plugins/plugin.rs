@@ -245,6 +245,13 @@ const EXPORT_CHECKOUT_WAIT: Duration = Duration::from_millis(500);
 const MAX_CALLS_PER_INSTANCE: u64 = 100_000;
 
 impl Plugin {
+    /// Where the compiled code is mapped (see [`Pre::code_range`]).
+    pub fn code_range(&self) -> std::ops::Range<usize> {
+        self.pre.code_range()
+    }
+}
+
+impl Plugin {
     /// Instantiates and initialises the first instance: a plugin that cannot `init` with its
     /// config is never activated.
     pub fn new(
