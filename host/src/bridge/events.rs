@@ -591,13 +591,7 @@ mod tests {
     }
 
     /// A session's journal in a temporary directory, removed when the guard drops.
-    struct TempJournal(std::path::PathBuf, Arc<SessionJournal>);
-
-    impl Drop for TempJournal {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    struct TempJournal(crate::journal::test_support::TempDir, Arc<SessionJournal>);
 
     fn journal(max_total: u64) -> TempJournal {
         use crate::journal::{Journal, test_support};

@@ -566,8 +566,24 @@ fn register_metrics(journal: &Arc<Journal>) {
 pub(crate) mod test_support {
     use super::*;
 
-    pub fn dir() -> PathBuf {
-        std::env::temp_dir().join(format!("acpd-journal-{}", uuid::Uuid::new_v4()))
+    /// A fresh directory's path, removed when the guard drops: also when a test fails.
+    pub fn dir() -> TempDir {
+        TempDir(std::env::temp_dir().join(format!("acpd-journal-{}", uuid::Uuid::new_v4())))
+    }
+
+    pub struct TempDir(PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     pub fn cfg(max_session: u64, max_total: u64) -> JournalConfig {
@@ -650,7 +666,6 @@ mod tests {
         r.journal.append_event(301, &frame(301));
         assert_eq!(r.journal.read_frames(299..=400).len(), 3);
         assert!(j.total_bytes() > 300 * 100);
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -683,7 +698,6 @@ mod tests {
             .collect();
         ids.sort();
         assert_eq!(ids, ["s2", "s3", "s4"]);
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -724,7 +738,6 @@ mod tests {
         );
         assert_eq!((ok.epoch.as_str(), ok.last_id), ("e1", 20));
         assert!(ok.journal.state().lost.is_none());
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -764,7 +777,6 @@ mod tests {
         let (_j, restored, _) = Journal::open(&d, cfg(64 * 1024, 1 << 30)).unwrap();
         assert_ne!(restored[0].epoch, "e1", "a sealed journal gets a new epoch");
         assert_eq!(restored[0].last_id, last);
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -804,7 +816,6 @@ mod tests {
             .find(|r| r.header.session_id == "batched")
             .unwrap();
         assert_eq!(r.journal.read_frames(1..=last).len() as u64, last);
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -837,6 +848,5 @@ mod tests {
         assert!((1..5).contains(&journaled), "{journaled}");
         assert_eq!(r.state().sealed, Some(Reason::TotalCap));
         assert_eq!(r.state().last_id, 2000 + journaled as u64);
-        let _ = std::fs::remove_dir_all(&d);
     }
 }
