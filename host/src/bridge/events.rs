@@ -590,8 +590,12 @@ mod tests {
             .collect()
     }
 
-    /// A session's journal in a temporary directory, removed when the guard drops.
-    struct TempJournal(crate::journal::test_support::TempDir, Arc<SessionJournal>);
+    /// A session's journal in a temporary directory, removed when the guard drops (field 0,
+    /// held only for that).
+    struct TempJournal(
+        #[allow(dead_code)] crate::journal::test_support::TempDir,
+        Arc<SessionJournal>,
+    );
 
     fn journal(max_total: u64) -> TempJournal {
         use crate::journal::{Journal, test_support};
