@@ -114,6 +114,7 @@ for features in "" "alloc-count"; do
   pkill -TERM -f "callgrind.*--port 4197"
   wait "$daemon"
   nm --defined-only "$work/acpd" | awk '$2 ~ /^[tTwW]$/ {print $3}' | sort -u >"$work/syms"
+  cp "$work/syms" "$work/syms-${features:-release}"
   # Callgrind names a function once in full per file, then by number: every full name, in
   # first-seen order, serving's first.
   parts=$(ls "$work"/cg.out* | grep -v '\.1$')
@@ -135,3 +136,13 @@ for features in "" "alloc-count"; do
 done
 awk '!seen[$0]++' "$work/serve" "$work/start" >"$root/host/link/hot-symbols.txt"
 echo "host/link/hot-symbols.txt: $(wc -l <"$root/host/link/hot-symbols.txt") functions"
+# How many of the list's names each build defines now: the load harness compares its build
+# against this and says when the list has gone stale (tests/src/load.rs, `hot_list`).
+{
+  echo "# Names of hot-symbols.txt each build defined when tests/scripts/hot-symbols.sh made it."
+  for build in release alloc-count; do
+    echo "$build $(awk 'NR == FNR { d[$0] = 1; next } ($0 in d)' "$work/syms-$build" \
+      "$root/host/link/hot-symbols.txt" | wc -l)"
+  done
+} >"$root/host/link/hot-symbols.made"
+cat "$root/host/link/hot-symbols.made"

@@ -1175,8 +1175,77 @@ async fn fanout_section(rep: &mut Report, o: &Opts) -> Result<()> {
     Ok(())
 }
 
+/// Whether the hot-function list (`host/link/hot-symbols.txt`) fits the daemon measured: how
+/// many of its names the binary defines, against how many a build of the same kind defined
+/// when the list was made (`host/link/hot-symbols.made`). Any code change renames some of the
+/// linker's local symbols, and a stale list cost up to 2 MiB of warm RSS (BENCHMARKS.md, "Round
+/// eleven"): memory figures are quoted with this line.
+pub fn hot_list(bin: &std::path::Path) -> String {
+    let release = bin
+        .parent()
+        .and_then(|d| d.file_name())
+        .is_some_and(|n| n == "release");
+    if !release {
+        return "hot-function list: not used by this build (release builds only)".into();
+    }
+    let link = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/link");
+    let (Ok(list), Ok(made)) = (
+        std::fs::read_to_string(link.join("hot-symbols.txt")),
+        std::fs::read_to_string(link.join("hot-symbols.made")),
+    ) else {
+        return "hot-function list: not checked (skipped: no hot-symbols.txt or .made)".into();
+    };
+    let nm = match std::process::Command::new("nm")
+        .arg("--defined-only")
+        .arg(bin)
+        .output()
+    {
+        Ok(o) if o.status.success() => o.stdout,
+        Ok(o) => {
+            return format!(
+                "hot-function list: not checked (skipped: nm failed: {})",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Err(e) => return format!("hot-function list: not checked (skipped: nm: {e})"),
+    };
+    // The harness's release daemon is the `alloc-count` build (`build_bin`).
+    hot_list_verdict(&list, &made, &String::from_utf8_lossy(&nm), "alloc-count")
+        .unwrap_or_else(|e| format!("hot-function list: not checked (skipped: {e})"))
+}
+
+/// [`hot_list`]'s count: `list` one name a line, `made` lines of `<build> <count>`, `nm` the
+/// output of `nm --defined-only` (functions are of kind t, T, w or W). Current when the build
+/// defines at least 99 % of what the same kind of build did when the list was made.
+pub fn hot_list_verdict(list: &str, made: &str, nm: &str, build: &str) -> Result<String, String> {
+    let then = made
+        .lines()
+        .find_map(|l| l.strip_prefix(build)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .ok_or_else(|| format!("hot-symbols.made has no count for the {build} build"))?;
+    let defined: std::collections::HashSet<&str> = nm
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, kind, name) = (f.next()?, f.next()?, f.next()?);
+            matches!(kind, "t" | "T" | "w" | "W").then_some(name)
+        })
+        .collect();
+    let names = list.lines().count();
+    let now = list.lines().filter(|n| defined.contains(n)).count();
+    let verdict = if now * 100 >= then * 99 {
+        "current"
+    } else {
+        "STALE: run tests/scripts/hot-symbols.sh before quoting memory figures"
+    };
+    Ok(format!(
+        "hot-function list: {now} of its {names} names in this build, {then} when it was made: {verdict}"
+    ))
+}
+
 async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
     let mib = |k: u64| k as f64 / 1024.0;
+    rep.line(hot_list(crate::acpd_bin()));
     for mode in Telemetry::selected() {
         let t = Target::start_sink(mode).await?;
         let sessions = if o.leak_prompts >= 1000 { 100 } else { 20 };
@@ -1247,6 +1316,7 @@ async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
 /// `ACPD_LOAD_ONLY=soak`: 100,000 prompts (telemetry and the default plugins on), RSS every
 /// 10,000: a plateau or a trend.
 async fn soak_section(rep: &mut Report, o: &Opts) -> Result<()> {
+    rep.line(hot_list(crate::acpd_bin()));
     let t = Target::start_sink(Telemetry::OnPlugins).await?;
     let points = soak(&t, o.soak_prompts, o.soak_prompts / 10).await?;
     let mut row = format!(
