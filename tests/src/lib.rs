@@ -266,13 +266,9 @@ impl Daemon {
 
     /// The Prometheus text of `GET /metrics` (read it with [`metric_total`]).
     pub async fn metrics_text(&self) -> Result<String> {
-        Ok(self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?)
+        let r = self.http.get(self.url("/metrics")).send().await;
+        let r = r.map_err(|e| anyhow::Error::new(e).context(self.fate()))?;
+        Ok(r.text().await?)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -399,7 +395,10 @@ impl Daemon {
         if let Some(e) = epoch {
             req = req.header("X-Qwen-Event-Epoch", e);
         }
-        let r = req.send().await?;
+        let r = req
+            .send()
+            .await
+            .map_err(|e| anyhow::Error::new(e).context(self.fate()))?;
         if r.status() != 200 {
             let status = r.status();
             bail!("events -> {status}: {}", r.text().await.unwrap_or_default());

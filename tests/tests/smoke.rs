@@ -48,6 +48,7 @@ async fn prompt_streams_echo_chunks_and_turn_complete_in_order() -> anyhow::Resu
 async fn a_request_to_a_dead_daemon_says_how_it_ended() -> anyhow::Result<()> {
     use nix::sys::wait::{Id, WaitPidFlag, waitid};
     let d = Daemon::start().await?;
+    let s = d.create_session_with(json!({})).await?;
     let pid = d.pid();
     signal(pid, nix::sys::signal::Signal::SIGKILL)?;
     // Blocks until it has exited, and leaves it unreaped (WNOWAIT).
@@ -62,6 +63,21 @@ async fn a_request_to_a_dead_daemon_says_how_it_ended() -> anyhow::Result<()> {
     let text = format!("{err:#}");
     assert!(text.contains("the daemon was killed by SIGKILL"), "{text}");
     assert!(text.contains("acpd listening on http://"), "{text}");
+    // The other helpers that reach the daemon say it too.
+    let err = d.metrics_text().await.expect_err("a dead daemon answered");
+    assert!(
+        format!("{err:#}").contains("was killed by SIGKILL"),
+        "{err:#}"
+    );
+    let err = d
+        .events(&s, None, None)
+        .await
+        .err()
+        .expect("a dead daemon answered");
+    assert!(
+        format!("{err:#}").contains("was killed by SIGKILL"),
+        "{err:#}"
+    );
 
     let child = std::process::Command::new("sh")
         .args(["-c", "exit 3"])
