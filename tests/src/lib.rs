@@ -267,8 +267,7 @@ impl Daemon {
     /// The Prometheus text of `GET /metrics` (read it with [`metric_total`]).
     pub async fn metrics_text(&self) -> Result<String> {
         let r = self.http.get(self.url("/metrics")).send().await;
-        let r = r.map_err(|e| anyhow::Error::new(e).context(self.fate()))?;
-        Ok(r.text().await?)
+        Ok(r.map_err(|e| self.unreachable(e))?.text().await?)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -294,6 +293,12 @@ impl Daemon {
         )
     }
 
+    /// A request's failure to reach the daemon, with what became of it: a flake in CI is then
+    /// diagnosable from its output alone.
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        anyhow::Error::new(e).context(self.fate())
+    }
+
     /// The daemon's stderr lines so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
@@ -305,12 +310,7 @@ impl Daemon {
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Resp> {
-        // A request that cannot reach the daemon says what became of it: a flake in CI is then
-        // diagnosable from its output alone.
-        let r = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return Err(anyhow::Error::new(e).context(self.fate())),
-        };
+        let r = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let bytes = r.bytes().await?;
@@ -395,10 +395,7 @@ impl Daemon {
         if let Some(e) = epoch {
             req = req.header("X-Qwen-Event-Epoch", e);
         }
-        let r = req
-            .send()
-            .await
-            .map_err(|e| anyhow::Error::new(e).context(self.fate()))?;
+        let r = req.send().await.map_err(|e| self.unreachable(e))?;
         if r.status() != 200 {
             let status = r.status();
             bail!("events -> {status}: {}", r.text().await.unwrap_or_default());
@@ -458,19 +455,15 @@ impl Daemon {
 /// "is running", or how process `pid` (a child not yet reaped) ended: `/proc/<pid>/stat`
 /// keeps a zombie's wait status (its 52nd field).
 pub fn process_fate(pid: u32) -> String {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(fields) = stat_fields(pid) else {
         return "is gone".to_string();
     };
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
+    // Field 52 of the file is the 50th after the name.
     match (
-        fields.first(),
+        fields.first().map(String::as_str),
         fields.get(49).and_then(|s| s.parse::<i32>().ok()),
     ) {
-        (Some(&"Z") | Some(&"X"), Some(status)) if status & 0x7f != 0 => {
+        (Some("Z" | "X"), Some(status)) if status & 0x7f != 0 => {
             let sig = nix::sys::signal::Signal::try_from(status & 0x7f)
                 .map(|s| s.as_str().to_string())
                 .unwrap_or_else(|_| format!("signal {}", status & 0x7f));
@@ -481,7 +474,7 @@ pub fn process_fate(pid: u32) -> String {
             };
             format!("was killed by {sig}{core}")
         }
-        (Some(&"Z") | Some(&"X"), Some(status)) => {
+        (Some("Z" | "X"), Some(status)) => {
             format!("exited with code {}", (status >> 8) & 0xff)
         }
         (Some(state), _) => format!("is running (state {state})"),
@@ -507,14 +500,20 @@ fn live_processes(pred: impl Fn(&[&str]) -> bool) -> Vec<u32> {
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
-                let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-                let state = rest.next();
-                let fields: Vec<&str> = rest.take(2).collect();
-                state != Some("Z") && pred(&fields)
+            stat_fields(*p).is_some_and(|f| {
+                let after: Vec<&str> = f.iter().skip(1).take(2).map(String::as_str).collect();
+                f.first().is_some_and(|state| state != "Z") && pred(&after)
             })
         })
         .collect()
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which is in parentheses and may
+/// hold spaces), the state first; `None` once the process is gone.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(String::from).collect())
 }
 
 /// Live processes whose parent is `pid`.
@@ -531,15 +530,7 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 
 /// True while process `pid` exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            stat.rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next())
-                != Some("Z")
-        }
-        Err(_) => false,
-    }
+    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|state| state != "Z"))
 }
 
 /// One SSE frame. `id` is None for synthetic frames (replay_complete, resync, warnings, eviction).

@@ -51,14 +51,17 @@ async fn a_request_to_a_dead_daemon_says_how_it_ended() -> anyhow::Result<()> {
     let s = d.create_session_with(json!({})).await?;
     let pid = d.pid();
     signal(pid, nix::sys::signal::Signal::SIGKILL)?;
-    // Blocks until it has exited, and leaves it unreaped (WNOWAIT).
-    let wait = |pid: u32| {
-        waitid(
-            Id::Pid(nix::unistd::Pid::from_raw(pid as i32)),
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-        )
+    // Until it has exited (within the harness's deadline), leaving it unreaped (WNOWAIT).
+    let exited = |pid: u32| async move {
+        let wait = tokio::task::spawn_blocking(move || {
+            waitid(
+                Id::Pid(nix::unistd::Pid::from_raw(pid as i32)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+            )
+        });
+        anyhow::Ok(tokio::time::timeout(WAIT, wait).await???)
     };
-    tokio::task::spawn_blocking(move || wait(pid)).await??;
+    exited(pid).await?;
     let err = d.get("/health").await.expect_err("a dead daemon answered");
     let text = format!("{err:#}");
     assert!(text.contains("the daemon was killed by SIGKILL"), "{text}");
@@ -83,7 +86,7 @@ async fn a_request_to_a_dead_daemon_says_how_it_ended() -> anyhow::Result<()> {
         .args(["-c", "exit 3"])
         .spawn()?;
     let pid = child.id();
-    tokio::task::spawn_blocking(move || wait(pid)).await??;
+    exited(pid).await?;
     assert_eq!(process_fate(pid), "exited with code 3");
     // Reaped: a zombie is not left behind by the test.
     let mut child = child;
