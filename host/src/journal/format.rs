@@ -79,7 +79,8 @@ pub fn event_len(frame: &[u8]) -> usize {
 }
 
 fn encode_parts(kind: Kind, parts: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(PREFIX + 1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    // `encode_parts_into` reserves the record's exact size.
+    let mut out = Vec::new();
     encode_parts_into(&mut out, kind, parts);
     out
 }

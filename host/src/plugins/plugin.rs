@@ -249,9 +249,7 @@ impl Plugin {
     pub fn code_range(&self) -> std::ops::Range<usize> {
         self.pre.code_range()
     }
-}
 
-impl Plugin {
     /// Instantiates and initialises the first instance: a plugin that cannot `init` with its
     /// config is never activated.
     pub fn new(
