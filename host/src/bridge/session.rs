@@ -361,7 +361,18 @@ impl Session {
         let idle = pending == 0 && st.started.is_none() && st.life == Life::Active;
         let live = st.agent.clone().filter(|a| idle && a.is_alive());
         match live {
-            Some(agent) => self.start_here(&mut st, prompt, agent, added),
+            Some(agent) => {
+                self.start_here(&mut st, prompt, agent, added);
+                // The runner is woken once the lock is released: woken under it, it was often
+                // taken by the other worker at once (on this kind of guest, on the same vCPU)
+                // only to block on this lock and be woken again. Woken last, it takes this
+                // worker's LIFO slot; the connection's task, which writes the request into the
+                // pipe, moves to the run queue, and the worker woken for it writes it there
+                // and then, often before this task has answered the client (BENCHMARKS.md,
+                // "Round twelve").
+                drop(st);
+                self.wake.notify_one();
+            }
             None => {
                 self.bus.publish(
                     "pending_prompt_added",
@@ -377,9 +388,9 @@ impl Session {
         Ok((id, last))
     }
 
-    /// Starts `prompt`'s turn in the caller's task (see `enqueue`); the runner awaits it.
-    /// `added` is its `pending_prompt_added`, published with the start's events: one journal
-    /// write for the three.
+    /// Starts `prompt`'s turn in the caller's task (see `enqueue`, which then wakes the
+    /// runner to await it). `added` is its `pending_prompt_added`, published with the start's
+    /// events: one journal write for the three.
     fn start_here(&self, st: &mut State, prompt: Prompt, agent: Arc<AgentConn>, added: Value) {
         let Prompt {
             id,
@@ -408,11 +419,6 @@ impl Session {
         });
         self.start_events(&mut events, &id, &text, &blocks, originator.as_deref());
         self.bus.publish_all(&events);
-        // The runner is woken before the request is sent, not after: the last task woken
-        // runs next on this worker (tokio's LIFO slot), and that should be the connection's
-        // task, which writes the request into the pipe. Until this lock is released the
-        // runner finds nothing to take.
-        self.wake.notify_one();
         let call = self.dispatch(st, &agent, blocks, meta);
         st.started = Some(Started { agent, call });
     }

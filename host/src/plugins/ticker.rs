@@ -52,7 +52,13 @@ impl Gate {
         // SeqCst on both sides: either this call sees a ticker parked and wakes it, or the
         // ticker, about to park, sees this call running and does not (see `park`).
         if self.running.fetch_add(1, SeqCst) == 0 && self.parked.load(SeqCst) > 0 {
-            let _g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+            // The lock is taken and released before the notify, not held across it: a ticker
+            // between its check and its wait holds it, so once we have had it the ticker is
+            // either waiting (and gets the notify) or has not checked yet (and sees this call).
+            // Notifying under the lock woke the ticker into a lock still held: it blocked on
+            // the mutex and had to be woken a second time when the call released it, two more
+            // context switches on the calling core for every first call after a quiet spell.
+            drop(self.wake.0.lock().unwrap_or_else(|p| p.into_inner()));
             self.wake.1.notify_all();
         }
         Running(self)
@@ -88,8 +94,8 @@ impl Gate {
         let mut g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
         self.parked.fetch_add(1, SeqCst);
         let mut alive = true;
-        // Checked under the lock that `enter` takes to notify: no wake-up falls between the
-        // check and the wait.
+        // Checked under the lock that `enter` takes before it notifies: no wake-up falls
+        // between the check and the wait.
         while self.running.load(SeqCst) == 0 {
             let (next, waited) = self
                 .wake
