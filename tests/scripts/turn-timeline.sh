@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Where a prompt's time goes between processes, from the kernel's view: runs the load harness's
+# overhead section (telemetry and the default plugins on), records every system call and
+# scheduler event of the machine for a few seconds of its one-session row with `perf`, and prints
+# for each paced turn, from the moment the daemon read the POST: when it wrote the request into
+# the agent's pipe, when the agent read it, when the agent first wrote back (its handler's first
+# chunk), when the daemon wrote the 202, and how often the daemon's threads were switched out
+# before the pipe write; then the medians over the turns, and on which CPUs the three processes
+# ran (BENCHMARKS.md, "Round twelve": at low load this guest runs them all on one vCPU).
+# Environment passes through, e.g. ACPD_LOAD_LIMITS=$'[agent]\nnice = 0'. Needs perf (with
+# tracepoints) and python3; takes about a minute after the builds.
+#
+# usage: tests/scripts/turn-timeline.sh [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-3}
+work=$(mktemp -d)
+trap 'pkill -f "deps/load-" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cargo bench -q -p acpd-tests --bench load --no-run
+ACPD_LOAD_MODES=plugins ACPD_LOAD_ONLY=overhead cargo bench -q -p acpd-tests --bench load \
+  >"$work/bench.out" 2>&1 &
+# The one-session row starts once its daemon has spawned the demo agent.
+for _ in $(seq 1200); do
+  pgrep -f 'acpd demo-agent' >/dev/null && break
+  sleep 0.1
+done
+pgrep -f 'acpd demo-agent' >/dev/null || { echo "the harness never started an agent" >&2; exit 1; }
+sleep 2
+harness=$(pgrep -f 'deps/load-' | head -1)
+daemon=$(pgrep -f 'acpd serve' | head -1)
+agent=$(pgrep -f 'acpd demo-agent' | head -1)
+perf record -q -o "$work/perf.data" -a \
+  -e 'sched:sched_switch,sched:sched_wakeup,raw_syscalls:sys_enter,raw_syscalls:sys_exit' \
+  -- sleep "$secs" >/dev/null 2>&1
+pkill -f 'deps/load-' || true
+perf script -i "$work/perf.data" -F comm,pid,tid,cpu,time,event,trace 2>/dev/null >"$work/events"
+
+python3 - "$harness" "$daemon" "$agent" "$work/events" <<'EOF'
+import collections, re, statistics, sys
+
+harness, daemon, agent, path = sys.argv[1:5]
+line = re.compile(r'\s*(.+?)\s+(\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s+(.*)')
+events, cpus = [], collections.Counter()
+for text in open(path, errors="replace"):
+    m = line.match(text)
+    if not m:
+        continue
+    comm, pid, tid, cpu, t, name, rest = m.groups()
+    if pid in (harness, daemon, agent):
+        cpus[(pid, int(cpu))] += 1
+        events.append((pid, float(t), name, rest))
+
+READ, WRITE, WRITEV, RECVFROM = "0", "1", "20", "45"
+
+def exit_of(e):
+    # "NR <n> = <ret>"
+    if e[2] != "raw_syscalls:sys_exit":
+        return None, None
+    p = e[3].split()
+    return p[1], p[3]
+
+# The harness's POST is 271 bytes ("bench 4", a uuid session and client id); the request the
+# daemon writes into the pipe, and the agent reads, is 368; the 202 is 236. A turn ends at the
+# next POST.
+posts = [i for i, e in enumerate(events)
+         if e[0] == daemon and exit_of(e) == (RECVFROM, "271")]
+marks = collections.defaultdict(list)
+for n, i in enumerate(posts):
+    t0 = events[i][1]
+    end = events[posts[n + 1]][1] if n + 1 < len(posts) else t0 + 0.01
+    got, switches = {}, 0
+    for e in events[i:]:
+        if e[1] >= end:
+            break
+        nr, ret = exit_of(e)
+        if e[0] == daemon and (nr, ret) == (WRITE, "368"):
+            got.setdefault("pipe write", e[1])
+        if e[0] == daemon and (nr, ret) == (WRITEV, "236"):
+            got.setdefault("202 written", e[1])
+        if e[0] == agent and (nr, ret) == (READ, "368"):
+            got.setdefault("agent read", e[1])
+        if e[0] == agent and nr == WRITE and "agent read" in got:
+            got.setdefault("agent's first write", e[1])
+        if e[0] == daemon and e[2] == "sched:sched_switch" and "pipe write" not in got:
+            switches += 1
+    if {"pipe write", "agent read"} <= got.keys():
+        for k, v in got.items():
+            marks[k].append((v - t0) * 1e6)
+        marks["daemon switched out before the pipe write"].append(switches)
+
+print(f"{len(marks['pipe write'])} turns of {len(posts)} POSTs seen whole; µs after the daemon read the POST (median, p90):")
+for k in ("pipe write", "agent read", "agent's first write", "202 written",
+          "daemon switched out before the pipe write"):
+    v = sorted(marks.get(k, []))
+    if v:
+        print(f"  {k:45} {statistics.median(v):8.0f} {v[int(0.9 * (len(v) - 1))]:8.0f}")
+for pid, name in ((harness, "harness"), (daemon, "daemon"), (agent, "agent")):
+    per = {c: n for (p, c), n in cpus.items() if p == pid}
+    print(f"  events of the {name} by CPU: {dict(sorted(per.items()))}")
+EOF
