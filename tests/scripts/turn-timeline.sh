@@ -15,25 +15,37 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-3}
 work=$(mktemp -d)
-trap 'pkill -f "deps/load-" 2>/dev/null || true; rm -rf "$work"' EXIT
+harness=
+# The harness and the daemons it started (the agents end with their daemon): a harness killed
+# by a signal drops nothing, so its children are ended here.
+stop() {
+  if [ -n "$harness" ]; then
+    pkill -P "$harness" 2>/dev/null || true
+    kill "$harness" 2>/dev/null || true
+  fi
+}
+trap 'stop; rm -rf "$work"' EXIT
 
 cargo bench -q -p acpd-tests --bench load --no-run
 ACPD_LOAD_MODES=plugins ACPD_LOAD_ONLY=overhead cargo bench -q -p acpd-tests --bench load \
   >"$work/bench.out" 2>&1 &
-# The one-session row starts once its daemon has spawned the demo agent.
+# The one-session row starts once the harness's daemon has spawned the demo agent.
+daemon= agent=
 for _ in $(seq 1200); do
-  pgrep -f 'acpd demo-agent' >/dev/null && break
+  harness=${harness:-$(pgrep -f 'deps/load-' | head -1 || true)}
+  if [ -n "$harness" ]; then
+    daemon=$(pgrep -P "$harness" -f 'acpd serve' | head -1 || true)
+    [ -n "$daemon" ] && agent=$(pgrep -P "$daemon" -f 'acpd demo-agent' | head -1 || true)
+  fi
+  [ -n "$agent" ] && break
   sleep 0.1
 done
-pgrep -f 'acpd demo-agent' >/dev/null || { echo "the harness never started an agent" >&2; exit 1; }
+[ -n "$agent" ] || { echo "the harness never started an agent" >&2; exit 1; }
 sleep 2
-harness=$(pgrep -f 'deps/load-' | head -1)
-daemon=$(pgrep -f 'acpd serve' | head -1)
-agent=$(pgrep -f 'acpd demo-agent' | head -1)
 perf record -q -o "$work/perf.data" -a \
   -e 'sched:sched_switch,sched:sched_wakeup,raw_syscalls:sys_enter,raw_syscalls:sys_exit' \
   -- sleep "$secs" >/dev/null 2>&1
-pkill -f 'deps/load-' || true
+stop
 perf script -i "$work/perf.data" -F comm,pid,tid,cpu,time,event,trace 2>/dev/null >"$work/events"
 
 python3 - "$harness" "$daemon" "$agent" "$work/events" <<'EOF'
