@@ -367,9 +367,9 @@ impl Session {
                 // taken by the other worker at once (on this kind of guest, on the same vCPU)
                 // only to block on this lock and be woken again. Woken last, it takes this
                 // worker's LIFO slot; the connection's task, which writes the request into the
-                // pipe, moves to the run queue, and the worker woken for it writes it there
-                // and then, often before this task has answered the client (BENCHMARKS.md,
-                // "Round twelve").
+                // pipe, moves to the run queue, where the worker woken for it can take it while
+                // this task is still answering the client: the request reached the pipe 130–170
+                // µs sooner at one session (BENCHMARKS.md, "Round twelve").
                 drop(st);
                 self.wake.notify_one();
             }
