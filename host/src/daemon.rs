@@ -103,11 +103,7 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     // Start-up is over: its code and tables need not stay resident (see `startup_pages`).
     // Here, before the daemon says it listens, so that what it reports from then on is its
     // serving size; it takes about a millisecond.
-    // The current set is held across the release: its code may be released too.
-    {
-        let held = plugins.current();
-        crate::startup_pages::release_logged("start-up", &held.code_ranges());
-    }
+    release_pages(&plugins, "start-up");
     // Tests and scripts read the bound address from this line (port 0 picks a free port). One
     // line, printed as is: a log line would carry a timestamp and level before it, and appear
     // only at `info`.
@@ -219,19 +215,23 @@ async fn deadline_after_drain(mut drained: tokio::sync::watch::Receiver<bool>, l
 }
 
 /// SIGHUP reloads the plugin set (the same as `POST /admin/plugins/reload`).
+/// Releases the read-only file pages (`startup_pages`), the current plugin set's code among
+/// them: the set is held across the release (a concurrent reload may replace it meanwhile);
+/// an older set's code, unmapped when its last call ends, is not touched.
+fn release_pages(plugins: &PluginHost, after: &str) {
+    let held = plugins.current();
+    crate::startup_pages::release_logged(after, &held.code_ranges());
+}
+
 fn watch_sighup(plugins: Arc<PluginHost>) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let p = plugins.clone();
             // A reload may have compiled plugins: the compiler's code goes as start-up's did.
-            // The set now current is held across the release (a concurrent reload may replace
-            // it): its code may be released; an old set's, unmapped when its last call ends,
-            // is not touched.
             let reload = move || {
                 let set = p.reload();
-                let held = p.current();
-                crate::startup_pages::release_logged("plugin reload", &held.code_ranges());
+                release_pages(&p, "plugin reload");
                 set
             };
             match tokio::task::spawn_blocking(reload).await {

@@ -115,8 +115,8 @@ fn loaded_objects() -> Vec<Range<usize>> {
     out
 }
 
-#[cfg(target_os = "linux")]
-fn page_size() -> usize {
+/// The system's page size (4 KiB where it cannot be read).
+pub fn page_size() -> usize {
     // SAFETY: sysconf reads a constant of the system.
     match unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) } {
         n if n > 0 => n as usize,
@@ -345,16 +345,8 @@ Anonymous:             0 kB
     fn a_file_mapping_is_released_only_when_held() {
         use nix::libc;
         use std::io::Write;
-        let path = std::env::temp_dir().join(format!("acpd-pages-test-{}", std::process::id()));
-        let mut file = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        // The open file (and the mapping) keep it; nothing is left behind.
-        std::fs::remove_file(&path).unwrap();
+        // Unlinked already; the open file (and the mapping) keep it.
+        let mut file = tempfile::tempfile().unwrap();
         file.write_all(&[7u8; 64 * 1024]).unwrap();
         let len = 64 * 1024;
         // SAFETY: a fresh private read-only mapping of a file this test owns, unmapped below.

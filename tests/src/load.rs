@@ -1214,6 +1214,13 @@ pub fn hot_list(bin: &std::path::Path) -> String {
         .unwrap_or_else(|e| format!("hot-function list: not checked (skipped: {e})"))
 }
 
+/// [`hot_list`] of the harness's daemon, worked out once per run (the memory and the soak
+/// sections both print it; `nm` of the binary takes a few seconds).
+fn hot_list_of_harness_daemon() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| hot_list(crate::acpd_bin()))
+}
+
 /// [`hot_list`]'s count: `list` one name a line, `made` lines of `<build> <count>`, `nm` the
 /// output of `nm --defined-only` (functions are of kind t, T, w or W). Current when the build
 /// defines at least 99 % of what the same kind of build did when the list was made.
@@ -1245,7 +1252,7 @@ pub fn hot_list_verdict(list: &str, made: &str, nm: &str, build: &str) -> Result
 
 async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
     let mib = |k: u64| k as f64 / 1024.0;
-    rep.line(hot_list(crate::acpd_bin()));
+    rep.line(hot_list_of_harness_daemon());
     for mode in Telemetry::selected() {
         let t = Target::start_sink(mode).await?;
         let sessions = if o.leak_prompts >= 1000 { 100 } else { 20 };
@@ -1316,7 +1323,7 @@ async fn memory_section(rep: &mut Report, o: &Opts) -> Result<()> {
 /// `ACPD_LOAD_ONLY=soak`: 100,000 prompts (telemetry and the default plugins on), RSS every
 /// 10,000: a plateau or a trend.
 async fn soak_section(rep: &mut Report, o: &Opts) -> Result<()> {
-    rep.line(hot_list(crate::acpd_bin()));
+    rep.line(hot_list_of_harness_daemon());
     let t = Target::start_sink(Telemetry::OnPlugins).await?;
     let points = soak(&t, o.soak_prompts, o.soak_prompts / 10).await?;
     let mut row = format!(

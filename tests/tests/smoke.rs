@@ -82,14 +82,13 @@ async fn a_request_to_a_dead_daemon_says_how_it_ended() -> anyhow::Result<()> {
         "{err:#}"
     );
 
-    let child = std::process::Command::new("sh")
+    let mut child = std::process::Command::new("sh")
         .args(["-c", "exit 3"])
         .spawn()?;
     let pid = child.id();
     exited(pid).await?;
     assert_eq!(process_fate(pid), "exited with code 3");
     // Reaped: a zombie is not left behind by the test.
-    let mut child = child;
     child.wait()?;
     Ok(())
 }

@@ -590,19 +590,18 @@ mod tests {
             .collect()
     }
 
-    /// A session's journal in a temporary directory, removed when the guard drops (field 0,
-    /// held only for that).
-    struct TempJournal(
-        #[allow(dead_code)] crate::journal::test_support::TempDir,
-        Arc<SessionJournal>,
-    );
+    /// A session's journal in a temporary directory, removed when `_dir` drops.
+    struct TempJournal {
+        _dir: tempfile::TempDir,
+        journal: Arc<SessionJournal>,
+    }
 
     fn journal(max_total: u64) -> TempJournal {
         use crate::journal::{Journal, test_support};
         let dir = test_support::dir();
-        let (j, _, _) = Journal::open(&dir, test_support::cfg(1 << 30, max_total)).unwrap();
-        let s = j.create(test_support::header("s1", &j), Value::Null);
-        TempJournal(dir, s)
+        let (j, _, _) = Journal::open(dir.path(), test_support::cfg(1 << 30, max_total)).unwrap();
+        let journal = j.create(test_support::header("s1", &j), Value::Null);
+        TempJournal { _dir: dir, journal }
     }
 
     #[test]
@@ -630,7 +629,12 @@ mod tests {
     #[test]
     fn a_journaled_ring_keeps_little_and_replays_the_rest_from_the_journal() {
         let j = journal(1 << 30);
-        let b = EventBus::journaled(limits(usize::MAX, 1000), Some(j.1.clone()), "e1".into(), 0);
+        let b = EventBus::journaled(
+            limits(usize::MAX, 1000),
+            Some(j.journal.clone()),
+            "e1".into(),
+            0,
+        );
         for i in 0..200 {
             b.publish("x", None, json!({"n": i, "pad": "p".repeat(100)}), None);
         }
@@ -655,7 +659,12 @@ mod tests {
     fn once_the_journal_refuses_events_the_ring_keeps_them_under_the_larger_bound() {
         // A total cap that seals the journal after a few events.
         let j = journal(2000);
-        let b = EventBus::journaled(limits(usize::MAX, 500), Some(j.1.clone()), "e1".into(), 0);
+        let b = EventBus::journaled(
+            limits(usize::MAX, 500),
+            Some(j.journal.clone()),
+            "e1".into(),
+            0,
+        );
         for i in 0..100 {
             b.publish("x", None, json!({"n": i, "pad": "p".repeat(100)}), None);
         }
@@ -672,7 +681,7 @@ mod tests {
         let j = journal(1 << 30);
         let b = EventBus::journaled(
             limits(usize::MAX, 1 << 20),
-            Some(j.1.clone()),
+            Some(j.journal.clone()),
             "e1".into(),
             0,
         );
@@ -701,9 +710,10 @@ mod tests {
         assert!(second.starts_with("id: 2\nevent: y\n"), "{second}");
         assert!(second.contains(r#""data":{"n":1},"promptId":"p1","originatorClientId":"c1""#));
         // The journal has them all, as the ring does: a replay from the journal matches.
-        assert_eq!(j.1.state().last_id, 5);
+        assert_eq!(j.journal.state().last_id, 5);
         assert_eq!(
-            j.1.read_frames(1..=5)
+            j.journal
+                .read_frames(1..=5)
                 .into_iter()
                 .map(|(_, f)| f)
                 .collect::<Vec<_>>(),

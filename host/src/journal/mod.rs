@@ -566,24 +566,12 @@ fn register_metrics(journal: &Arc<Journal>) {
 pub(crate) mod test_support {
     use super::*;
 
-    /// A fresh directory's path, removed when the guard drops: also when a test fails.
-    pub fn dir() -> TempDir {
-        TempDir(std::env::temp_dir().join(format!("acpd-journal-{}", uuid::Uuid::new_v4())))
-    }
-
-    pub struct TempDir(PathBuf);
-
-    impl std::ops::Deref for TempDir {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A fresh directory, removed when the guard drops: also when a test fails.
+    pub fn dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("acpd-journal-")
+            .tempdir()
+            .expect("a temporary directory")
     }
 
     pub fn cfg(max_session: u64, max_total: u64) -> JournalConfig {
@@ -633,7 +621,7 @@ mod tests {
     #[test]
     fn written_events_come_back_after_a_crash() {
         let d = dir();
-        let (j, restored, _) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
+        let (j, restored, _) = Journal::open(d.path(), cfg(1 << 20, 1 << 30)).unwrap();
         assert!(restored.is_empty());
         let s = j.create(header("s1", &j), json!({"displayName": "one"}));
         for id in 1..=300 {
@@ -648,7 +636,7 @@ mod tests {
         assert_eq!(&got[0].1[..], &frame(100)[..]);
         // No shutdown: as after SIGKILL, the same boot.
         drop((s, j));
-        let (j, restored, report) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
+        let (j, restored, report) = Journal::open(d.path(), cfg(1 << 20, 1 << 30)).unwrap();
         assert_eq!(
             (report.sessions, report.events, report.damaged),
             (1, 300, 0)
@@ -671,7 +659,7 @@ mod tests {
     #[test]
     fn retention_keeps_the_most_recently_written() {
         let d = dir();
-        let (j, _, _) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
+        let (j, _, _) = Journal::open(d.path(), cfg(1 << 20, 1 << 30)).unwrap();
         for k in 0..5 {
             let s = j.create(header(&format!("s{k}"), &j), Value::Null);
             s.append_event(1, &frame(1));
@@ -682,7 +670,7 @@ mod tests {
         for k in 0..5 {
             let f = File::options()
                 .write(true)
-                .open(d.join("journal").join(file_name(&format!("s{k}"))))
+                .open(d.path().join("journal").join(file_name(&format!("s{k}"))))
                 .unwrap();
             let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000 + k);
             f.set_modified(at).unwrap();
@@ -690,7 +678,7 @@ mod tests {
         let mut c = cfg(1 << 20, 1 << 30);
         c.max_sessions = 3;
         c.retention = Duration::from_secs(u64::MAX / 4);
-        let (_j, restored, report) = Journal::open(&d, c).unwrap();
+        let (_j, restored, report) = Journal::open(d.path(), c).unwrap();
         assert_eq!(report.removed_by_retention, 2);
         let mut ids: Vec<_> = restored
             .iter()
@@ -703,7 +691,7 @@ mod tests {
     #[test]
     fn damage_resets_the_epoch_and_keeps_the_rest() {
         let d = dir();
-        let (j, _, _) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
+        let (j, _, _) = Journal::open(d.path(), cfg(1 << 20, 1 << 30)).unwrap();
         let ok = j.create(header("ok", &j), Value::Null);
         let bad = j.create(header("bad", &j), Value::Null);
         for id in 1..=20 {
@@ -712,12 +700,12 @@ mod tests {
         }
         j.finish();
         drop((ok, bad, j));
-        let path = d.join("journal").join(file_name("bad"));
+        let path = d.path().join("journal").join(file_name("bad"));
         let mut bytes = std::fs::read(&path).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let (_j, restored, report) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
+        let (_j, restored, report) = Journal::open(d.path(), cfg(1 << 20, 1 << 30)).unwrap();
         assert_eq!(report.damaged, 1);
         let bad = restored
             .iter()
@@ -731,7 +719,8 @@ mod tests {
         assert!(bad.last_id < 20 && bad.last_id > 0);
         assert!(bad.journal.state().lost.unwrap().contains("checksum"));
         assert!(
-            d.join("journal")
+            d.path()
+                .join("journal")
                 .join(file_name("bad"))
                 .with_extension("damaged")
                 .exists()
@@ -743,7 +732,7 @@ mod tests {
     #[test]
     fn the_session_cap_compacts_and_the_total_cap_seals() {
         let d = dir();
-        let (j, _, _) = Journal::open(&d, cfg(64 * 1024, 1 << 30)).unwrap();
+        let (j, _, _) = Journal::open(d.path(), cfg(64 * 1024, 1 << 30)).unwrap();
         let s = j.create(header("s", &j), Value::Null);
         for id in 1..=2000 {
             s.append_event(id, &frame(id));
@@ -759,10 +748,10 @@ mod tests {
         );
         assert!(st.lost.unwrap().contains("compacted"));
         drop((s, j));
-        let size = std::fs::metadata(d.join("journal").join(file_name("s")))
+        let size = std::fs::metadata(d.path().join("journal").join(file_name("s")))
             .unwrap()
             .len();
-        let (j, restored, _) = Journal::open(&d, cfg(1 << 20, size * 10 / 9 + 1000)).unwrap();
+        let (j, restored, _) = Journal::open(d.path(), cfg(1 << 20, size * 10 / 9 + 1000)).unwrap();
         let r = &restored[0];
         assert_eq!(r.last_id, 2000);
         // The total cap is reached within a few events: later ones are dropped.
@@ -774,7 +763,7 @@ mod tests {
         assert!(last < 2100);
         drop(restored);
         drop(j);
-        let (_j, restored, _) = Journal::open(&d, cfg(64 * 1024, 1 << 30)).unwrap();
+        let (_j, restored, _) = Journal::open(d.path(), cfg(64 * 1024, 1 << 30)).unwrap();
         assert_ne!(restored[0].epoch, "e1", "a sealed journal gets a new epoch");
         assert_eq!(restored[0].last_id, last);
     }
@@ -782,7 +771,7 @@ mod tests {
     #[test]
     fn batched_appends_read_back_as_single_ones_do() {
         let d = dir();
-        let (j, _, _) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
+        let (j, _, _) = Journal::open(d.path(), cfg(1 << 20, 1 << 30)).unwrap();
         let one = j.create(header("one", &j), Value::Null);
         let batched = j.create(header("batched", &j), Value::Null);
         // The first batch is also this run's first write (the `Opened` record goes before it);
@@ -809,7 +798,7 @@ mod tests {
         }
         assert_eq!(&batched.read_frames(77..=77)[0].1[..], &frame(77)[..]);
         drop((one, batched, j));
-        let (_j, restored, report) = Journal::open(&d, cfg(1 << 20, 1 << 30)).unwrap();
+        let (_j, restored, report) = Journal::open(d.path(), cfg(1 << 20, 1 << 30)).unwrap();
         assert_eq!((report.events, report.damaged), (2 * last, 0));
         let r = restored
             .iter()
@@ -821,7 +810,7 @@ mod tests {
     #[test]
     fn a_batch_past_a_cap_goes_event_by_event() {
         let d = dir();
-        let (j, _, _) = Journal::open(&d, cfg(64 * 1024, 1 << 30)).unwrap();
+        let (j, _, _) = Journal::open(d.path(), cfg(64 * 1024, 1 << 30)).unwrap();
         let s = j.create(header("s", &j), Value::Null);
         // Batches of five past the session cap: compaction makes room as for single appends.
         for first in (1..=2000).step_by(5) {
@@ -838,10 +827,10 @@ mod tests {
         );
         drop((s, j));
         // The total cap: the batch that reaches it is journaled up to it, the rest dropped.
-        let size = std::fs::metadata(d.join("journal").join(file_name("s")))
+        let size = std::fs::metadata(d.path().join("journal").join(file_name("s")))
             .unwrap()
             .len();
-        let (_j, restored, _) = Journal::open(&d, cfg(1 << 20, size + 300)).unwrap();
+        let (_j, restored, _) = Journal::open(d.path(), cfg(1 << 20, size + 300)).unwrap();
         let r = &restored[0].journal;
         let events: Vec<(u64, Bytes)> = (2001..=2005).map(|k| (k, frame(k).into())).collect();
         let journaled = r.append_events(&events);

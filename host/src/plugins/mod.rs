@@ -523,9 +523,7 @@ fn resident_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) };
-    pages * page.max(0) as u64
+    pages * crate::startup_pages::page_size() as u64
 }
 
 /// A standalone host for `acpd plugin test` and benchmarks: no daemon, no global state.
