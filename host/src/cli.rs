@@ -188,7 +188,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         // From the main thread (`block_on`'s); the agent moves itself onto a worker.
-        Command::DemoAgent => run_async(acpd_demo_agent::run_stdio()),
+        Command::DemoAgent => run_async(0, acpd_demo_agent::run_stdio()),
         Command::Plugin(cmd) => crate::plugin_cli::run(match cmd {
             PluginCommand::Inspect { file } => crate::plugin_cli::Command::Inspect { file },
             PluginCommand::Test {
@@ -224,7 +224,8 @@ pub fn main() -> ExitCode {
             if let Err(e) = crate::sched::set_daemon_slice(config.server.cpu_slice()) {
                 eprintln!("acpd: server.cpu_slice_us not applied: {e}");
             }
-            run_async(async move {
+            let realtime = config.server.realtime_priority;
+            run_async(realtime, async move {
                 // A plugin reload re-reads the same layers (the file and env may have changed).
                 let reread = Box::new(move || {
                     config::load(file.as_deref(), |k| std::env::var(k).ok(), &overrides)
@@ -272,11 +273,15 @@ fn tune_malloc() {
     }
 }
 
-fn run_async(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// `realtime`: `server.realtime_priority` for the main thread (which accepts connections) and
+/// every thread of the runtime (see `crate::sched`); 0 for none.
+fn run_async(realtime: u8, fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some((start, stop)) = crate::sched::realtime_runtime(realtime) {
+        builder.on_thread_start(start).on_thread_stop(stop);
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("acpd: cannot start the runtime: {e}");

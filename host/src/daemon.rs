@@ -104,6 +104,8 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
     // Here, before the daemon says it listens, so that what it reports from then on is its
     // serving size; it takes about a millisecond.
     release_pages(&plugins, "start-up");
+    crate::sched::serving();
+    crate::sched::realtime::register_metrics();
     // Tests and scripts read the bound address from this line (port 0 picks a free port). One
     // line, printed as is: a log line would carry a timestamp and level before it, and appear
     // only at `info`.

@@ -9,7 +9,7 @@ use acpd_tests::load::{Opts, run};
 async fn main() -> anyhow::Result<()> {
     let short = std::env::var_os("ACPD_LOAD_SHORT").is_some();
     if std::env::var("ACPD_LOAD_ONLY").is_ok_and(|only| only.trim() == "responsive") {
-        use acpd_tests::responsive::{Opts, section};
+        use acpd_tests::responsive::{Case, Client, Opts, section};
         let o = if short { Opts::SHORT } else { Opts::FULL };
         // `ACPD_RESPONSIVE_NICE`: another niceness for the nicer case than the default.
         let nice = std::env::var("ACPD_RESPONSIVE_NICE")
@@ -21,7 +21,16 @@ async fn main() -> anyhow::Result<()> {
             .ok()
             .and_then(|n| n.parse().ok())
             .unwrap_or(acpd::config::ServerConfig::default().cpu_slice_us);
-        section(&o, nice, slice).await?;
+        // Real-time priority: the default's (`server.realtime_priority`) where the user may.
+        let defaults = acpd::config::ServerConfig::default();
+        let defaults = Case {
+            burn: 0,
+            nice,
+            slice_us: slice,
+            realtime: defaults.realtime_priority,
+            client: Client::Fair,
+        };
+        section(&o, defaults).await?;
         return Ok(());
     }
     run(if short { Opts::SHORT } else { Opts::FULL }).await?;

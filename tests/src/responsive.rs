@@ -49,13 +49,28 @@ impl Opts {
     };
 }
 
-/// One case: the agents' burn and niceness, and the daemon's CPU slice (`server.cpu_slice_us`,
-/// 0: the kernel's default).
+/// One case: the agents' burn and niceness, the daemon's CPU slice (`server.cpu_slice_us`,
+/// 0: the kernel's default) and its threads' real-time priority (`server.realtime_priority`,
+/// 0: off; the daemon applies it only where its user may, see [`Run::realtime_threads`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Case {
     pub burn: u32,
     pub nice: i32,
     pub slice_us: u64,
+    pub realtime: u8,
+    pub client: Client,
+}
+
+/// The probing client. On a kernel that preempts at its tick, a client sharing the cores with
+/// burning agents at a fair policy waits for a core after each of its own wake-ups (the timer,
+/// the response) as long as the daemon would; a real-time client measures the daemon alone, as
+/// a client on another machine, or one the machine favours, would see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// On the harness's runtime, at the harness's policy.
+    Fair,
+    /// On a thread of its own at `SCHED_RR` 1 (where this user may; the table says if not).
+    RealTime,
 }
 
 impl Case {
@@ -63,6 +78,14 @@ impl Case {
         let slice = match self.slice_us {
             0 => "kernel's slice".to_string(),
             us => format!("slice {us} µs"),
+        };
+        let slice = match self.realtime {
+            0 => slice,
+            p => format!("{slice}, real-time {p}"),
+        };
+        let slice = match self.client {
+            Client::Fair => slice,
+            Client::RealTime => format!("{slice}; client real-time"),
         };
         if self.burn == 0 {
             format!("idle agents, nice {}, {slice}", self.nice)
@@ -83,6 +106,29 @@ pub struct Run {
     /// CPU the daemon used during the window, in cores.
     pub daemon_cores: f64,
     pub daemon_rss_mib: f64,
+    /// The probing client did run real-time (asked for with [`Client::RealTime`]).
+    pub client_realtime: bool,
+    /// The daemon's threads of a real-time policy, read from `/proc` during the window: 0 where
+    /// the case asked for one but the user may not have it.
+    pub realtime_threads: usize,
+}
+
+/// How many of `pid`'s threads run a real-time policy (`SCHED_FIFO` or `SCHED_RR`, field 41 of
+/// `/proc/<pid>/task/<tid>/stat`).
+pub fn realtime_threads(pid: u32) -> Result<usize> {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(t?.path().join("stat")) else {
+            continue; // the thread ended
+        };
+        // After the command name, which may hold spaces, in parentheses.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let policy = rest.split_whitespace().nth(41 - 3);
+        if matches!(policy, Some("1" | "2")) {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Telemetry and the default plugins on (to a sink that answers without decoding), one agent
@@ -91,10 +137,10 @@ async fn daemon(case: Case, rx: &Receiver) -> Result<Daemon> {
     let config = format!(
         "[limits]\nmax_sessions = 512\nmax_sessions_per_workspace = 512\n\
          max_pending_prompts_per_session = 1000000\nevent_ring = 256\n\
-         [server]\ncpu_slice_us = {}\n\
+         [server]\ncpu_slice_us = {}\nrealtime_priority = {}\n\
          [agent]\nscope = \"session\"\nnice = {}\n\
          [agent.env]\nOTEL_SDK_DISABLED = \"true\"\nACPD_DEMO_BURN = \"{}\"\n",
-        case.slice_us, case.nice, case.burn
+        case.slice_us, case.realtime, case.nice, case.burn
     );
     Daemon::builder()
         .config(&config)
@@ -121,7 +167,7 @@ fn drain(mut sse: Sse, done: Arc<AtomicUsize>) -> tokio::task::JoinHandle<Result
 }
 
 /// Probes `GET /health` every [`EVERY`] until `end`: latencies in ns.
-async fn health_probes(d: Arc<Daemon>, end: Instant) -> Result<Vec<u64>> {
+async fn health_probes(d: Arc<Daemon>, http: reqwest::Client, end: Instant) -> Result<Vec<u64>> {
     let url = d.url("/health");
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,7 +175,7 @@ async fn health_probes(d: Arc<Daemon>, end: Instant) -> Result<Vec<u64>> {
     while Instant::now() < end {
         tick.tick().await;
         let t0 = Instant::now();
-        let r = d.http.get(&url).send().await?;
+        let r = http.get(&url).send().await?;
         let status = r.status();
         r.bytes().await?;
         ensure!(status == 200, "health -> {status}");
@@ -141,6 +187,7 @@ async fn health_probes(d: Arc<Daemon>, end: Instant) -> Result<Vec<u64>> {
 /// Admits a `bench 2` prompt every [`EVERY`], round robin over `sessions`, until `end`.
 async fn admission_probes(
     d: Arc<Daemon>,
+    http: reqwest::Client,
     sessions: Vec<SessionRef>,
     end: Instant,
 ) -> Result<Vec<u64>> {
@@ -154,8 +201,7 @@ async fn admission_probes(
         }
         tick.tick().await;
         let t0 = Instant::now();
-        let r = d
-            .http
+        let r = http
             .post(d.url(&format!("/session/{}/prompt", s.id)))
             .header("X-Qwen-Client-Id", &s.client_id)
             .json(&body)
@@ -167,6 +213,41 @@ async fn admission_probes(
         lat.push(t0.elapsed().as_nanos() as u64);
     }
     Ok(lat)
+}
+
+/// Both kinds of probe on a thread of their own (its own runtime and HTTP connections) at
+/// `SCHED_RR` 1, where this user may; the last value says whether it was.
+async fn realtime_probes(
+    d: Arc<Daemon>,
+    sessions: Vec<SessionRef>,
+    end: Instant,
+) -> Result<(Vec<u64>, Vec<u64>, bool)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("probe-client".into())
+        .spawn(move || {
+            let p = nix::libc::sched_param { sched_priority: 1 };
+            // SAFETY: sets this thread's policy; the kernel reads `p`, which lives here. The
+            // thread ends with the probes, so nothing else runs at this priority.
+            let applied = unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_RR, &p) } == 0;
+            let run = || -> Result<(Vec<u64>, Vec<u64>)> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let http = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(60))
+                        .build()?;
+                    let (a, h) = tokio::join!(
+                        admission_probes(d.clone(), http.clone(), sessions, end),
+                        health_probes(d, http, end)
+                    );
+                    Ok((a?, h?))
+                })
+            };
+            let _ = tx.send(run().map(|(a, h)| (a, h, applied)));
+        })?;
+    rx.await?
 }
 
 /// One case, one daemon: sessions whose agents burn, then probes timed for `o.secs` while the
@@ -200,11 +281,18 @@ pub async fn run_case(case: Case, o: &Opts) -> Result<Run> {
         |agents: &[u32]| -> Result<Duration> { agents.iter().map(|p| cpu_time(*p)).sum() };
     let (a0, d0, t0) = (agent_cpu(&agents)?, cpu_time(d.pid())?, Instant::now());
     let end = t0 + Duration::from_secs_f64(o.secs);
-    let health = tokio::spawn(health_probes(d.clone(), end));
-    let mut admission = admission_probes(d.clone(), sessions.clone(), end).await?;
-    let mut health = health.await??;
+    let (mut admission, mut health, client_realtime) = match case.client {
+        Client::Fair => {
+            let health = tokio::spawn(health_probes(d.clone(), d.http.clone(), end));
+            let admission =
+                admission_probes(d.clone(), d.http.clone(), sessions.clone(), end).await?;
+            (admission, health.await??, false)
+        }
+        Client::RealTime => realtime_probes(d.clone(), sessions.clone(), end).await?,
+    };
     let window = t0.elapsed().as_secs_f64();
     let (a1, d1) = (agent_cpu(&agents)?, cpu_time(d.pid())?);
+    let realtime_threads = realtime_threads(d.pid())?;
     let expected = warm + admission.len();
     let deadline = Instant::now() + Duration::from_secs(60);
     while done.load(Ordering::Relaxed) < expected {
@@ -229,35 +317,41 @@ pub async fn run_case(case: Case, o: &Opts) -> Result<Run> {
         agent_cores: (a1 - a0).as_secs_f64() / window,
         daemon_cores: (d1 - d0).as_secs_f64() / window,
         daemon_rss_mib: rss_kib(d.pid())? as f64 / 1024.0,
+        realtime_threads,
+        client_realtime,
     })
 }
 
 /// Every case `o.repeats` times, interleaved; prints the table BENCHMARKS.md quotes.
 /// The cases: idle agents and burning ones under the defaults, and burning ones as before each
-/// mechanism (the kernel's slice; the daemon's priority as well).
-pub async fn section(o: &Opts, default_nice: i32, default_slice_us: u64) -> Result<String> {
+/// mechanism (the kernel's slice and the daemon's priority; the slice without real-time),
+/// each probed by a fair client and by a real-time one ([`Client`]).
+pub async fn section(o: &Opts, defaults: Case) -> Result<String> {
     let burn = o.burn;
     let cases = [
         Case {
             burn: 0,
-            nice: default_nice,
-            slice_us: default_slice_us,
+            ..defaults
         },
         Case {
             burn,
             nice: 0,
             slice_us: 0,
+            realtime: 0,
+            ..defaults
         },
         Case {
             burn,
-            nice: default_nice,
             slice_us: 0,
+            realtime: 0,
+            ..defaults
         },
         Case {
             burn,
-            nice: default_nice,
-            slice_us: default_slice_us,
+            realtime: 0,
+            ..defaults
         },
+        Case { burn, ..defaults },
     ];
     let mut out = String::new();
     writeln!(
@@ -272,12 +366,23 @@ pub async fn section(o: &Opts, default_nice: i32, default_slice_us: u64) -> Resu
          daemon CPU, cores | samples |"
     )?;
     writeln!(out, "|---|---|---|---|---|---|---|")?;
+    let clients = [Client::Fair, Client::RealTime];
     for rep in 1..=o.repeats {
-        for case in cases {
+        for case in clients
+            .into_iter()
+            .flat_map(|client| cases.map(|c| Case { client, ..c }))
+        {
             let r = run_case(case, o).await?;
             let us = |v: &[u64], p: f64| pct(v, p) / 1000;
+            let refused = if (case.realtime > 0 && r.realtime_threads == 0)
+                || (case.client == Client::RealTime && !r.client_realtime)
+            {
+                " (real-time not permitted to this user: ran without)"
+            } else {
+                ""
+            };
             let line = format!(
-                "| {} | {rep} | {} / {} | {} / {} | {:.3} | {:.3} | {} + {} |",
+                "| {}{refused} | {rep} | {} / {} | {} / {} | {:.3} | {:.3} | {} + {} |",
                 case.label(),
                 us(&r.admission, 50.0),
                 us(&r.admission, 99.0),

@@ -38,7 +38,11 @@ pub(crate) fn incoming(
         move |state| async move {
             let (mut reader, mut buf) = state?;
             match read_line(&mut reader, &mut buf, max_line).await {
-                Ok(Some(line)) => Some((Ok(line), Some((reader, buf)))),
+                Ok(Some(line)) => {
+                    // An agent's line is the daemon's work too (`sched::realtime`).
+                    crate::sched::note_activity();
+                    Some((Ok(line), Some((reader, buf))))
+                }
                 Ok(None) => None,
                 // After an error the stream ends: the rest of an oversized line is not JSON-RPC.
                 Err(e) => Some((Err(e), None)),

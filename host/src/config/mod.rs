@@ -227,6 +227,13 @@ pub struct ServerConfig {
     /// preempts a CPU-burning agent at once instead of waiting out its slice; the agents keep
     /// their share of the CPU. See `crate::sched`.
     pub cpu_slice_us: u64,
+    /// The round-robin real-time priority of the daemon's runtime threads (1..=99; 0: off),
+    /// applied where the daemon may (root, `CAP_SYS_NICE`, an `RLIMIT_RTPRIO`) and skipped
+    /// with a log line where it may not. A woken daemon thread then preempts a burning agent
+    /// at once even on kernels that would make it wait for their tick; while the daemon uses
+    /// over half a core its threads go fair. Agents and the daemon's other threads stay fair.
+    /// See `crate::sched::realtime`.
+    pub realtime_priority: u8,
 }
 
 impl ServerConfig {
@@ -314,6 +321,7 @@ impl Default for ServerConfig {
             allow_origin: Vec::new(),
             max_body_bytes: 10 * 1024 * 1024,
             cpu_slice_us: 100,
+            realtime_priority: 1,
         }
     }
 }
@@ -405,6 +413,9 @@ impl Config {
         if self.server.cpu_slice_us != 0 && !(100..=100_000).contains(&self.server.cpu_slice_us) {
             // The kernel's range (it would clamp silently).
             return bad("server.cpu_slice_us", "must be 0 or between 100 and 100000");
+        }
+        if self.server.realtime_priority > 99 {
+            return bad("server.realtime_priority", "must be between 0 and 99");
         }
         if !(0..=19).contains(&self.agent.nice) {
             // Below 0 needs privileges the daemon should not have.

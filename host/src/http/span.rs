@@ -104,6 +104,8 @@ fn invalid_traceparent_log_allowed() -> bool {
 }
 
 pub async fn trace(req: Request, next: Next) -> Response {
+    // The outermost layer: every request counts towards the daemon's load (`sched::realtime`).
+    crate::sched::note_activity();
     // Looking at telemetry must not fill the trace view with its own requests, nor loading the
     // console's static files.
     let path = req.uri().path();

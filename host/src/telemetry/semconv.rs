@@ -81,6 +81,9 @@ pub const M_TELEMETRY_DROPPED: &str = "acpd.telemetry.dropped";
 pub const M_JOURNAL_DROPPED: &str = "acpd.journal.dropped";
 pub const M_JOURNAL_BYTES: &str = "acpd.journal.bytes";
 pub const M_ACP_HTTP_DROPPED: &str = "acpd.acp_http.dropped";
+/// 1 while the serving threads run real-time, 0 while the daemon's load keeps them fair.
+pub const M_SCHED_REALTIME: &str = "acpd.sched.realtime";
+pub const M_SCHED_DEMOTIONS: &str = "acpd.sched.demotions";
 /// What `/acp`'s bounded stores let go: `resume_event`, `resume_stream`, `idle_connection`,
 /// `carried_context`.
 pub const ACP_HTTP_REASON: &str = "acpd.acp_http.reason";

@@ -12,6 +12,17 @@
 //! the main thread before the runtime starts (every daemon thread inherits it), and an agent
 //! gets the kernel's default back between fork and exec ([`default_slice_in_child`]).
 //! BENCHMARKS.md ("Responsive under agent load") has the figures.
+//!
+//! The slice is not enough on every kernel: on one that preempts only at its tick
+//! (`CONFIG_HZ=250`, measured as a nested guest), a burning agent kept the core for up to 4 ms
+//! after a daemon thread woke, whatever the daemon's slice or the agent's niceness. A thread
+//! of a real-time policy is another class: its wake-up preempts any fair task at once, on
+//! every kernel. So, where the daemon may, its serving threads run real-time while its own
+//! load is light ([`realtime`]).
+
+pub mod realtime;
+
+pub use realtime::{note_activity, realtime_runtime, serving, set_realtime};
 
 use std::io;
 use std::time::Duration;
@@ -57,9 +68,21 @@ fn get(attr: &mut SchedAttr) -> io::Result<()> {
 /// Async-signal-safe: one system call, no allocation (it runs between fork and exec too).
 #[cfg(target_os = "linux")]
 fn set(attr: &SchedAttr) -> io::Result<()> {
+    set_thread(0, attr)
+}
+
+/// `tid` 0: the calling thread.
+#[cfg(target_os = "linux")]
+fn set_thread(tid: i32, attr: &SchedAttr) -> io::Result<()> {
     // SAFETY: the kernel reads `attr.size` bytes from `attr`, which is that large.
-    let r =
-        unsafe { nix::libc::syscall(nix::libc::SYS_sched_setattr, 0, attr as *const SchedAttr, 0) };
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_sched_setattr,
+            tid,
+            attr as *const SchedAttr,
+            0,
+        )
+    };
     if r == 0 {
         Ok(())
     } else {
