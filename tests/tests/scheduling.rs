@@ -153,3 +153,47 @@ async fn heavy_load_makes_serving_threads_fair_until_it_passes() {
     };
     assert!(back, "the serving threads did not return to real time");
 }
+
+/// An operator may start the daemon real-time themselves (`chrt`): the daemon then keeps its
+/// policy, but its agents still start fair, at `agent.nice`. The daemon is started here from
+/// a thread that runs real-time (without reset-on-fork), as `chrt` would start it.
+#[test]
+fn a_daemon_started_real_time_still_starts_its_agents_fair() {
+    if !realtime_permitted() {
+        println!(
+            "skipped: this user may not use a real-time policy (no CAP_SYS_NICE or RLIMIT_RTPRIO)"
+        );
+        return;
+    }
+    std::thread::spawn(|| {
+        let p = nix::libc::sched_param { sched_priority: 1 };
+        // SAFETY: sets this thread's policy; the kernel reads `p`, which lives here. The thread
+        // ends with the test.
+        assert_eq!(
+            unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_RR, &p) },
+            0
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let d = Daemon::start().await.unwrap();
+            assert_eq!(
+                main_policy(d.pid()),
+                "2",
+                "the daemon did not inherit the policy"
+            );
+            let s = d.create_session().await.unwrap();
+            let agent = d.child_pid(&s).await.unwrap();
+            for (comm, policy) in thread_fields(agent, 41) {
+                assert_eq!(policy, "0", "agent thread {comm}");
+            }
+            for (comm, nice) in thread_fields(agent, 19) {
+                assert_eq!(nice, "10", "agent thread {comm}");
+            }
+        });
+    })
+    .join()
+    .unwrap();
+}

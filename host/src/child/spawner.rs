@@ -32,7 +32,7 @@ pub fn die_with_daemon(cmd: &mut Command, nice: i32) {
             let ours = unsafe { nix::libc::getpriority(nix::libc::PRIO_PROCESS, 0) };
             (ours + nice).min(19)
         });
-        let slice = crate::sched::ChildSlice::prepare();
+        let slice = crate::sched::ChildSched::prepare();
         // SAFETY: runs in the forked child before exec, where only async-signal-safe calls are
         // allowed: prctl(2) and getppid(2) are plain system calls that allocate nothing.
         unsafe {
@@ -52,9 +52,10 @@ pub fn die_with_daemon(cmd: &mut Command, nice: i32) {
                 {
                     return Err(io::Error::last_os_error());
                 }
-                // The daemon's short CPU slice is inherited over fork; an agent gets the
-                // kernel's default (see `crate::sched`). Best effort: a slice is latency only.
-                let _ = slice.default_slice_in_child(target);
+                // The daemon's short CPU slice is inherited over fork, and a real-time policy
+                // where an operator started the daemon so; an agent gets the fair policy at the
+                // kernel's default slice (see `crate::sched`).
+                slice.apply_in_child(target)?;
                 Ok(())
             });
         }

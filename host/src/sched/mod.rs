@@ -10,7 +10,7 @@
 //! the agents keep their full share of the CPU (a slice sets latency, not weight). Older
 //! kernels ignore the request. A slice is inherited over `clone` and `fork`, so it is set on
 //! the main thread before the runtime starts (every daemon thread inherits it), and an agent
-//! gets the kernel's default back between fork and exec ([`default_slice_in_child`]).
+//! gets the kernel's default back between fork and exec ([`ChildSched::apply_in_child`]).
 //! BENCHMARKS.md ("Responsive under agent load") has the figures.
 //!
 //! The slice is not enough on every kernel: on one that preempts only at its tick
@@ -125,34 +125,57 @@ pub fn set_daemon_slice(slice: Option<Duration>) -> io::Result<()> {
     Ok(())
 }
 
-/// What [`default_slice_in_child`] writes, read in the parent before the fork (where reading
-/// is allowed): the parent's attributes with the slice set back to the kernel's default.
+/// What [`ChildSched::apply_in_child`] writes, read in the parent before the fork: the
+/// parent's attributes with the slice set back to the kernel's default.
 #[derive(Clone, Copy)]
-pub struct ChildSlice(Option<SchedAttr>);
+pub struct ChildSched(Option<SchedAttr>);
 
-impl ChildSlice {
-    pub fn prepare() -> ChildSlice {
+impl ChildSched {
+    pub fn prepare() -> ChildSched {
         #[cfg(target_os = "linux")]
-        return ChildSlice(
+        return ChildSched(
             fair_attr()
                 .filter(|a| a.runtime != 0)
                 .map(|a| SchedAttr { runtime: 0, ..a }),
         );
         #[cfg(not(target_os = "linux"))]
-        ChildSlice(None)
+        ChildSched(None)
     }
 
-    /// In the forked child before exec: the kernel's default slice, so an agent does not
-    /// inherit the daemon's short one (and preempt the daemon as readily as it is
-    /// preempted). `nice`: the niceness the child has been given by then, if not the
-    /// parent's (sched_setattr(2) sets both). Async-signal-safe.
-    pub fn default_slice_in_child(&self, nice: Option<i32>) -> io::Result<()> {
+    /// In the forked child before exec: a fair policy at the kernel's default slice.
+    /// - An agent does not inherit the daemon's short slice (and preempt the daemon as readily
+    ///   as it is preempted).
+    /// - Nor a real-time policy: the daemon's own threads drop theirs for what they start, but a
+    ///   daemon an operator started real-time (`chrt`) forks from real-time threads, and an
+    ///   agent that burns CPU at a real-time priority would starve the machine.
+    ///
+    /// `nice`: the niceness the child has been given by then, if not the parent's
+    /// (sched_setattr(2) sets both). An error (only from leaving a real-time policy) fails the
+    /// spawn. Async-signal-safe: system calls only.
+    pub fn apply_in_child(&self, nice: Option<i32>) -> io::Result<()> {
         #[cfg(target_os = "linux")]
-        if let Some(attr) = self.0 {
-            return set(&SchedAttr {
-                nice: nice.unwrap_or(attr.nice),
-                ..attr
-            });
+        {
+            if let Some(attr) = self.0 {
+                // Best effort: a slice is latency only.
+                let _ = set(&SchedAttr {
+                    nice: nice.unwrap_or(attr.nice),
+                    ..attr
+                });
+                return Ok(());
+            }
+            let mut now = SchedAttr {
+                size: SCHED_ATTR_SIZE_VER0,
+                ..SchedAttr::default()
+            };
+            get(&mut now)?;
+            if ![SCHED_OTHER, SCHED_BATCH, SCHED_IDLE].contains(&now.policy) {
+                return set(&SchedAttr {
+                    size: SCHED_ATTR_SIZE_VER0,
+                    policy: SCHED_OTHER,
+                    nice: nice.unwrap_or(0),
+                    ..SchedAttr::default()
+                });
+            }
         }
         let _ = nice;
         Ok(())
@@ -196,7 +219,7 @@ mod tests {
                 .join()
                 .unwrap();
             assert_eq!(inner, Some(100_000));
-            ChildSlice::prepare().default_slice_in_child(None).unwrap();
+            ChildSched::prepare().apply_in_child(None).unwrap();
             assert_eq!(slice_of(tid), Some(default));
         })
         .join()

@@ -95,7 +95,14 @@ static GOVERNOR: OnceLock<Governor> = OnceLock::new();
 
 /// What became of `server.realtime_priority` on the main thread, for the start-up log: unset
 /// when it was 0.
-static OUTCOME: OnceLock<Result<u8, String>> = OnceLock::new();
+static OUTCOME: OnceLock<Outcome> = OnceLock::new();
+
+enum Outcome {
+    On(u8),
+    Refused(String),
+    /// Started real-time (`chrt`): the operator's choice, left alone, ungoverned.
+    Inherited,
+}
 
 #[cfg(target_os = "linux")]
 fn tid() -> i32 {
@@ -129,18 +136,15 @@ pub fn realtime_runtime(
     #[cfg(target_os = "linux")]
     {
         let Some(fair) = super::fair_attr() else {
-            let _ = OUTCOME.set(Err(
-                "the daemon already runs a real-time policy: left as it is".into(),
-            ));
+            let _ = OUTCOME.set(Outcome::Inherited);
             return None;
         };
-        let outcome = set_realtime(priority).map(|()| priority);
-        let applied = outcome.is_ok();
-        let _ = OUTCOME.set(outcome.map_err(|e| e.to_string()));
-        // Refused here, refused on every thread: nothing to govern.
-        if !applied {
+        if let Err(e) = set_realtime(priority) {
+            // Refused here, refused on every thread: nothing to govern.
+            let _ = OUTCOME.set(Outcome::Refused(e.to_string()));
             return None;
         }
+        let _ = OUTCOME.set(Outcome::On(priority));
         let epoch = Instant::now();
         let _ = GOVERNOR.set(Governor {
             realtime: rr(priority),
@@ -278,11 +282,15 @@ pub fn serving() {
     }
     match OUTCOME.get() {
         None => tracing::info!("real-time scheduling off (server.realtime_priority = 0)"),
-        Some(Ok(p)) => tracing::info!(
+        Some(Outcome::On(p)) => tracing::info!(
             priority = p,
             "real-time scheduling on (SCHED_RR) while the daemon uses under half a core"
         ),
-        Some(Err(e)) => tracing::info!(
+        Some(Outcome::Inherited) => tracing::info!(
+            "the daemon was started with a real-time policy: kept as it is, not governed; \
+             its agents still start fair"
+        ),
+        Some(Outcome::Refused(e)) => tracing::info!(
             error = %e,
             "real-time scheduling not permitted (needs CAP_SYS_NICE or an RLIMIT_RTPRIO); \
              the daemon relies on its CPU slice and the agents' niceness"
