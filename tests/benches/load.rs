@@ -5,8 +5,38 @@
 
 use acpd_tests::load::{Opts, run};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    // `ACPD_LOAD_CLIENT_RT=1`: the harness's threads (its clients, and the floor's server) run
+    // `SCHED_RR` 1, so its own wake-ups do not wait for a core behind other work, as the
+    // responsive section's real-time client; what they start (the daemons) starts fair
+    // (`SCHED_RESET_ON_FORK`) and sets its own policy. Where not permitted it says so.
+    if std::env::var_os("ACPD_LOAD_CLIENT_RT").is_some() {
+        let rr = || {
+            let p = nix::libc::sched_param { sched_priority: 1 };
+            // SAFETY: sets the calling thread's policy; the kernel reads `p`, which lives here.
+            unsafe {
+                nix::libc::sched_setscheduler(
+                    0,
+                    nix::libc::SCHED_RR | nix::libc::SCHED_RESET_ON_FORK,
+                    &p,
+                )
+            }
+        };
+        if rr() != 0 {
+            println!("client real-time: not permitted to this user, ran without");
+        } else {
+            println!("client real-time: the harness's threads run SCHED_RR 1");
+        }
+        rt.on_thread_start(move || {
+            rr();
+        });
+    }
+    rt.build()?.block_on(run_main())
+}
+
+async fn run_main() -> anyhow::Result<()> {
     let short = std::env::var_os("ACPD_LOAD_SHORT").is_some();
     if std::env::var("ACPD_LOAD_ONLY").is_ok_and(|only| only.trim() == "responsive") {
         use acpd_tests::responsive::{Case, Client, Opts, section};
