@@ -50,12 +50,23 @@ async fn serving_threads_run_real_time_and_agents_never_do() {
     let agent = d.child_pid(&s).await.unwrap();
 
     // The main thread (it accepts connections) and the runtime's workers: SCHED_RR (2) at
-    // priority 1 (field 40); the export threads and the spawner, started from them, fair (0).
+    // priority 1 (field 40); the plugins' epoch ticker one above them, so that it can stop a
+    // guest that loops on a worker; the export threads and the spawner, started from them,
+    // fair (0).
     let policies = thread_fields(d.pid(), 41);
     let priorities = thread_fields(d.pid(), 40);
+    assert!(
+        policies.iter().any(|(c, _)| c == "acpd-plugin-epo"),
+        "{policies:?}"
+    );
     for ((comm, policy), (_, prio)) in policies.iter().zip(&priorities) {
-        let serving = comm == "acpd" || comm.starts_with("tokio-");
-        let (want_policy, want_prio) = if serving { ("2", "1") } else { ("0", "0") };
+        let (want_policy, want_prio) = if comm == "acpd" || comm.starts_with("tokio-") {
+            ("2", "1")
+        } else if comm == "acpd-plugin-epo" {
+            ("2", "2")
+        } else {
+            ("0", "0")
+        };
         assert_eq!(
             (policy.as_str(), prio.as_str()),
             (want_policy, want_prio),

@@ -140,7 +140,11 @@ fn start_on(gate: &'static Gate, engine: &Engine) {
     let weak = engine.weak();
     let _ = std::thread::Builder::new()
         .name("acpd-plugin-epoch".into())
-        .spawn(move || gate.tick(weak));
+        .spawn(move || {
+            // Above a real-time worker that runs a looping guest (see `sched::realtime`).
+            crate::sched::realtime::above_serving();
+            gate.tick(weak)
+        });
 }
 
 #[cfg(test)]
