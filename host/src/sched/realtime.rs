@@ -91,6 +91,21 @@ struct State {
     cpu_at_start: u64,
 }
 
+impl Governor {
+    /// ns since `epoch`.
+    #[cfg(target_os = "linux")]
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A new load window from `now`, the process's CPU time at that point being `cpu`.
+    #[cfg(target_os = "linux")]
+    fn start_window(&self, st: &mut State, now: u64, cpu: u64) {
+        st.cpu_at_start = cpu;
+        self.window_start.store(now, Ordering::Relaxed);
+    }
+}
+
 static GOVERNOR: OnceLock<Governor> = OnceLock::new();
 
 /// What became of `server.realtime_priority` on the main thread, for the start-up log: unset
@@ -206,7 +221,7 @@ pub fn note_activity() {
     #[cfg(target_os = "linux")]
     {
         let Some(g) = GOVERNOR.get() else { return };
-        let now = u64::try_from(g.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now = g.now();
         if now.saturating_sub(g.window_start.load(Ordering::Relaxed)) < WINDOW_NS {
             return;
         }
@@ -220,8 +235,7 @@ pub fn note_activity() {
         }
         let cpu = process_cpu_ns();
         let cores = cpu.saturating_sub(st.cpu_at_start) as f64 / elapsed as f64;
-        st.cpu_at_start = cpu;
-        g.window_start.store(now, Ordering::Relaxed);
+        g.start_window(&mut st, now, cpu);
         let on = g.on.load(Ordering::Relaxed);
         if let Some(to) = decide(on, cores) {
             g.on.store(to, Ordering::Relaxed);
@@ -238,24 +252,11 @@ pub fn note_activity() {
     }
 }
 
-/// Whether the serving threads are real-time now, and how often the load made them fair
-/// (`None`: real time is off or refused).
-pub fn state() -> Option<(bool, u64)> {
-    GOVERNOR.get().map(|g| {
-        (
-            g.on.load(Ordering::Relaxed),
-            g.demotions.load(Ordering::Relaxed),
-        )
-    })
-}
-
 /// `acpd.sched.realtime` and `acpd.sched.demotions`, when real time is on (call once the
 /// meter provider is installed).
 pub fn register_metrics() {
     use crate::telemetry::semconv;
-    if GOVERNOR.get().is_none() {
-        return;
-    }
+    let Some(g) = GOVERNOR.get() else { return };
     let meter = opentelemetry::global::meter("acpd");
     let _ = meter
         .u64_observable_gauge(semconv::M_SCHED_REALTIME)
@@ -263,11 +264,7 @@ pub fn register_metrics() {
         .with_description(
             "1 while the serving threads run real-time, 0 while the load keeps them fair",
         )
-        .with_callback(|o| {
-            if let Some((on, _)) = state() {
-                o.observe(u64::from(on), &[]);
-            }
-        })
+        .with_callback(|o| o.observe(u64::from(g.on.load(Ordering::Relaxed)), &[]))
         .build();
     let _ = meter
         .u64_observable_counter(semconv::M_SCHED_DEMOTIONS)
@@ -275,11 +272,7 @@ pub fn register_metrics() {
         .with_description(
             "How often the daemon's load moved its serving threads from real time to fair",
         )
-        .with_callback(|o| {
-            if let Some((_, n)) = state() {
-                o.observe(n, &[]);
-            }
-        })
+        .with_callback(|o| o.observe(g.demotions.load(Ordering::Relaxed), &[]))
         .build();
 }
 
@@ -290,9 +283,7 @@ pub fn serving() {
     #[cfg(target_os = "linux")]
     if let Some(g) = GOVERNOR.get() {
         let mut st = g.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.cpu_at_start = process_cpu_ns();
-        let now = u64::try_from(g.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        g.window_start.store(now, Ordering::Relaxed);
+        g.start_window(&mut st, g.now(), process_cpu_ns());
     }
     match OUTCOME.get() {
         None => tracing::info!("real-time scheduling off (server.realtime_priority = 0)"),
