@@ -13,18 +13,8 @@ fn main() -> anyhow::Result<()> {
     // responsive section's real-time client; what they start (the daemons) starts fair
     // (`SCHED_RESET_ON_FORK`) and sets its own policy. Where not permitted it says so.
     if std::env::var_os("ACPD_LOAD_CLIENT_RT").is_some() {
-        let rr = || {
-            let p = nix::libc::sched_param { sched_priority: 1 };
-            // SAFETY: sets the calling thread's policy; the kernel reads `p`, which lives here.
-            unsafe {
-                nix::libc::sched_setscheduler(
-                    0,
-                    nix::libc::SCHED_RR | nix::libc::SCHED_RESET_ON_FORK,
-                    &p,
-                )
-            }
-        };
-        if rr() != 0 {
+        let rr = || acpd_tests::set_thread_realtime(true);
+        if !rr() {
             println!("client real-time: not permitted to this user, ran without");
         } else {
             println!("client real-time: the harness's threads run SCHED_RR 1");

@@ -512,8 +512,64 @@ fn live_processes(pred: impl Fn(&[&str]) -> bool) -> Vec<u32> {
 /// hold spaces), the state first; `None` once the process is gone.
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(String::from).collect())
+    Some(split_stat(&stat)?.1)
+}
+
+/// A `stat` line of proc(5): the command name, and the fields after it (field 3, the state,
+/// first: field `n` is at index `n - 3`).
+fn split_stat(stat: &str) -> Option<(String, Vec<String>)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    Some((comm, rest.split_whitespace().map(String::from).collect()))
+}
+
+/// One thread of a process, from `/proc/<pid>/task/<tid>/stat`.
+#[derive(Debug)]
+pub struct ThreadStat {
+    pub tid: u32,
+    pub comm: String,
+    /// The fields after the command name: field `n` of proc(5) is at index `n - 3`.
+    pub fields: Vec<String>,
+}
+
+impl ThreadStat {
+    /// Field `n` as proc(5) counts (1-based); "" past the end.
+    pub fn field(&self, n: usize) -> &str {
+        self.fields.get(n - 3).map_or("", String::as_str)
+    }
+
+    /// The scheduling policy, field 41: "0" fair, "1" FIFO, "2" round robin.
+    pub fn policy(&self) -> &str {
+        self.field(41)
+    }
+}
+
+/// Every thread of `pid` (none once the process is gone; a thread that ends meanwhile is left
+/// out).
+pub fn thread_stats(pid: u32) -> Vec<ThreadStat> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|t| {
+        let t = t.ok()?;
+        let tid = t.file_name().to_str()?.parse().ok()?;
+        let (comm, fields) = split_stat(&std::fs::read_to_string(t.path().join("stat")).ok()?)?;
+        Some(ThreadStat { tid, comm, fields })
+    })
+    .collect()
+}
+
+/// Puts the calling thread at `SCHED_RR` 1 (`reset_on_fork`: what it starts is fair); whether
+/// this user may (root, `CAP_SYS_NICE`, an `RLIMIT_RTPRIO`).
+pub fn set_thread_realtime(reset_on_fork: bool) -> bool {
+    let p = nix::libc::sched_param { sched_priority: 1 };
+    let reset = if reset_on_fork {
+        nix::libc::SCHED_RESET_ON_FORK
+    } else {
+        0
+    };
+    // SAFETY: sets the calling thread's policy; the kernel reads `p`, which lives here.
+    unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_RR | reset, &p) == 0 }
 }
 
 /// Live processes whose parent is `pid`.

@@ -113,24 +113,13 @@ pub struct Run {
     pub realtime_threads: usize,
 }
 
-/// How many of `pid`'s threads run a real-time policy (`SCHED_FIFO` or `SCHED_RR`, field 41 of
-/// `/proc/<pid>/task/<tid>/stat`).
-pub fn realtime_threads(pid: u32) -> Result<usize> {
-    let mut n = 0;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Ok(stat) = std::fs::read_to_string(t?.path().join("stat")) else {
-            continue; // the thread ended
-        };
-        // After the command name, which may hold spaces, in parentheses.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let policy = rest.split_whitespace().nth(41 - 3);
-        if matches!(policy, Some("1" | "2")) {
-            n += 1;
-        }
-    }
-    Ok(n)
+/// How many of `pid`'s threads run a real-time policy (`SCHED_FIFO` or `SCHED_RR`).
+pub fn realtime_threads(pid: u32) -> usize {
+    crate::thread_stats(pid)
+        .iter()
+        .filter(|t| matches!(t.policy(), "1" | "2"))
+        .count()
 }
-
 /// Telemetry and the default plugins on (to a sink that answers without decoding), one agent
 /// child per session, limits out of the way.
 async fn daemon(case: Case, rx: &Receiver) -> Result<Daemon> {
@@ -226,10 +215,8 @@ async fn realtime_probes(
     std::thread::Builder::new()
         .name("probe-client".into())
         .spawn(move || {
-            let p = nix::libc::sched_param { sched_priority: 1 };
-            // SAFETY: sets this thread's policy; the kernel reads `p`, which lives here. The
-            // thread ends with the probes, so nothing else runs at this priority.
-            let applied = unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_RR, &p) } == 0;
+            // The thread ends with the probes, so nothing else runs at this priority.
+            let applied = crate::set_thread_realtime(false);
             let run = || -> Result<(Vec<u64>, Vec<u64>)> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -292,7 +279,7 @@ pub async fn run_case(case: Case, o: &Opts) -> Result<Run> {
     };
     let window = t0.elapsed().as_secs_f64();
     let (a1, d1) = (agent_cpu(&agents)?, cpu_time(d.pid())?);
-    let realtime_threads = realtime_threads(d.pid())?;
+    let realtime_threads = realtime_threads(d.pid());
     let expected = warm + admission.len();
     let deadline = Instant::now() + Duration::from_secs(60);
     while done.load(Ordering::Relaxed) < expected {

@@ -4,35 +4,25 @@
 //! The figures that chose this are the responsive section of the load harness.
 
 use acpd_tests::responsive::realtime_threads;
-use acpd_tests::{Daemon, eventually};
+use acpd_tests::{Daemon, eventually, set_thread_realtime, thread_stats};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Field `n` (1-based, as proc(5) counts) of `/proc/<pid>/task/<tid>/stat` for every thread.
-fn thread_fields(pid: u32, n: usize) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let Ok(stat) = std::fs::read_to_string(t.unwrap().path().join("stat")) else {
-            continue;
-        };
-        let (head, rest) = stat.rsplit_once(')').unwrap();
-        let comm = head.split_once('(').unwrap().1.to_string();
-        let field = rest.split_whitespace().nth(n - 3).unwrap().to_string();
-        out.push((comm, field));
-    }
-    out
-}
-
 /// Whether this user may run a thread real-time (tried on a thread of its own, which ends).
 fn realtime_permitted() -> bool {
-    std::thread::spawn(|| {
-        let p = nix::libc::sched_param { sched_priority: 1 };
-        // SAFETY: sets the calling thread's policy; the kernel reads `p`, which lives here.
-        unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_RR, &p) == 0 }
-    })
-    .join()
-    .unwrap()
+    std::thread::spawn(|| set_thread_realtime(false))
+        .join()
+        .unwrap()
+}
+
+/// Every thread of the agent `pid`: fair, at the daemon's niceness (0) + `agent.nice` (10).
+fn assert_agent_fair(pid: u32) {
+    let threads = thread_stats(pid);
+    assert!(!threads.is_empty(), "agent {pid} is gone");
+    for t in &threads {
+        assert_eq!((t.policy(), t.field(19)), ("0", "10"), "agent thread {t:?}");
+    }
 }
 
 #[tokio::test]
@@ -53,35 +43,23 @@ async fn serving_threads_run_real_time_and_agents_never_do() {
     // priority 1 (field 40); the plugins' epoch ticker one above them, so that it can stop a
     // guest that loops on a worker; the export threads and the spawner, started from them,
     // fair (0).
-    let policies = thread_fields(d.pid(), 41);
-    let priorities = thread_fields(d.pid(), 40);
+    let threads = thread_stats(d.pid());
     assert!(
-        policies.iter().any(|(c, _)| c == "acpd-plugin-epo"),
-        "{policies:?}"
+        threads.iter().any(|t| t.comm == "acpd-plugin-epo"),
+        "{threads:?}"
     );
-    for ((comm, policy), (_, prio)) in policies.iter().zip(&priorities) {
-        let (want_policy, want_prio) = if comm == "acpd" || comm.starts_with("tokio-") {
+    for t in &threads {
+        let want = if t.comm == "acpd" || t.comm.starts_with("tokio-") {
             ("2", "1")
-        } else if comm == "acpd-plugin-epo" {
+        } else if t.comm == "acpd-plugin-epo" {
             ("2", "2")
         } else {
             ("0", "0")
         };
-        assert_eq!(
-            (policy.as_str(), prio.as_str()),
-            (want_policy, want_prio),
-            "daemon thread {comm}: {policies:?}"
-        );
+        assert_eq!((t.policy(), t.field(40)), want, "daemon thread {t:?}");
     }
-    assert!(realtime_threads(d.pid()).unwrap() >= 2, "{policies:?}");
-
-    // Every thread of the agent: fair, at the daemon's niceness (0) + agent.nice (10).
-    for (comm, policy) in thread_fields(agent, 41) {
-        assert_eq!(policy, "0", "agent thread {comm}");
-    }
-    for (comm, nice) in thread_fields(agent, 19) {
-        assert_eq!(nice, "10", "agent thread {comm}");
-    }
+    assert!(realtime_threads(d.pid()) >= 2, "{threads:?}");
+    assert_agent_fair(agent);
 }
 
 #[tokio::test]
@@ -93,15 +71,17 @@ async fn real_time_off_leaves_every_thread_fair() {
         .unwrap();
     let s = d.create_session().await.unwrap();
     let agent = d.child_pid(&s).await.unwrap();
-    assert_eq!(realtime_threads(d.pid()).unwrap(), 0);
-    assert_eq!(realtime_threads(agent).unwrap(), 0);
+    assert_eq!(realtime_threads(d.pid()), 0);
+    assert_eq!(realtime_threads(agent), 0);
 }
 
 /// The main thread's policy (its tid is the pid): "2" real-time round robin, "0" fair.
 fn main_policy(pid: u32) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    rest.split_whitespace().nth(41 - 3).unwrap().to_string()
+    thread_stats(pid)
+        .iter()
+        .find(|t| t.tid == pid)
+        .map(|t| t.policy().to_string())
+        .unwrap_or_default()
 }
 
 /// Under a load that takes more than half a core the serving threads go fair (so a local
@@ -177,13 +157,8 @@ fn a_daemon_started_real_time_still_starts_its_agents_fair() {
         return;
     }
     std::thread::spawn(|| {
-        let p = nix::libc::sched_param { sched_priority: 1 };
-        // SAFETY: sets this thread's policy; the kernel reads `p`, which lives here. The thread
-        // ends with the test.
-        assert_eq!(
-            unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_RR, &p) },
-            0
-        );
+        // Without reset-on-fork, as `chrt` starts a command; the thread ends with the test.
+        assert!(set_thread_realtime(false));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -197,12 +172,7 @@ fn a_daemon_started_real_time_still_starts_its_agents_fair() {
             );
             let s = d.create_session().await.unwrap();
             let agent = d.child_pid(&s).await.unwrap();
-            for (comm, policy) in thread_fields(agent, 41) {
-                assert_eq!(policy, "0", "agent thread {comm}");
-            }
-            for (comm, nice) in thread_fields(agent, 19) {
-                assert_eq!(nice, "10", "agent thread {comm}");
-            }
+            assert_agent_fair(agent);
         });
     })
     .join()
