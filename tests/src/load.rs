@@ -279,9 +279,10 @@ impl Client {
         Ok(Client { s, sse })
     }
 
-    /// One timed turn: (POST -> agent has `session/prompt`, agent's last chunk -> client has
-    /// `turn_complete`), in ns.
-    async fn timed_turn(&mut self, d: &Daemon, text: &str) -> Result<(u64, u64)> {
+    /// One timed turn, in ns: POST -> the agent's handler has `session/prompt`; POST -> the
+    /// agent read its line from the pipe (where the floor's pipe write ends: the rest is the
+    /// agent's own hop to its handler); agent's last chunk -> client has `turn_complete`.
+    async fn timed_turn(&mut self, d: &Daemon, text: &str) -> Result<Turn> {
         let t0 = wall_ns();
         let frames = turn(d, &self.s, &mut self.sse, text).await?;
         let t_end = wall_ns();
@@ -299,19 +300,54 @@ impl Client {
                 .and_then(|v| v.parse().ok())
                 .with_context(|| format!("no {key} in {text:?}"))
         };
-        let (recv, sent) = (stamp("recv=")?, stamp("last=")?);
-        Ok((
-            recv.saturating_sub(t0) as u64,
-            t_end.saturating_sub(sent) as u64,
-        ))
+        let (recv, read, sent) = (stamp("recv=")?, stamp("read=")?, stamp("last=")?);
+        ensure!(
+            read <= recv,
+            "the agent read its line after its handler ran: {text:?}"
+        );
+        Ok(Turn {
+            to_agent: recv.saturating_sub(t0) as u64,
+            to_read: read.saturating_sub(t0) as u64,
+            to_client: t_end.saturating_sub(sent) as u64,
+        })
     }
+}
+
+struct Turn {
+    to_agent: u64,
+    to_read: u64,
+    to_client: u64,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct Overhead {
     pub sessions: usize,
     pub to_agent: Vec<u64>,
+    /// POST -> the agent read the request's line: the daemon's share of `to_agent`.
+    pub to_read: Vec<u64>,
     pub to_client: Vec<u64>,
+    /// CPU time per timed turn, in ns, of the daemon and of its agents: the daemon's bounds
+    /// what any scheduling can take off its path.
+    pub daemon_cpu_per_turn: u64,
+    pub agent_cpu_per_turn: u64,
+}
+
+/// A process's CPU time so far (all its threads, the exited ones included), in ns.
+pub fn process_cpu_ns(pid: u32) -> Result<u64> {
+    use nix::time::{ClockId, clock_gettime};
+    let clock = ClockId::pid_cpu_clock_id(nix::unistd::Pid::from_raw(pid as i32))
+        .with_context(|| format!("no CPU clock for process {pid}"))?;
+    let t = clock_gettime(clock).with_context(|| format!("CPU clock of process {pid}"))?;
+    Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+}
+
+/// The CPU time of `pid` and of its children (the agents), in ns.
+fn cpu_of_daemon_and_agents(pid: u32) -> Result<(u64, u64)> {
+    let agents = crate::children_of(pid)
+        .into_iter()
+        .map(process_cpu_ns)
+        .sum::<Result<u64>>()?;
+    Ok((process_cpu_ns(pid)?, agents))
 }
 
 /// `sessions` clients each run `prompts` turns, pausing a pseudo-random `think` (min, max ms)
@@ -331,6 +367,7 @@ pub async fn overhead(
     for c in clients.iter_mut() {
         c.timed_turn(d, "bench 4").await?;
     }
+    let cpu_before = cpu_of_daemon_and_agents(d.pid())?;
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -359,12 +396,24 @@ pub async fn overhead(
         ..Default::default()
     };
     for t in tasks {
-        for (a, b) in t.await?? {
-            o.to_agent.push(a);
-            o.to_client.push(b);
+        for turn in t.await?? {
+            o.to_agent.push(turn.to_agent);
+            o.to_read.push(turn.to_read);
+            o.to_client.push(turn.to_client);
         }
     }
+    let cpu_after = cpu_of_daemon_and_agents(d.pid())?;
+    let turns = (sessions * prompts).max(1) as u64;
+    o.daemon_cpu_per_turn = cpu_after.0.saturating_sub(cpu_before.0) / turns;
+    o.agent_cpu_per_turn = cpu_after.1.saturating_sub(cpu_before.1) / turns;
+    ensure!(
+        o.daemon_cpu_per_turn > 0 && o.agent_cpu_per_turn > 0,
+        "no CPU time read for the daemon ({}) or its agents ({})",
+        o.daemon_cpu_per_turn,
+        o.agent_cpu_per_turn
+    );
     o.to_agent.sort_unstable();
+    o.to_read.sort_unstable();
     o.to_client.sort_unstable();
     Ok(o)
 }
@@ -1114,12 +1163,17 @@ async fn overhead_section(rep: &mut Report, o: &Opts) -> Result<()> {
             let r = overhead(&t.d, n, o.overhead_prompts, think).await?;
             let _ = write!(
                 row,
-                "| {}: to agent {:.0}/{:.0}, to client {:.0}/{:.0} ",
+                "| {}: to agent {:.0}/{:.0} (its read {:.0}/{:.0}), to client {:.0}/{:.0}, \
+                 CPU/turn daemon {:.0} agent {:.0} ",
                 mode.label(),
                 us(pct(&r.to_agent, 50.0)),
                 us(pct(&r.to_agent, 99.0)),
+                us(pct(&r.to_read, 50.0)),
+                us(pct(&r.to_read, 99.0)),
                 us(pct(&r.to_client, 50.0)),
                 us(pct(&r.to_client, 99.0)),
+                us(r.daemon_cpu_per_turn),
+                us(r.agent_cpu_per_turn),
             );
         }
         rep.line(row);

@@ -9,6 +9,8 @@ async fn every_measurement_runs_in_short_mode() {
     for part in [
         "floor:",
         "overhead @ 1 sessions",
+        "(its read ",
+        "CPU/turn daemon ",
         "admission prompts/s",
         "GET /health req/s",
         "fan-out 1 session x N subscribers",

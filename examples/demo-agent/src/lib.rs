@@ -60,6 +60,7 @@ use agent_client_protocol::{
     on_receive_request,
 };
 use futures::AsyncBufReadExt as _;
+use futures::StreamExt as _;
 use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
@@ -132,7 +133,15 @@ async fn serve_stdio(clear_deathsig: bool) -> anyhow::Result<()> {
     let (out_tx, out_rx) = mpsc::channel::<Out>(64);
     let writer = tokio::spawn(write_stdout(out_rx));
 
-    let incoming = futures::io::BufReader::new(stdin().compat()).lines();
+    let reads = Arc::new(PromptReads::default());
+    let stamped = reads.clone();
+    let incoming = futures::io::BufReader::new(stdin().compat())
+        .lines()
+        .inspect(move |line| {
+            if let Ok(line) = line {
+                stamped.note(line);
+            }
+        });
     let outgoing = futures::sink::unfold(out_tx.clone(), async |tx, line: String| {
         tx.send(Out::Line(line))
             .await
@@ -145,6 +154,7 @@ async fn serve_stdio(clear_deathsig: bool) -> anyhow::Result<()> {
         sessions: Mutex::default(),
         next_call: AtomicU64::new(1),
         out: out_tx.clone(),
+        reads,
     });
     let (s1, s2, s3, s4) = (state.clone(), state.clone(), state.clone(), state.clone());
     let tel = telemetry.clone();
@@ -219,6 +229,7 @@ async fn serve_stdio(clear_deathsig: bool) -> anyhow::Result<()> {
         .on_receive_request(
             async move |req: PromptRequest, responder, cx: Cx| {
                 let received_ns = wall_ns();
+                let read_ns = s3.reads.take(&req.session_id);
                 let Some((cwd, session_cancel)) = s3.begin_turn(&req.session_id) else {
                     return responder.respond_with_error(
                         Error::invalid_params().data(json!({ "unknownSessionId": req.session_id })),
@@ -243,6 +254,7 @@ async fn serve_stdio(clear_deathsig: bool) -> anyhow::Result<()> {
                     },
                     trace: trace.clone(),
                     received_ns,
+                    read_ns,
                 };
                 let telemetry = tel.clone();
                 // The turn talks to the client (fs, permission), so it must run outside the
@@ -381,6 +393,48 @@ struct State {
     sessions: Mutex<HashMap<SessionId, Session>>,
     next_call: AtomicU64,
     out: mpsc::Sender<Out>,
+    reads: Arc<PromptReads>,
+}
+
+/// When each session's latest `session/prompt` line was read from stdin. The `bench` command
+/// reports it beside the handler's own stamp: the crate hands a request to its handler a task
+/// hop after the read, and that hop is the agent's, not the client's. The read is where a
+/// pipe's physical floor ends, so the load harness can hold the daemon's share to it.
+#[derive(Default)]
+struct PromptReads(Mutex<HashMap<String, u128>>);
+
+impl PromptReads {
+    /// Bounded: a session whose handler never ran (a line the crate rejected) leaves its entry
+    /// behind; past this many, the map starts over (it only serves the benchmark's stamps).
+    const MAX: usize = 4096;
+
+    fn note(&self, line: &str) {
+        if let Some(session) = prompt_session(line) {
+            let now = wall_ns();
+            let mut reads = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if reads.len() >= Self::MAX {
+                reads.clear();
+            }
+            reads.insert(session.to_owned(), now);
+        }
+    }
+
+    fn take(&self, session: &SessionId) -> Option<u128> {
+        let mut reads = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        reads.remove(&*session.0)
+    }
+}
+
+/// The session of a `session/prompt` request line, found without parsing it (the crate parses
+/// it once, after this): the daemon writes compact JSON, and a line that does not match simply
+/// gets no stamp.
+fn prompt_session(line: &str) -> Option<&str> {
+    if !line.contains("\"method\":\"session/prompt\"") {
+        return None;
+    }
+    let start = line.find("\"sessionId\":\"")? + "\"sessionId\":\"".len();
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
 }
 
 struct Session {
@@ -442,6 +496,8 @@ struct Turn {
     trace: TurnTrace,
     /// Wall clock (ns since the epoch) when `session/prompt` arrived.
     received_ns: u128,
+    /// Wall clock when its line was read from stdin (see [`PromptReads`]), if it was seen.
+    read_ns: Option<u128>,
 }
 
 /// Wall clock in ns since the epoch: comparable across processes on one machine.
@@ -806,7 +862,10 @@ impl Turn {
     }
 
     fn bench(&self, chunks: u32, tools: u32) -> TurnResult {
-        self.say(format!("recv={} ", self.received_ns))?;
+        match self.read_ns {
+            Some(read) => self.say(format!("recv={} read={read} ", self.received_ns))?,
+            None => self.say(format!("recv={} ", self.received_ns))?,
+        }
         for _ in 0..tools {
             let id = self.state.next_tool_call_id();
             let tool = self.trace.tool("bench", &id);
@@ -840,5 +899,25 @@ mod tests {
         assert_eq!(command_label("pid"), "pid");
         assert_eq!(command_label("hunter2 is my password"), "echo");
         assert_eq!(command_label(""), "echo");
+    }
+
+    #[test]
+    fn a_prompt_line_is_stamped_under_its_session_and_nothing_else_is() {
+        let prompt = r#"{"jsonrpc":"2.0","id":7,"method":"session/prompt","params":{"sessionId":"demo-1","prompt":[{"type":"text","text":"bench 4"}]}}"#;
+        assert_eq!(prompt_session(prompt), Some("demo-1"));
+        // Another method, and a prompt whose text only quotes one (escaped, so no match).
+        let other =
+            r#"{"jsonrpc":"2.0","id":8,"method":"session/new","params":{"sessionId":"demo-2"}}"#;
+        assert_eq!(prompt_session(other), None);
+        let quoted = r#"{"jsonrpc":"2.0","id":9,"method":"session/cancel","params":{"sessionId":"demo-3","text":"\"method\":\"session/prompt\""}}"#;
+        assert_eq!(prompt_session(quoted), None);
+
+        let reads = PromptReads::default();
+        reads.note(other);
+        reads.note(prompt);
+        let id = SessionId::new("demo-1");
+        assert!(reads.take(&id).is_some_and(|ns| ns > 0));
+        assert_eq!(reads.take(&id), None, "a stamp is taken once");
+        assert_eq!(reads.take(&SessionId::new("demo-2")), None);
     }
 }

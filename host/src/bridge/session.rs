@@ -418,8 +418,14 @@ impl Session {
             originator: originator.as_deref(),
         });
         self.start_events(&mut events, &id, &text, &blocks, originator.as_deref());
-        self.bus.publish_all(&events);
+        // The request first, its events after: no agent update can overtake them, because
+        // the agent's updates reach the bus through this session's lock (`update`), which the
+        // admission holds until it returns.
         let call = self.dispatch(st, &agent, blocks, meta);
+        self.bus.publish_all(&events);
+        if let Some(r) = st.running.as_ref() {
+            r.trace.enrich(&self.id, &agent.child.id);
+        }
         st.started = Some(Started { agent, call });
     }
 
@@ -453,6 +459,7 @@ impl Session {
     }
 
     /// Opens the turn's ACP span and sends `session/prompt` (no await: see `start_prompt`).
+    /// The callers run the `dispatch` hook after it (`TurnTrace::enrich`), off the request's path.
     fn dispatch(
         &self,
         st: &mut State,
@@ -620,7 +627,11 @@ impl Session {
         let agent = self.ensure_agent(true).await?;
         let call = {
             let mut st = self.lock();
-            self.dispatch(&mut st, &agent, p.blocks, p.meta)
+            let call = self.dispatch(&mut st, &agent, p.blocks, p.meta);
+            if let Some(r) = st.running.as_ref() {
+                r.trace.enrich(&self.id, &agent.child.id);
+            }
+            call
         };
         self.await_turn(&agent, call, cancel).await
     }

@@ -65,34 +65,10 @@ impl TurnTrace {
         }
     }
 
-    /// The turn leaves the queue: records the wait, opens the ACP client span.
+    /// The turn leaves the queue: records the wait, opens the ACP client span, whose context
+    /// goes to the agent with the request. Nothing here calls a plugin: the request is sent
+    /// right after this, and [`TurnTrace::enrich`] follows it (see `Session::dispatch`).
     pub fn start(&mut self, session_id: &str, child_id: &str) -> Context {
-        // The `dispatch` hook: enrichment for this prompt's bridge spans.
-        let enriched = match crate::plugins::current() {
-            Some(set) if set.has(crate::plugins::Hook::Dispatch) => set.observe(
-                crate::plugins::Hook::Dispatch,
-                &[
-                    (SESSION_ID, session_id.to_string().into()),
-                    (CHILD_ID, child_id.to_string().into()),
-                ],
-            ),
-            _ => Vec::new(),
-        };
-        for kv in &enriched {
-            spans::set(&self.dispatch, kv.clone());
-        }
-        // The agent's own telemetry in this trace is attributed to the session and prompt.
-        if let Some(g) = crate::gateway::current() {
-            use opentelemetry::trace::TraceContextExt as _;
-            let trace_id = self.dispatch.span().span_context().trace_id().to_bytes();
-            g.note_prompt(
-                trace_id,
-                child_id,
-                session_id,
-                &self.prompt_id,
-                enriched.clone(),
-            );
-        }
         let wait = self.admitted.elapsed();
         self.started = Some(Instant::now());
         spans::set(
@@ -104,6 +80,9 @@ impl TurnTrace {
             KeyValue::new(CHILD_ID, child_id.to_string()),
         );
         metrics().queue_wait.record(wait.as_secs_f64(), &[]);
+        // The agent's own telemetry in this trace is attributed to the session and prompt from
+        // the moment the request can reach it; `enrich` adds the plugins' attributes.
+        self.note_prompt(session_id, child_id, Vec::new());
         let acp = spans::start(
             "acp session/prompt",
             SpanKind::Client,
@@ -117,6 +96,39 @@ impl TurnTrace {
         );
         self.acp = Some(acp.clone());
         acp
+    }
+
+    /// The `dispatch` hook, once the request is on its way: enrichment for this prompt's
+    /// bridge spans and for the agent's own telemetry in its trace. A guest call (and the
+    /// wake of the plugins' epoch ticker after a quiet spell) no longer delays the request.
+    /// The spans are still open, so they carry it when they end; the agent's items are
+    /// processed on the gateway's threads, which see the attributes once this returns.
+    pub fn enrich(&self, session_id: &str, child_id: &str) {
+        let enriched = match crate::plugins::current() {
+            Some(set) if set.has(crate::plugins::Hook::Dispatch) => set.observe(
+                crate::plugins::Hook::Dispatch,
+                &[
+                    (SESSION_ID, session_id.to_string().into()),
+                    (CHILD_ID, child_id.to_string().into()),
+                ],
+            ),
+            _ => return,
+        };
+        if enriched.is_empty() {
+            return;
+        }
+        for kv in &enriched {
+            spans::set(&self.dispatch, kv.clone());
+        }
+        self.note_prompt(session_id, child_id, enriched);
+    }
+
+    fn note_prompt(&self, session_id: &str, child_id: &str, enriched: Vec<KeyValue>) {
+        if let Some(g) = crate::gateway::current() {
+            use opentelemetry::trace::TraceContextExt as _;
+            let trace_id = self.dispatch.span().span_context().trace_id().to_bytes();
+            g.note_prompt(trace_id, child_id, session_id, &self.prompt_id, enriched);
+        }
     }
 
     /// The context new per-turn spans hang under (ACP span once dispatched).
