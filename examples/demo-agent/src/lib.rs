@@ -10,9 +10,10 @@
 //! - `crash`: chunk `about to crash`, then the process exits with code 3.
 //! - `unknown`: sends the request `demo/unknownRequest` to the client and reports its answer.
 //! - `flood <n=100> [size=1024]`: n chunks of `size` 'x' bytes.
-//! - `bench [chunks=4] [tools=0]`: no delay; the first chunk is `recv=<ns>` (wall clock when the
-//!   request arrived), then `tools` completed tool calls and filler chunks, and the last chunk is
-//!   `last=<ns>` (just before it is written): the load harness measures the daemon between them.
+//! - `bench [chunks=4] [tools=0]`: no delay; the first chunk is `recv=<ns> read=<ns> ` (wall clock
+//!   when the prompt's handler ran, and when its line was read from stdin), then `tools` completed
+//!   tool calls and filler chunks, and the last chunk is `last=<ns>` (just before it is written):
+//!   the load harness measures the daemon between them.
 //! - `env <NAME>`, `pwd`, `pid`, `stderr <text>`, `meta`: report process facts.
 //! - `mode <id>`: switches the session's mode itself (`current_mode_update`; see [`modes`]).
 //! - `telemetry <text>`: puts `<text>` verbatim into a span name (`demo.secret <text>`), span and
