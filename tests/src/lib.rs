@@ -56,7 +56,8 @@ fn build_bin(package: &str, bin: &str) -> PathBuf {
     if dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
         // The benchmarks' daemon counts its allocations (`acpd_alloc_*` on /metrics): the
-        // load harness reports them per prompt. Counting costs a few ns per allocation.
+        // load harness reports them per prompt. Counting costs a few ns per allocation
+        // (BENCHMARKS.md, "Round fourteen": 1.3-1.5 % of the daemon's CPU on the prompt path).
         if package == "acpd" {
             cmd.args(["--features", "alloc-count"]);
         }
