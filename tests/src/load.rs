@@ -332,22 +332,14 @@ pub struct Overhead {
     pub agent_cpu_per_turn: u64,
 }
 
-/// A process's CPU time so far (all its threads, the exited ones included), in ns.
-pub fn process_cpu_ns(pid: u32) -> Result<u64> {
-    use nix::time::{ClockId, clock_gettime};
-    let clock = ClockId::pid_cpu_clock_id(nix::unistd::Pid::from_raw(pid as i32))
-        .with_context(|| format!("no CPU clock for process {pid}"))?;
-    let t = clock_gettime(clock).with_context(|| format!("CPU clock of process {pid}"))?;
-    Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-}
-
 /// The CPU time of `pid` and of its children (the agents), in ns.
 fn cpu_of_daemon_and_agents(pid: u32) -> Result<(u64, u64)> {
     let agents = crate::children_of(pid)
         .into_iter()
-        .map(process_cpu_ns)
-        .sum::<Result<u64>>()?;
-    Ok((process_cpu_ns(pid)?, agents))
+        .map(cpu_time)
+        .sum::<Result<Duration>>()?;
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    Ok((ns(cpu_time(pid)?), ns(agents)))
 }
 
 /// `sessions` clients each run `prompts` turns, pausing a pseudo-random `think` (min, max ms)
@@ -1637,23 +1629,15 @@ impl SpanCounter {
     }
 }
 
-/// CPU time (user + system) a process has used so far, from /proc (in USER_HZ = 100 ticks).
+/// CPU time (user + system) a process has used so far, all its threads (the exited ones
+/// included), from its CPU clock: ns resolution, where /proc's stat counts 10 ms ticks, too
+/// coarse for the CPU of one turn.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("/proc/<pid>/stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    // After the command name: field 3 (state) is index 0; utime is field 14, stime 15.
-    let tick = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .context("utime/stime")
-    };
-    Ok(Duration::from_millis((tick(11)? + tick(12)?) * 10))
+    use nix::time::{ClockId, clock_gettime};
+    let clock = ClockId::pid_cpu_clock_id(nix::unistd::Pid::from_raw(pid as i32))
+        .with_context(|| format!("no CPU clock for process {pid}"))?;
+    let t = clock_gettime(clock).with_context(|| format!("CPU clock of process {pid}"))?;
+    Ok(Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
 }
 
 /// `acpd_telemetry_dropped` on `/metrics` for one `acpd_drop_source`, by `signal/stage`.

@@ -113,13 +113,17 @@ pub struct Run {
     pub realtime_threads: usize,
 }
 
-/// How many of `pid`'s threads run a real-time policy (`SCHED_FIFO` or `SCHED_RR`).
-pub fn realtime_threads(pid: u32) -> usize {
-    crate::thread_stats(pid)
+/// How many of `pid`'s threads run a real-time policy (`SCHED_FIFO` or `SCHED_RR`); an error
+/// once the process is gone, so that "none" is never read off a process that is not there.
+pub fn realtime_threads(pid: u32) -> Result<usize> {
+    let threads = crate::thread_stats(pid);
+    anyhow::ensure!(!threads.is_empty(), "process {pid} is gone");
+    Ok(threads
         .iter()
         .filter(|t| matches!(t.policy(), "1" | "2"))
-        .count()
+        .count())
 }
+
 /// Telemetry and the default plugins on (to a sink that answers without decoding), one agent
 /// child per session, limits out of the way.
 async fn daemon(case: Case, rx: &Receiver) -> Result<Daemon> {
@@ -279,7 +283,7 @@ pub async fn run_case(case: Case, o: &Opts) -> Result<Run> {
     };
     let window = t0.elapsed().as_secs_f64();
     let (a1, d1) = (agent_cpu(&agents)?, cpu_time(d.pid())?);
-    let realtime_threads = realtime_threads(d.pid());
+    let realtime_threads = realtime_threads(d.pid())?;
     let expected = warm + admission.len();
     let deadline = Instant::now() + Duration::from_secs(60);
     while done.load(Ordering::Relaxed) < expected {
