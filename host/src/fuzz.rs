@@ -604,7 +604,7 @@ pub fn acp_connection(data: &[u8]) {
     use crate::acp::{Routes, lines, serve};
 
     let written = Written::default();
-    let transport = lines::transport(
+    let (transport, _outbox) = lines::transport(
         written.clone(),
         io::Cursor::new(data.to_vec()),
         CONNECTION_MAX_LINE,

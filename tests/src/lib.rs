@@ -31,9 +31,14 @@ pub fn manifest_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// Path of the `acpd` binary, built once per test process; or `$ACPD_BENCH_BIN`, a binary built
+/// before, so two builds can be measured in turn within one hour (BENCHMARKS.md, "How to run").
 pub fn acpd_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("acpd", "acpd"))
+    BIN.get_or_init(|| match std::env::var_os("ACPD_BENCH_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => build_bin("acpd", "acpd"),
+    })
 }
 
 /// Path of the standalone `acpd-demo-agent` binary, built once per test process.

@@ -143,6 +143,15 @@ const EXPORT_TOOLS: usize = 8;
 /// sees steady state). `ACPD_LOAD_LIMITS` adds lines to `[limits]` (e.g.
 /// `journaled_event_ring_bytes = 1073741824` for a ring bounded by `event_ring` alone). The
 /// agent's own telemetry is off in every mode: the figures are the daemon's.
+/// The compiled-plugin cache of the harness's daemons (`ACPD_CACHE_DIR`): beside the binary they
+/// run, so a benchmark neither shares the user's cache with the tests nor starts cold each run.
+pub fn cache_dir() -> std::path::PathBuf {
+    crate::acpd_bin()
+        .parent()
+        .map_or_else(std::env::temp_dir, std::path::Path::to_path_buf)
+        .join("bench-cache")
+}
+
 fn bench_config(extra: &str) -> String {
     format!(
         "{}\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{extra}",
@@ -195,7 +204,9 @@ impl Target {
         rx: Option<Receiver>,
         env: &[(&str, &str)],
     ) -> Result<Target> {
-        let mut b = Daemon::builder().config(&bench_config(""));
+        let mut b = Daemon::builder()
+            .config(&bench_config(""))
+            .env("ACPD_CACHE_DIR", &cache_dir().to_string_lossy());
         match (&rx, mode) {
             (None, _) | (_, Telemetry::Off) => {
                 b = b.env("OTEL_SDK_DISABLED", "true").args(&["--no-plugins"]);
@@ -977,6 +988,7 @@ pub async fn startup(plugins: bool) -> Result<Duration> {
         .arg(state.path())
         .env("OTEL_SDK_DISABLED", "true")
         .env("ACPD_LOG", "info")
+        .env("ACPD_CACHE_DIR", cache_dir())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -1847,6 +1859,7 @@ pub async fn gateway(rate: u64, secs: f64) -> Result<GatewayRun> {
     let d = Arc::new(
         Daemon::builder()
             .config(&gateway_config())
+            .env("ACPD_CACHE_DIR", &cache_dir().to_string_lossy())
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint())
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
             .start()
@@ -1975,6 +1988,7 @@ async fn journal_daemon(mode: &str, limits: &str) -> Result<Daemon> {
         .config(&format!(
             "{limits}\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{state}"
         ))
+        .env("ACPD_CACHE_DIR", &cache_dir().to_string_lossy())
         .env("OTEL_SDK_DISABLED", "true")
         .args(&["--no-plugins"])
         .start()

@@ -137,6 +137,10 @@ async fn daemon(case: Case, rx: &Receiver) -> Result<Daemon> {
     );
     Daemon::builder()
         .config(&config)
+        .env(
+            "ACPD_CACHE_DIR",
+            &crate::load::cache_dir().to_string_lossy(),
+        )
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
         .start()

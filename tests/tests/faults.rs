@@ -109,6 +109,26 @@ async fn a_turn_that_never_finishes_ends_at_the_turn_deadline() -> Result<()> {
     Ok(())
 }
 
+/// A turn the daemon stops waiting for (its deadline passed) is withdrawn from an agent that
+/// ignores `session/cancel`: `$/cancel_request` for its `session/prompt` ends it.
+#[tokio::test]
+async fn a_turn_past_its_deadline_is_withdrawn_with_cancel_request() -> Result<()> {
+    let d = Daemon::builder()
+        .config(&config("ACPD_DEMO_FAULT = \"deaf-cancel\""))
+        .start()
+        .await?;
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    let r = d.prompt(&s, "slow 100000 1000").await?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["promptId"].as_str().unwrap().to_string();
+    let frames = sse.until_turn_end(&id).await?;
+    let end = frames.last().unwrap();
+    assert_eq!(end.event, "turn_error", "{}", end.data);
+    assert_eq!(end.data["data"]["code"], "turn_timeout", "{}", end.data);
+    logged(&d, "turn ended by $/cancel_request").await
+}
+
 #[tokio::test]
 async fn an_agent_that_closes_stdout_but_keeps_running_is_stopped() -> Result<()> {
     // Seen as soon as the pipe closes, not at the 15 s session deadline.

@@ -82,7 +82,8 @@ pub const INIT_DELAY_ENV: &str = "ACPD_DEMO_INIT_DELAY_MS";
 /// `ignore-term`, and clears the parent-death signal acpd gives it, so it outlives a killed
 /// daemon, as an agent that daemonizes would), `huge-line` (after
 /// answering `initialize`, writes one line that never ends), `garbage` (writes non-JSON lines
-/// without end instead of answering) or `no-load` (does not announce `loadSession`).
+/// without end instead of answering), `no-load` (does not announce `loadSession`) or
+/// `deaf-cancel` (ignores `session/cancel`: only `$/cancel_request` ends a turn early).
 pub const FAULT_ENV: &str = "ACPD_DEMO_FAULT";
 
 fn fault(name: &str) -> bool {
@@ -258,10 +259,15 @@ async fn serve_stdio(clear_deathsig: bool) -> anyhow::Result<()> {
                     read_ns,
                 };
                 let telemetry = tel.clone();
+                let by_request = responder.cancellation();
                 // The turn talks to the client (fs, permission), so it must run outside the
                 // dispatch loop; awaiting those answers here would deadlock.
                 cx.spawn(async move {
                     let result = turn.run(req).await;
+                    if by_request.is_cancelled() {
+                        // Shown in acpd's log: the fault tests wait for it.
+                        eprintln!("turn ended by $/cancel_request");
+                    }
                     trace.finish(&result);
                     log_err(responder.respond_with_result(result));
                     // The turn's spans leave now, not at the next batch tick (bounded).
@@ -276,7 +282,9 @@ async fn serve_stdio(clear_deathsig: bool) -> anyhow::Result<()> {
         )
         .on_receive_notification(
             async move |n: CancelNotification, _cx: Cx| {
-                s4.cancel_session(&n.session_id);
+                if !fault("deaf-cancel") {
+                    s4.cancel_session(&n.session_id);
+                }
                 Ok(())
             },
             on_receive_notification!(),

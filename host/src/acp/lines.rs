@@ -7,24 +7,26 @@ use agent_client_protocol::Lines;
 use futures::{Sink, Stream};
 use std::io;
 use std::pin::Pin;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use std::sync::Arc;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+
+use super::outbox::Outbox;
+use super::prompt;
 
 pub type LineSink = Pin<Box<dyn Sink<String, Error = io::Error> + Send>>;
 pub type LineStream = Pin<Box<dyn Stream<Item = io::Result<String>> + Send>>;
 
+/// The crate's transport over the agent's pipes, and the outbox its lines go through, which
+/// the bridge also writes a turn's prompt and cancel to (see `outbox`).
 pub fn transport(
-    to_agent: impl AsyncWrite + Send + Unpin + 'static,
+    to_agent: impl AsyncWrite + Send + 'static,
     from_agent: impl AsyncRead + Send + Unpin + 'static,
     max_line: usize,
-) -> Lines<LineSink, LineStream> {
-    let outgoing = futures::sink::unfold(to_agent, async |mut w, line: String| {
-        let mut bytes = line.into_bytes();
-        bytes.push(b'\n');
-        w.write_all(&bytes).await?;
-        w.flush().await?;
-        Ok::<_, io::Error>(w)
-    });
-    Lines::new(Box::pin(outgoing), incoming(from_agent, max_line))
+) -> (Lines<LineSink, LineStream>, Arc<Outbox>) {
+    let outbox = Outbox::new(to_agent);
+    let sink: LineSink = Box::pin(outbox.sink());
+    let lines = Lines::new(sink, incoming(from_agent, max_line));
+    (lines, outbox)
 }
 
 /// The agent's output as lines, ending after the first error.
@@ -41,7 +43,7 @@ pub(crate) fn incoming(
                 Ok(Some(line)) => {
                     // An agent's line is the daemon's work too (`sched::realtime`).
                     crate::sched::note_activity();
-                    Some((Ok(line), Some((reader, buf))))
+                    Some((Ok(prompt::reroute_answer(line)), Some((reader, buf))))
                 }
                 Ok(None) => None,
                 // After an error the stream ends: the rest of an oversized line is not JSON-RPC.

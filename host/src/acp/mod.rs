@@ -5,13 +5,15 @@
 
 pub mod fs;
 pub(crate) mod lines;
+mod outbox;
+mod prompt;
 mod session_config;
 
 use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::ConnectionTo;
 use agent_client_protocol::v1::schema::{
     CancelNotification, ClientCapabilities, ContentBlock, FileSystemCapabilities, Implementation,
-    InitializeRequest, LoadSessionRequest, Meta, NewSessionRequest, PromptRequest, PromptResponse,
+    InitializeRequest, LoadSessionRequest, Meta, NewSessionRequest, PromptRequest,
     ReadTextFileRequest, ReadTextFileResponse, RequestPermissionOutcome, RequestPermissionRequest,
     RequestPermissionResponse, SessionId, WriteTextFileRequest, WriteTextFileResponse,
 };
@@ -20,6 +22,7 @@ use agent_client_protocol::{
 };
 use serde_json::Value;
 use std::collections::HashMap;
+use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -27,6 +30,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use self::lines::{LineSink, LineStream};
+use self::outbox::Outbox;
 use crate::child::{self, ChildProc, ExitInfo, SpawnSpec};
 use crate::error::ApiError;
 use crate::telemetry::sanitize::sanitize;
@@ -56,16 +60,24 @@ pub struct AgentInfo {
     pub load_session: bool,
 }
 
-/// A `session/prompt` already sent to the agent, its answer not yet awaited.
-pub struct PromptCall(
-    std::pin::Pin<
-        Box<
-            dyn Future<Output = Result<PromptResponse, agent_client_protocol::Error>>
-                + Send
-                + 'static,
-        >,
-    >,
-);
+/// A `session/prompt` already sent to the agent, its answer not yet awaited. Dropping it
+/// before the answer forgets the request and sends the agent `$/cancel_request` for it, as the
+/// crate does for its own requests; a late answer is dropped.
+pub struct PromptCall {
+    /// `None` when the request could not be written (the agent's stdin is closed).
+    answer: Option<oneshot::Receiver<Value>>,
+    pending: Option<(Arc<Routes>, Arc<Outbox>, u64)>,
+}
+
+impl Drop for PromptCall {
+    fn drop(&mut self) {
+        if let Some((routes, outbox, n)) = self.pending.take()
+            && routes.prompts.forget(n)
+        {
+            let _ = outbox.send_now(prompt::cancel_line(n));
+        }
+    }
+}
 
 #[derive(Debug)]
 pub enum PromptError {
@@ -78,6 +90,8 @@ pub enum PromptError {
 #[derive(Default)]
 pub(crate) struct Routes {
     map: Mutex<HashMap<String, Route>>,
+    /// Turns' `session/prompt` requests awaiting their answers (see `prompt`).
+    prompts: prompt::Pending,
 }
 
 struct Route {
@@ -115,6 +129,8 @@ pub struct AgentConn {
     pub root: PathBuf,
     pub started: Instant,
     cx: ConnectionTo<Agent>,
+    /// The agent's stdin, shared with the crate: turns write their prompt and cancel here.
+    outbox: Arc<Outbox>,
     routes: Arc<Routes>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Cancelled once the connection has ended: everything the agent wrote was dispatched.
@@ -159,7 +175,7 @@ impl AgentConn {
             })?;
         let routes = Arc::new(Routes::default());
         let (cx_tx, cx_rx) = oneshot::channel();
-        let transport = lines::transport(stdin, stdout, t.max_line_bytes);
+        let (transport, outbox) = lines::transport(stdin, stdout, t.max_line_bytes);
         let connection = serve(transport, routes.clone(), root.clone(), cx_tx);
         let watched = child.clone();
         let closed = CancellationToken::new();
@@ -270,6 +286,7 @@ impl AgentConn {
             root,
             started: Instant::now(),
             cx,
+            outbox,
             routes,
             task: Mutex::new(Some(task)),
             closed,
@@ -407,33 +424,58 @@ impl AgentConn {
         }
     }
 
-    /// Sends `session/prompt` now, without awaiting anything: the crate registers the pending
-    /// reply and queues the request synchronously, so the turn can be started by whichever
-    /// task admits it (see `Session::enqueue`); [`AgentConn::await_prompt`] awaits the answer.
+    /// Sends `session/prompt` now, without awaiting anything: the request is written to the
+    /// agent's pipe in this call when nothing is queued before it (see `outbox`), so the turn
+    /// starts in whichever task admits it (see `Session::enqueue`); [`AgentConn::await_prompt`]
+    /// awaits the answer.
     pub fn start_prompt(
         &self,
         session_id: &str,
         blocks: Vec<ContentBlock>,
         meta: Meta,
     ) -> PromptCall {
+        let gone = PromptCall {
+            answer: None,
+            pending: None,
+        };
+        if self.closed.is_cancelled() {
+            return gone;
+        }
         let req = PromptRequest::new(SessionId::new(session_id), blocks).meta(meta);
-        PromptCall(Box::pin(self.cx.send_request(req).block_task()))
+        let (n, answer) = self.routes.prompts.open();
+        let call = PromptCall {
+            answer: Some(answer),
+            pending: Some((self.routes.clone(), self.outbox.clone(), n)),
+        };
+        let sent = prompt::request_line(n, &req)
+            .map_err(io::Error::other)
+            .and_then(|line| self.outbox.send_now(line));
+        match sent {
+            Ok(()) => call,
+            Err(e) => {
+                tracing::debug!(child.id = %self.child.id, error = %e, "session/prompt not written");
+                gone
+            }
+        }
     }
 
     /// The end of a turn started with [`AgentConn::start_prompt`]. The caller owns
     /// cancellation (`cancel`) and deadlines; dropping the call sends `$/cancel_request`, so
     /// callers keep it alive until the turn ends.
-    pub async fn await_prompt(&self, call: PromptCall) -> Result<String, PromptError> {
+    pub async fn await_prompt(&self, mut call: PromptCall) -> Result<String, PromptError> {
+        let Some(answer) = call.answer.as_mut() else {
+            return Err(PromptError::AgentGone);
+        };
         tokio::select! {
-            r = call.0 => match r {
-                Ok(resp) => Ok(serde_json::to_value(resp.stop_reason).ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_else(|| "end_turn".into())),
-                // EOF from the agent, or the connection ended some other way (a write into the
-                // pipe of an agent that was just killed): either way the agent is gone.
-                Err(e) if connection_ended(&e) => Err(PromptError::AgentGone),
-                Err(e) => Err(PromptError::Rpc { code: i32::from(e.code), message: rpc_text(&e) }),
+            // An answer the connection dispatched before it ended is the turn's end.
+            biased;
+            r = answer => match r {
+                Ok(response) => prompt::outcome(response),
+                Err(_) => Err(PromptError::AgentGone),
             },
+            // EOF from the agent, or the transport failed: everything it wrote was dispatched,
+            // and no answer came.
+            _ = self.closed.cancelled() => Err(PromptError::AgentGone),
             // Not before the agent's last updates were routed: they belong to this turn.
             _ = self.exited_and_drained() => Err(PromptError::AgentGone),
         }
@@ -444,18 +486,33 @@ impl AgentConn {
         let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, self.closed.cancelled()).await;
     }
 
+    /// `session/cancel`, through the outbox like the prompt, so it can never reach the agent
+    /// before the prompt it cancels, nor a stale one after the next turn's prompt.
     pub fn cancel(&self, session_id: &str) {
-        let _ = self
-            .cx
-            .send_notification(CancelNotification::new(SessionId::new(session_id)));
+        #[derive(serde::Serialize)]
+        struct Note<'a> {
+            jsonrpc: &'static str,
+            method: &'static str,
+            params: &'a CancelNotification,
+        }
+        let params = CancelNotification::new(SessionId::new(session_id));
+        let line = serde_json::to_string(&Note {
+            jsonrpc: "2.0",
+            method: "session/cancel",
+            params: &params,
+        });
+        if let Ok(line) = line {
+            let _ = self.outbox.send_now(line);
+        }
     }
 
     /// Closes stdin, then SIGTERM and SIGKILL the group as needed (see `ChildProc::stop`).
     pub async fn shutdown(&self, grace: Duration) -> ExitInfo {
         self.child.expect_exit();
         if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            task.abort(); // drops the transport, which closes the child's stdin
+            task.abort(); // drops the transport
         }
+        self.outbox.close(); // closes the child's stdin, which this connection shares
         self.child.stop(grace).await
     }
 }
@@ -481,6 +538,10 @@ pub(crate) async fn serve(
         .name("acpd")
         .on_receive_notification(
             async move |n: UntypedMessage, _cx| {
+                if n.method == prompt::ANSWER_METHOD {
+                    r_notify.prompts.answer(n.params);
+                    return Ok(());
+                }
                 // An agent streaming fast would otherwise have this loop publish a long
                 // burst before any SSE writer runs, and overflow subscribers that keep up.
                 if route_update(&r_notify, n) {

@@ -423,9 +423,7 @@ impl Session {
         // admission holds until it returns.
         let call = self.dispatch(st, &agent, blocks, meta);
         self.bus.publish_all(&events);
-        if let Some(r) = st.running.as_ref() {
-            r.trace.enrich(&self.id, &agent.child.id);
-        }
+        self.enrich_running(st, &agent);
         st.started = Some(Started { agent, call });
     }
 
@@ -475,6 +473,13 @@ impl Session {
         propagation::inject_meta(&acp_cx, &mut meta, crate::telemetry::meta_keys());
         agent.child.set_turn(Some(acp_cx));
         agent.start_prompt(&self.id, blocks, meta)
+    }
+
+    /// The running turn's `dispatch` hook, once its request is on its way (`TurnTrace::enrich`).
+    fn enrich_running(&self, st: &State, agent: &AgentConn) {
+        if let Some(r) = st.running.as_ref() {
+            r.trace.enrich(&self.id, &agent.child.id);
+        }
     }
 
     pub fn pending_prompts(&self) -> Vec<Value> {
@@ -628,9 +633,7 @@ impl Session {
         let call = {
             let mut st = self.lock();
             let call = self.dispatch(&mut st, &agent, p.blocks, p.meta);
-            if let Some(r) = st.running.as_ref() {
-                r.trace.enrich(&self.id, &agent.child.id);
-            }
+            self.enrich_running(&st, &agent);
             call
         };
         self.await_turn(&agent, call, cancel).await

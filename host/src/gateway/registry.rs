@@ -91,7 +91,12 @@ impl Prompts {
             used: false,
         };
         if let Some(f) = self.map.get_mut(&id) {
-            // The same trace noted again (already queued): the newer facts hold.
+            // The same trace noted again (already queued): the newer facts hold, and a use
+            // since the clock last passed it still counts.
+            let facts = PromptFacts {
+                used: f.used,
+                ..facts
+            };
             let old = std::mem::replace(f, facts);
             self.release(&old.turn);
             return;
@@ -282,7 +287,15 @@ mod tests {
     fn a_trace_noted_twice_is_kept_once_with_its_newer_facts() {
         let r = Registry::default();
         r.note_prompt(id(1), "c", "s", "first", vec![]);
+        // The agent exported under the prompt before its enrichment was noted.
+        assert_eq!(r.prompt_attributes(&id(1), "c").len(), 2);
         r.note_prompt(id(1), "c", "s", "second", vec![KeyValue::new("k", "v")]);
+        let g = r.prompts.lock().unwrap();
+        assert!(
+            g.map[&id(1)].used,
+            "a use before the second note still counts"
+        );
+        drop(g);
         let got = r.prompt_attributes(&id(1), "c");
         assert_eq!(got.len(), 3);
         assert_eq!(got[1].value.as_str(), "second");
