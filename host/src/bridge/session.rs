@@ -365,11 +365,8 @@ impl Session {
                 self.start_here(&mut st, prompt, agent, added);
                 // The runner is woken once the lock is released: woken under it, it was often
                 // taken by the other worker at once (on this kind of guest, on the same vCPU)
-                // only to block on this lock and be woken again. Woken last, it takes this
-                // worker's LIFO slot; the connection's task, which writes the request into the
-                // pipe, moves to the run queue, where the worker woken for it can take it while
-                // this task is still answering the client: the request reached the pipe 130–170
-                // µs sooner at one session (BENCHMARKS.md, "Round twelve").
+                // only to block on this lock and be woken again (BENCHMARKS.md, "Round
+                // twelve"). The request is in the agent's pipe already (`dispatch`).
                 drop(st);
                 self.wake.notify_one();
             }
