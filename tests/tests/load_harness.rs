@@ -12,6 +12,7 @@ async fn every_measurement_runs_in_short_mode() {
         "(its read ",
         "CPU/turn daemon ",
         "admission prompts/s",
+        "until all completed: ",
         "GET /health req/s",
         "fan-out 1 session x N subscribers",
         "fan-out N sessions x 1 subscriber",
