@@ -288,6 +288,83 @@ mod tests {
         assert_eq!(String::from_utf8(got).unwrap(), want);
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use tokio::io::AsyncReadExt;
+
+        /// One step of a writer: the crate feeds a line (flushing or not), or the bridge sends
+        /// one directly.
+        #[derive(Debug, Clone)]
+        enum Step {
+            Crate { len: usize, flush: bool },
+            Direct { len: usize },
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                (0usize..300, any::<bool>()).prop_map(|(len, flush)| Step::Crate { len, flush }),
+                (0usize..300).prop_map(|len| Step::Direct { len }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            /// Any mix of crate and direct lines, through any pipe size, read in any chunk
+            /// size: the agent reads every line whole, in the order they were handed over.
+            #[test]
+            fn every_line_arrives_whole_and_in_order(
+                steps in proptest::collection::vec(step(), 1..40),
+                pipe in 1usize..512,
+                chunk in 1usize..256,
+            ) {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let (got, want) = rt.block_on(async move {
+                    let (to_agent, mut agent) = tokio::io::duplex(pipe);
+                    let reader = tokio::spawn(async move {
+                        let mut got = Vec::new();
+                        let mut buf = vec![0u8; chunk];
+                        loop {
+                            match agent.read(&mut buf).await {
+                                Ok(0) | Err(_) => return got,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                    });
+                    let outbox = Outbox::new(to_agent);
+                    let mut sink = outbox.sink();
+                    let mut want = Vec::new();
+                    for (i, s) in steps.iter().enumerate() {
+                        let (tag, len) = match s {
+                            Step::Crate { len, .. } => ('c', *len),
+                            Step::Direct { len } => ('d', *len),
+                        };
+                        let line = format!("{tag}{i}:{}", "x".repeat(len));
+                        want.extend_from_slice(line.as_bytes());
+                        want.push(b'\n');
+                        match s {
+                            Step::Crate { flush: true, .. } => sink.send(line).await.unwrap(),
+                            Step::Crate { flush: false, .. } => sink.feed(line).await.unwrap(),
+                            Step::Direct { .. } => outbox.send_now(line).unwrap(),
+                        }
+                    }
+                    sink.close().await.unwrap();
+                    drop(sink);
+                    let got = tokio::time::timeout(std::time::Duration::from_secs(20), reader)
+                        .await
+                        .expect("the pipe closed after the last line")
+                        .unwrap();
+                    (got, want)
+                });
+                prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+            }
+        }
+    }
+
     /// Dropping the crate's sink closes the agent's stdin, and later lines are refused.
     #[tokio::test]
     async fn dropping_the_sink_closes_stdin() {
