@@ -138,11 +138,6 @@ pub const THINK_MS: (u64, u64) = (20, 60);
 /// Tool calls per `bench` turn in the export run: each is an `execute_tool` span.
 const EXPORT_TOOLS: usize = 8;
 
-/// Limits raised so the harness measures the daemon, not its admission caps. The replay ring
-/// is the default one (journaled: its byte bound fills within the warm-up, so the leak check
-/// sees steady state). `ACPD_LOAD_LIMITS` adds lines to `[limits]` (e.g.
-/// `journaled_event_ring_bytes = 1073741824` for a ring bounded by `event_ring` alone). The
-/// agent's own telemetry is off in every mode: the figures are the daemon's.
 /// The compiled-plugin cache of the harness's daemons (`ACPD_CACHE_DIR`): beside the binary they
 /// run, so a benchmark neither shares the user's cache with the tests nor starts cold each run.
 pub fn cache_dir() -> std::path::PathBuf {
@@ -152,6 +147,16 @@ pub fn cache_dir() -> std::path::PathBuf {
         .join("bench-cache")
 }
 
+/// A daemon of the harness: the tests' builder, with the harness's plugin cache.
+pub fn bench_daemon() -> crate::DaemonBuilder {
+    Daemon::builder().env("ACPD_CACHE_DIR", &cache_dir().to_string_lossy())
+}
+
+/// Limits raised so the harness measures the daemon, not its admission caps. The replay ring
+/// is the default one (journaled: its byte bound fills within the warm-up, so the leak check
+/// sees steady state). `ACPD_LOAD_LIMITS` adds lines to `[limits]` (e.g.
+/// `journaled_event_ring_bytes = 1073741824` for a ring bounded by `event_ring` alone). The
+/// agent's own telemetry is off in every mode: the figures are the daemon's.
 fn bench_config(extra: &str) -> String {
     format!(
         "{}\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{extra}",
@@ -204,9 +209,7 @@ impl Target {
         rx: Option<Receiver>,
         env: &[(&str, &str)],
     ) -> Result<Target> {
-        let mut b = Daemon::builder()
-            .config(&bench_config(""))
-            .env("ACPD_CACHE_DIR", &cache_dir().to_string_lossy());
+        let mut b = bench_daemon().config(&bench_config(""));
         match (&rx, mode) {
             (None, _) | (_, Telemetry::Off) => {
                 b = b.env("OTEL_SDK_DISABLED", "true").args(&["--no-plugins"]);
@@ -421,15 +424,22 @@ pub async fn overhead(
     Ok(o)
 }
 
-/// Prompts admitted per second by `clients` concurrent posters; then waits until every
-/// admitted turn has completed (none lost).
-/// Admissions per second from 8 clients posting back to back, each on its own session, and
-/// prompts per second until every admitted turn had completed. The turns run while the
-/// admissions do, so a daemon that completes turns sooner leaves admission less of the CPU: the
-/// second rate says whether a lower first one is work moved or work lost, and the share of the
-/// turns the daemon completed while the admissions still ran (by its own event timestamps)
-/// says where it went.
-pub async fn admissions(d: &Daemon, total: usize) -> Result<(f64, f64, f64)> {
+/// One admission run (see [`admissions`]).
+pub struct Admissions {
+    /// Prompts admitted per second.
+    pub admitted: f64,
+    /// Prompts per second until every admitted turn had completed.
+    pub completed: f64,
+    /// The share of the turns the daemon completed while the admissions still ran (by its own
+    /// event timestamps).
+    pub while_admitting: f64,
+}
+
+/// 8 clients post prompts back to back, each on its own session; then every admitted turn is
+/// awaited to its end (none lost). The turns run while the admissions do, so a daemon that
+/// completes turns sooner leaves admission less of the CPU: `completed` says whether a lower
+/// `admitted` is work moved or work lost, and `while_admitting` says where it went.
+pub async fn admissions(d: &Daemon, total: usize) -> Result<Admissions> {
     const CLIENTS: usize = 8;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
@@ -492,12 +502,12 @@ pub async fn admissions(d: &Daemon, total: usize) -> Result<(f64, f64, f64)> {
             }
         }
     }
-    let completed = (per * CLIENTS) as f64 / started.elapsed().as_secs_f64();
-    Ok((
-        rate,
-        completed,
-        while_admitting as f64 / (per * CLIENTS) as f64,
-    ))
+    let prompts = (per * CLIENTS) as f64;
+    Ok(Admissions {
+        admitted: rate,
+        completed: prompts / started.elapsed().as_secs_f64(),
+        while_admitting: while_admitting as f64 / prompts,
+    })
 }
 
 /// `GET /health` requests per second from 8 concurrent clients.
@@ -1217,10 +1227,14 @@ async fn admission_section(rep: &mut Report, o: &Opts) -> Result<()> {
         // of those turns' background work (their spans' export) and measured how that ended,
         // not what a probe costs (BENCHMARKS.md, "Round fifteen").
         hl.push((mode, health(&t.d, o.health_requests).await?));
-        let (admitted, completed, share) = admissions(&t.d, o.admissions).await?;
-        adm.push((mode, admitted));
-        all.push((mode, completed));
-        during.push(format!("{} {:.0} %", mode.short(), share * 100.0));
+        let a = admissions(&t.d, o.admissions).await?;
+        adm.push((mode, a.admitted));
+        all.push((mode, a.completed));
+        during.push(format!(
+            "{} {:.0} %",
+            mode.short(),
+            a.while_admitting * 100.0
+        ));
     }
     rep.line(format!("admission prompts/s: {}", rates_against_off(&adm)));
     rep.line(format!(
@@ -1891,9 +1905,8 @@ pub struct GatewayRun {
 pub async fn gateway(rate: u64, secs: f64) -> Result<GatewayRun> {
     let sink = SpanCounter::start().await?;
     let d = Arc::new(
-        Daemon::builder()
+        bench_daemon()
             .config(&gateway_config())
-            .env("ACPD_CACHE_DIR", &cache_dir().to_string_lossy())
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint())
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
             .start()
@@ -2018,11 +2031,10 @@ async fn journal_daemon(mode: &str, limits: &str) -> Result<Daemon> {
         "always" => "[state]\njournal_fsync = \"always\"\n",
         _ => "",
     };
-    Daemon::builder()
+    bench_daemon()
         .config(&format!(
             "{limits}\n[agent.env]\nOTEL_SDK_DISABLED = \"true\"\n{state}"
         ))
-        .env("ACPD_CACHE_DIR", &cache_dir().to_string_lossy())
         .env("OTEL_SDK_DISABLED", "true")
         .args(&["--no-plugins"])
         .start()

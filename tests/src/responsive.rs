@@ -135,12 +135,8 @@ async fn daemon(case: Case, rx: &Receiver) -> Result<Daemon> {
          [agent.env]\nOTEL_SDK_DISABLED = \"true\"\nACPD_DEMO_BURN = \"{}\"\n",
         case.slice_us, case.realtime, case.nice, case.burn
     );
-    Daemon::builder()
+    crate::load::bench_daemon()
         .config(&config)
-        .env(
-            "ACPD_CACHE_DIR",
-            &crate::load::cache_dir().to_string_lossy(),
-        )
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
         .start()

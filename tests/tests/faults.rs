@@ -15,6 +15,21 @@ fn config(agent_env: &str) -> String {
     )
 }
 
+/// Posts `text` on `s` (admitted: 202) and reads `sse` to the end of its turn: its prompt id
+/// and the turn's frames.
+async fn turn(
+    d: &Daemon,
+    s: &SessionRef,
+    sse: &mut Sse,
+    text: &str,
+) -> Result<(String, Vec<Frame>)> {
+    let r = d.prompt(s, text).await?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["promptId"].as_str().unwrap().to_string();
+    let frames = sse.until_turn_end(&id).await?;
+    Ok((id, frames))
+}
+
 /// Waits (bounded) until `done` holds; /proc has no event to await.
 async fn eventually(what: &str, within: Duration, done: impl Fn() -> bool) -> Result<()> {
     let deadline = Instant::now() + within;
@@ -86,10 +101,7 @@ async fn a_turn_that_never_finishes_ends_at_the_turn_deadline() -> Result<()> {
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
     let started = Instant::now();
-    let r = d.prompt(&s, "slow 100000 1000").await?;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.body["promptId"].as_str().unwrap().to_string();
-    let frames = sse.until_turn_end(&id).await?;
+    let (_, frames) = turn(&d, &s, &mut sse, "slow 100000 1000").await?;
     let took = started.elapsed();
     let end = frames.last().unwrap();
     eprintln!("{} {} after {took:?}", end.event, end.data["data"]);
@@ -101,10 +113,7 @@ async fn a_turn_that_never_finishes_ends_at_the_turn_deadline() -> Result<()> {
         end.data
     );
     // The session is usable again.
-    let r = d.prompt(&s, "hello again").await?;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.body["promptId"].as_str().unwrap().to_string();
-    let frames = sse.until_turn_end(&id).await?;
+    let (_, frames) = turn(&d, &s, &mut sse, "hello again").await?;
     assert_eq!(frames.last().unwrap().event, "turn_complete");
     Ok(())
 }
@@ -119,10 +128,7 @@ async fn a_turn_past_its_deadline_is_withdrawn_with_cancel_request() -> Result<(
         .await?;
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
-    let r = d.prompt(&s, "slow 100000 1000").await?;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.body["promptId"].as_str().unwrap().to_string();
-    let frames = sse.until_turn_end(&id).await?;
+    let (_, frames) = turn(&d, &s, &mut sse, "slow 100000 1000").await?;
     let end = frames.last().unwrap();
     assert_eq!(end.event, "turn_error", "{}", end.data);
     assert_eq!(end.data["data"]["code"], "turn_timeout", "{}", end.data);
@@ -146,9 +152,7 @@ async fn an_agent_that_ignores_sigterm_is_killed_at_shutdown() -> Result<()> {
         .await?;
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
-    let r = d.prompt(&s, "env ACPD_DEMO_FAULT").await?;
-    let id = r.body["promptId"].as_str().unwrap().to_string();
-    let frames = sse.until_turn_end(&id).await?;
+    let (_, frames) = turn(&d, &s, &mut sse, "env ACPD_DEMO_FAULT").await?;
     assert_eq!(agent_text(&frames), "env ACPD_DEMO_FAULT=ignore-term");
     let child = d.child_pid(&s).await?;
     let started = Instant::now();
@@ -402,9 +406,7 @@ async fn daemon_with_queued_spans(
         .await?;
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
-    let p = d.prompt(&s, "hello").await?;
-    let id = p.body["promptId"].as_str().unwrap().to_string();
-    sse.until_turn_end(&id).await?;
+    let (id, _) = turn(&d, &s, &mut sse, "hello").await?;
     Ok((d, id))
 }
 

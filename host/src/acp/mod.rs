@@ -73,8 +73,9 @@ impl Drop for PromptCall {
     fn drop(&mut self) {
         if let Some((routes, outbox, n)) = self.pending.take()
             && routes.prompts.forget(n)
+            && let Ok(line) = prompt::cancel_line(n)
         {
-            let _ = outbox.send_now(prompt::cancel_line(n));
+            let _ = outbox.send_now(line);
         }
     }
 }
@@ -454,6 +455,8 @@ impl AgentConn {
             Ok(()) => call,
             Err(e) => {
                 tracing::debug!(child.id = %self.child.id, error = %e, "session/prompt not written");
+                // Never written: nothing to withdraw when `call` drops.
+                self.routes.prompts.forget(n);
                 gone
             }
         }
@@ -489,19 +492,8 @@ impl AgentConn {
     /// `session/cancel`, through the outbox like the prompt, so it can never reach the agent
     /// before the prompt it cancels, nor a stale one after the next turn's prompt.
     pub fn cancel(&self, session_id: &str) {
-        #[derive(serde::Serialize)]
-        struct Note<'a> {
-            jsonrpc: &'static str,
-            method: &'static str,
-            params: &'a CancelNotification,
-        }
         let params = CancelNotification::new(SessionId::new(session_id));
-        let line = serde_json::to_string(&Note {
-            jsonrpc: "2.0",
-            method: "session/cancel",
-            params: &params,
-        });
-        if let Ok(line) = line {
+        if let Ok(line) = prompt::notification_line("session/cancel", &params) {
             let _ = self.outbox.send_now(line);
         }
     }

@@ -41,7 +41,8 @@ struct State {
     waiters: Vec<Waker>,
     /// A task drives the queue for direct lines.
     draining: bool,
-    /// The writer failed: nothing more can be written.
+    /// The writer failed or was closed (then `writer` is `None` too): nothing more can be
+    /// written.
     failed: Option<io::ErrorKind>,
 }
 
@@ -67,11 +68,8 @@ impl Outbox {
     /// the pipe does not take. Never waits. An error means the agent's stdin is closed or
     /// broken: the line will never reach it.
     pub(crate) fn send_now(self: &Arc<Self>, line: String) -> io::Result<()> {
-        let mut bytes = line.into_bytes();
-        bytes.push(b'\n');
         let mut st = self.lock();
-        st.usable()?;
-        st.queue.push_back(bytes);
+        st.push(line)?;
         if st.queue.len() == 1 {
             // Nothing before it: try in this task. A waker that does nothing is enough, since a
             // line that stays queued gets a driver of its own below.
@@ -120,14 +118,19 @@ impl Outbox {
 
 impl State {
     fn usable(&self) -> io::Result<()> {
-        match (self.failed, &self.writer) {
-            (Some(kind), _) => Err(io::Error::new(kind, "the agent's stdin is closed")),
-            (None, None) => Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the agent's stdin is closed",
-            )),
-            (None, Some(_)) => Ok(()),
+        match self.failed {
+            Some(kind) => Err(io::Error::new(kind, "the agent's stdin is closed")),
+            None => Ok(()),
         }
+    }
+
+    /// Queues `line` (without its newline) behind every line before it.
+    fn push(&mut self, line: String) -> io::Result<()> {
+        self.usable()?;
+        let mut bytes = line.into_bytes();
+        bytes.push(b'\n');
+        self.queue.push_back(bytes);
+        Ok(())
     }
 
     /// Writes queued lines until the queue is empty (then flushes) or the writer would block.
@@ -196,12 +199,7 @@ impl Sink<String> for OutboxSink {
     }
 
     fn start_send(self: Pin<&mut Self>, line: String) -> io::Result<()> {
-        let mut bytes = line.into_bytes();
-        bytes.push(b'\n');
-        let mut st = self.0.lock();
-        st.usable()?;
-        st.queue.push_back(bytes);
-        Ok(())
+        self.0.lock().push(line)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

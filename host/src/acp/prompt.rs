@@ -73,28 +73,45 @@ impl Pending {
     }
 }
 
+/// A JSON-RPC message as one line: a request when it has an `id`, else a notification.
+#[derive(Serialize)]
+struct Message<'a, P> {
+    jsonrpc: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    method: &'a str,
+    params: &'a P,
+}
+
+/// A notification's line (`session/cancel`, `$/cancel_request`).
+pub(crate) fn notification_line(
+    method: &str,
+    params: &impl Serialize,
+) -> serde_json::Result<String> {
+    serde_json::to_string(&Message {
+        jsonrpc: "2.0",
+        id: None,
+        method,
+        params,
+    })
+}
+
 /// The request's line.
 pub(crate) fn request_line(n: u64, req: &PromptRequest) -> serde_json::Result<String> {
-    #[derive(Serialize)]
-    struct Call<'a> {
-        jsonrpc: &'static str,
-        id: String,
-        method: &'static str,
-        params: &'a PromptRequest,
-    }
-    serde_json::to_string(&Call {
+    serde_json::to_string(&Message {
         jsonrpc: "2.0",
-        id: format!("{ID_PREFIX}{n}"),
+        id: Some(format!("{ID_PREFIX}{n}")),
         method: "session/prompt",
         params: req,
     })
 }
 
 /// `$/cancel_request` for a request the turn no longer waits for.
-pub(crate) fn cancel_line(n: u64) -> String {
-    serde_json::json!({"jsonrpc": "2.0", "method": "$/cancel_request",
-        "params": {"requestId": format!("{ID_PREFIX}{n}")}})
-    .to_string()
+pub(crate) fn cancel_line(n: u64) -> serde_json::Result<String> {
+    notification_line(
+        "$/cancel_request",
+        &serde_json::json!({"requestId": format!("{ID_PREFIX}{n}")}),
+    )
 }
 
 /// One line from the agent, as the crate should see it: an answer to one of our requests
@@ -114,21 +131,22 @@ pub(crate) fn reroute_answer(line: String) -> String {
     if !ours {
         return line;
     }
-    serde_json::json!({"jsonrpc": "2.0", "method": ANSWER_METHOD, "params": v}).to_string()
+    // The line is a JSON object (just parsed): it becomes the params as written.
+    format!(r#"{{"jsonrpc":"2.0","method":"{ANSWER_METHOD}","params":{line}}}"#)
 }
 
 /// The turn's stop reason from the agent's answer, or its error, as the crate would have
 /// reported them (an answer that is not a `PromptResponse` is a parse error).
-pub(crate) fn outcome(response: Value) -> Result<String, PromptError> {
-    if let Some(e) = response.get("error") {
-        let e = serde_json::from_value::<agent_client_protocol::Error>(e.clone())
+pub(crate) fn outcome(mut response: Value) -> Result<String, PromptError> {
+    if let Some(e) = response.get_mut("error").map(Value::take) {
+        let e = serde_json::from_value::<agent_client_protocol::Error>(e)
             .unwrap_or_else(|_| agent_client_protocol::Error::internal_error());
         return Err(PromptError::Rpc {
             code: i32::from(e.code),
             message: super::rpc_text(&e),
         });
     }
-    let result = response.get("result").cloned().unwrap_or(Value::Null);
+    let result = response.get_mut("result").map_or(Value::Null, Value::take);
     match serde_json::from_value::<PromptResponse>(result) {
         Ok(r) => Ok(serde_json::to_value(r.stop_reason)
             .ok()
@@ -197,8 +215,9 @@ mod tests {
         assert!(p.forget(m), "it was waiting");
         assert!(!p.forget(n), "answered: nothing to cancel");
         assert!(p.lock().waiting.is_empty());
-        let c: Value = serde_json::from_str(&cancel_line(m)).unwrap();
+        let c: Value = serde_json::from_str(&cancel_line(m).unwrap()).unwrap();
         assert_eq!(c["method"], "$/cancel_request");
+        assert!(c.get("id").is_none(), "a notification has no id: {c}");
         assert_eq!(c["params"]["requestId"], format!("acpd-prompt-{m}"));
     }
 
