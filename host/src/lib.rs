@@ -20,6 +20,7 @@ pub mod fuzz;
 pub mod gateway;
 pub mod http;
 pub mod journal;
+pub mod path_marks;
 pub mod plugin_cli;
 pub mod plugins;
 pub mod sched;

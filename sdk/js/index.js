@@ -24,6 +24,10 @@ export function selector({ hooks = [], keys = [], requireAny = [] } = {}) {
   return { hooks, keys, requireAny };
 }
 
+/** No call at any hook, for a plugin with nothing to do under its config (an empty list of
+ * selectors means every hook): `requireAny` holding only the empty key, which never matches. */
+selector.none = () => selector({ requireAny: [""] });
+
 /**
  * Base class. Set static `NAME` and `VERSION`; take the config in the constructor and
  * implement the hooks of the roles the plugin plays:

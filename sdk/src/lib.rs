@@ -77,6 +77,14 @@ impl Selector {
         self.require_any.extend(keys.into_iter().map(Into::into));
         self
     }
+
+    /// No call at any hook: for a plugin that has nothing to do under its config (an empty
+    /// list of selectors means the opposite, every hook). The daemon then skips the plugin
+    /// where it would have called it, which on the request path saves the whole call.
+    /// On the wire: `require-any` holding only the empty key, which never matches.
+    pub fn none() -> Self {
+        Self::default().require_any([""])
+    }
 }
 
 /// A plugin's failure: a config it refuses (the plugin is not activated) or a failed call (the

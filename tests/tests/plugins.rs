@@ -135,6 +135,73 @@ async fn the_default_config_runs_the_first_party_plugins() -> anyhow::Result<()>
     }
     let redact = &plugins[1];
     assert_eq!(redact["hooks"], json!(["export-spans", "export-logs"]));
+    // With no config it has nothing to add, so it asks for no call (the request path skips
+    // the `request` hook altogether).
+    assert_eq!(plugins[0]["hooks"], json!([]), "enrich: {}", plugins[0]);
+    Ok(())
+}
+
+/// `enrich` mapping a header and nothing else asks for the requests that carry it: those are
+/// enriched, the others are not called for.
+#[tokio::test]
+async fn enrich_with_only_a_header_mapping_is_called_for_requests_that_carry_it()
+-> anyhow::Result<()> {
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    let config = r#"
+[[plugins]]
+name = "enrich"
+path = "builtin:enrich"
+[plugins.config]
+headers = { "X-Team" = "team.name" }
+"#;
+    let d = start_with(&rx, config, &[]).await?;
+    let h = d.get("/health?deep=1").await?;
+    assert_eq!(
+        h.body["plugins"][0]["hooks"],
+        json!(["request"]),
+        "{}",
+        h.body
+    );
+    let mut ids = Vec::new();
+    for team in [Some("payments"), None] {
+        let mut req = d.http.post(d.url("/session")).json(&json!({}));
+        if let Some(t) = team {
+            req = req.header("X-Team", t);
+        }
+        let r = d.send(req).await?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        ids.push(r.body["sessionId"].as_str().unwrap().to_string());
+    }
+    let spans = rx
+        .wait_for_spans(WAIT, |spans| {
+            spans.iter().filter(|s| s.name == "POST /session").count() >= 2
+        })
+        .await?;
+    let teams: Vec<Option<&str>> = spans
+        .iter()
+        .filter(|s| s.name == "POST /session")
+        .map(|s| s.attr_str("team.name"))
+        .collect();
+    assert_eq!(teams.len(), 2, "{teams:?}");
+    assert!(
+        teams.contains(&Some("payments")) && teams.contains(&None),
+        "{teams:?}"
+    );
+    let prom = d.metrics_text().await?;
+    let enrich = [
+        "acpd_plugin_name=\"enrich\"",
+        "acpd_plugin_hook=\"request\"",
+    ];
+    assert_eq!(
+        metric_total(&prom, "acpd_plugin_duration_seconds_count", &enrich),
+        1.0,
+        "one call, for the request with the header:\n{prom}"
+    );
+    assert_eq!(
+        metric_total(&prom, "acpd_plugin_skipped_total", &enrich),
+        1.0,
+        "one request skipped by the selector:\n{prom}"
+    );
     Ok(())
 }
 

@@ -33,6 +33,7 @@ use self::lines::{LineSink, LineStream};
 use self::outbox::Outbox;
 use crate::child::{self, ChildProc, ExitInfo, SpawnSpec};
 use crate::error::ApiError;
+use crate::path_marks::{self, Step};
 use crate::telemetry::sanitize::sanitize;
 use crate::telemetry::semconv::*;
 use crate::telemetry::{propagation, spans};
@@ -452,7 +453,10 @@ impl AgentConn {
             .map_err(io::Error::other)
             .and_then(|line| self.outbox.send_now(line));
         match sent {
-            Ok(()) => call,
+            Ok(()) => {
+                path_marks::mark(Step::Written);
+                call
+            }
             Err(e) => {
                 tracing::debug!(child.id = %self.child.id, error = %e, "session/prompt not written");
                 // Never written: nothing to withdraw when `call` drops.

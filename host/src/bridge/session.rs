@@ -19,6 +19,7 @@ use super::trace::{self, TurnTrace};
 use crate::acp::{AgentConn, PromptCall, PromptError, SessionSink};
 use crate::child::ExitInfo;
 use crate::error::{ApiError, Surface, client_visible};
+use crate::path_marks::{self, Step};
 use crate::telemetry::semconv::{
     PERMISSION_DECISION, PERMISSION_OPTION_KIND, PERMISSION_REQUEST_ID, PROMPT_ID,
 };
@@ -349,6 +350,7 @@ impl Session {
         let id = prompt.id.clone();
         let trace = TurnTrace::admit(&self.id, &id);
         trace.record_input(&prompt.text);
+        path_marks::mark(Step::Admitted);
         prompt.trace = Some(trace);
         // queuedAt: the official client rejects a pending_prompt_added without it.
         let added = json!({"sessionId": self.id, "promptId": id, "text": prompt.text,
@@ -418,6 +420,7 @@ impl Session {
         // The request first, its events after: no agent update can overtake them, because
         // the agent's updates reach the bus through this session's lock (`update`), which the
         // admission holds until it returns.
+        path_marks::mark(Step::Prepared);
         let call = self.dispatch(st, &agent, blocks, meta);
         self.bus.publish_all(&events);
         self.enrich_running(st, &agent);
@@ -469,6 +472,7 @@ impl Session {
         let mut meta = meta;
         propagation::inject_meta(&acp_cx, &mut meta, crate::telemetry::meta_keys());
         agent.child.set_turn(Some(acp_cx));
+        path_marks::mark(Step::TurnSpan);
         agent.start_prompt(&self.id, blocks, meta)
     }
 

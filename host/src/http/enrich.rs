@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::AppState;
 use super::span::route_template;
+use crate::path_marks::{self, Step};
 use crate::plugins::{self, Hook};
 use crate::telemetry::semconv::*;
 use crate::telemetry::spans::Enrichment;
@@ -28,6 +29,7 @@ fn secret_header(name: &str) -> bool {
 }
 
 pub async fn request_hook(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    path_marks::mark(Step::Guarded);
     let Some(set) = plugins::current().filter(|s| s.has(Hook::Request)) else {
         return next.run(req).await;
     };
@@ -108,6 +110,7 @@ pub async fn request_hook(State(state): State<AppState>, req: Request, next: Nex
         req = Request::from_parts(parts, Body::from(bytes));
     }
     let added = set.observe(Hook::Request, &facts);
+    path_marks::mark(Step::Enriched);
     drop(set);
     if added.is_empty() {
         return next.run(req).await;

@@ -14,6 +14,7 @@ use super::extract::{Path, Query};
 use super::schema::{Empty, ErrorBody, HeartbeatBody, PendingRemoved, PromptAccepted, SessionInfo};
 use crate::bridge::{CreateScope, Prompt, Session};
 use crate::error::ApiError;
+use crate::path_marks::{self, Step};
 use crate::telemetry::semconv::{
     CLIENT_ID, PERMISSION_DECISION, PERMISSION_OPTION_KIND, PERMISSION_REQUEST_ID, PROMPT_ID,
     WORKSPACE_ID,
@@ -307,6 +308,7 @@ pub async fn prompt(
     headers: HeaderMap,
     JsonBody(body): JsonBody<PromptBody>,
 ) -> Result<Response> {
+    path_marks::mark(Step::Handler);
     let (s, client) = session_scope(&state, &id, &headers, ClientHeader::Checked)?;
     if body.prompt.is_empty() {
         return Err(ApiError::invalid_request(
@@ -314,6 +316,7 @@ pub async fn prompt(
         ));
     }
     let blocks: Vec<ContentBlock> = super::body::prompt_blocks(body.prompt)?;
+    path_marks::mark(Step::Blocks);
     state.bridge.admit_wake(&s)?;
     let (prompt_id, last) = s.enqueue(Prompt::new(blocks, client_meta(body.meta), client))?;
     request_fact(PROMPT_ID, &prompt_id);

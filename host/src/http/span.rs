@@ -12,6 +12,7 @@ use opentelemetry::{Context, KeyValue};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::path_marks::{self, Step};
 use crate::telemetry::semconv::*;
 use crate::telemetry::spans::RequestFacts;
 use crate::telemetry::{metrics, propagation, spans};
@@ -104,6 +105,7 @@ fn invalid_traceparent_log_allowed() -> bool {
 }
 
 pub async fn trace(req: Request, next: Next) -> Response {
+    path_marks::mark(Step::Received);
     // The outermost layer: every request counts towards the daemon's load (`sched::realtime`).
     crate::sched::note_activity();
     // Looking at telemetry must not fill the trace view with its own requests, nor loading the
@@ -184,6 +186,7 @@ pub async fn trace(req: Request, next: Next) -> Response {
     let m = metrics();
     m.http_active
         .add(1, &[KeyValue::new(HTTP_REQUEST_METHOD, method)]);
+    path_marks::mark(Step::Span);
     let resp = next.run(req).with_context(cx.clone()).await;
     m.http_active
         .add(-1, &[KeyValue::new(HTTP_REQUEST_METHOD, method)]);

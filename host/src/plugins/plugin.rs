@@ -103,6 +103,7 @@ pub fn selectors(exports: Exports, info: &PluginInfo) -> [Option<HookSelector>; 
             .selectors
             .iter()
             .filter(|s| s.hooks.is_empty() || s.hooks.iter().any(|h| wit_hook(*h) == hook))
+            .filter(|s| !applies_nowhere(s))
             .collect();
         if applying.is_empty() {
             continue;
@@ -124,12 +125,22 @@ pub fn selectors(exports: Exports, info: &PluginInfo) -> [Option<HookSelector>; 
         } else {
             applying
                 .iter()
-                .flat_map(|s| s.require_any.iter().cloned())
+                .flat_map(|s| s.require_any.iter())
+                .filter(|k| !k.is_empty())
+                .cloned()
                 .collect()
         };
         out[hook as usize] = Some(HookSelector { keys, require_any });
     }
     out
+}
+
+/// A selector whose `require-any` holds only the empty key, which never matches: the plugin
+/// has nothing to do at these hooks under its config (the SDK's `Selector::none`), so it is
+/// not called there at all, and the hook costs the daemon nothing when no other plugin runs
+/// at it (the default `enrich` plugin, with no config, adds nothing to a request).
+fn applies_nowhere(s: &wit::Selector) -> bool {
+    !s.require_any.is_empty() && s.require_any.iter().all(String::is_empty)
 }
 
 /// 5 failures within 10 s quarantine a plugin for 30 s, doubling up to 10 min while it keeps
@@ -608,5 +619,41 @@ mod tests {
             s[Hook::ExportLogs as usize].is_none(),
             "selected but not exported"
         );
+    }
+
+    #[test]
+    fn a_selector_requiring_only_the_empty_key_applies_nowhere() {
+        let exports = Exports {
+            observe: true,
+            spans: true,
+            logs: true,
+            errors: true,
+        };
+        let sel = |hooks: Vec<wit::Hook>, require_any: &[&str]| wit::Selector {
+            hooks,
+            keys: vec![],
+            require_any: require_any.iter().map(|k| k.to_string()).collect(),
+        };
+        let info = |selectors| PluginInfo {
+            name: "p".into(),
+            version: "1".into(),
+            selectors,
+        };
+        let none = selectors(exports, &info(vec![sel(vec![], &[""])]));
+        assert!(none.iter().all(Option::is_none), "no hook at all");
+        // Beside a selector that does apply, it takes nothing away from it; and an empty key
+        // among real ones is dropped, so a record with an empty key does not qualify.
+        let some = selectors(
+            exports,
+            &info(vec![
+                sel(vec![], &[""]),
+                sel(vec![wit::Hook::ExportSpans], &["", "gen_ai.prompt"]),
+            ]),
+        );
+        let spans = some[Hook::ExportSpans as usize].as_ref().expect("spans");
+        assert_eq!(spans.require_any, ["gen_ai.prompt"]);
+        assert!(!spans.record_qualifies([""].into_iter()));
+        assert!(spans.record_qualifies(["gen_ai.prompt"].into_iter()));
+        assert!(some[Hook::Request as usize].is_none());
     }
 }

@@ -152,16 +152,38 @@ impl Plugin for Enrich {
         })
     }
 
-    /// Only the request hook (and dispatch when asked), and only the keys it reads: an empty
-    /// config costs one cheap call per request.
+    /// Only the hooks where the config adds something, and only the keys it reads. Without
+    /// static attributes a request is worth a call only when it carries a mapped header or
+    /// names a workspace a glob could match; with an empty config (the default set's) the
+    /// plugin adds nothing anywhere and asks for no call at all.
     fn selectors(&self) -> Vec<Selector> {
-        let mut hooks = vec![Hook::Request];
-        if self.on_dispatch {
-            hooks.push(Hook::Dispatch);
+        let mut reads: Vec<String> = self.headers.iter().map(|(h, _)| h.clone()).collect();
+        if !self.workspaces.is_empty() {
+            reads.push("acpd.workspace.path".into());
         }
-        let mut keys: Vec<String> = self.headers.iter().map(|(h, _)| h.clone()).collect();
-        keys.push("acpd.workspace.path".into());
-        vec![Selector::hooks(&hooks).keys(keys)]
+        // Never an empty key list, which would mean every key.
+        let keys = || {
+            let mut k = reads.clone();
+            k.push("acpd.workspace.path".into());
+            k
+        };
+        let mut out = Vec::new();
+        if !self.fixed.is_empty() {
+            out.push(Selector::hooks(&[Hook::Request]).keys(keys()));
+        } else if !reads.is_empty() {
+            out.push(
+                Selector::hooks(&[Hook::Request])
+                    .keys(keys())
+                    .require_any(reads.clone()),
+            );
+        }
+        if self.on_dispatch && !self.fixed.is_empty() {
+            out.push(Selector::hooks(&[Hook::Dispatch]).keys(keys()));
+        }
+        if out.is_empty() {
+            out.push(Selector::none());
+        }
+        out
     }
 }
 
@@ -248,6 +270,38 @@ mod tests {
         assert!(
             run("{}", &[("http.request.header.x-team", "core")]).is_empty(),
             "an empty config adds nothing"
+        );
+    }
+
+    #[test]
+    fn selectors_ask_only_for_calls_that_can_add_something() {
+        let sel = |cfg: &str| {
+            Enrich::init(Config::from_json(cfg).unwrap())
+                .unwrap()
+                .selectors()
+        };
+        let hooks = |s: &[Selector]| s.iter().flat_map(|s| s.hooks.clone()).collect::<Vec<_>>();
+        let none = sel("{}");
+        assert_eq!(none.len(), 1);
+        assert_eq!(none[0].require_any, [""], "an empty config: no call at all");
+        assert_eq!(
+            sel(r#"{"on_dispatch": true}"#)[0].require_any,
+            [""],
+            "nothing static to add at dispatch either"
+        );
+        let fixed = sel(r#"{"static": {"org.name": "acme"}, "on_dispatch": true}"#);
+        assert_eq!(hooks(&fixed), [Hook::Request, Hook::Dispatch]);
+        assert!(
+            fixed
+                .iter()
+                .all(|s| s.require_any.is_empty() && !s.keys.is_empty())
+        );
+        let mapped = sel(r#"{"headers": {"X-Team": "team.name"},
+            "workspaces": [{"glob": "/srv/*", "attributes": {"org.unit": "u"}}]}"#);
+        assert_eq!(hooks(&mapped), [Hook::Request]);
+        assert_eq!(
+            mapped[0].require_any,
+            ["http.request.header.x-team", "acpd.workspace.path"]
         );
     }
 

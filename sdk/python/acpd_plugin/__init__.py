@@ -31,6 +31,13 @@ class Selector:
         self.keys = list(keys)
         self.require_any = list(require_any)
 
+    @staticmethod
+    def none():
+        """No call at any hook, for a plugin with nothing to do under its config (an empty
+        list of selectors means every hook): `require_any` holding only the empty key, which
+        never matches."""
+        return Selector(require_any=[""])
+
 
 class Plugin:
     """Base class. Set `NAME` and `VERSION`; implement `init(config)` and the hooks of the

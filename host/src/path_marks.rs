@@ -1,0 +1,117 @@
+//! Where the daemon's time goes between a prompt's POST and its request in the agent's pipe
+//! (`--features path-marks`, a build of its own for `tests/scripts/path-marks.sh`). Each step
+//! of an admission stamps the time on its thread; once the request is written, the stamps
+//! (µs after the request reached the HTTP stack) go as one line to `$ACPD_PATH_MARKS/<pid>`.
+//! Without the feature [`mark`] is empty and compiles to nothing.
+//!
+//! The stamps are per thread: an admission runs in one task, and one that moved to another
+//! worker half way (its body arriving late) leaves no line.
+
+/// The steps, in the order an admission that starts its turn passes them.
+#[derive(Clone, Copy)]
+#[repr(usize)]
+pub enum Step {
+    /// The outermost layer (`http::span::trace`) has the request.
+    Received,
+    /// Its server span is started.
+    Span,
+    /// Host, CORS, auth and admission checks passed (the `request` hook's layer entered).
+    Guarded,
+    /// The `request` hook's plugins returned (absent when no plugin runs there).
+    Enriched,
+    /// Routed, path, headers and JSON body extracted: the handler runs.
+    Handler,
+    /// The prompt's blocks converted.
+    Blocks,
+    /// Session locked, the turn's trace admitted.
+    Admitted,
+    /// The turn's running state and events prepared.
+    Prepared,
+    /// The ACP client span started and its context injected.
+    TurnSpan,
+    /// The request serialised and written to the agent's pipe.
+    Written,
+}
+
+pub const NAMES: [&str; 10] = [
+    "received",
+    "span",
+    "guarded",
+    "enriched",
+    "handler",
+    "blocks",
+    "admitted",
+    "prepared",
+    "turn_span",
+    "written",
+];
+
+#[cfg(feature = "path-marks")]
+mod imp {
+    use super::{NAMES, Step};
+    use std::cell::RefCell;
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    thread_local! {
+        static STAMPS: RefCell<[Option<Instant>; 10]> = const { RefCell::new([None; 10]) };
+    }
+
+    /// Lines not yet written: one write per 64 turns, not one per turn next to the path.
+    static OUT: Mutex<(String, usize)> = Mutex::new((String::new(), 0));
+
+    pub fn mark(step: Step) {
+        let now = Instant::now();
+        STAMPS.with(|s| {
+            let mut s = s.borrow_mut();
+            if matches!(step, Step::Received) {
+                *s = [None; 10];
+            }
+            s[step as usize] = Some(now);
+            if matches!(step, Step::Written)
+                && let Some(t0) = s[0]
+            {
+                let mut line = String::new();
+                for (name, t) in NAMES.iter().zip(s.iter()) {
+                    if let Some(t) = t {
+                        let _ = write!(line, "{name}={:.1} ", (*t - t0).as_nanos() as f64 / 1e3);
+                    }
+                }
+                *s = [None; 10];
+                let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
+                out.0.push_str(line.trim_end());
+                out.0.push('\n');
+                out.1 += 1;
+                if out.1 >= 64 {
+                    flush(&mut out.0);
+                    out.1 = 0;
+                }
+            }
+        });
+    }
+
+    fn flush(buf: &mut String) {
+        if let Some(dir) = std::env::var_os("ACPD_PATH_MARKS") {
+            let path = std::path::Path::new(&dir).join(std::process::id().to_string());
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = f.write_all(buf.as_bytes());
+            }
+        }
+        buf.clear();
+    }
+}
+
+/// Stamps `step` for the admission running on this thread (nothing without the feature).
+#[inline(always)]
+pub fn mark(step: Step) {
+    #[cfg(feature = "path-marks")]
+    imp::mark(step);
+    #[cfg(not(feature = "path-marks"))]
+    let _ = step;
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Where the daemon's time goes between a prompt's POST and its request in the agent's pipe,
+# step by step: builds the daemon with `path-marks` (and `alloc-count`, as the load harness
+# does), runs the harness's overhead section (telemetry and the default plugins on) against
+# it, and prints for each row the median and p90 of each step (µs from the previous stamped
+# step; host/src/path_marks.rs names them). A step with no stamp in a turn (the `request`
+# hook's plugins, when none runs there) folds into the next. The harness's next run rebuilds
+# its own daemon. Takes about two minutes after the build.
+#
+# usage: tests/scripts/path-marks.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cargo build -q --release -p acpd --features alloc-count,path-marks
+# The harness finds its binary by this name (and `turn-timeline.sh` by its command line).
+cp target/release/acpd "$work/acpd"
+mkdir "$work/marks"
+ACPD_PATH_MARKS="$work/marks" ACPD_BENCH_BIN="$work/acpd" ACPD_LOAD_MODES=plugins \
+  ACPD_LOAD_ONLY=overhead cargo bench -q -p acpd-tests --bench load | grep overhead
+# One daemon per row, in the rows' order: the files in the order they were made.
+python3 - "$work/marks" <<'PY'
+import os, statistics, sys
+d = sys.argv[1]
+files = sorted(os.listdir(d), key=lambda f: os.stat(os.path.join(d, f)).st_mtime_ns)
+# Rows, in the harness's order (`overhead_section`); a daemon's file is made at its 64th turn.
+rows = ["1 session", "16 sessions", "64 sessions", "16 sessions, back to back"]
+order = ["received", "span", "guarded", "enriched", "handler", "blocks", "admitted",
+         "prepared", "turn_span", "written"]
+for name, f in zip(rows, files):
+    turns = []
+    for line in open(os.path.join(d, f)):
+        m = dict((k, float(v)) for k, v in (x.split("=") for x in line.split()))
+        if "admitted" in m:
+            turns.append(m)
+    # The first turns start cold (the daemon's first prompts): left out.
+    turns = turns[20:]
+    print(f"{name}: {len(turns)} turns, µs from the previous step (median, p90)")
+    for i, step in enumerate(order[1:], 1):
+        gaps = []
+        for m in turns:
+            if step in m:
+                prev = max((m[s] for s in order[:i] if s in m), default=0.0)
+                gaps.append(m[step] - prev)
+        if gaps:
+            gaps.sort()
+            print(f"  {step:10} {statistics.median(gaps):7.1f} {gaps[int(0.9 * (len(gaps) - 1))]:7.1f}"
+                  f"{'' if len(gaps) == len(turns) else f'  ({len(gaps)} turns)'}")
+    total = sorted(m["written"] for m in turns)
+    print(f"  {'total':10} {statistics.median(total):7.1f} {total[int(0.9 * (len(total) - 1))]:7.1f}")
+PY
