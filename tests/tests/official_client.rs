@@ -608,9 +608,10 @@ async fn the_official_client_drives_every_operation() -> Result<()> {
     assert_eq!(cx["configOptions"][0]["currentValue"], "demo-smart");
     let tr = st.ok("sessionClientTranscript");
     assert!(
-        tr["events"].as_array().is_some_and(|e| e
-            .iter()
-            .any(|e| e["data"]["update"]["content"]["text"] == "through the session client")),
+        tr["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["data"]["update"]["content"]["text"]
+                == "slow 2 500 through the session client")),
         "{tr}"
     );
     st.ok("sessionClientClose");
