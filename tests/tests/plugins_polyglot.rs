@@ -321,6 +321,48 @@ async fn a_refused_javascript_config_is_not_activated() -> anyhow::Result<()> {
     refused_config_is_not_activated(Lang::JavaScript).await
 }
 
+/// A guest that asks for no call (`Selector.none()`, `selector.none()`) is active at no hook, in
+/// any language; the same guest with every hook shows all six.
+async fn a_guest_asking_for_no_call_runs_at_no_hook(lang: Lang) -> anyhow::Result<()> {
+    let Some(wasm) = built(lang.hostile()) else {
+        return Ok(());
+    };
+    for (mode, hooks) in [
+        ("none", json!([])),
+        (
+            "ok",
+            json!([
+                "request",
+                "dispatch",
+                "child",
+                "export-spans",
+                "export-logs",
+                "error"
+            ]),
+        ),
+    ] {
+        let d = Daemon::builder()
+            .config(&hostile_config(&wasm, mode))
+            .start()
+            .await?;
+        let h = d.get("/health?deep=1").await?;
+        let p = &h.body["plugins"][0];
+        assert_eq!(p["state"], "active", "{lang:?} {mode}: {p}");
+        assert_eq!(p["hooks"], hooks, "{lang:?} {mode}: {p}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_python_guest_asking_for_no_call_runs_at_no_hook() -> anyhow::Result<()> {
+    a_guest_asking_for_no_call_runs_at_no_hook(Lang::Python).await
+}
+
+#[tokio::test]
+async fn a_javascript_guest_asking_for_no_call_runs_at_no_hook() -> anyhow::Result<()> {
+    a_guest_asking_for_no_call_runs_at_no_hook(Lang::JavaScript).await
+}
+
 /// A guest whose memory does not fit its `memory_mib` is refused at load with an error that
 /// names the limit; deep health reports what loading a plugin cost.
 async fn memory_limit_is_named_and_startup_reported(lang: Lang) -> anyhow::Result<()> {

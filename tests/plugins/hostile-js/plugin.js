@@ -1,11 +1,11 @@
 // A hostile JavaScript plugin for the tests (tests/tests/plugins_polyglot.rs): its config's
 // `mode` picks the misbehaviour, at every hook, as tests/plugins/hostile does in Rust:
 // `exception` (an uncaught exception), `loop`, `alloc` (1 GiB), `huge-output`, `bad-index`,
-// `bad-config`, `ok`.
+// `bad-config`, `ok`; or `none`, which asks for no call at all (`selector.none()`).
 import { exportPlugin } from "../../../sdk/js/component.js";
-import { ConfigError, Edits, Plugin } from "../../../sdk/js/index.js";
+import { ConfigError, Edits, Plugin, selector } from "../../../sdk/js/index.js";
 
-const MODES = new Set(["exception", "loop", "alloc", "huge-output", "bad-index", "bad-config", "ok"]);
+const MODES = new Set(["exception", "loop", "alloc", "huge-output", "bad-index", "bad-config", "ok", "none"]);
 
 class Hostile extends Plugin {
   static NAME = "hostile-js";
@@ -18,6 +18,10 @@ class Hostile extends Plugin {
       throw new ConfigError(`unknown mode ${JSON.stringify(this.mode)}`);
     }
     this.hoard = [];
+  }
+
+  selectors() {
+    return this.mode === "none" ? [selector.none()] : [];
   }
 
   /** `true` = go on with the hook's own answer. */

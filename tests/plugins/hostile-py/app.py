@@ -1,12 +1,12 @@
 """A hostile Python plugin for the tests (tests/tests/plugins_polyglot.rs): its config's `mode`
 picks the misbehaviour, at every hook, as tests/plugins/hostile does in Rust:
 `exception` (an uncaught exception), `loop`, `alloc` (1 GiB), `huge-output`, `bad-index`,
-`bad-config`, `ok`."""
+`bad-config`, `ok`; or `none`, which asks for no call at all (`Selector.none()`)."""
 
 import acpd_plugin
-from acpd_plugin import ConfigError, Plugin
+from acpd_plugin import ConfigError, Plugin, Selector
 
-MODES = {"exception", "loop", "alloc", "huge-output", "bad-index", "bad-config", "ok"}
+MODES = {"exception", "loop", "alloc", "huge-output", "bad-index", "bad-config", "ok", "none"}
 
 
 @acpd_plugin.register
@@ -19,6 +19,9 @@ class Hostile(Plugin):
         if self.mode not in MODES or self.mode == "bad-config":
             raise ConfigError(f"unknown mode {self.mode!r}")
         self.hoard = []
+
+    def selectors(self):
+        return [Selector.none()] if self.mode == "none" else []
 
     def misbehave(self, out, attrs: int) -> bool:
         """`True` = go on with the hook's own answer."""
