@@ -1,8 +1,10 @@
 //! Where the daemon's time goes between a prompt's POST and its request in the agent's pipe
 //! (`--features path-marks`, a build of its own for `tests/scripts/path-marks.sh`). Each step
 //! of an admission stamps the time on its thread; once the request is written, the stamps
-//! (µs after the request reached the HTTP stack) go as one line to `$ACPD_PATH_MARKS/<pid>`.
-//! Without the feature [`mark`] is empty and compiles to nothing.
+//! (µs after the request reached the HTTP stack) go as one line to `$ACPD_PATH_MARKS/<pid>`:
+//! every step by name, in order, `-` for one not stamped. Lines are written 64 at a time, so a
+//! daemon's last few turns are not in its file. Without the feature [`mark`] is empty and
+//! compiles to nothing.
 //!
 //! The stamps are per thread: an admission runs in one task, and one that moved to another
 //! worker half way (its body arriving late) leaves no line.
@@ -33,30 +35,32 @@ pub enum Step {
     Written,
 }
 
-pub const NAMES: [&str; 10] = [
-    "received",
-    "span",
-    "guarded",
-    "enriched",
-    "handler",
-    "blocks",
-    "admitted",
-    "prepared",
-    "turn_span",
-    "written",
-];
-
 #[cfg(feature = "path-marks")]
 mod imp {
-    use super::{NAMES, Step};
+    use super::Step;
     use std::cell::RefCell;
     use std::fmt::Write as _;
     use std::io::Write as _;
     use std::sync::Mutex;
     use std::time::Instant;
 
+    /// The steps' names, in `Step`'s order.
+    const NAMES: [&str; 10] = [
+        "received",
+        "span",
+        "guarded",
+        "enriched",
+        "handler",
+        "blocks",
+        "admitted",
+        "prepared",
+        "turn_span",
+        "written",
+    ];
+
     thread_local! {
-        static STAMPS: RefCell<[Option<Instant>; 10]> = const { RefCell::new([None; 10]) };
+        static STAMPS: RefCell<[Option<Instant>; NAMES.len()]> =
+            const { RefCell::new([None; NAMES.len()]) };
     }
 
     /// Lines not yet written: one write per 64 turns, not one per turn next to the path.
@@ -67,7 +71,7 @@ mod imp {
         STAMPS.with(|s| {
             let mut s = s.borrow_mut();
             if matches!(step, Step::Received) {
-                *s = [None; 10];
+                *s = [None; NAMES.len()];
             }
             s[step as usize] = Some(now);
             if matches!(step, Step::Written)
@@ -75,11 +79,12 @@ mod imp {
             {
                 let mut line = String::new();
                 for (name, t) in NAMES.iter().zip(s.iter()) {
-                    if let Some(t) = t {
-                        let _ = write!(line, "{name}={:.1} ", (*t - t0).as_nanos() as f64 / 1e3);
-                    }
+                    let _ = match t {
+                        Some(t) => write!(line, "{name}={:.1} ", (*t - t0).as_nanos() as f64 / 1e3),
+                        None => write!(line, "{name}=- "),
+                    };
                 }
-                *s = [None; 10];
+                *s = [None; NAMES.len()];
                 let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
                 out.0.push_str(line.trim_end());
                 out.0.push('\n');

@@ -3,9 +3,9 @@
 # step by step: builds the daemon with `path-marks` (and `alloc-count`, as the load harness
 # does), runs the harness's overhead section (telemetry and the default plugins on) against
 # it, and prints for each row the median and p90 of each step (µs from the previous stamped
-# step; host/src/path_marks.rs names them). A step with no stamp in a turn (the `request`
-# hook's plugins, when none runs there) folds into the next. The harness's next run rebuilds
-# its own daemon. Takes about two minutes after the build.
+# step; host/src/path_marks.rs names them, and each line lists them in order). A step with no
+# stamp in a turn (the `request` hook's plugins, when none runs there) folds into the next.
+# The harness's next run rebuilds its own daemon. Takes about two minutes after the build.
 #
 # usage: tests/scripts/path-marks.sh
 set -euo pipefail
@@ -17,20 +17,20 @@ cargo build -q --release -p acpd --features alloc-count,path-marks
 cp target/release/acpd "$work/acpd"
 mkdir "$work/marks"
 ACPD_PATH_MARKS="$work/marks" ACPD_BENCH_BIN="$work/acpd" ACPD_LOAD_MODES=plugins \
-  ACPD_LOAD_ONLY=overhead cargo bench -q -p acpd-tests --bench load | grep overhead
-# One daemon per row, in the rows' order: the files in the order they were made.
-python3 - "$work/marks" <<'PY'
+  ACPD_LOAD_ONLY=overhead cargo bench -q -p acpd-tests --bench load | grep overhead | tee "$work/rows"
+# One daemon per row, in the rows' order: the files in the order they were last written.
+python3 - "$work/marks" "$work/rows" <<'PY'
 import os, statistics, sys
-d = sys.argv[1]
+d, rows = sys.argv[1:3]
 files = sorted(os.listdir(d), key=lambda f: os.stat(os.path.join(d, f)).st_mtime_ns)
-# Rows, in the harness's order (`overhead_section`); a daemon's file is made at its 64th turn.
-rows = ["1 session", "16 sessions", "64 sessions", "16 sessions, back to back"]
-order = ["received", "span", "guarded", "enriched", "handler", "blocks", "admitted",
-         "prepared", "turn_span", "written"]
-for name, f in zip(rows, files):
+names = [r.split("(p50")[0].replace("overhead @", "").strip() for r in open(rows)]
+for name, f in zip(names, files):
     turns = []
     for line in open(os.path.join(d, f)):
-        m = dict((k, float(v)) for k, v in (x.split("=") for x in line.split()))
+        # Every step by name, in order; `-` for one not stamped.
+        steps = [x.split("=") for x in line.split()]
+        order = [k for k, _ in steps]
+        m = {k: float(v) for k, v in steps if v != "-"}
         if "admitted" in m:
             turns.append(m)
     # The first turns start cold (the daemon's first prompts): left out.

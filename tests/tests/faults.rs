@@ -15,6 +15,15 @@ fn config(agent_env: &str) -> String {
     )
 }
 
+/// A daemon whose demo agent gets `agent_env` (`config`), a session on it and the session's
+/// event stream.
+async fn session_with(agent_env: &str) -> Result<(Daemon, SessionRef, Sse)> {
+    let d = Daemon::builder().config(&config(agent_env)).start().await?;
+    let s = d.create_session().await?;
+    let sse = d.events(&s, None, None).await?;
+    Ok((d, s, sse))
+}
+
 /// Posts `text` on `s` (admitted: 202) and reads `sse` to the end of its turn: its prompt id
 /// and the turn's frames.
 async fn turn(
@@ -97,9 +106,7 @@ async fn an_agent_that_never_answers_session_new_fails_the_request_in_time() -> 
 
 #[tokio::test]
 async fn a_turn_that_never_finishes_ends_at_the_turn_deadline() -> Result<()> {
-    let d = Daemon::builder().config(&config("")).start().await?;
-    let s = d.create_session().await?;
-    let mut sse = d.events(&s, None, None).await?;
+    let (d, s, mut sse) = session_with("").await?;
     let started = Instant::now();
     let (_, frames) = turn(&d, &s, &mut sse, "slow 100000 1000").await?;
     let took = started.elapsed();
@@ -122,12 +129,7 @@ async fn a_turn_that_never_finishes_ends_at_the_turn_deadline() -> Result<()> {
 /// ignores `session/cancel`: `$/cancel_request` for its `session/prompt` ends it.
 #[tokio::test]
 async fn a_turn_past_its_deadline_is_withdrawn_with_cancel_request() -> Result<()> {
-    let d = Daemon::builder()
-        .config(&config("ACPD_DEMO_FAULT = \"deaf-cancel\""))
-        .start()
-        .await?;
-    let s = d.create_session().await?;
-    let mut sse = d.events(&s, None, None).await?;
+    let (d, s, mut sse) = session_with("ACPD_DEMO_FAULT = \"deaf-cancel\"").await?;
     let (_, frames) = turn(&d, &s, &mut sse, "slow 100000 1000").await?;
     let end = frames.last().unwrap();
     assert_eq!(end.event, "turn_error", "{}", end.data);
@@ -146,12 +148,7 @@ async fn an_agent_that_closes_stdout_but_keeps_running_is_stopped() -> Result<()
 
 #[tokio::test]
 async fn an_agent_that_ignores_sigterm_is_killed_at_shutdown() -> Result<()> {
-    let mut d = Daemon::builder()
-        .config(&config("ACPD_DEMO_FAULT = \"ignore-term\""))
-        .start()
-        .await?;
-    let s = d.create_session().await?;
-    let mut sse = d.events(&s, None, None).await?;
+    let (mut d, s, mut sse) = session_with("ACPD_DEMO_FAULT = \"ignore-term\"").await?;
     let (_, frames) = turn(&d, &s, &mut sse, "env ACPD_DEMO_FAULT").await?;
     assert_eq!(agent_text(&frames), "env ACPD_DEMO_FAULT=ignore-term");
     let child = d.child_pid(&s).await?;

@@ -294,17 +294,22 @@ async fn javascript_bad_edits_are_refused() -> anyhow::Result<()> {
     hostile_fails_as_rust_does(Lang::JavaScript, "bad-index", "invalid_output").await
 }
 
+/// The hostile guest's entry in deep health, in `mode`.
+async fn hostile_health(wasm: &std::path::Path, mode: &str) -> anyhow::Result<Value> {
+    let d = Daemon::builder()
+        .config(&hostile_config(wasm, mode))
+        .start()
+        .await?;
+    let h = d.get("/health?deep=1").await?;
+    Ok(h.body["plugins"][0].clone())
+}
+
 /// A refused config is not activated, in any language: the daemon reports it.
 async fn refused_config_is_not_activated(lang: Lang) -> anyhow::Result<()> {
     let Some(wasm) = built(lang.hostile()) else {
         return Ok(());
     };
-    let d = Daemon::builder()
-        .config(&hostile_config(&wasm, "bad-config"))
-        .start()
-        .await?;
-    let h = d.get("/health?deep=1").await?;
-    let p = &h.body["plugins"][0];
+    let p = hostile_health(&wasm, "bad-config").await?;
     assert_eq!(p["state"], "failed", "{lang:?}: {p}");
     let error = p["error"].as_str().unwrap();
     assert!(error.contains("unknown mode"), "{lang:?}: {p}");
@@ -341,12 +346,7 @@ async fn a_guest_asking_for_no_call_runs_at_no_hook(lang: Lang) -> anyhow::Resul
             ]),
         ),
     ] {
-        let d = Daemon::builder()
-            .config(&hostile_config(&wasm, mode))
-            .start()
-            .await?;
-        let h = d.get("/health?deep=1").await?;
-        let p = &h.body["plugins"][0];
+        let p = hostile_health(&wasm, mode).await?;
         assert_eq!(p["state"], "active", "{lang:?} {mode}: {p}");
         assert_eq!(p["hooks"], hooks, "{lang:?} {mode}: {p}");
     }

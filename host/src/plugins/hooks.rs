@@ -222,6 +222,12 @@ impl PluginSet {
             let Some(sel) = p.selector(hook) else {
                 continue;
             };
+            // Before packing: a request without the keys a selector requires (a header an
+            // `enrich` mapping names) costs this check and nothing else.
+            if !sel.record_qualifies(facts.iter().map(|(k, _)| *k)) {
+                metrics::skipped(&p.name, hook, "selector");
+                continue;
+            }
             let mut pk = Pack::default();
             for (k, v) in facts
                 .iter()
@@ -232,10 +238,6 @@ impl PluginSet {
                     let v = pk.value(v);
                     pk.push(0, k, v);
                 }
-            }
-            if !sel.record_qualifies(facts.iter().map(|(k, _)| *k)) {
-                metrics::skipped(&p.name, hook, "selector");
-                continue;
             }
             let Ok(edits) = p.call(hook, |live, budget| {
                 live.observe(hook, budget, &pk.arena, &pk.attrs)

@@ -157,28 +157,26 @@ impl Plugin for Enrich {
     /// names a workspace a glob could match; with an empty config (the default set's) the
     /// plugin adds nothing anywhere and asks for no call at all.
     fn selectors(&self) -> Vec<Selector> {
+        const WORKSPACE_PATH: &str = "acpd.workspace.path";
         let mut reads: Vec<String> = self.headers.iter().map(|(h, _)| h.clone()).collect();
         if !self.workspaces.is_empty() {
-            reads.push("acpd.workspace.path".into());
+            reads.push(WORKSPACE_PATH.into());
         }
-        // Never an empty key list, which would mean every key.
-        let keys = || {
-            let mut k = reads.clone();
-            k.push("acpd.workspace.path".into());
-            k
-        };
+        // The keys sent: those it reads, never none (an empty list means every key).
+        let mut keys = reads.clone();
+        if keys.is_empty() {
+            keys.push(WORKSPACE_PATH.into());
+        }
+        let statics = !self.fixed.is_empty();
+        let request = Selector::hooks(&[Hook::Request]).keys(keys.clone());
         let mut out = Vec::new();
-        if !self.fixed.is_empty() {
-            out.push(Selector::hooks(&[Hook::Request]).keys(keys()));
+        if statics {
+            out.push(request);
         } else if !reads.is_empty() {
-            out.push(
-                Selector::hooks(&[Hook::Request])
-                    .keys(keys())
-                    .require_any(reads.clone()),
-            );
+            out.push(request.require_any(reads));
         }
-        if self.on_dispatch && !self.fixed.is_empty() {
-            out.push(Selector::hooks(&[Hook::Dispatch]).keys(keys()));
+        if self.on_dispatch && statics {
+            out.push(Selector::hooks(&[Hook::Dispatch]).keys(keys));
         }
         if out.is_empty() {
             out.push(Selector::none());
