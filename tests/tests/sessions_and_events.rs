@@ -760,6 +760,49 @@ async fn cancel_ends_the_running_prompt_then_the_queue_runs() -> Result<()> {
     Ok(())
 }
 
+/// A turn's own first events (the prompt added, started, its blocks echoed) reach the subscribers
+/// while the agent says nothing: the admission journals them and the session's runner hands them
+/// over, not the agent's first update.
+#[tokio::test]
+async fn a_turns_first_events_arrive_while_the_agent_says_nothing() -> Result<()> {
+    let d = Daemon::start().await?;
+    let s = d.create_session().await?;
+    let mut sse = d.events(&s, None, None).await?;
+    // Silent for ten minutes, far past LONG: only the daemon can send these.
+    let (id, _) = prompt_ok(&d, &s, "quiet 600000").await?;
+    let frames = sse
+        .until(LONG, |f| {
+            f.data["promptId"] == id.as_str()
+                && f.data["data"]["update"]["sessionUpdate"] == "user_message_chunk"
+        })
+        .await?;
+    let mine: Vec<&str> = frames
+        .iter()
+        .filter(|f| f.data["promptId"] == id.as_str())
+        .map(|f| f.event.as_str())
+        .collect();
+    assert_eq!(
+        mine,
+        [
+            "pending_prompt_added",
+            "pending_prompt_started",
+            "session_update"
+        ]
+    );
+    let r = d
+        .post_as(&s, &format!("/session/{}/cancel", s.id), json!({}))
+        .await?;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let frames = sse.until_turn_end(&id).await?;
+    let end = frames.last().unwrap();
+    assert_eq!(
+        end.data["data"]["stopReason"], "cancelled",
+        "{:?}",
+        end.data
+    );
+    Ok(())
+}
+
 // ---- 7. heartbeat, status, close, workspace listings ------------------------------------
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //! - `read <rel>`: tool call + `fs/read_text_file` of `<session cwd>/<rel>`.
 //! - `write <rel> <content...>`: tool call + `session/request_permission` + `fs/write_text_file`.
 //! - `slow [n=20] [ms=250]`: n chunks `tick <i> `, one per ms; honours `session/cancel`.
+//! - `quiet [ms=1000]`: says nothing for ms, then ends the turn; honours `session/cancel`.
 //! - `crash`: chunk `about to crash`, then the process exits with code 3.
 //! - `unknown`: sends the request `demo/unknownRequest` to the client and reports its answer.
 //! - `flood <n=100> [size=1024]`: n chunks of `size` 'x' bytes.
@@ -536,6 +537,7 @@ const COMMANDS: &[&str] = &[
     "read",
     "write",
     "slow",
+    "quiet",
     "crash",
     "unknown",
     "flood",
@@ -589,6 +591,10 @@ impl Turn {
                 let n = arg.parse().unwrap_or(20);
                 let ms = split_word(tail).0.parse().unwrap_or(250);
                 self.slow(n, Duration::from_millis(ms)).await
+            }
+            "quiet" => {
+                self.quiet(Duration::from_millis(arg.parse().unwrap_or(1000)))
+                    .await
             }
             "crash" => self.crash().await,
             "mode" => {
@@ -826,6 +832,15 @@ impl Turn {
         }
         llm.finish("stop");
         done(StopReason::EndTurn)
+    }
+
+    /// A turn in which the agent sends nothing at all: what a daemon shows its clients then
+    /// comes from the daemon alone.
+    async fn quiet(&self, wait: Duration) -> TurnResult {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => done(StopReason::EndTurn),
+            () = self.cancel.cancelled() => done(StopReason::Cancelled),
+        }
     }
 
     async fn crash(&self) -> TurnResult {

@@ -70,6 +70,9 @@ struct Inner {
     /// everything after it under the unjournaled bound.
     journaled_upto: u64,
     subs: Vec<Sub>,
+    /// Events in the ring (and the journal) that the subscribers have not been handed yet
+    /// (`publish_all_held`): released by `release`, or before anything else the bus does.
+    held: Vec<(u64, Bytes)>,
     closed: bool,
 }
 
@@ -197,6 +200,7 @@ impl EventBus {
                 ring_bytes: 0,
                 journaled_upto: last_id,
                 subs: Vec::new(),
+                held: Vec::new(),
                 closed: false,
             }),
             behind: AtomicBool::new(false),
@@ -249,6 +253,7 @@ impl EventBus {
         if inner.closed {
             return None;
         }
+        self.release_held(&mut inner);
         let id = inner.last_id + 1;
         let frame = frame(id, kind, &tail);
         // Durable (written to the OS, or synced under `fsync = "always"`) before any
@@ -264,6 +269,42 @@ impl EventBus {
     /// Publishes consecutive events, as [`publish`](Self::publish) one by one would, with one
     /// journal write for all of them. Returns the last one's id.
     pub fn publish_all(&self, drafts: &[Draft<'_>]) -> Option<u64> {
+        self.publish_drafts(drafts, false)
+    }
+
+    /// As [`publish_all`](Self::publish_all), but the subscribers are handed the events only
+    /// at [`release`](Self::release), or before the bus's next publish, subscription or close,
+    /// whichever comes first. They are journaled and in the ring at once, and their ids taken.
+    ///
+    /// Why: handing them over wakes each subscriber's task. A turn's admission also wakes its
+    /// runner, and a tokio worker that wakes two tasks in one poll wakes a parked sibling
+    /// worker to take one: a serving thread (real-time when the daemon is lightly loaded) that
+    /// then preempts the agent the admission has just written to (BENCHMARKS.md, "Round
+    /// seventeen"). The runner releases them instead, on the same worker, once the admission's
+    /// poll is done.
+    pub fn publish_all_held(&self, drafts: &[Draft<'_>]) -> Option<u64> {
+        self.publish_drafts(drafts, true)
+    }
+
+    /// Hands the subscribers the events `publish_all_held` kept from them.
+    pub fn release(&self) {
+        let mut inner = self.lock();
+        self.release_held(&mut inner);
+    }
+
+    fn release_held(&self, inner: &mut Inner) {
+        if inner.held.is_empty() {
+            return;
+        }
+        // Taken and put back, so the vector keeps its capacity for the next turn.
+        let mut held = std::mem::take(&mut inner.held);
+        for (id, frame) in held.drain(..) {
+            self.fan_out(inner, id, &frame);
+        }
+        inner.held = held;
+    }
+
+    fn publish_drafts(&self, drafts: &[Draft<'_>], hold: bool) -> Option<u64> {
         let tails: Vec<Vec<u8>> = drafts
             .iter()
             .map(|d| frame_tail(d.kind, d.prompt_id, &d.data, d.originator))
@@ -272,6 +313,7 @@ impl EventBus {
         if inner.closed || drafts.is_empty() {
             return None;
         }
+        self.release_held(&mut inner);
         let first = inner.last_id + 1;
         let frames: Vec<(u64, Bytes)> = (first..)
             .zip(drafts.iter().zip(&tails))
@@ -283,19 +325,30 @@ impl EventBus {
             .map_or(0, |j| j.append_events(&frames));
         let last = first + frames.len() as u64 - 1;
         for (n, (id, frame)) in frames.into_iter().enumerate() {
-            self.commit(&mut inner, id, frame, n < journaled);
+            if hold {
+                self.keep(&mut inner, id, frame.clone(), n < journaled);
+                inner.held.push((id, frame));
+            } else {
+                self.commit(&mut inner, id, frame, n < journaled);
+            }
         }
         Some(last)
     }
 
     /// Puts a published event in the ring and every subscriber's queue.
     fn commit(&self, inner: &mut Inner, id: u64, frame: Bytes, journaled: bool) {
+        self.keep(inner, id, frame.clone(), journaled);
+        self.fan_out(inner, id, &frame);
+    }
+
+    /// Puts a published event in the ring (evicting the oldest beyond its bounds).
+    fn keep(&self, inner: &mut Inner, id: u64, frame: Bytes, journaled: bool) {
         if journaled {
             inner.journaled_upto = id;
         }
         inner.last_id = id;
         inner.ring_bytes += frame.len();
-        inner.ring.push_back((id, frame.clone()));
+        inner.ring.push_back((id, frame));
         let max_bytes = if journaled {
             self.limits.journaled_ring_bytes
         } else {
@@ -313,12 +366,16 @@ impl EventBus {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Puts a published event in every subscriber's queue.
+    fn fan_out(&self, inner: &mut Inner, id: u64, frame: &Bytes) {
         let limits = self.limits;
         let before = inner.subs.len();
         let mut behind = false;
         inner
             .subs
-            .retain_mut(|sub| match deliver(sub, id, &frame, &limits) {
+            .retain_mut(|sub| match deliver(sub, id, frame, &limits) {
                 Delivery::Evicted => false,
                 Delivery::Queued { half_full } => {
                     behind |= half_full;
@@ -346,6 +403,8 @@ impl EventBus {
         let mut attempts = 0;
         loop {
             let mut inner = self.lock();
+            // Those subscribed before get the held events live; this one gets them as replay.
+            self.release_held(&mut inner);
             inner.subs.retain(|s| !s.tx.is_closed()); // disconnected clients leave no slot taken
             if inner.subs.len() >= self.limits.max_subscribers {
                 return Err(ApiError::new(
@@ -471,6 +530,7 @@ impl EventBus {
     /// Ends every subscription after its queued frames; later publishes are dropped.
     pub fn close(&self) {
         let mut inner = self.lock();
+        self.release_held(&mut inner);
         inner.closed = true;
         inner.subs.clear();
     }
@@ -720,6 +780,70 @@ mod tests {
             got
         );
         assert_eq!(b.lock().journaled_upto, 5);
+    }
+
+    #[tokio::test]
+    async fn held_events_are_journaled_at_once_and_handed_over_in_order_at_the_first_chance() {
+        let j = journal(1 << 30);
+        let b = EventBus::journaled(
+            limits(usize::MAX, 1 << 20),
+            Some(j.journal.clone()),
+            "e1".into(),
+            0,
+        );
+        let mut early = b.subscribe(None, None).unwrap();
+        let drafts = |ns: &[u64]| -> Vec<Draft<'static>> {
+            ns.iter()
+                .map(|n| Draft {
+                    kind: "y",
+                    prompt_id: None,
+                    data: json!({"n": n}),
+                    originator: None,
+                })
+                .collect()
+        };
+        fn queued(s: &mut Subscription) -> Vec<u64> {
+            let mut got = Vec::new();
+            while let Ok(f) = s.rx.try_recv() {
+                got.push(f);
+            }
+            ids(&got)
+        }
+        // Journaled and in the ring, their ids taken; no subscriber has them yet.
+        assert_eq!(b.publish_all_held(&drafts(&[1, 2])), Some(2));
+        assert_eq!(j.journal.state().last_id, 2);
+        assert_eq!(b.last_id(), 2);
+        assert_eq!(b.retained(1..=2).len(), 2);
+        assert_eq!(queued(&mut early), Vec::<u64>::new());
+        b.release();
+        assert_eq!(queued(&mut early), [1, 2]);
+        b.release();
+        assert_eq!(queued(&mut early), Vec::<u64>::new(), "handed over once");
+
+        // A publish hands the held ones over first.
+        b.publish_all_held(&drafts(&[3, 4]));
+        b.publish("x", None, json!({}), None);
+        assert_eq!(queued(&mut early), [3, 4, 5]);
+
+        // A subscriber that arrives while events are held gets them as replay, the earlier
+        // one live; neither twice.
+        b.publish_all_held(&drafts(&[6, 7]));
+        let mut late = b.subscribe(Some(5), Some("e1")).unwrap();
+        assert_eq!(ids(&late.preface), [6, 7]);
+        b.release();
+        assert_eq!(queued(&mut early), [6, 7]);
+        assert_eq!(queued(&mut late), Vec::<u64>::new());
+
+        // A close hands them over before the subscriptions end.
+        b.publish_all_held(&drafts(&[8]));
+        b.close();
+        for s in [&mut early, &mut late] {
+            match s.next().await {
+                Next::Frame(f) => assert_eq!(ids(&[f]), [8]),
+                _ => panic!("expected the held event"),
+            }
+            assert!(matches!(s.next().await, Next::Closed));
+        }
     }
 
     #[tokio::test]

@@ -368,7 +368,9 @@ impl Session {
                 // The runner is woken once the lock is released: woken under it, it was often
                 // taken by the other worker at once (on this kind of guest, on the same vCPU)
                 // only to block on this lock and be woken again (BENCHMARKS.md, "Round
-                // twelve"). The request is in the agent's pipe already (`dispatch`).
+                // twelve"). The request is in the agent's pipe already (`dispatch`). The runner
+                // then hands the turn's first events to the subscribers: this task wakes only
+                // the runner (`EventBus::publish_all_held`).
                 drop(st);
                 self.wake.notify_one();
             }
@@ -422,7 +424,8 @@ impl Session {
         // admission holds until it returns.
         path_marks::mark(Step::Prepared);
         let call = self.dispatch(st, &agent, blocks, meta);
-        self.bus.publish_all(&events);
+        // Handed to the subscribers by the runner (see `publish_all_held`).
+        self.bus.publish_all_held(&events);
         self.enrich_running(st, &agent);
         st.started = Some(Started { agent, call });
     }
@@ -607,6 +610,8 @@ impl Session {
             };
             let (prompt_id, originator, end) = match next {
                 Next::Started(s, id, originator, cancel) => {
+                    // The turn's first events, which `enqueue` journaled but did not hand over.
+                    self.bus.release();
                     let end = self.await_turn(&s.agent, s.call, cancel).await;
                     (id, originator, end)
                 }
