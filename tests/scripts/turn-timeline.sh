@@ -6,7 +6,8 @@
 # the agent's pipe, when the agent read it, when the agent first wrote back (its handler's first
 # chunk), when the daemon wrote the 202, and how often the daemon's threads were switched out
 # before the pipe write; then the medians over the turns, and on which CPUs the three processes
-# ran (BENCHMARKS.md, "Round twelve": at low load this guest runs them all on one vCPU).
+# ran (BENCHMARKS.md, "Round twelve": at low load this guest runs them all on one vCPU), and what
+# the CPUs ran while the agent waited for one ("Round seventeen").
 # Environment passes through, e.g. ACPD_LOAD_LIMITS=$'[agent]\nnice = 0'. Needs perf (with
 # tracepoints) and python3; takes about a minute after the builds.
 #
@@ -43,7 +44,7 @@ done
 [ -n "$agent" ] || { echo "the harness never started an agent" >&2; exit 1; }
 sleep 2
 perf record -q -o "$work/perf.data" -a \
-  -e 'sched:sched_switch,sched:sched_wakeup,raw_syscalls:sys_enter,raw_syscalls:sys_exit' \
+  -e 'sched:sched_switch,sched:sched_wakeup,raw_syscalls:sys_enter,raw_syscalls:sys_exit' --exclude-perf \
   -- sleep "$secs" >/dev/null 2>&1
 stop
 perf script -i "$work/perf.data" -F comm,pid,tid,cpu,time,event,trace 2>/dev/null >"$work/events"
@@ -120,4 +121,46 @@ for k in ("pipe write", "agent read", "agent's first write", "202 written",
 for pid, name in ((harness, "harness"), (daemon, "daemon"), (agent, "agent")):
     per = {c: n for (p, c), n in cpus.items() if p == pid}
     print(f"  events of the {name} by CPU: {dict(sorted(per.items()))}")
+
+# What the CPUs ran while one of the agent's threads was runnable but not running (woken, or
+# preempted): time-weighted over the capture. "idle" is a CPU still idle after the wake-up (the
+# vCPU waking); "(rt)" a thread at a real-time priority.
+switch = re.compile(r'prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> next_comm=(.*?) next_pid=(\d+) next_prio=(\d+)')
+wakeup = re.compile(r'pid=(\d+) prio=\d+ target_cpu')
+process = {}
+for text in open(path, errors="replace"):
+    m = line.match(text)
+    if m:
+        process[m.group(3)] = m.group(2)
+agent_tids = {t for t, p in process.items() if p == agent}
+names = {harness: "harness", daemon: "daemon", agent: "agent's other threads", "0": "idle"}
+waiting, running, on_cpu, last, held = set(), {}, {}, None, collections.Counter()
+for text in open(path, errors="replace"):
+    m = line.match(text)
+    if not m:
+        continue
+    cpu, t, name, rest = int(m.group(4)), float(m.group(5)), m.group(6), m.group(7)
+    if last is not None and waiting:
+        for who in running.values():
+            held[who] += t - last
+    last = t
+    if name == "sched:sched_wakeup":
+        w = wakeup.search(rest)
+        # A wake-up of a thread still on its CPU is traced too: it waits for nothing.
+        if w and w.group(1) in agent_tids and w.group(1) not in on_cpu.values():
+            waiting.add(w.group(1))
+    elif name == "sched:sched_switch":
+        s = switch.search(rest)
+        if not s:
+            continue
+        prev, state, comm, nxt, prio = s.groups()
+        if prev in agent_tids and state.startswith("R"):
+            waiting.add(prev)
+        waiting.discard(nxt)
+        on_cpu[cpu] = nxt
+        who = names.get(process.get(nxt, nxt), comm.split("/")[0])
+        running[cpu] = who + (" (rt)" if int(prio) < 100 else "")
+total = sum(held.values()) or 1
+print("  while an agent thread waited for a CPU, the CPUs ran: "
+      + ", ".join(f"{k} {v / total * 100:.0f} %" for k, v in held.most_common(6)))
 EOF
