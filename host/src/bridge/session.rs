@@ -358,8 +358,9 @@ impl Session {
         // An idle session with a live child: start the turn here, as the runner would next,
         // instead of waking the runner first. That wake was a task hop (often to the other
         // core) before the request even left; now the runner only awaits the answer. The
-        // events, their order and the journal are the runner's: pending_prompt_added, then
-        // pending_prompt_started and the echoed blocks, all before the agent has the prompt.
+        // events and their order are the runner's (pending_prompt_added, then
+        // pending_prompt_started and the echoed blocks), journaled here once the request is
+        // written, ahead of any update of the agent's (`start_here`).
         let idle = pending == 0 && st.started.is_none() && st.life == Life::Active;
         let live = st.agent.clone().filter(|a| idle && a.is_alive());
         match live {
