@@ -11,10 +11,16 @@
 # Environment passes through, e.g. ACPD_LOAD_LIMITS=$'[agent]\nnice = 0'. Needs perf (with
 # tracepoints) and python3; takes about a minute after the builds.
 #
-# usage: tests/scripts/turn-timeline.sh [seconds]
+# With `16` as the second argument it captures the 16-session row instead (a daemon of its own):
+# there the turns overlap, so it prints only the pipe write to the agent's read and what the CPUs
+# ran while the agent waited.
+#
+# usage: tests/scripts/turn-timeline.sh [seconds] [sessions: 1 or 16]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-3}
+row=${2:-1}
+case $row in 1 | 16) ;; *) echo "sessions: 1 or 16, not $row" >&2; exit 2 ;; esac
 work=$(mktemp -d)
 harness=
 # The harness and the daemons it started (the agents end with their daemon): a harness killed
@@ -42,6 +48,19 @@ for _ in $(seq 1200); do
   sleep 0.1
 done
 [ -n "$agent" ] || { echo "the harness never started an agent" >&2; exit 1; }
+if [ "$row" = 16 ]; then
+  # The 16-session row starts a daemon of its own once the one-session row is reported.
+  first=$daemon daemon= agent=
+  for _ in $(seq 1200); do
+    if grep -q "@ 1 sessions" "$work/bench.out"; then
+      daemon=$(pgrep -P "$harness" -f 'acpd serve' | grep -vx "$first" | head -1 || true)
+      [ -n "$daemon" ] && agent=$(pgrep -P "$daemon" -f 'acpd demo-agent' | head -1 || true)
+    fi
+    [ -n "$agent" ] && break
+    sleep 0.1
+  done
+  [ -n "$agent" ] || { echo "the 16-session row never started an agent" >&2; exit 1; }
+fi
 sleep 2
 perf record -q -o "$work/perf.data" -a \
   -e 'sched:sched_switch,sched:sched_wakeup,raw_syscalls:sys_enter,raw_syscalls:sys_exit' --exclude-perf \
@@ -49,10 +68,10 @@ perf record -q -o "$work/perf.data" -a \
 stop
 perf script -i "$work/perf.data" -F comm,pid,tid,cpu,time,event,trace 2>/dev/null >"$work/events"
 
-python3 - "$harness" "$daemon" "$agent" "$work/events" <<'EOF'
-import collections, re, statistics, sys
+python3 - "$harness" "$daemon" "$agent" "$work/events" "$row" <<'EOF'
+import bisect, collections, re, statistics, sys
 
-harness, daemon, agent, path = sys.argv[1:5]
+harness, daemon, agent, path, row = sys.argv[1:6]
 line = re.compile(r'\s*(.+?)\s+(\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s+(.*)')
 events, cpus = [], collections.Counter()
 for text in open(path, errors="replace"):
@@ -88,8 +107,14 @@ for e in events:
 # Sizes a few bytes apart are the same request with an id of more digits.
 top = int(sizes.most_common(1)[0][0]) if sizes else 368
 REQUEST = {str(n) for n in range(top - 4, top + 5)}
+# Every request in the pipe, and the agent's next read after it (at 16 sessions, another
+# session's POST may come between a turn's POST and its pipe write).
+reads = [e[1] for e in events if e[0] == agent and exit_of(e)[0] == READ and exit_of(e)[1] != "-11"]
+gaps = sorted((reads[k] - e[1]) * 1e6 for e in events
+              if e[0] == daemon and exit_of(e)[0] == WRITE and exit_of(e)[1] in REQUEST
+              for k in [bisect.bisect_left(reads, e[1])] if k < len(reads))
 marks = collections.defaultdict(list)
-for n, i in enumerate(posts):
+for n, i in enumerate(posts if row == "1" else []):
     t0 = events[i][1]
     end = events[posts[n + 1]][1] if n + 1 < len(posts) else t0 + 0.01
     got, switches = {}, 0
@@ -112,12 +137,16 @@ for n, i in enumerate(posts):
             marks[k].append((v - t0) * 1e6)
         marks["daemon switched out before the pipe write"].append(switches)
 
-print(f"{len(marks['pipe write'])} turns of {len(posts)} POSTs seen whole (request {top} bytes); µs after the daemon read the POST (median, p90):")
-for k in ("pipe write", "agent read", "agent's first write", "202 written",
-          "daemon switched out before the pipe write"):
-    v = sorted(marks.get(k, []))
-    if v:
-        print(f"  {k:45} {statistics.median(v):8.0f} {v[int(0.9 * (len(v) - 1))]:8.0f}")
+if row == "1":
+    print(f"{len(marks['pipe write'])} turns of {len(posts)} POSTs seen whole (request {top} bytes); µs after the daemon read the POST (median, p90):")
+    for k in ("pipe write", "agent read", "agent's first write", "202 written",
+              "daemon switched out before the pipe write"):
+        v = sorted(marks.get(k, []))
+        if v:
+            print(f"  {k:45} {statistics.median(v):8.0f} {v[int(0.9 * (len(v) - 1))]:8.0f}")
+if gaps:
+    print(f"  {len(gaps)} requests in the pipe; µs to the agent's next read (median, p90): "
+          f"{statistics.median(gaps):.0f} {gaps[int(0.9 * (len(gaps) - 1))]:.0f}")
 for pid, name in ((harness, "harness"), (daemon, "daemon"), (agent, "agent")):
     per = {c: n for (p, c), n in cpus.items() if p == pid}
     print(f"  events of the {name} by CPU: {dict(sorted(per.items()))}")
