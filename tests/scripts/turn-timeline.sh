@@ -73,15 +73,18 @@ import bisect, collections, re, statistics, sys
 
 harness, daemon, agent, path, row = sys.argv[1:6]
 line = re.compile(r'\s*(.+?)\s+(\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s+(.*)')
-events, cpus = [], collections.Counter()
+# Every event of the machine, parsed once: (comm, pid, tid, cpu, time, event, its text).
+machine = []
 for text in open(path, errors="replace"):
     m = line.match(text)
-    if not m:
-        continue
-    comm, pid, tid, cpu, t, name, rest = m.groups()
+    if m:
+        comm, pid, tid, cpu, t, name, rest = m.groups()
+        machine.append((comm, pid, tid, int(cpu), float(t), name, rest))
+events, cpus = [], collections.Counter()
+for comm, pid, tid, cpu, t, name, rest in machine:
     if pid in (harness, daemon, agent):
-        cpus[(pid, int(cpu))] += 1
-        events.append((pid, float(t), name, rest))
+        cpus[(pid, cpu)] += 1
+        events.append((pid, t, name, rest))
 
 READ, WRITE, WRITEV, RECVFROM = "0", "1", "20", "45"
 
@@ -156,19 +159,11 @@ for pid, name in ((harness, "harness"), (daemon, "daemon"), (agent, "agent")):
 # vCPU waking); "(rt)" a thread at a real-time priority.
 switch = re.compile(r'prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> next_comm=(.*?) next_pid=(\d+) next_prio=(\d+)')
 wakeup = re.compile(r'pid=(\d+) prio=\d+ target_cpu')
-process = {}
-for text in open(path, errors="replace"):
-    m = line.match(text)
-    if m:
-        process[m.group(3)] = m.group(2)
+process = {tid: pid for _, pid, tid, *_ in machine}
 agent_tids = {t for t, p in process.items() if p == agent}
 names = {harness: "harness", daemon: "daemon", agent: "agent's other threads", "0": "idle"}
 waiting, running, on_cpu, last, held = set(), {}, {}, None, collections.Counter()
-for text in open(path, errors="replace"):
-    m = line.match(text)
-    if not m:
-        continue
-    cpu, t, name, rest = int(m.group(4)), float(m.group(5)), m.group(6), m.group(7)
+for _, _, _, cpu, t, name, rest in machine:
     if last is not None and waiting:
         for who in running.values():
             held[who] += t - last

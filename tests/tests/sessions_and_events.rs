@@ -28,6 +28,17 @@ async fn prompt_ok(d: &Daemon, s: &SessionRef, text: &str) -> Result<(String, Va
     Ok((id, r.body))
 }
 
+/// `POST /session/:id/cancel`; fails unless 204.
+async fn cancel(d: &Daemon, s: &SessionRef) -> Result<Resp> {
+    let r = d
+        .post_as(s, &format!("/session/{}/cancel", s.id), json!({}))
+        .await?;
+    if r.status != 204 {
+        bail!("cancel -> {}: {}", r.status, r.body);
+    }
+    Ok(r)
+}
+
 /// The ids of the numbered frames, in order.
 fn ids(frames: &[Frame]) -> Vec<u64> {
     frames.iter().filter_map(|f| f.id).collect()
@@ -652,10 +663,7 @@ async fn prompt_queue_cap_and_pending_prompt_management() -> Result<()> {
 
     // A slot is free again; the removed prompt never runs, the new one does.
     let (next, _) = prompt_ok(&d, &s, "next in line").await?;
-    let r = d
-        .post_as(&s, &format!("/session/{}/cancel", s.id), json!({}))
-        .await?;
-    assert_eq!(r.status, 204);
+    cancel(&d, &s).await?;
     let frames = sse.until_turn_end(&next).await?;
     assert!(
         !frames
@@ -695,10 +703,7 @@ async fn cancel_ends_the_running_prompt_then_the_queue_runs() -> Result<()> {
     .await?;
     let (second, _) = prompt_ok(&d, &s, "after the cancel").await?;
 
-    let r = d
-        .post_as(&s, &format!("/session/{}/cancel", s.id), json!({}))
-        .await?;
-    assert_eq!(r.status, 204, "{}", r.body);
+    let r = cancel(&d, &s).await?;
     assert_eq!(r.body, Value::Null, "204 has no body");
 
     let frames = sse.until_turn_end(&first).await?;
@@ -747,10 +752,7 @@ async fn cancel_ends_the_running_prompt_then_the_queue_runs() -> Result<()> {
     );
 
     // Cancel with nothing running is a harmless 204, and the session keeps working.
-    let r = d
-        .post_as(&s, &format!("/session/{}/cancel", s.id), json!({}))
-        .await?;
-    assert_eq!(r.status, 204);
+    cancel(&d, &s).await?;
     let (third, _) = prompt_ok(&d, &s, "and again").await?;
     let frames = sse.until_turn_end(&third).await?;
     assert_eq!(
@@ -789,10 +791,7 @@ async fn a_turns_first_events_arrive_while_the_agent_says_nothing() -> Result<()
             "session_update"
         ]
     );
-    let r = d
-        .post_as(&s, &format!("/session/{}/cancel", s.id), json!({}))
-        .await?;
-    assert_eq!(r.status, 204, "{}", r.body);
+    cancel(&d, &s).await?;
     let frames = sse.until_turn_end(&id).await?;
     let end = frames.last().unwrap();
     assert_eq!(

@@ -736,26 +736,35 @@ mod tests {
         assert_eq!(ids(&s.preface), (1..=100).collect::<Vec<_>>());
     }
 
-    #[tokio::test]
-    async fn events_published_together_are_journaled_and_sent_as_single_ones() {
-        let j = journal(1 << 30);
-        let b = EventBus::journaled(
+    /// A bus on `j`'s journal, epoch `e1`, with a ring of 1 MiB once journaled.
+    fn journaled_bus(j: &TempJournal) -> EventBus {
+        EventBus::journaled(
             limits(usize::MAX, 1 << 20),
             Some(j.journal.clone()),
             "e1".into(),
             0,
-        );
-        let mut live = b.subscribe(None, None).unwrap();
-        b.publish("x", None, json!({"n": 0}), None);
-        let drafts: Vec<Draft> = (1..=3)
+        )
+    }
+
+    /// Events of kind `y`, one per `n` (`{"n": n}`), of prompt `p1` from client `c1`.
+    fn drafts(ns: impl IntoIterator<Item = u64>) -> Vec<Draft<'static>> {
+        ns.into_iter()
             .map(|n| Draft {
                 kind: "y",
                 prompt_id: Some("p1"),
                 data: json!({"n": n}),
                 originator: Some("c1"),
             })
-            .collect();
-        assert_eq!(b.publish_all(&drafts), Some(4));
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn events_published_together_are_journaled_and_sent_as_single_ones() {
+        let j = journal(1 << 30);
+        let b = journaled_bus(&j);
+        let mut live = b.subscribe(None, None).unwrap();
+        b.publish("x", None, json!({"n": 0}), None);
+        assert_eq!(b.publish_all(&drafts(1..=3)), Some(4));
         assert_eq!(b.publish_all(&[]), None, "nothing to publish");
         b.publish("x", None, json!({"n": 4}), None);
         let mut got = Vec::new();
@@ -785,23 +794,8 @@ mod tests {
     #[tokio::test]
     async fn held_events_are_journaled_at_once_and_handed_over_in_order_at_the_first_chance() {
         let j = journal(1 << 30);
-        let b = EventBus::journaled(
-            limits(usize::MAX, 1 << 20),
-            Some(j.journal.clone()),
-            "e1".into(),
-            0,
-        );
+        let b = journaled_bus(&j);
         let mut early = b.subscribe(None, None).unwrap();
-        let drafts = |ns: &[u64]| -> Vec<Draft<'static>> {
-            ns.iter()
-                .map(|n| Draft {
-                    kind: "y",
-                    prompt_id: None,
-                    data: json!({"n": n}),
-                    originator: None,
-                })
-                .collect()
-        };
         fn queued(s: &mut Subscription) -> Vec<u64> {
             let mut got = Vec::new();
             while let Ok(f) = s.rx.try_recv() {
@@ -810,7 +804,7 @@ mod tests {
             ids(&got)
         }
         // Journaled and in the ring, their ids taken; no subscriber has them yet.
-        assert_eq!(b.publish_all_held(&drafts(&[1, 2])), Some(2));
+        assert_eq!(b.publish_all_held(&drafts([1, 2])), Some(2));
         assert_eq!(j.journal.state().last_id, 2);
         assert_eq!(b.last_id(), 2);
         assert_eq!(b.retained(1..=2).len(), 2);
@@ -821,13 +815,13 @@ mod tests {
         assert_eq!(queued(&mut early), Vec::<u64>::new(), "handed over once");
 
         // A publish hands the held ones over first.
-        b.publish_all_held(&drafts(&[3, 4]));
+        b.publish_all_held(&drafts([3, 4]));
         b.publish("x", None, json!({}), None);
         assert_eq!(queued(&mut early), [3, 4, 5]);
 
         // A subscriber that arrives while events are held gets them as replay, the earlier
         // one live; neither twice.
-        b.publish_all_held(&drafts(&[6, 7]));
+        b.publish_all_held(&drafts([6, 7]));
         let mut late = b.subscribe(Some(5), Some("e1")).unwrap();
         assert_eq!(ids(&late.preface), [6, 7]);
         b.release();
@@ -835,7 +829,7 @@ mod tests {
         assert_eq!(queued(&mut late), Vec::<u64>::new());
 
         // A close hands them over before the subscriptions end.
-        b.publish_all_held(&drafts(&[8]));
+        b.publish_all_held(&drafts([8]));
         b.close();
         for s in [&mut early, &mut late] {
             match s.next().await {

@@ -163,10 +163,11 @@ impl Plugin for Enrich {
             reads.push(WORKSPACE_PATH.into());
         }
         // The keys sent: those it reads, never none (an empty list means every key).
-        let mut keys = reads.clone();
-        if keys.is_empty() {
-            keys.push(WORKSPACE_PATH.into());
-        }
+        let keys = if reads.is_empty() {
+            vec![WORKSPACE_PATH.to_string()]
+        } else {
+            reads.clone()
+        };
         let statics = !self.fixed.is_empty();
         let request = Selector::hooks(&[Hook::Request]).keys(keys.clone());
         let mut out = Vec::new();
