@@ -188,7 +188,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         // From the main thread (`block_on`'s); the agent moves itself onto a worker.
-        Command::DemoAgent => run_async(0, acpd_demo_agent::run_stdio()),
+        // The demo agent keeps the runtime's default workers (one per CPU), as a real agent.
+        Command::DemoAgent => run_async(0, 0, acpd_demo_agent::run_stdio()),
         Command::Plugin(cmd) => crate::plugin_cli::run(match cmd {
             PluginCommand::Inspect { file } => crate::plugin_cli::Command::Inspect { file },
             PluginCommand::Test {
@@ -225,7 +226,8 @@ pub fn main() -> ExitCode {
                 eprintln!("acpd: server.cpu_slice_us not applied: {e}");
             }
             let realtime = config.server.realtime_priority;
-            run_async(realtime, async move {
+            let workers = config.server.worker_threads;
+            run_async(realtime, workers, async move {
                 // A plugin reload re-reads the same layers (the file and env may have changed).
                 let reread = Box::new(move || {
                     config::load(file.as_deref(), |k| std::env::var(k).ok(), &overrides)
@@ -274,10 +276,19 @@ fn tune_malloc() {
 }
 
 /// `realtime`: `server.realtime_priority` for the main thread (which accepts connections) and
-/// every thread of the runtime (see `crate::sched`); 0 for none.
-fn run_async(realtime: u8, fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+/// every thread of the runtime (see `crate::sched`); 0 for none. `workers`:
+/// `server.worker_threads`, 0 for one per CPU. Set here rather than through
+/// `TOKIO_WORKER_THREADS`, which the agents would inherit.
+fn run_async(
+    realtime: u8,
+    workers: usize,
+    fut: impl Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
     if let Some((start, stop)) = crate::sched::realtime_runtime(realtime) {
         builder.on_thread_start(start).on_thread_stop(stop);
     }

@@ -636,6 +636,7 @@ async fn invalid_config_exits_2_with_one_line_naming_the_key() -> Result<()> {
     let broken = file("broken.toml", "[server\nport = 1\n")?;
     let bad_slice = file("slice.toml", "[server]\ncpu_slice_us = 50\n")?;
     let no_ring = file("ring.toml", "[limits]\nevent_ring_bytes = 0\n")?;
+    let many_workers = file("workers.toml", "[server]\nworker_threads = 5000\n")?;
     let ws = dir.path().display().to_string();
     let base = ["--workspace", ws.as_str()];
     let with = |extra: &[&'static str]| -> Vec<String> {
@@ -674,6 +675,11 @@ async fn invalid_config_exits_2_with_one_line_naming_the_key() -> Result<()> {
             vec!["--config".into(), no_ring],
             vec![],
             "limits.event_ring_bytes",
+        ),
+        (
+            vec!["--config".into(), many_workers],
+            vec![],
+            "server.worker_threads",
         ),
         (
             with(&["--hostname", "0.0.0.0", "--port", "0"]),

@@ -75,6 +75,44 @@ async fn real_time_off_leaves_every_thread_fair() {
     assert_eq!(realtime_threads(agent).unwrap(), 0);
 }
 
+/// The runtime has `server.worker_threads` workers (`ACPD_WORKER_THREADS`): one per CPU by
+/// default, as many as configured otherwise; deep `/health` says how many, and a turn runs on
+/// any count (BENCHMARKS.md, "Round eighteen", has what one worker costs and saves).
+#[tokio::test]
+async fn the_runtime_has_the_configured_workers() {
+    // tokio's own default: `TOKIO_WORKER_THREADS`, else the CPUs this process may use.
+    let per_cpu = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cases: [(&str, Option<&str>, usize); 3] = [
+        ("", None, per_cpu),
+        ("[server]\nworker_threads = 3\n", None, 3),
+        ("[server]\nworker_threads = 3\n", Some("1"), 1),
+    ];
+    for (config, env, want) in cases {
+        let mut b = Daemon::builder().config(config);
+        if let Some(n) = env {
+            b = b.env("ACPD_WORKER_THREADS", n);
+        }
+        let d = b.start().await.unwrap();
+        let health = d.get("/health?deep=1").await.unwrap();
+        assert_eq!(health.status, 200, "{:?}", health.body);
+        assert_eq!(
+            health.body["workers"], want,
+            "{config:?} {env:?}: {:?}",
+            health.body
+        );
+        let s = d.create_session().await.unwrap();
+        let mut sse = d.events(&s, None, None).await.unwrap();
+        let r = d.prompt(&s, "hello").await.unwrap();
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        let id = r.body["promptId"].as_str().unwrap().to_string();
+        let frames = sse.until_turn_end(&id).await.unwrap();
+        assert_eq!(frames.last().unwrap().event, "turn_complete", "{config:?}");
+    }
+}
+
 /// The main thread's policy (its tid is the pid): "2" real-time round robin, "0" fair.
 fn main_policy(pid: u32) -> String {
     thread_stats(pid)

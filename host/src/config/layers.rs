@@ -55,6 +55,7 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("ACPD_PORT", "server.port", Kind::Int),
     ("ACPD_HOSTNAME", "server.hostname", Kind::Str),
     ("ACPD_REQUIRE_AUTH", "server.require_auth", Kind::Bool),
+    ("ACPD_WORKER_THREADS", "server.worker_threads", Kind::Int),
     ("ACPD_ALLOW_ORIGIN", "server.allow_origin", Kind::List),
     ("ACPD_WORKSPACE", "workspaces", Kind::Paths),
     ("ACPD_STATE_DIR", "state.dir", Kind::Str),

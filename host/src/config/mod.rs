@@ -234,6 +234,13 @@ pub struct ServerConfig {
     /// over half a core its threads go fair. Agents and the daemon's other threads stay fair.
     /// See `crate::sched::realtime`.
     pub realtime_priority: u8,
+    /// The async runtime's worker threads (`ACPD_WORKER_THREADS`; 1..=1024; 0, the default:
+    /// tokio's, one per CPU unless `TOKIO_WORKER_THREADS` says otherwise). One costs the daemon about a quarter less CPU per turn: with two, a wake
+    /// of a second task during a poll wakes the other worker too, about three times a turn.
+    /// But one thread serves every session, so the tail at 64 busy sessions and the requests a
+    /// second the daemon can take are worse (BENCHMARKS.md, "Round eighteen"). One suits a
+    /// daemon that shares a small machine with its agents and serves a few sessions at a time.
+    pub worker_threads: usize,
 }
 
 impl ServerConfig {
@@ -322,6 +329,7 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             cpu_slice_us: 100,
             realtime_priority: 1,
+            worker_threads: 0,
         }
     }
 }
@@ -416,6 +424,12 @@ impl Config {
         }
         if self.server.realtime_priority > 99 {
             return bad("server.realtime_priority", "must be between 0 and 99");
+        }
+        if self.server.worker_threads > 1024 {
+            return bad(
+                "server.worker_threads",
+                "must be between 0 (one per CPU) and 1024",
+            );
         }
         if !(0..=19).contains(&self.agent.nice) {
             // Below 0 needs privileges the daemon should not have.

@@ -91,6 +91,8 @@ pub struct Health {
     #[schema(rename = "childrenAlive")]
     children_alive: Option<u64>,
     draining: Option<bool>,
+    /// The async runtime's worker threads (`server.worker_threads`).
+    workers: Option<u64>,
     /// Per plugin: name, version, source, sha256, state, instances, hooks (or error),
     /// memoryBytes (linear memory of its idle instances) and startup (loadMs, instantiateMs,
     /// rssBytes: what loading it cost).
