@@ -81,7 +81,7 @@ pub async fn health(State(state): State<AppState>, Query(q): Query<HealthQuery>)
         "pendingPermissions": sessions.iter().map(|s| s.pending_permission_count()).sum::<usize>(),
         "childrenAlive": state.bridge.live_children(),
         "draining": state.bridge.is_draining(),
-        // `server.worker_threads` as the runtime has it (0 there means one per CPU).
+        // The runtime's count: `server.worker_threads`, or one per CPU for its default, 0.
         "workers": tokio::runtime::Handle::current().metrics().num_workers(),
         "plugins": crate::plugins::current().map_or(Value::Array(Vec::new()), |set| set.health()),
     });
