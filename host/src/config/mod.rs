@@ -235,11 +235,12 @@ pub struct ServerConfig {
     /// See `crate::sched::realtime`.
     pub realtime_priority: u8,
     /// The async runtime's worker threads (`ACPD_WORKER_THREADS`; 1..=1024; 0, the default:
-    /// tokio's, one per CPU unless `TOKIO_WORKER_THREADS` says otherwise). One costs the daemon about a quarter less CPU per turn: with two, a wake
-    /// of a second task during a poll wakes the other worker too, about three times a turn.
-    /// But one thread serves every session, so the tail at 64 busy sessions and the requests a
-    /// second the daemon can take are worse (BENCHMARKS.md, "Round eighteen"). One suits a
-    /// daemon that shares a small machine with its agents and serves a few sessions at a time.
+    /// tokio's, one per CPU unless `TOKIO_WORKER_THREADS` says otherwise). One costs the daemon
+    /// about a quarter less CPU per turn: with two, a task requeued during a poll wakes the
+    /// other worker, about three times a turn. But one thread serves every session, so the
+    /// tail at 64 busy sessions and the requests a second the daemon can take are worse
+    /// (BENCHMARKS.md, "Round eighteen"). One suits a daemon that shares a small machine with
+    /// its agents and serves a few sessions at a time.
     pub worker_threads: usize,
 }
 
