@@ -100,6 +100,8 @@ async fn one_trace_across_the_process_boundary(protocol: Protocol) -> anyhow::Re
     assert_eq!(server.kind, 2, "SERVER");
     assert_eq!(server.attributes["http.route"], "/session/{id}/prompt");
     assert_eq!(server.attributes["http.response.status_code"], 202);
+    // The peer's address, handed to the request by the daemon's accept loop.
+    assert_eq!(server.attributes["client.address"], "127.0.0.1");
     assert_eq!(server.attributes["session.id"], s.id.as_str());
     assert_eq!(server.attributes["acpd.prompt.id"], prompt_id.as_str());
     let dispatch = find(&trace, "bridge prompt.dispatch").expect("dispatch span");

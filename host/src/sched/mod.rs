@@ -21,6 +21,7 @@
 //! load is light ([`realtime`]).
 
 pub mod realtime;
+pub mod repoll;
 
 pub use realtime::{note_activity, realtime_runtime, serving, set_realtime};
 
