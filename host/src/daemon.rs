@@ -2,6 +2,7 @@
 //! forces the exit, after killing every child's process group, unless it is a duplicate of the
 //! first: see `DUPLICATE_SIGNAL_WINDOW`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -143,12 +144,22 @@ pub async fn run(config: Config, reread: Reread) -> anyhow::Result<()> {
         })
     };
     let mut graceful = drained.clone();
-    let server = crate::http::serve::serve(listener, app, async move {
+    // No Nagle delay: an SSE event or a WebSocket frame is a small write that must leave at
+    // once (with Nagle, a WebSocket turn waited ~40 ms on the peer's delayed ACK).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|d| *d).await;
     });
     let limit = Duration::from_secs(config.limits.shutdown_timeout_secs);
+    let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
-        () = server => {}
+        r = &mut server => r?,
         _ = deadline_after_drain(drained, limit) => {
             tracing::warn!("connections still open after the shutdown deadline; exiting");
         }

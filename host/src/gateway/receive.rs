@@ -72,12 +72,11 @@ pub fn serve(listener: tokio::net::TcpListener, gateway: Arc<Gateway>) {
         // A bounded number of requests is read and decoded at once; the rest wait unread, so
         // many agents (or one flooding one) cannot make the daemon hold many bodies.
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT));
-    // Served until the daemon exits.
-    tokio::spawn(crate::http::serve::serve(
-        listener,
-        app,
-        std::future::pending(),
-    ));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "agent telemetry gateway stopped");
+        }
+    });
 }
 
 async fn traces(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {

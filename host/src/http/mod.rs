@@ -10,7 +10,6 @@ mod guard;
 pub mod openapi;
 pub(crate) mod routes;
 mod schema;
-pub(crate) mod serve;
 pub(crate) mod session_ops;
 mod span;
 pub(crate) mod sse;

@@ -21,7 +21,6 @@
 //! load is light ([`realtime`]).
 
 pub mod realtime;
-pub mod repoll;
 
 pub use realtime::{note_activity, realtime_runtime, serving, set_realtime};
 
