@@ -55,7 +55,6 @@ perf record -q -g -o "$work/perf.data" -p "$daemon" \
   -e syscalls:sys_enter_futex -e syscalls:sys_enter_write -e sched:sched_switch \
   -- sleep "$secs" >/dev/null 2>&1
 perf script -i "$work/perf.data" -F comm,event,trace,ip,sym,symoff 2>/dev/null >"$work/script.txt"
-nm "$bin" >"$work/nm.txt"
 python3 - "$work/script.txt" "$bin" <<'PY'
 import collections, re, subprocess, sys
 script, binary = sys.argv[1:3]
@@ -109,8 +108,9 @@ for block in open(script).read().split("\n\n"):
             count[(how, "a task woken by another while the worker had work")] += 1
         else:
             count[(how, "a task that woke itself, requeued as a yield")] += 1
-            ip, _, off = fr[y + 1]
-            selfwoken[ip - off + to_vaddr] += 1
+            if y + 1 < len(fr):  # the frame that called yield_now: the task's Harness::poll
+                ip, _, off = fr[y + 1]
+                selfwoken[ip - off + to_vaddr] += 1
 
 if turns == 0:
     sys.exit("no turn seen: no prompt written into an agent's pipe")

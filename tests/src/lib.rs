@@ -382,6 +382,23 @@ impl Daemon {
         .await
     }
 
+    /// Posts `text` on `s` (an error unless admitted: 202) and reads `sse` to the end of its
+    /// turn: the prompt's id and the turn's frames.
+    pub async fn turn(
+        &self,
+        s: &SessionRef,
+        sse: &mut Sse,
+        text: &str,
+    ) -> Result<(String, Vec<Frame>)> {
+        let r = self.prompt(s, text).await?;
+        if r.status != 202 {
+            bail!("prompt -> {}: {}", r.status, r.body);
+        }
+        let id = r.body["promptId"].as_str().context("promptId")?.to_string();
+        let frames = sse.until_turn_end(&id).await?;
+        Ok((id, frames))
+    }
+
     /// Opens the session's SSE stream. `last_event_id`/`epoch` set the replay headers.
     pub async fn events(
         &self,

@@ -5,7 +5,7 @@
 //! .gitignore).
 
 use acpd_tests::*;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -28,15 +28,6 @@ fn code(r: &Resp) -> &str {
 fn expect(r: &Resp, status: u16, code_: &str, what: &str) {
     assert_eq!(r.status, status, "{what}: {}", r.body);
     assert_eq!(code(r), code_, "{what}: {}", r.body);
-}
-
-async fn turn(d: &Daemon, s: &SessionRef, sse: &mut Sse, text: &str) -> Result<Vec<Frame>> {
-    let r = d.prompt(s, text).await?;
-    if r.status != 202 {
-        bail!("prompt -> {}: {}", r.status, r.body);
-    }
-    let pid = r.body["promptId"].as_str().context("promptId")?.to_string();
-    sse.until_turn_end(&pid).await
 }
 
 #[tokio::test]
@@ -295,13 +286,13 @@ async fn pending_interactions_the_legacy_vote_and_turn_errors() -> Result<()> {
     assert_eq!(st["isWaitingForPermission"], false);
 
     // A failed turn shows in the status until a turn ends well.
-    let frames = turn(&d, &s, &mut sse, "crash").await?;
+    let frames = d.turn(&s, &mut sse, "crash").await?.1;
     assert_eq!(frames.last().unwrap().event, "turn_error");
     let st = d.get(&format!("{base}/status")).await?.body;
     assert_eq!(st["hasTurnError"], true, "{st}");
     assert!(st["turnError"]["message"].is_string());
     assert!(st["turnError"]["code"].is_string());
-    let frames = turn(&d, &s, &mut sse, "hello again").await?;
+    let frames = d.turn(&s, &mut sse, "hello again").await?.1;
     assert_eq!(frames.last().unwrap().event, "turn_complete");
     let st = d.get(&format!("{base}/status")).await?.body;
     assert_eq!(st["hasTurnError"], false, "{st}");
@@ -415,7 +406,7 @@ async fn model_and_approval_mode_switch_through_the_agent() -> Result<()> {
     assert_eq!(cx["state"]["modes"]["currentModeId"], "plan");
 
     // The agent switches itself: its current_mode_update keeps the context current.
-    let frames = turn(&d, &s, &mut sse, "mode yolo").await?;
+    let frames = d.turn(&s, &mut sse, "mode yolo").await?.1;
     assert_eq!(frames.last().unwrap().event, "turn_complete");
     let cx = d.get(&format!("{base}/context")).await?.body;
     assert_eq!(cx["state"]["modes"]["currentModeId"], "yolo");
@@ -462,7 +453,7 @@ async fn resume_restores_without_replay() -> Result<()> {
     let d = Daemon::start().await?;
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
-    turn(&d, &s, &mut sse, "before the resume").await?;
+    d.turn(&s, &mut sse, "before the resume").await?;
 
     // A live session: attached, its state and stream position.
     let r = d
@@ -476,7 +467,7 @@ async fn resume_restores_without_replay() -> Result<()> {
     assert_eq!(r.body["state"]["modes"]["currentModeId"], "default");
 
     // The child died: resume restores it on a new one, without replaying history.
-    let frames = turn(&d, &s, &mut sse, "crash").await?;
+    let frames = d.turn(&s, &mut sse, "crash").await?.1;
     assert_eq!(frames.last().unwrap().event, "turn_error");
     sse.until(LONG, |f| f.event == "session_died").await?;
     let before = d.get(&format!("/session/{}", s.id)).await?.body["lastEventId"].clone();
@@ -561,8 +552,8 @@ async fn transcript_pages_and_exports() -> Result<()> {
     let d = Daemon::start().await?;
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
-    turn(&d, &s, &mut sse, "hello <b>world</b> & co").await?;
-    turn(&d, &s, &mut sse, "second turn").await?;
+    d.turn(&s, &mut sse, "hello <b>world</b> & co").await?;
+    d.turn(&s, &mut sse, "second turn").await?;
     let t = format!("/session/{}/transcript", s.id);
 
     let all = d.get(&format!("{t}?limit=500")).await?;
@@ -752,7 +743,7 @@ async fn a_transcript_past_the_ring_is_partial() -> Result<()> {
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
     for i in 0..3 {
-        turn(&d, &s, &mut sse, &format!("turn {i}")).await?;
+        d.turn(&s, &mut sse, &format!("turn {i}")).await?;
     }
     let p = d
         .get(&format!("/session/{}/transcript?direction=backward", s.id))

@@ -24,21 +24,6 @@ async fn session_with(agent_env: &str) -> Result<(Daemon, SessionRef, Sse)> {
     Ok((d, s, sse))
 }
 
-/// Posts `text` on `s` (admitted: 202) and reads `sse` to the end of its turn: its prompt id
-/// and the turn's frames.
-async fn turn(
-    d: &Daemon,
-    s: &SessionRef,
-    sse: &mut Sse,
-    text: &str,
-) -> Result<(String, Vec<Frame>)> {
-    let r = d.prompt(s, text).await?;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.body["promptId"].as_str().unwrap().to_string();
-    let frames = sse.until_turn_end(&id).await?;
-    Ok((id, frames))
-}
-
 /// Waits (bounded) until `done` holds; /proc has no event to await.
 async fn eventually(what: &str, within: Duration, done: impl Fn() -> bool) -> Result<()> {
     let deadline = Instant::now() + within;
@@ -108,7 +93,7 @@ async fn an_agent_that_never_answers_session_new_fails_the_request_in_time() -> 
 async fn a_turn_that_never_finishes_ends_at_the_turn_deadline() -> Result<()> {
     let (d, s, mut sse) = session_with("").await?;
     let started = Instant::now();
-    let (_, frames) = turn(&d, &s, &mut sse, "slow 100000 1000").await?;
+    let (_, frames) = d.turn(&s, &mut sse, "slow 100000 1000").await?;
     let took = started.elapsed();
     let end = frames.last().unwrap();
     eprintln!("{} {} after {took:?}", end.event, end.data["data"]);
@@ -120,7 +105,7 @@ async fn a_turn_that_never_finishes_ends_at_the_turn_deadline() -> Result<()> {
         end.data
     );
     // The session is usable again.
-    let (_, frames) = turn(&d, &s, &mut sse, "hello again").await?;
+    let (_, frames) = d.turn(&s, &mut sse, "hello again").await?;
     assert_eq!(frames.last().unwrap().event, "turn_complete");
     Ok(())
 }
@@ -130,7 +115,7 @@ async fn a_turn_that_never_finishes_ends_at_the_turn_deadline() -> Result<()> {
 #[tokio::test]
 async fn a_turn_past_its_deadline_is_withdrawn_with_cancel_request() -> Result<()> {
     let (d, s, mut sse) = session_with("ACPD_DEMO_FAULT = \"deaf-cancel\"").await?;
-    let (_, frames) = turn(&d, &s, &mut sse, "slow 100000 1000").await?;
+    let (_, frames) = d.turn(&s, &mut sse, "slow 100000 1000").await?;
     let end = frames.last().unwrap();
     assert_eq!(end.event, "turn_error", "{}", end.data);
     assert_eq!(end.data["data"]["code"], "turn_timeout", "{}", end.data);
@@ -149,7 +134,7 @@ async fn an_agent_that_closes_stdout_but_keeps_running_is_stopped() -> Result<()
 #[tokio::test]
 async fn an_agent_that_ignores_sigterm_is_killed_at_shutdown() -> Result<()> {
     let (mut d, s, mut sse) = session_with("ACPD_DEMO_FAULT = \"ignore-term\"").await?;
-    let (_, frames) = turn(&d, &s, &mut sse, "env ACPD_DEMO_FAULT").await?;
+    let (_, frames) = d.turn(&s, &mut sse, "env ACPD_DEMO_FAULT").await?;
     assert_eq!(agent_text(&frames), "env ACPD_DEMO_FAULT=ignore-term");
     let child = d.child_pid(&s).await?;
     let started = Instant::now();
@@ -403,7 +388,7 @@ async fn daemon_with_queued_spans(
         .await?;
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
-    let (id, _) = turn(&d, &s, &mut sse, "hello").await?;
+    let (id, _) = d.turn(&s, &mut sse, "hello").await?;
     Ok((d, id))
 }
 

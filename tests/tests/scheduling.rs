@@ -105,10 +105,7 @@ async fn the_runtime_has_the_configured_workers() {
         );
         let s = d.create_session().await.unwrap();
         let mut sse = d.events(&s, None, None).await.unwrap();
-        let r = d.prompt(&s, "hello").await.unwrap();
-        assert_eq!(r.status, 202, "{:?}", r.body);
-        let id = r.body["promptId"].as_str().unwrap().to_string();
-        let frames = sse.until_turn_end(&id).await.unwrap();
+        let (_, frames) = d.turn(&s, &mut sse, "hello").await.unwrap();
         assert_eq!(frames.last().unwrap().event, "turn_complete", "{config:?}");
     }
 }

@@ -100,7 +100,7 @@ async fn one_trace_across_the_process_boundary(protocol: Protocol) -> anyhow::Re
     assert_eq!(server.kind, 2, "SERVER");
     assert_eq!(server.attributes["http.route"], "/session/{id}/prompt");
     assert_eq!(server.attributes["http.response.status_code"], 202);
-    // The peer's address, handed to the request by the daemon's accept loop.
+    // The peer's address (`ConnectInfo`, from the server loop).
     assert_eq!(server.attributes["client.address"], "127.0.0.1");
     assert_eq!(server.attributes["session.id"], s.id.as_str());
     assert_eq!(server.attributes["acpd.prompt.id"], prompt_id.as_str());
