@@ -12,8 +12,9 @@
 # tracepoints) and python3; takes about a minute after the builds.
 #
 # With `16` as the second argument it captures the 16-session row instead (a daemon of its own):
-# there the turns overlap, so it prints only the pipe write to the agent's read and what the CPUs
-# ran while the agent waited.
+# there the turns overlap, so it prints the POST's way in leg by leg (the harness's send, the
+# daemon's read, the request in the pipe, the agent's read) and what the CPUs ran while the agent
+# waited.
 #
 # usage: tests/scripts/turn-timeline.sh [seconds] [sessions: 1 or 16]
 set -euo pipefail
@@ -150,6 +151,44 @@ if row == "1":
 if gaps:
     print(f"  {len(gaps)} requests in the pipe; µs to the agent's next read (median, p90): "
           f"{statistics.median(gaps):.0f} {gaps[int(0.9 * (len(gaps) - 1))]:.0f}")
+if row == "16":
+    # The POST's way in, leg by leg (each from one system call's return to the next's): the
+    # harness's send, the daemon's read of it, the request in the pipe written by the thread
+    # that read the POST (an admission runs in one task), the agent's read. Each POST is
+    # followed to the next of each; a POST whose admission moved threads is left out. What
+    # precedes the harness's send (its client building the request) has no system call.
+    def exits(pid, nr, ok):
+        return [(t, tid) for p, tid, t, name, rest in tagged
+                if p == pid and name == "raw_syscalls:sys_exit" and rest.split()[1] == nr
+                and ok(rest.split()[3])]
+    tagged = [(pid, tid, t, name, rest) for _, pid, tid, _, t, name, rest in machine
+              if pid in (harness, daemon, agent)]
+    sent = exits(harness, WRITEV, lambda r: r == "271")
+    got = exits(daemon, RECVFROM, lambda r: r == "271")
+    piped = exits(daemon, WRITE, lambda r: r in REQUEST)
+    read = [t for t, _ in exits(agent, READ, lambda r: r in REQUEST)]
+    got_t = [t for t, _ in got]
+    legs = collections.defaultdict(list)
+    for t, _ in sent:
+        k = bisect.bisect_left(got_t, t)
+        if k == len(got_t):
+            break
+        t1, tid = got[k]
+        t2 = next((w for w, wtid in piped if w > t1 and wtid == tid), None)
+        if t2 is None or t2 - t1 > 0.01:
+            continue
+        k = bisect.bisect_left(read, t2)
+        if k == len(read):
+            continue
+        legs["harness sent -> daemon read the POST"].append((t1 - t) * 1e6)
+        legs["daemon read -> request in the pipe"].append((t2 - t1) * 1e6)
+        legs["request in the pipe -> agent read it"].append((read[k] - t2) * 1e6)
+        legs["harness sent -> agent read it"].append((read[k] - t) * 1e6)
+    n = len(legs["harness sent -> agent read it"])
+    print(f"  the POST's way in, {n} of {len(sent)} POSTs followed; µs (median, p90):")
+    for k, v in legs.items():
+        v.sort()
+        print(f"    {k:42} {statistics.median(v):6.0f} {v[int(0.9 * (len(v) - 1))]:6.0f}")
 for pid, name in ((harness, "harness"), (daemon, "daemon"), (agent, "agent")):
     per = {c: n for (p, c), n in cpus.items() if p == pid}
     print(f"  events of the {name} by CPU: {dict(sorted(per.items()))}")
