@@ -765,3 +765,57 @@ async fn health_probes_are_counted_not_traced_by_default() -> anyhow::Result<()>
     drop(s);
     Ok(())
 }
+
+/// `http.server.active_requests` counts a request while it is served and lets it go when its
+/// client does: hyper drops the request's future when the connection closes half way, and the
+/// gauge must come down then, not only when a handler returns.
+#[tokio::test]
+async fn a_request_its_client_abandons_leaves_the_active_requests_gauge() -> anyhow::Result<()> {
+    let rx = Receiver::start(Protocol::HttpProtobuf).await?;
+    // The agent never answers `initialize` within the test: `POST /session` waits for it.
+    let d = std::sync::Arc::new(
+        Daemon::builder()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", rx.protocol_env())
+            .config(
+                "[agent]\ninit_timeout_ms = 120000\n\n[agent.env]\n\
+                 ACPD_DEMO_INIT_DELAY_MS = \"600000\"\n",
+            )
+            .start()
+            .await?,
+    );
+    let posts = |prom: &str| {
+        metric_total(
+            prom,
+            "http_server_active_requests",
+            &["http_request_method=\"POST\""],
+        )
+    };
+    let waiting = {
+        let d = d.clone();
+        tokio::spawn(async move { d.post("/session", json!({"sessionScope": "thread"})).await })
+    };
+    let deadline = Instant::now() + WAIT;
+    while posts(&d.metrics_text().await?) != 1.0 {
+        anyhow::ensure!(
+            Instant::now() < deadline && !waiting.is_finished(),
+            "the waiting POST was never counted: {}",
+            d.metrics_text().await?
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The client goes away; the agent still has not answered.
+    waiting.abort();
+    let deadline = Instant::now() + WAIT;
+    while posts(&d.metrics_text().await?) != 0.0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the abandoned POST is still counted as active: {}",
+            d.metrics_text().await?
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The daemon still serves.
+    assert_eq!(d.get("/health").await?.status, 200);
+    Ok(())
+}

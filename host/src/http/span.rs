@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::path_marks::{self, Step};
+use crate::telemetry::metrics::{HTTP_METHODS, InFlight};
 use crate::telemetry::semconv::*;
 use crate::telemetry::spans::RequestFacts;
 use crate::telemetry::{metrics, propagation, spans};
@@ -80,17 +81,13 @@ pub fn route_template(path: &str) -> Option<&'static str> {
         })
 }
 
-fn method_attr(m: &axum::http::Method) -> &'static str {
-    match m.as_str() {
-        "GET" => "GET",
-        "POST" => "POST",
-        "DELETE" => "DELETE",
-        "PUT" => "PUT",
-        "PATCH" => "PATCH",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        _ => "_OTHER",
-    }
+/// The method's index in `HTTP_METHODS` (semconv's known methods, `_OTHER` for the rest).
+fn method_index(m: &axum::http::Method) -> usize {
+    let m = m.as_str();
+    HTTP_METHODS
+        .iter()
+        .position(|known| *known == m)
+        .unwrap_or(HTTP_METHODS.len() - 1)
 }
 
 /// At most one `acpd.traceparent.invalid` record per second: a client sending garbage on every
@@ -119,7 +116,8 @@ pub async fn trace(req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let started = Instant::now();
-    let method = method_attr(req.method());
+    let method_at = method_index(req.method());
+    let method = HTTP_METHODS[method_at];
     let route = route_template(req.uri().path());
     // Probes come every few seconds from every orchestrator: counted, not traced (unless the
     // operator asks), so they cost neither the export stage nor room in the trace view.
@@ -183,13 +181,10 @@ pub async fn trace(req: Request, next: Next) -> Response {
         facts.push(HTTP_ROUTE, r);
     }
     let cx = spans::start(name, SpanKind::Server, &parent, attrs).with_value(facts);
-    let m = metrics();
-    m.http_active
-        .add(1, &[KeyValue::new(HTTP_REQUEST_METHOD, method)]);
+    let in_flight = InFlight::enter(method_at);
     path_marks::mark(Step::Span);
     let resp = next.run(req).with_context(cx.clone()).await;
-    m.http_active
-        .add(-1, &[KeyValue::new(HTTP_REQUEST_METHOD, method)]);
+    drop(in_flight);
 
     let status = resp.status().as_u16();
     let span = cx.span();
@@ -211,7 +206,8 @@ pub async fn trace(req: Request, next: Next) -> Response {
         span.set_attribute(KeyValue::new(ERROR_TYPE, error_type.clone()));
         labels.push(KeyValue::new(ERROR_TYPE, error_type));
     }
-    m.http_duration
+    metrics()
+        .http_duration
         .record(started.elapsed().as_secs_f64(), &labels);
     span.end();
     resp

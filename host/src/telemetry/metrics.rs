@@ -1,13 +1,14 @@
 //! The daemon's instruments, created once from the global meter (a no-op until `init`).
 
-use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{AsyncInstrument, Counter, Histogram, UpDownCounter};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::semconv::*;
 
 pub struct Instruments {
     pub http_duration: Histogram<f64>,
-    pub http_active: UpDownCounter<i64>,
     pub session_active: UpDownCounter<i64>,
     pub queue_wait: Histogram<f64>,
     pub prompt_duration: Histogram<f64>,
@@ -37,11 +38,6 @@ fn create() -> Instruments {
             .with_unit("s")
             .with_description("Duration of HTTP server requests")
             .with_boundaries(HTTP_DURATION_BUCKETS.to_vec())
-            .build(),
-        http_active: m
-            .i64_up_down_counter(M_HTTP_ACTIVE)
-            .with_unit("{request}")
-            .with_description("Active HTTP server requests")
             .build(),
         session_active: m
             .i64_up_down_counter(M_SESSION_ACTIVE)
@@ -85,5 +81,91 @@ fn create() -> Instruments {
             .with_unit("{connection}")
             .with_description("SSE connections evicted")
             .build(),
+    }
+}
+
+/// `http.request.method` as the request span and the HTTP metrics record it (semconv: the
+/// known methods, `_OTHER` for the rest); an index into [`HTTP_METHODS`].
+pub const HTTP_METHODS: [&str; 8] = [
+    "GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS", "_OTHER",
+];
+
+/// `http.server.active_requests`, by method: an atomic per method, read by the meter at each
+/// collection. Added through the SDK instead, each request built, hashed and looked up an
+/// attribute set twice, the first time before its handler ran, on a prompt's way to the agent.
+struct Active {
+    n: AtomicI64,
+    /// A method once seen keeps its series (at 0 when idle), as the SDK's counter did.
+    seen: AtomicBool,
+}
+
+static ACTIVE: [Active; HTTP_METHODS.len()] = [const {
+    Active {
+        n: AtomicI64::new(0),
+        seen: AtomicBool::new(false),
+    }
+}; HTTP_METHODS.len()];
+
+/// One request in flight, by its method's index in [`HTTP_METHODS`]: counted until dropped,
+/// so a request whose client went away mid-way is not left counted.
+pub struct InFlight(usize);
+
+impl InFlight {
+    pub fn enter(method: usize) -> InFlight {
+        let i = method.min(HTTP_METHODS.len() - 1);
+        let a = &ACTIVE[i];
+        if !a.seen.load(Ordering::Relaxed) {
+            a.seen.store(true, Ordering::Relaxed);
+        }
+        a.n.fetch_add(1, Ordering::Relaxed);
+        InFlight(i)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        ACTIVE[self.0].n.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Registers `http.server.active_requests` (once the meter provider is installed).
+pub(super) fn register_active_requests() {
+    let _ = opentelemetry::global::meter("acpd")
+        .i64_observable_up_down_counter(M_HTTP_ACTIVE)
+        .with_unit("{request}")
+        .with_description("Active HTTP server requests")
+        .with_callback(observe_active)
+        .build();
+}
+
+fn observe_active(o: &dyn AsyncInstrument<i64>) {
+    for (a, method) in ACTIVE.iter().zip(HTTP_METHODS) {
+        if a.seen.load(Ordering::Relaxed) {
+            o.observe(
+                a.n.load(Ordering::Relaxed),
+                &[KeyValue::new(HTTP_REQUEST_METHOD, method)],
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_counted_until_dropped() {
+        // PATCH: no other unit test sends one through the request layer.
+        let patch = 4;
+        let a = InFlight::enter(patch);
+        let b = InFlight::enter(patch);
+        assert!(ACTIVE[patch].seen.load(Ordering::Relaxed));
+        assert_eq!(ACTIVE[patch].n.load(Ordering::Relaxed), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(ACTIVE[patch].n.load(Ordering::Relaxed), 0);
+        // An index past the list counts as `_OTHER`.
+        let other = InFlight::enter(99);
+        assert_eq!(other.0, HTTP_METHODS.len() - 1);
     }
 }

@@ -164,6 +164,7 @@ impl Telemetry {
         let meter = meter.build();
         global::set_meter_provider(meter.clone());
         metrics::install();
+        metrics::register_active_requests();
         register_observers(&ring);
 
         let logger = match exports("LOGS", cfg) {
