@@ -1217,33 +1217,159 @@ async fn overhead_section(rep: &mut Report, o: &Opts) -> Result<()> {
 }
 
 async fn admission_section(rep: &mut Report, o: &Opts) -> Result<()> {
-    let mut adm = Vec::new();
-    let mut all = Vec::new();
-    let mut during = Vec::new();
-    let mut hl = Vec::new();
-    for mode in Telemetry::selected() {
-        let t = Target::start_sink(mode).await?;
-        // Probes first: measured after the admissions, they shared the daemon with the tail
-        // of those turns' background work (their spans' export) and measured how that ended,
-        // not what a probe costs (BENCHMARKS.md, "Round fifteen").
-        hl.push((mode, health(&t.d, o.health_requests).await?));
-        let a = admissions(&t.d, o.admissions).await?;
-        adm.push((mode, a.admitted));
-        all.push((mode, a.completed));
-        during.push(format!(
-            "{} {:.0} %",
-            mode.short(),
-            a.while_admitting * 100.0
-        ));
-    }
-    rep.line(format!("admission prompts/s: {}", rates_against_off(&adm)));
+    // Probes first, each mode on a fresh daemon: measured after the admissions, they shared the
+    // daemon with the tail of those turns' background work (their spans' export) and measured
+    // how that ended, not what a probe costs (BENCHMARKS.md, "Round fifteen").
+    let (hl, health_spread) = health_interleaved(o.health_requests).await?;
+    let (adm, all, during, adm_spread) = admissions_interleaved(o.admissions).await?;
+    rep.line(format!(
+        "admission prompts/s: {}{adm_spread}",
+        rates_against_off(&adm)
+    ));
     rep.line(format!(
         "  until all completed: {} | completed while admitting: {}",
         rates_against_off(&all),
         during.join(", ")
     ));
-    rep.line(format!("GET /health req/s:   {}", rates_against_off(&hl)));
+    rep.line(format!(
+        "GET /health req/s:   {}{health_spread}",
+        rates_against_off(&hl)
+    ));
     Ok(())
+}
+
+/// Rounds of admissions per mode, the modes in turn within each round.
+const ADMISSION_ROUNDS: usize = 3;
+
+type Rates = Vec<(Telemetry, f64)>;
+
+/// [`admissions`] per mode, interleaved as [`health_interleaved`] does: every mode's daemon
+/// started at once, `ADMISSION_ROUNDS` rounds of `total` prompts each, the modes in turn, the
+/// median round per mode. Before each round the previous daemon's background work (its spans'
+/// export) is let finish ([`settled`]), so it does not fall on the next mode's admissions.
+/// Returns admitted and completed rates, the share completed while admitting, and the spread.
+async fn admissions_interleaved(total: usize) -> Result<(Rates, Rates, Vec<String>, String)> {
+    let mut targets = Vec::new();
+    for mode in Telemetry::selected() {
+        targets.push(Target::start_sink(mode).await?);
+    }
+    let mut rounds: Vec<Vec<Admissions>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ADMISSION_ROUNDS {
+        for (t, r) in targets.iter().zip(rounds.iter_mut()) {
+            r.push(admissions(&t.d, total).await?);
+            settled(&t.d).await?;
+        }
+    }
+    let median = |r: &[Admissions], f: fn(&Admissions) -> f64| {
+        let mut v: Vec<f64> = r.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let per_mode = |f: fn(&Admissions) -> f64| {
+        targets
+            .iter()
+            .zip(&rounds)
+            .map(|(t, r)| (t.mode, median(r, f)))
+            .collect::<Vec<_>>()
+    };
+    let during = targets
+        .iter()
+        .zip(&rounds)
+        .map(|(t, r)| {
+            format!(
+                "{} {:.0} %",
+                t.mode.short(),
+                median(r, |a| a.while_admitting) * 100.0
+            )
+        })
+        .collect();
+    let admitted: Vec<Vec<f64>> = rounds
+        .iter()
+        .map(|r| r.iter().map(|a| a.admitted).collect())
+        .collect();
+    let spread = spread_against_off(&targets, &admitted, ADMISSION_ROUNDS);
+    Ok((
+        per_mode(|a| a.admitted),
+        per_mode(|a| a.completed),
+        during,
+        spread,
+    ))
+}
+
+/// Waits (up to 10 s) until a daemon and its agents use under 2 ms of CPU in 100 ms: the work
+/// its last requests left behind is done.
+async fn settled(d: &Daemon) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = cpu_of_daemon_and_agents(d.pid())?;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = cpu_of_daemon_and_agents(d.pid())?;
+        let used = (now.0 - last.0) + (now.1 - last.1);
+        if used < 2_000_000 {
+            return Ok(());
+        }
+        last = now;
+    }
+    Ok(())
+}
+
+/// `; medians of N interleaved rounds, each round's ratio: on/off lo-hi, ...` for `samples`
+/// (per target, per round), or nothing without an `off` mode.
+fn spread_against_off(targets: &[Target], samples: &[Vec<f64>], rounds: usize) -> String {
+    let Some(off) = targets.iter().position(|t| t.mode == Telemetry::Off) else {
+        return String::new();
+    };
+    let spread: Vec<String> = targets
+        .iter()
+        .zip(samples)
+        .filter(|(t, _)| t.mode != Telemetry::Off)
+        .map(|(t, r)| {
+            let ratios: Vec<f64> = r.iter().zip(&samples[off]).map(|(a, b)| a / b).collect();
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(0.0, f64::max);
+            format!("{}/off {lo:.2}-{hi:.2}", t.mode.short())
+        })
+        .collect();
+    if spread.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; medians of {rounds} interleaved rounds, each round's ratio: {}",
+        spread.join(", ")
+    )
+}
+
+/// Rounds of `/health` probes per mode, the modes in turn within each round.
+const HEALTH_ROUNDS: usize = 5;
+
+/// `/health` throughput per mode: every mode's daemon started at once and probed in turn,
+/// `HEALTH_ROUNDS` rounds of `total` requests each, the median round per mode. One
+/// sample per mode, taken minutes apart, moved the ratio between modes by up to 1.7x from run
+/// to run on a quiet machine (BENCHMARKS.md, "Round twenty"); interleaved, a slow spell of the
+/// machine falls on every mode. Also returns each round's ratios against `off`, for the spread.
+async fn health_interleaved(total: usize) -> Result<(Vec<(Telemetry, f64)>, String)> {
+    let mut targets = Vec::new();
+    for mode in Telemetry::selected() {
+        targets.push(Target::start_sink(mode).await?);
+    }
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for _ in 0..HEALTH_ROUNDS {
+        for (t, r) in targets.iter().zip(rounds.iter_mut()) {
+            r.push(health(&t.d, total).await?);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rates = targets
+        .iter()
+        .zip(&rounds)
+        .map(|(t, r)| (t.mode, median(r)))
+        .collect::<Vec<_>>();
+    let spread = spread_against_off(&targets, &rounds, HEALTH_ROUNDS);
+    Ok((rates, spread))
 }
 
 /// `off 1 | on 2 | on+plugins 3  (on/off 2.00, on+plugins/off 3.00)`, for the modes measured
