@@ -1260,16 +1260,12 @@ async fn admissions_interleaved(total: usize) -> Result<(Rates, Rates, Vec<Strin
             settled(&t.d).await?;
         }
     }
-    let median = |r: &[Admissions], f: fn(&Admissions) -> f64| {
-        let mut v: Vec<f64> = r.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let median_of = |r: &[Admissions], f: fn(&Admissions) -> f64| median(r.iter().map(f));
     let per_mode = |f: fn(&Admissions) -> f64| {
         targets
             .iter()
             .zip(&rounds)
-            .map(|(t, r)| (t.mode, median(r, f)))
+            .map(|(t, r)| (t.mode, median_of(r, f)))
             .collect::<Vec<_>>()
     };
     let during = targets
@@ -1279,7 +1275,7 @@ async fn admissions_interleaved(total: usize) -> Result<(Rates, Rates, Vec<Strin
             format!(
                 "{} {:.0} %",
                 t.mode.short(),
-                median(r, |a| a.while_admitting) * 100.0
+                median_of(r, |a| a.while_admitting) * 100.0
             )
         })
         .collect();
@@ -1294,6 +1290,13 @@ async fn admissions_interleaved(total: usize) -> Result<(Rates, Rates, Vec<Strin
         during,
         spread,
     ))
+}
+
+/// The median of a round's samples (the upper one of an even count).
+fn median(samples: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = samples.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Waits (up to 10 s) until a daemon and its agents use under 2 ms of CPU in 100 ms: the work
@@ -1358,15 +1361,10 @@ async fn health_interleaved(total: usize) -> Result<(Vec<(Telemetry, f64)>, Stri
             r.push(health(&t.d, total).await?);
         }
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let rates = targets
         .iter()
         .zip(&rounds)
-        .map(|(t, r)| (t.mode, median(r)))
+        .map(|(t, r)| (t.mode, median(r.iter().copied())))
         .collect::<Vec<_>>();
     let spread = spread_against_off(&targets, &rounds, HEALTH_ROUNDS);
     Ok((rates, spread))
