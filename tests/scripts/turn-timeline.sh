@@ -85,7 +85,7 @@ events, cpus = [], collections.Counter()
 for comm, pid, tid, cpu, t, name, rest in machine:
     if pid in (harness, daemon, agent):
         cpus[(pid, cpu)] += 1
-        events.append((pid, t, name, rest))
+        events.append((pid, t, name, rest, tid))
 
 READ, WRITE, WRITEV, RECVFROM = "0", "1", "20", "45"
 
@@ -158,11 +158,9 @@ if row == "16":
     # followed to the next of each; a POST whose admission moved threads is left out. What
     # precedes the harness's send (its client building the request) has no system call.
     def exits(pid, nr, ok):
-        return [(t, tid) for p, tid, t, name, rest in tagged
-                if p == pid and name == "raw_syscalls:sys_exit" and rest.split()[1] == nr
-                and ok(rest.split()[3])]
-    tagged = [(pid, tid, t, name, rest) for _, pid, tid, _, t, name, rest in machine
-              if pid in (harness, daemon, agent)]
+        # (time, thread) of each return of system call `nr` by `pid` whose result passes `ok`.
+        return [(e[1], e[4]) for e in events
+                if e[0] == pid and exit_of(e)[0] == nr and ok(exit_of(e)[1])]
     sent = exits(harness, WRITEV, lambda r: r == "271")
     got = exits(daemon, RECVFROM, lambda r: r == "271")
     piped = exits(daemon, WRITE, lambda r: r in REQUEST)

@@ -274,12 +274,6 @@ async fn submit(d: &Daemon, s: &SessionRef, text: &str) -> Result<String> {
     Ok(r.body["promptId"].as_str().context("promptId")?.to_string())
 }
 
-/// Submits a prompt and reads `sse` until its turn ends.
-async fn turn(d: &Daemon, s: &SessionRef, sse: &mut Sse, text: &str) -> Result<Vec<crate::Frame>> {
-    let id = submit(d, s, text).await?;
-    sse.until_turn_end(&id).await
-}
-
 /// A session with its SSE stream open, ready for timed turns.
 struct Client {
     s: SessionRef,
@@ -298,7 +292,7 @@ impl Client {
     /// agent's own hop to its handler); agent's last chunk -> client has `turn_complete`.
     async fn timed_turn(&mut self, d: &Daemon, text: &str) -> Result<Turn> {
         let t0 = wall_ns();
-        let frames = turn(d, &self.s, &mut self.sse, text).await?;
+        let (_, frames) = d.turn(&self.s, &mut self.sse, text).await?;
         let t_end = wall_ns();
         let last = frames.last().context("no frames")?;
         ensure!(
@@ -766,7 +760,7 @@ async fn drive(d: &Arc<Daemon>, sessions: Vec<SessionRef>, turns: usize, text: &
             tokio::spawn(async move {
                 let mut sse = d.events(&s, None, None).await?;
                 for _ in 0..turns {
-                    turn(&d, &s, &mut sse, &text).await?;
+                    d.turn(&s, &mut sse, &text).await?;
                 }
                 Ok::<_, anyhow::Error>(())
             })
@@ -992,7 +986,8 @@ pub async fn export_overload(prompts: usize) -> Result<(usize, u64)> {
     let mut sse = d.events(&s, None, None).await?;
     let mut offered = 0;
     for _ in 0..prompts {
-        turn(d, &s, &mut sse, &format!("bench 2 {EXPORT_TOOLS}")).await?;
+        d.turn(&s, &mut sse, &format!("bench 2 {EXPORT_TOOLS}"))
+            .await?;
         offered += 3 + EXPORT_TOOLS;
     }
     let dropped = export_dropped(d).await?;
@@ -1243,23 +1238,17 @@ const ADMISSION_ROUNDS: usize = 3;
 
 type Rates = Vec<(Telemetry, f64)>;
 
-/// [`admissions`] per mode, interleaved as [`health_interleaved`] does: every mode's daemon
-/// started at once, `ADMISSION_ROUNDS` rounds of `total` prompts each, the modes in turn, the
-/// median round per mode. Before each round the previous daemon's background work (its spans'
+/// [`admissions`] per mode in [`in_rounds`]: `ADMISSION_ROUNDS` rounds of `total` prompts
+/// each, the median round per mode. Before each round the previous daemon's background work (its spans'
 /// export) is let finish ([`settled`]), so it does not fall on the next mode's admissions.
 /// Returns admitted and completed rates, the share completed while admitting, and the spread.
 async fn admissions_interleaved(total: usize) -> Result<(Rates, Rates, Vec<String>, String)> {
-    let mut targets = Vec::new();
-    for mode in Telemetry::selected() {
-        targets.push(Target::start_sink(mode).await?);
-    }
-    let mut rounds: Vec<Vec<Admissions>> = targets.iter().map(|_| Vec::new()).collect();
-    for _ in 0..ADMISSION_ROUNDS {
-        for (t, r) in targets.iter().zip(rounds.iter_mut()) {
-            r.push(admissions(&t.d, total).await?);
-            settled(&t.d).await?;
-        }
-    }
+    let (targets, rounds) = in_rounds(ADMISSION_ROUNDS, async |d| {
+        let a = admissions(d, total).await?;
+        settled(d).await?;
+        Ok(a)
+    })
+    .await?;
     let median_of = |r: &[Admissions], f: fn(&Admissions) -> f64| median(r.iter().map(f));
     let per_mode = |f: fn(&Admissions) -> f64| {
         targets
@@ -1292,6 +1281,26 @@ async fn admissions_interleaved(total: usize) -> Result<(Rates, Rates, Vec<Strin
     ))
 }
 
+/// Every selected mode's daemon started at once, then `rounds` rounds of `sample` on each, the
+/// modes in turn: a slow spell of the machine falls on every mode. The samples per target, in
+/// the targets' order.
+async fn in_rounds<T>(
+    rounds: usize,
+    mut sample: impl AsyncFnMut(&Daemon) -> Result<T>,
+) -> Result<(Vec<Target>, Vec<Vec<T>>)> {
+    let mut targets = Vec::new();
+    for mode in Telemetry::selected() {
+        targets.push(Target::start_sink(mode).await?);
+    }
+    let mut samples: Vec<Vec<T>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (t, s) in targets.iter().zip(samples.iter_mut()) {
+            s.push(sample(&t.d).await?);
+        }
+    }
+    Ok((targets, samples))
+}
+
 /// The median of a round's samples (the upper one of an even count).
 fn median(samples: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = samples.collect();
@@ -1313,6 +1322,11 @@ async fn settled(d: &Daemon) -> Result<()> {
         }
         last = now;
     }
+    // Measured anyway, but said: the next mode's round may share the machine with this work.
+    eprintln!(
+        "daemon {} still busy 10 s after its round; measuring on",
+        d.pid()
+    );
     Ok(())
 }
 
@@ -1345,22 +1359,12 @@ fn spread_against_off(targets: &[Target], samples: &[Vec<f64>], rounds: usize) -
 /// Rounds of `/health` probes per mode, the modes in turn within each round.
 const HEALTH_ROUNDS: usize = 5;
 
-/// `/health` throughput per mode: every mode's daemon started at once and probed in turn,
-/// `HEALTH_ROUNDS` rounds of `total` requests each, the median round per mode. One
+/// `/health` throughput per mode in [`in_rounds`]: `HEALTH_ROUNDS` rounds of `total` requests
+/// each, the median round per mode. One
 /// sample per mode, taken minutes apart, moved the ratio between modes by up to 1.7x from run
-/// to run on a quiet machine (BENCHMARKS.md, "Round twenty"); interleaved, a slow spell of the
-/// machine falls on every mode. Also returns each round's ratios against `off`, for the spread.
-async fn health_interleaved(total: usize) -> Result<(Vec<(Telemetry, f64)>, String)> {
-    let mut targets = Vec::new();
-    for mode in Telemetry::selected() {
-        targets.push(Target::start_sink(mode).await?);
-    }
-    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
-    for _ in 0..HEALTH_ROUNDS {
-        for (t, r) in targets.iter().zip(rounds.iter_mut()) {
-            r.push(health(&t.d, total).await?);
-        }
-    }
+/// to run on a quiet machine (BENCHMARKS.md, "Round twenty"). Also returns each round's ratios against `off`, for the spread.
+async fn health_interleaved(total: usize) -> Result<(Rates, String)> {
+    let (targets, rounds) = in_rounds(HEALTH_ROUNDS, async |d| health(d, total).await).await?;
     let rates = targets
         .iter()
         .zip(&rounds)
@@ -1948,7 +1952,7 @@ async fn rate_run(
 async fn admission_latencies(d: Arc<Daemon>, span: Duration) -> Result<Vec<u64>> {
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
-    turn(&d, &s, &mut sse, "bench 2").await?; // the agent's session, first allocations
+    d.turn(&s, &mut sse, "bench 2").await?; // the agent's session, first allocations
     let done = Arc::new(AtomicUsize::new(0));
     let drain = tokio::spawn({
         let done = done.clone();

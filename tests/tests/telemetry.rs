@@ -766,6 +766,30 @@ async fn health_probes_are_counted_not_traced_by_default() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Polls `/metrics` (up to `WAIT`) until `http.server.active_requests` counts `n` POSTs; fails
+/// with `what` and the metrics if it does not, or as soon as `gave_up()` says it never will.
+async fn until_active_posts(
+    d: &Daemon,
+    n: f64,
+    what: &str,
+    gave_up: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let prom = d.metrics_text().await?;
+        let posts = metric_total(
+            &prom,
+            "http_server_active_requests",
+            &["http_request_method=\"POST\""],
+        );
+        if posts == n {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline && !gave_up(), "{what}: {prom}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `http.server.active_requests` counts a request while it is served and lets it go when its
 /// client does: hyper drops the request's future when the connection closes half way, and the
 /// gauge must come down then, not only when a handler returns.
@@ -784,37 +808,23 @@ async fn a_request_its_client_abandons_leaves_the_active_requests_gauge() -> any
             .start()
             .await?,
     );
-    let posts = |prom: &str| {
-        metric_total(
-            prom,
-            "http_server_active_requests",
-            &["http_request_method=\"POST\""],
-        )
-    };
     let waiting = {
         let d = d.clone();
         tokio::spawn(async move { d.post("/session", json!({"sessionScope": "thread"})).await })
     };
-    let deadline = Instant::now() + WAIT;
-    while posts(&d.metrics_text().await?) != 1.0 {
-        anyhow::ensure!(
-            Instant::now() < deadline && !waiting.is_finished(),
-            "the waiting POST was never counted: {}",
-            d.metrics_text().await?
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_active_posts(&d, 1.0, "the waiting POST was never counted", || {
+        waiting.is_finished()
+    })
+    .await?;
     // The client goes away; the agent still has not answered.
     waiting.abort();
-    let deadline = Instant::now() + WAIT;
-    while posts(&d.metrics_text().await?) != 0.0 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the abandoned POST is still counted as active: {}",
-            d.metrics_text().await?
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_active_posts(
+        &d,
+        0.0,
+        "the abandoned POST is still counted as active",
+        || false,
+    )
+    .await?;
     // The daemon still serves.
     assert_eq!(d.get("/health").await?.status, 200);
     Ok(())
