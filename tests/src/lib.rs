@@ -47,6 +47,13 @@ pub fn demo_agent_bin() -> &'static Path {
     BIN.get_or_init(|| build_bin("acpd-demo-agent", "acpd-demo-agent"))
 }
 
+/// Path of this package's `floor-daemon` binary (the load harness's paced floor), built once
+/// per test process.
+pub fn floor_daemon_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("acpd-tests", "floor-daemon"))
+}
+
 /// Builds a workspace binary with the tests' own cargo and profile; returns its path.
 fn build_bin(package: &str, bin: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

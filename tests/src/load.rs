@@ -350,6 +350,35 @@ fn cpu_of_daemon_and_agents(pid: u32) -> Result<(u64, u64)> {
     Ok((ns(cpu_time(pid)?), ns(agents)))
 }
 
+/// One client's pauses between its turns: a pseudo-random `think` (min, max ms), the same
+/// sequence for client `i` in every run and in the paced floor; (0, 0) never pauses.
+struct Pace {
+    seed: u64,
+    think: (u64, u64),
+}
+
+impl Pace {
+    fn new(i: usize, think: (u64, u64)) -> Pace {
+        Pace {
+            seed: 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1),
+            think,
+        }
+    }
+
+    async fn pause(&mut self) {
+        let (min, max) = self.think;
+        if max == 0 {
+            return;
+        }
+        // xorshift: deterministic, no dependency.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let ms = min + self.seed % (max - min + 1);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
 /// `sessions` clients each run `prompts` turns, pausing a pseudo-random `think` (min, max ms)
 /// between turns so the sessions' turns overlap at random, as real clients' do; (0, 0) runs
 /// them back to back, which saturates the machine and measures queueing instead.
@@ -375,16 +404,9 @@ pub async fn overhead(
             let d = d.clone();
             tokio::spawn(async move {
                 let mut out = Vec::with_capacity(prompts);
-                let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+                let mut pace = Pace::new(i, think);
                 for _ in 0..prompts {
-                    if think.1 > 0 {
-                        // xorshift: deterministic, no dependency.
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        let ms = think.0 + seed % (think.1 - think.0 + 1);
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                    }
+                    pace.pause().await;
                     out.push(c.timed_turn(&d, "bench 4").await?);
                 }
                 Ok::<_, anyhow::Error>(out)
@@ -1091,6 +1113,100 @@ pub async fn floors(n: usize) -> Result<(u64, u64)> {
     Ok((pct(&http_ns, 50.0), pipe_ns))
 }
 
+/// The floor paced like the overhead rows, in processes as the daemon's path is.
+pub struct PacedFloor {
+    /// POST -> the reader process read its line (ns, sorted): the floor of "its read".
+    pub to_read: Vec<u64>,
+    /// The POST's round trip (ns, sorted).
+    pub http: Vec<u64>,
+}
+
+/// `clients` clients each pause as a session does between its turns ([`Pace`]), then POST the
+/// time to a minimal server process (`floor-daemon`: the same HTTP stack as acpd, and nothing
+/// else), which writes it into the pipe of that client's own reader process. So the server and
+/// the readers have gone idle between turns, as the daemon and its agents have in the paced
+/// rows, and each POST crosses the same process boundaries; [`floors`] runs back to back in
+/// the harness's own process, where nothing sleeps. The first turn of each client (connection,
+/// first wake) is not kept.
+pub async fn floor_paced(clients: usize, per: usize, think: (u64, u64)) -> Result<PacedFloor> {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir()?;
+    let mut server = tokio::process::Command::new(crate::floor_daemon_bin())
+        .arg("serve")
+        .arg(clients.to_string())
+        .arg(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start floor-daemon")?;
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().context("stdout")?).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .context("floor-daemon: no READY line in time")??
+        .context("floor-daemon ended before READY")?;
+    let port: u16 = ready
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("floor-daemon said {ready:?}"))?;
+    // As the harness's client of a daemon ([`crate::Daemon`]): the same deadline per request.
+    let http = reqwest::Client::builder().timeout(WAIT).build()?;
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let http = http.clone();
+            let url = format!("http://127.0.0.1:{port}/{i}");
+            tokio::spawn(async move {
+                let mut pace = Pace::new(i, think);
+                let mut rtt = Vec::with_capacity(per);
+                for k in 0..=per {
+                    pace.pause().await;
+                    let t0 = Instant::now();
+                    let r = http.post(&url).body(wall_ns().to_string()).send().await?;
+                    let status = r.status();
+                    r.bytes().await?;
+                    ensure!(status == 202, "floor-daemon answered {status}");
+                    if k > 0 {
+                        rtt.push(t0.elapsed().as_nanos() as u64);
+                    }
+                }
+                Ok::<_, anyhow::Error>(rtt)
+            })
+        })
+        .collect();
+    let mut http_ns = Vec::new();
+    for t in tasks {
+        http_ns.extend(t.await??);
+    }
+    drop(server.stdin.take());
+    let status = tokio::time::timeout(WAIT, server.wait())
+        .await
+        .context("floor-daemon did not end in time")??;
+    ensure!(status.success(), "floor-daemon failed: {status}");
+    let mut to_read = Vec::new();
+    for i in 0..clients {
+        let file = dir.path().join(format!("{i}.txt"));
+        let text =
+            std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+        let took: Vec<u64> = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        ensure!(
+            took.len() == per,
+            "floor reader {i} read {} of {per} timed lines",
+            took.len()
+        );
+        to_read.extend(took);
+    }
+    to_read.sort_unstable();
+    http_ns.sort_unstable();
+    Ok(PacedFloor {
+        to_read,
+        http: http_ns,
+    })
+}
+
 /// Everything the harness measured in one run.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -1176,6 +1292,16 @@ async fn floor_section(rep: &mut Report, o: &Opts) -> Result<()> {
         "floor: loopback HTTP round trip p50 {:.1} us; pipe write one-way p50 {:.1} us",
         us(http_floor),
         us(pipe_floor)
+    ));
+    // The goal's floor is the one above; this one says what the paced rows' path costs with
+    // nothing in the daemon but its HTTP stack and a pipe write.
+    let paced = floor_paced(16, o.overhead_prompts, THINK_MS).await?;
+    rep.line(format!(
+        "floor paced as the 16-session row (a minimal server process writes each POST into a \
+         reader process's pipe): POST -> read p50/p99 {:.1}/{:.1} us; round trip p50 {:.1} us",
+        us(pct(&paced.to_read, 50.0)),
+        us(pct(&paced.to_read, 99.0)),
+        us(pct(&paced.http, 50.0))
     ));
     Ok(())
 }

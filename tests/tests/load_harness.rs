@@ -8,6 +8,8 @@ async fn every_measurement_runs_in_short_mode() {
     let report = run(Opts::SHORT).await.expect("load harness");
     for part in [
         "floor:",
+        "floor paced as the 16-session row (",
+        "): POST -> read p50/p99 ",
         "overhead @ 1 sessions",
         "(its read ",
         "CPU/turn daemon ",
