@@ -13,7 +13,8 @@
 //! Two settings take it a step towards acpd, so the gap between the floor and the daemon can be
 //! split (BENCHMARKS.md, "Round twenty-one"):
 //! - `ACPD_FLOOR_AGENT_LIKE=1`: each reader reads as the demo agent does, from a worker of a
-//!   multi-threaded tokio runtime, at acpd's default agent niceness (10);
+//!   multi-threaded tokio runtime, at acpd's default agent niceness (10; another with
+//!   `ACPD_FLOOR_READER_NICE=<n>`, which also applies to the plain readers, nice 0 otherwise);
 //! - `ACPD_FLOOR_REALTIME=1`: the server's runtime threads run `SCHED_RR` 1, as acpd's serving
 //!   threads do by default where permitted (it says when not).
 
@@ -53,15 +54,23 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(serve(n.parse().context("readers")?, dir.into()))
         }
-        (Some("read"), Some(file), None) if setting("ACPD_FLOOR_AGENT_LIKE") => {
+        (Some("read"), Some(file), None) => {
+            let agent_like = setting("ACPD_FLOOR_AGENT_LIKE");
+            let nice = match std::env::var("ACPD_FLOOR_READER_NICE") {
+                Ok(n) => n.trim().parse().context("ACPD_FLOOR_READER_NICE")?,
+                Err(_) if agent_like => AGENT_NICE,
+                Err(_) => 0,
+            };
             // SAFETY: `nice` changes this process's niceness; no memory is involved.
-            unsafe { nix::libc::nice(AGENT_NICE) };
+            unsafe { nix::libc::nice(nice) };
+            if !agent_like {
+                return read(file);
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(async { tokio::spawn(read_async(file.clone())).await? })
         }
-        (Some("read"), Some(file), None) => read(file),
         _ => bail!("usage: floor-daemon serve <readers> <dir> | floor-daemon read <file>"),
     }
 }
