@@ -389,19 +389,24 @@ impl Daemon {
         .await
     }
 
-    /// Posts `text` on `s` (an error unless admitted: 202) and reads `sse` to the end of its
-    /// turn: the prompt's id and the turn's frames.
+    /// Posts `text` on `s`: its prompt id once admitted (202), an error otherwise.
+    pub async fn submit(&self, s: &SessionRef, text: &str) -> Result<String> {
+        let r = self.prompt(s, text).await?;
+        if r.status != 202 {
+            bail!("prompt -> {}: {}", r.status, r.body);
+        }
+        Ok(r.body["promptId"].as_str().context("promptId")?.to_string())
+    }
+
+    /// [`Daemon::submit`]s `text` and reads `sse` to the end of its turn: the prompt's id and
+    /// the turn's frames.
     pub async fn turn(
         &self,
         s: &SessionRef,
         sse: &mut Sse,
         text: &str,
     ) -> Result<(String, Vec<Frame>)> {
-        let r = self.prompt(s, text).await?;
-        if r.status != 202 {
-            bail!("prompt -> {}: {}", r.status, r.body);
-        }
-        let id = r.body["promptId"].as_str().context("promptId")?.to_string();
+        let id = self.submit(s, text).await?;
         let frames = sse.until_turn_end(&id).await?;
         Ok((id, frames))
     }

@@ -267,13 +267,6 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
-/// Submits a prompt; its id, once admitted (202).
-async fn submit(d: &Daemon, s: &SessionRef, text: &str) -> Result<String> {
-    let r = d.prompt(s, text).await?;
-    ensure!(r.status == 202, "prompt -> {}: {}", r.status, r.body);
-    Ok(r.body["promptId"].as_str().context("promptId")?.to_string())
-}
-
 /// A session with its SSE stream open, ready for timed turns.
 struct Client {
     s: SessionRef,
@@ -935,7 +928,7 @@ pub async fn export(t: &Target, rate: usize, secs: f64) -> Result<Export> {
     // Calibrate: the spans of one prompt's trace, once its dispatch span (the last to end) is in.
     let s = d.create_session().await?;
     let mut sse = d.events(&s, None, None).await?;
-    let pid = submit(d, &s, &prompt).await?;
+    let pid = d.submit(&s, &prompt).await?;
     sse.until_turn_end(&pid).await?;
     let spans = rx
         .wait_for_spans(WAIT, |spans| {
@@ -968,7 +961,7 @@ pub async fn export(t: &Target, rate: usize, secs: f64) -> Result<Export> {
     for _ in 0..prompts {
         tick.tick().await;
         let (d2, s2, p2) = (d.clone(), s.clone(), prompt.clone());
-        inflight.push(tokio::spawn(async move { submit(&d2, &s2, &p2).await }));
+        inflight.push(tokio::spawn(async move { d2.submit(&s2, &p2).await }));
     }
     for f in inflight {
         f.await??;
@@ -2033,7 +2026,9 @@ async fn rate_run(
         }
     });
     let (cpu0, agent_cpu0) = (cpu_time(pid)?, cpu_time(agent_pid)?);
-    let prompt = submit(d, s, &format!("telemetry-rate {rate} {secs}")).await?;
+    let prompt = d
+        .submit(s, &format!("telemetry-rate {rate} {secs}"))
+        .await?;
     let within = Duration::from_secs_f64(secs) + Duration::from_secs(30);
     let frames = sse
         .until(within, |f| {
@@ -2302,7 +2297,7 @@ async fn admission_latency(d: &Daemon, n: usize) -> Result<Vec<u64>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n + 5 {
         let t0 = Instant::now();
-        let id = submit(d, &c.s, "bench 2").await?;
+        let id = d.submit(&c.s, "bench 2").await?;
         out.push(t0.elapsed().as_nanos() as u64);
         c.sse.until_turn_end(&id).await?;
     }
@@ -2356,7 +2351,7 @@ async fn journal_section(rep: &mut Report, o: &Opts) -> Result<()> {
     let mut events = 0u64;
     for _ in 0..n {
         let mut c = Client::open(&d).await?;
-        let id = submit(&d, &c.s, "bench 4").await?;
+        let id = d.submit(&c.s, "bench 4").await?;
         let frames = c.sse.until_turn_end(&id).await?;
         events += frames.iter().filter(|f| f.id.is_some()).count() as u64;
     }

@@ -77,13 +77,30 @@ fn main() -> anyhow::Result<()> {
 
 fn read(file: &str) -> anyhow::Result<()> {
     use std::io::BufRead;
-    let mut took = String::new();
+    let mut took = Took::default();
     for line in std::io::stdin().lock().lines() {
-        let now = acpd_tests::load::wall_ns();
-        let sent: u128 = line?.trim().parse().context("a line without a time")?;
-        took.push_str(&format!("{}\n", now.saturating_sub(sent)));
+        took.note(&line?)?;
     }
-    std::fs::write(file, took).with_context(|| format!("write {file}"))
+    took.write(file)
+}
+
+/// A reader's notes: for each line, when it was read minus the time it carries (ns).
+#[derive(Default)]
+struct Took(String);
+
+impl Took {
+    /// Notes `line`, just read.
+    fn note(&mut self, line: &str) -> anyhow::Result<()> {
+        let now = acpd_tests::load::wall_ns();
+        let sent: u128 = line.trim().parse().context("a line without a time")?;
+        self.0.push_str(&format!("{}\n", now.saturating_sub(sent)));
+        Ok(())
+    }
+
+    /// One a line into `file`.
+    fn write(self, file: &str) -> anyhow::Result<()> {
+        std::fs::write(file, self.0).with_context(|| format!("write {file}"))
+    }
 }
 
 fn setting(name: &str) -> bool {
@@ -98,13 +115,11 @@ async fn read_async(file: String) -> anyhow::Result<()> {
     let pipe = std::io::stdin().as_fd().try_clone_to_owned()?;
     let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)?;
     let mut lines = tokio::io::BufReader::new(pipe).lines();
-    let mut took = String::new();
+    let mut took = Took::default();
     while let Some(line) = lines.next_line().await? {
-        let now = acpd_tests::load::wall_ns();
-        let sent: u128 = line.trim().parse().context("a line without a time")?;
-        took.push_str(&format!("{}\n", now.saturating_sub(sent)));
+        took.note(&line)?;
     }
-    std::fs::write(&file, took).with_context(|| format!("write {file}"))
+    took.write(&file)
 }
 
 async fn serve(readers: usize, dir: std::path::PathBuf) -> anyhow::Result<()> {
