@@ -24,6 +24,20 @@ pub fn totals() -> Option<(u64, u64, u64)> {
     }
 }
 
+/// Allocations made so far by this thread, when it has a counter slot of its own: the
+/// `path-marks` build counts each step's allocations with it. `None` without the feature, and
+/// on a thread that shares the last slot.
+pub fn this_thread() -> Option<u64> {
+    #[cfg(feature = "alloc-count")]
+    {
+        imp::this_thread()
+    }
+    #[cfg(not(feature = "alloc-count"))]
+    {
+        None
+    }
+}
+
 /// Appends the counters to a Prometheus text body (nothing without the feature).
 pub fn append_prometheus(body: &mut String) {
     let Some((allocs, bytes, live)) = totals() else {
@@ -120,6 +134,11 @@ mod imp {
 
     pub(super) fn on_free(size: usize) {
         add(slot(), |s| &s.live, (size as u64).wrapping_neg());
+    }
+
+    pub fn this_thread() -> Option<u64> {
+        let i = slot();
+        (i != SHARED).then(|| COUNTS[i].allocs.load(Relaxed))
     }
 
     pub fn totals() -> (u64, u64, u64) {

@@ -2,7 +2,10 @@
 //! (`--features path-marks`, a build of its own for `tests/scripts/path-marks.sh`). Each step
 //! of an admission stamps the time on its thread; once the request is written, the stamps
 //! (µs after the request reached the HTTP stack) go as one line to `$ACPD_PATH_MARKS/<pid>`:
-//! every step by name, in order, `-` for one not stamped. Lines are written 64 at a time, so a
+//! every step by name, in order, `-` for one not stamped. With `alloc-count` as well (the
+//! script builds both), each stamp also carries the thread's allocations since the request
+//! reached the stack (`<µs>@<allocations>`): on a path whose cost is its first touches of cold
+//! memory, every allocation touches the allocator's. Lines are written 64 at a time, so a
 //! daemon's last few turns are not in its file. Without the feature [`mark`] is empty and
 //! compiles to nothing.
 //!
@@ -13,7 +16,7 @@
 #[derive(Clone, Copy)]
 #[repr(usize)]
 pub enum Step {
-    /// The outermost layer (`http::span::trace`) has the request.
+    /// The outermost step (`http::span::trace`, first in `http::pipeline`) has the request.
     Received,
     /// Its server span is started.
     Span,
@@ -59,7 +62,8 @@ mod imp {
     ];
 
     thread_local! {
-        static STAMPS: RefCell<[Option<Instant>; NAMES.len()]> =
+        /// Each step's time and this thread's allocations so far (when counted).
+        static STAMPS: RefCell<[Option<(Instant, Option<u64>)>; NAMES.len()]> =
             const { RefCell::new([None; NAMES.len()]) };
     }
 
@@ -67,7 +71,7 @@ mod imp {
     static OUT: Mutex<(String, usize)> = Mutex::new((String::new(), 0));
 
     pub fn mark(step: Step) {
-        let now = Instant::now();
+        let now = (Instant::now(), crate::alloc_count::this_thread());
         STAMPS.with(|s| {
             let mut s = s.borrow_mut();
             if matches!(step, Step::Received) {
@@ -75,12 +79,18 @@ mod imp {
             }
             s[step as usize] = Some(now);
             if matches!(step, Step::Written)
-                && let Some(t0) = s[0]
+                && let Some((t0, a0)) = s[0]
             {
                 let mut line = String::new();
                 for (name, t) in NAMES.iter().zip(s.iter()) {
                     let _ = match t {
-                        Some(t) => write!(line, "{name}={:.1} ", (*t - t0).as_nanos() as f64 / 1e3),
+                        Some((t, a)) => {
+                            let us = (*t - t0).as_nanos() as f64 / 1e3;
+                            match a.zip(a0) {
+                                Some((a, a0)) => write!(line, "{name}={us:.1}@{} ", a - a0),
+                                None => write!(line, "{name}={us:.1} "),
+                            }
+                        }
                         None => write!(line, "{name}=- "),
                     };
                 }

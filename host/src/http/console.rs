@@ -3,9 +3,7 @@
 //! `crate::console`'s; they are public (static, no state), and their scripts send the token
 //! as a header on the API requests they make.
 
-use axum::extract::Request;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::extract::Path;
@@ -37,16 +35,14 @@ pub async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
 }
 
 /// Whether a path is one of the pages or their files.
-fn is_page(path: &str) -> bool {
+pub(super) fn is_page(path: &str) -> bool {
     path == "/" || path == "/debug/traces" || path.starts_with("/console/")
 }
 
 /// The headers of the pages and their files: the Content-Security-Policy (no inline script or
 /// style, no eval, this origin only), no MIME sniffing, no framing, no referrer, no stale copy
 /// after an upgrade.
-pub async fn security_headers(req: Request, next: Next) -> Response {
-    let page = is_page(req.uri().path());
-    let mut resp = next.run(req).await;
+pub(super) fn security_headers(page: bool, mut resp: Response) -> Response {
     if page {
         let h = resp.headers_mut();
         h.insert(

@@ -3,16 +3,14 @@
 //! causes inherit (`telemetry::spans::Enrichment`). Runs after the guards, before the handler.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use opentelemetry::context::FutureExt;
+use axum::extract::Request;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, Value};
 use std::sync::Arc;
 
 use super::AppState;
 use super::span::route_template;
+use crate::error::ApiError;
 use crate::path_marks::{self, Step};
 use crate::plugins::{self, Hook};
 use crate::telemetry::semconv::*;
@@ -28,10 +26,16 @@ fn secret_header(name: &str) -> bool {
         || name.contains("password")
 }
 
-pub async fn request_hook(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// What the rest of the request runs under: the request (its body read and put back when the
+/// hook needed it) and, when a plugin added attributes, the context that carries them.
+pub type Enriched = (Request, Option<Context>);
+
+/// Calls the `request` plugins, if any asks for this request; `Err` is the answer to a body
+/// too large to read.
+pub async fn request_hook(state: &AppState, req: Request) -> Result<Enriched, ApiError> {
     path_marks::mark(Step::Guarded);
     let Some(set) = plugins::current().filter(|s| s.has(Hook::Request)) else {
-        return next.run(req).await;
+        return Ok((req, None));
     };
     let path = req.uri().path().to_string();
     // An untraced probe (`telemetry.trace_probes` off, see `span::trace`) has no span to
@@ -42,7 +46,7 @@ pub async fn request_hook(State(state): State<AppState>, req: Request, next: Nex
         || path.starts_with("/admin/")
         || untraced_probe
     {
-        return next.run(req).await;
+        return Ok((req, None));
     }
     let route = route_template(&path);
     let mut facts: Vec<(&str, Value)> = vec![
@@ -90,7 +94,7 @@ pub async fn request_hook(State(state): State<AppState>, req: Request, next: Nex
         let bytes = match axum::body::to_bytes(body, limit).await {
             Ok(b) => b,
             // The same answer the handler's extractor gives; the body is gone either way.
-            Err(_) => return super::body::too_large(limit).into_response(),
+            Err(_) => return Err(super::body::too_large(limit)),
         };
         let cwd = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
@@ -113,12 +117,11 @@ pub async fn request_hook(State(state): State<AppState>, req: Request, next: Nex
     path_marks::mark(Step::Enriched);
     drop(set);
     if added.is_empty() {
-        return next.run(req).await;
+        return Ok((req, None));
     }
     let cx = Context::current();
     for kv in &added {
         cx.span().set_attribute(kv.clone());
     }
-    let cx = cx.with_value(Enrichment(Arc::new(added)));
-    next.run(req).with_context(cx).await
+    Ok((req, Some(cx.with_value(Enrichment(Arc::new(added))))))
 }

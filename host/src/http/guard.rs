@@ -1,9 +1,9 @@
-//! Request guards, outermost first: Host check (DNS-rebinding defence on loopback binds),
-//! CORS, bearer auth, and admission while draining.
+//! Request guards, in the order `pipeline` runs them: Host check (DNS-rebinding defence on
+//! loopback binds), CORS, bearer auth, and admission while draining. Each is a check that
+//! lets the request on or answers it; only CORS also touches the answer (its grant headers).
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -15,36 +15,40 @@ const ALLOW_HEADERS: &str = "Authorization, Content-Type, X-Qwen-Client-Id, Last
 const EXPOSE_HEADERS: &str =
     "Retry-After, X-Qwen-Event-Epoch, X-Qwen-SSE-Stream-Id, Acp-Connection-Id, Acp-Session-Id";
 
-pub async fn host(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !state.allowed_hosts.is_empty() {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        if !state.allowed_hosts.contains(&host) {
-            return ApiError::new(403, "invalid_host", "Invalid Host header").into_response();
-        }
+/// On a loopback bind, the `Host` must be one of the bind's own names.
+pub fn host(state: &AppState, req: &Request) -> Result<(), ApiError> {
+    if state.allowed_hosts.is_empty() {
+        return Ok(());
     }
-    next.run(req).await
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    // Compared without case and without a lower-cased copy (the list is lower case).
+    if state
+        .allowed_hosts
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(host))
+    {
+        return Ok(());
+    }
+    Err(ApiError::new(403, "invalid_host", "Invalid Host header"))
 }
 
-pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
-        return next.run(req).await;
-    };
-    if same_origin(req.headers()) {
-        return next.run(req).await;
-    }
-    let allowed = &state.bridge.config.server.allow_origin;
-    let ok = origin
-        .to_str()
-        .is_ok_and(|o| allowed.iter().any(|a| a == "*" || a == o));
-    if !ok {
-        return ApiError::new(403, "cors_denied", "Request denied by CORS policy").into_response();
-    }
-    let mut resp = if req.method() == Method::OPTIONS {
+/// A cross-origin request the CORS check let on: its answer carries the grant.
+pub struct Cors {
+    /// The granted origin; `None` for a request that is not cross-origin.
+    origin: Option<HeaderValue>,
+    preflight: bool,
+}
+
+impl Cors {
+    /// The answer to a preflight (`OPTIONS` with a granted origin), which goes no further.
+    pub fn preflight(&self) -> Option<Response> {
+        if !self.preflight {
+            return None;
+        }
         let mut r = StatusCode::NO_CONTENT.into_response();
         let h = r.headers_mut();
         h.insert(
@@ -59,18 +63,51 @@ pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Re
             header::ACCESS_CONTROL_MAX_AGE,
             HeaderValue::from_static("600"),
         );
-        r
-    } else {
-        next.run(req).await
+        Some(r)
+    }
+
+    /// The grant's headers on whatever answers the request (the later guards' refusals too).
+    pub fn finish(self, mut resp: Response) -> Response {
+        if let Some(origin) = self.origin {
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(EXPOSE_HEADERS),
+            );
+        }
+        resp
+    }
+}
+
+/// A cross-origin request must come from an allowed origin (`server.allow_origin`).
+pub fn cors(state: &AppState, req: &Request) -> Result<Cors, ApiError> {
+    let not_cross_origin = Cors {
+        origin: None,
+        preflight: false,
     };
-    let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(EXPOSE_HEADERS),
-    );
-    resp
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(not_cross_origin);
+    };
+    if same_origin(req.headers()) {
+        return Ok(not_cross_origin);
+    }
+    let allowed = &state.bridge.config.server.allow_origin;
+    let ok = origin
+        .to_str()
+        .is_ok_and(|o| allowed.iter().any(|a| a == "*" || a == o));
+    if !ok {
+        return Err(ApiError::new(
+            403,
+            "cors_denied",
+            "Request denied by CORS policy",
+        ));
+    }
+    Ok(Cors {
+        origin: Some(origin.clone()),
+        preflight: req.method() == Method::OPTIONS,
+    })
 }
 
 /// A request from a page this daemon served (the console's module scripts and its POSTs carry
@@ -96,10 +133,11 @@ pub(super) const PUBLIC: &[&str] = &["/", "/console/{file}", "/debug/traces", "/
 /// Open without the token unless `--require-auth`.
 pub(super) const PUBLIC_UNLESS_REQUIRED: &[&str] = &["/health", "/capabilities"];
 
-pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// With a token set, every route but the public ones needs it as a bearer token.
+pub fn auth(state: &AppState, req: &Request) -> Result<(), ApiError> {
     let server = &state.bridge.config.server;
     let Some(token) = server.token.as_deref() else {
-        return next.run(req).await;
+        return Ok(());
     };
     let path = req.uri().path();
     let public = PUBLIC.contains(&path)
@@ -108,9 +146,9 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
             .is_some_and(|f| !f.contains('/'))
         || (PUBLIC_UNLESS_REQUIRED.contains(&path) && !server.require_auth);
     if public || bearer_matches(req.headers(), token) {
-        return next.run(req).await;
+        return Ok(());
     }
-    ApiError::unauthorized().into_response()
+    Err(ApiError::unauthorized())
 }
 
 /// Constant-time in the token's content and length: both sides are hashed to 32 bytes first.
@@ -132,11 +170,12 @@ pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     a.ct_eq(&b).into()
 }
 
-pub async fn admission(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Nothing is admitted while the daemon drains.
+pub fn admission(state: &AppState) -> Result<(), ApiError> {
     if state.bridge.is_draining() {
-        return ApiError::draining().into_response();
+        return Err(ApiError::draining());
     }
-    next.run(req).await
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod extract;
 mod files;
 mod guard;
 pub mod openapi;
+mod pipeline;
 pub(crate) mod routes;
 mod schema;
 pub(crate) mod session_ops;
@@ -117,14 +118,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::acp_http::router(&state))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(axum::middleware::from_fn(console::security_headers))
-        // Layers run bottom-up: the last added is the outermost.
-        .layer(from_fn_with_state(state.clone(), enrich::request_hook))
-        .layer(from_fn_with_state(state.clone(), guard::admission))
-        .layer(from_fn_with_state(state.clone(), guard::auth))
-        .layer(from_fn_with_state(state.clone(), guard::cors))
-        .layer(from_fn_with_state(state.clone(), guard::host))
-        .layer(axum::middleware::from_fn(span::trace))
+        // The span, the guards, the `request` hook and the pages' headers, in one layer.
+        .layer(from_fn_with_state(state.clone(), pipeline::serve))
         .with_state(state)
 }
 

@@ -1,10 +1,9 @@
-//! The request span: one SERVER span per request (outermost layer, so guard rejections are
-//! traced too), named by route template, parented to an inbound `traceparent`, plus the
-//! `http.server.*` metrics.
+//! The request span: one SERVER span per request (outermost step of `pipeline`, so guard
+//! rejections are traced too), named by route template, parented to an inbound `traceparent`,
+//! plus the `http.server.*` metrics.
 
 use axum::extract::{ConnectInfo, Request};
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::context::FutureExt;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
@@ -12,6 +11,7 @@ use opentelemetry::{Context, KeyValue};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::pipeline::Guarded;
 use crate::path_marks::{self, Step};
 use crate::telemetry::metrics::{HTTP_METHODS, InFlight};
 use crate::telemetry::semconv::*;
@@ -101,9 +101,10 @@ fn invalid_traceparent_log_allowed() -> bool {
     LAST.swap(now, Ordering::Relaxed) != now
 }
 
-pub async fn trace(req: Request, next: Next) -> Response {
+/// Runs `rest` (the guards, hook and router) for `req`, under the request's span.
+pub async fn trace(req: Request, rest: Guarded) -> Response {
     path_marks::mark(Step::Received);
-    // The outermost layer: every request counts towards the daemon's load (`sched::realtime`).
+    // The outermost step: every request counts towards the daemon's load (`sched::realtime`).
     crate::sched::note_activity();
     // Looking at telemetry must not fill the trace view with its own requests, nor loading the
     // console's static files.
@@ -113,7 +114,7 @@ pub async fn trace(req: Request, next: Next) -> Response {
         || path == "/"
         || path.starts_with("/console/")
     {
-        return next.run(req).await;
+        return rest.run(req).await;
     }
     let started = Instant::now();
     let method_at = method_index(req.method());
@@ -122,7 +123,7 @@ pub async fn trace(req: Request, next: Next) -> Response {
     // Probes come every few seconds from every orchestrator: counted, not traced (unless the
     // operator asks), so they cost neither the export stage nor room in the trace view.
     if route == Some("/health") && !crate::telemetry::trace_probes() {
-        let resp = next.run(req).await;
+        let resp = rest.run(req).await;
         let status = resp.status().as_u16();
         metrics().http_duration.record(
             started.elapsed().as_secs_f64(),
@@ -183,7 +184,7 @@ pub async fn trace(req: Request, next: Next) -> Response {
     let cx = spans::start(name, SpanKind::Server, &parent, attrs).with_value(facts);
     let in_flight = InFlight::enter(method_at);
     path_marks::mark(Step::Span);
-    let resp = next.run(req).with_context(cx.clone()).await;
+    let resp = rest.run(req).with_context(cx.clone()).await;
     drop(in_flight);
 
     let status = resp.status().as_u16();

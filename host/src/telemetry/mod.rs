@@ -143,6 +143,7 @@ impl Telemetry {
             .with_resource(resource.clone())
             .build();
         global::set_tracer_provider(tracer.clone());
+        spans::use_provider(&tracer);
 
         let reader = SharedReader(Arc::new(ManualReader::builder().build()));
         let mut meter = SdkMeterProvider::builder()

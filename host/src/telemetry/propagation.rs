@@ -8,11 +8,17 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
-fn propagator() -> opentelemetry::propagation::TextMapCompositePropagator {
-    opentelemetry::propagation::TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ])
+/// Built once: a composite allocates its propagators and their field names, and it is used
+/// twice on every prompt's way to the agent (the request's headers in, the ACP `_meta` out).
+fn propagator() -> &'static opentelemetry::propagation::TextMapCompositePropagator {
+    static PROPAGATOR: std::sync::LazyLock<opentelemetry::propagation::TextMapCompositePropagator> =
+        std::sync::LazyLock::new(|| {
+            opentelemetry::propagation::TextMapCompositePropagator::new(vec![
+                Box::new(TraceContextPropagator::new()),
+                Box::new(BaggagePropagator::new()),
+            ])
+        });
+    &PROPAGATOR
 }
 
 struct Headers<'a>(&'a axum::http::HeaderMap);

@@ -2,12 +2,26 @@
 //! span lives from admission to the end of its turn), so contexts are passed explicitly and
 //! never taken from a process-wide "current session".
 
-use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer};
+use arc_swap::ArcSwapOption;
+use opentelemetry::trace::{
+    Link, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue, global};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use super::semconv;
+
+/// The daemon's tracer, made once with its provider. `global::tracer` made a boxed tracer for
+/// every span: an allocation, two reference counts shared by every thread touched, and the
+/// span boxed twice (once as the boxed tracer's span, once more in its context).
+static TRACER: ArcSwapOption<SdkTracer> = ArcSwapOption::const_empty();
+
+/// Spans start on `provider`'s tracer from now on (the global provider is set alongside).
+pub fn use_provider(provider: &SdkTracerProvider) {
+    TRACER.store(Some(Arc::new(provider.tracer("acpd"))));
+}
 
 /// Starts a span under `parent` and returns the context that carries it.
 pub fn start(
@@ -27,14 +41,12 @@ pub fn start_linked(
     attrs: Vec<KeyValue>,
     links: Vec<SpanContext>,
 ) -> Context {
-    let tracer = global::tracer("acpd");
     let mut attrs = attrs;
     // Request enrichment is inherited by every span the request causes.
     if let Some(Enrichment(extra)) = parent.get::<Enrichment>() {
         attrs.extend(extra.iter().cloned());
     }
-    let span = tracer
-        .span_builder(name)
+    let span = SpanBuilder::from_name(name)
         .with_kind(kind)
         .with_attributes(attrs)
         .with_links(
@@ -43,9 +55,12 @@ pub fn start_linked(
                 .filter(SpanContext::is_valid)
                 .map(Link::with_context)
                 .collect(),
-        )
-        .start_with_context(&tracer, parent);
-    parent.with_span(span)
+        );
+    match &*TRACER.load() {
+        Some(tracer) => parent.with_span(span.start_with_context(&**tracer, parent)),
+        // No telemetry set up (unit tests, tools): the global no-op provider.
+        None => parent.with_span(span.start_with_context(&global::tracer("acpd"), parent)),
+    }
 }
 
 /// Attributes the `request` plugins added; carried in the context so the spans a request
