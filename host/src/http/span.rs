@@ -11,7 +11,6 @@ use opentelemetry::{Context, KeyValue};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::pipeline::Guarded;
 use crate::path_marks::{self, Step};
 use crate::telemetry::metrics::{HTTP_METHODS, InFlight};
 use crate::telemetry::semconv::*;
@@ -101,8 +100,12 @@ fn invalid_traceparent_log_allowed() -> bool {
     LAST.swap(now, Ordering::Relaxed) != now
 }
 
-/// Runs `rest` (the guards, hook and router) for `req`, under the request's span.
-pub async fn trace(req: Request, rest: Guarded) -> Response {
+/// Runs `rest` (in `pipeline`: the guards, the hook and the router) for `req`, under the
+/// request's span.
+pub async fn trace<F>(req: Request, rest: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     path_marks::mark(Step::Received);
     // The outermost step: every request counts towards the daemon's load (`sched::realtime`).
     crate::sched::note_activity();
@@ -114,7 +117,7 @@ pub async fn trace(req: Request, rest: Guarded) -> Response {
         || path == "/"
         || path.starts_with("/console/")
     {
-        return rest.run(req).await;
+        return rest(req).await;
     }
     let started = Instant::now();
     let method_at = method_index(req.method());
@@ -123,7 +126,7 @@ pub async fn trace(req: Request, rest: Guarded) -> Response {
     // Probes come every few seconds from every orchestrator: counted, not traced (unless the
     // operator asks), so they cost neither the export stage nor room in the trace view.
     if route == Some("/health") && !crate::telemetry::trace_probes() {
-        let resp = rest.run(req).await;
+        let resp = rest(req).await;
         let status = resp.status().as_u16();
         metrics().http_duration.record(
             started.elapsed().as_secs_f64(),
@@ -184,7 +187,7 @@ pub async fn trace(req: Request, rest: Guarded) -> Response {
     let cx = spans::start(name, SpanKind::Server, &parent, attrs).with_value(facts);
     let in_flight = InFlight::enter(method_at);
     path_marks::mark(Step::Span);
-    let resp = rest.run(req).with_context(cx.clone()).await;
+    let resp = rest(req).with_context(cx.clone()).await;
     drop(in_flight);
 
     let status = resp.status().as_u16();
