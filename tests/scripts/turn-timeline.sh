@@ -7,7 +7,9 @@
 # chunk), when the daemon wrote the 202, and how often the daemon's threads were switched out
 # before the pipe write; then the medians over the turns, and on which CPUs the three processes
 # ran (BENCHMARKS.md, "Round twelve": at low load this guest runs them all on one vCPU), and what
-# the CPUs ran while the agent waited for one ("Round seventeen").
+# the CPUs ran while the agent waited for one ("Round seventeen"); and, between the agent's read and
+# its first write, how long its threads were preempted and when it first called futex ("Round
+# twenty-three").
 # Environment passes through, e.g. ACPD_LOAD_LIMITS=$'[agent]\nnice = 0'. Needs perf (with
 # tracepoints) and python3; takes about a minute after the builds.
 #
@@ -118,6 +120,7 @@ gaps = sorted((reads[k] - e[1]) * 1e6 for e in events
               if e[0] == daemon and exit_of(e)[0] == WRITE and exit_of(e)[1] in REQUEST
               for k in [bisect.bisect_left(reads, e[1])] if k < len(reads))
 marks = collections.defaultdict(list)
+handled = []  # (the agent's read, its first write) of each turn seen whole
 for n, i in enumerate(posts if row == "1" else []):
     t0 = events[i][1]
     end = events[posts[n + 1]][1] if n + 1 < len(posts) else t0 + 0.01
@@ -132,7 +135,8 @@ for n, i in enumerate(posts if row == "1" else []):
             got.setdefault("202 written", e[1])
         if e[0] == agent and nr == READ and ret in REQUEST:
             got.setdefault("agent read", e[1])
-        if e[0] == agent and nr == WRITE and "agent read" in got:
+        # A line to its stdout; tokio's 8-byte eventfd writes (a worker waking another) are not.
+        if e[0] == agent and nr == WRITE and int(ret) > 8 and "agent read" in got:
             got.setdefault("agent's first write", e[1])
         if e[0] == daemon and e[2] == "sched:sched_switch" and "pipe write" not in got:
             switches += 1
@@ -140,6 +144,8 @@ for n, i in enumerate(posts if row == "1" else []):
         for k, v in got.items():
             marks[k].append((v - t0) * 1e6)
         marks["daemon switched out before the pipe write"].append(switches)
+        if "agent's first write" in got:
+            handled.append((got["agent read"], got["agent's first write"]))
 
 if row == "1":
     print(f"{len(marks['pipe write'])} turns of {len(posts)} POSTs seen whole (request {top} bytes); µs after the daemon read the POST (median, p90):")
@@ -148,6 +154,34 @@ if row == "1":
         v = sorted(marks.get(k, []))
         if v:
             print(f"  {k:45} {statistics.median(v):8.0f} {v[int(0.9 * (len(v) - 1))]:8.0f}")
+if handled:
+    # Between the agent's read and its first write (the ACP crate's parse and dispatch, the
+    # handler, the writer task): how long its threads were runnable but not running, and its
+    # first futex wake (the connection task, woken by itself, requeued as a yield that wakes a
+    # parked worker: BENCHMARKS.md, "Round twenty-three").
+    agent_tids = {tid for _, pid, tid, *_ in machine if pid == agent}
+    swre = re.compile(r'prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> next_comm=.*? next_pid=(\d+)')
+    times = [m[4] for m in machine]
+    waited, futex = [], []
+    for t_read, t_write in handled:
+        out, total, woke = {}, 0.0, None
+        for k in range(bisect.bisect_right(times, t_read), len(machine)):
+            comm, pid, tid, cpu, t, name, rest = machine[k]
+            if t >= t_write:
+                break
+            if name == "sched:sched_switch" and (sw := swre.search(rest)):
+                if sw.group(1) in agent_tids and sw.group(2).startswith("R"):
+                    out[sw.group(1)] = t
+                if sw.group(3) in out:
+                    total += t - out.pop(sw.group(3))
+            if woke is None and pid == agent and name == "raw_syscalls:sys_enter" and rest.startswith("NR 202 "):
+                woke = t
+        waited.append(total * 1e6)
+        futex.append(((woke or t_write) - t_read) * 1e6)
+    for k, v in (("agent read -> first write, preempted", waited),
+                 ("agent read -> its first futex call", futex)):
+        v.sort()
+        print(f"  {k:45} {statistics.median(v):8.0f} {v[int(0.9 * (len(v) - 1))]:8.0f}")
 if gaps:
     print(f"  {len(gaps)} requests in the pipe; µs to the agent's next read (median, p90): "
           f"{statistics.median(gaps):.0f} {gaps[int(0.9 * (len(gaps) - 1))]:.0f}")

@@ -32,6 +32,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::ChildStdin;
 use tokio::sync::Mutex;
 
+/// The longest a server waits for its stdin's end: far above any paced row (a row takes seconds).
+const LIFELINE: Duration = Duration::from_secs(15 * 60);
+
 /// acpd's default `agent.nice`.
 const AGENT_NICE: i32 = 10;
 
@@ -143,8 +146,12 @@ async fn serve(readers: usize, dir: std::path::PathBuf) -> anyhow::Result<()> {
     println!("READY {}", listener.local_addr()?.port());
     std::io::stdout().flush()?;
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Stdin is the lifeline: the harness closes it when the row is done, and it closes by
+    // itself if the harness dies. The deadline covers a parent that neither ends nor closes it.
     let mut rest = Vec::new();
-    tokio::io::stdin().read_to_end(&mut rest).await?;
+    tokio::time::timeout(LIFELINE, tokio::io::stdin().read_to_end(&mut rest))
+        .await
+        .context("stdin did not end within the deadline")??;
     server.abort();
     for pipe in pipes.iter() {
         drop(pipe.lock().await.take());
