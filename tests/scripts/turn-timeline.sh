@@ -154,13 +154,17 @@ if row == "1":
         v = sorted(marks.get(k, []))
         if v:
             print(f"  {k:45} {statistics.median(v):8.0f} {v[int(0.9 * (len(v) - 1))]:8.0f}")
+# Scheduler events: a switch's (prev, its state, next's comm, next, next's priority), a
+# wake-up's thread; each thread's process.
+switch = re.compile(r'prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> next_comm=(.*?) next_pid=(\d+) next_prio=(\d+)')
+wakeup = re.compile(r'pid=(\d+) prio=\d+ target_cpu')
+process = {tid: pid for _, pid, tid, *_ in machine}
+agent_tids = {t for t, p in process.items() if p == agent}
 if handled:
     # Between the agent's read and its first write (the ACP crate's parse and dispatch, the
     # handler, the writer task): how long its threads were runnable but not running, and its
     # first futex wake (the connection task, woken by itself, requeued as a yield that wakes a
     # parked worker: BENCHMARKS.md, "Round twenty-three").
-    agent_tids = {tid for _, pid, tid, *_ in machine if pid == agent}
-    swre = re.compile(r'prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> next_comm=.*? next_pid=(\d+)')
     times = [m[4] for m in machine]
     waited, futex = [], []
     for t_read, t_write in handled:
@@ -169,14 +173,16 @@ if handled:
             comm, pid, tid, cpu, t, name, rest = machine[k]
             if t >= t_write:
                 break
-            if name == "sched:sched_switch" and (sw := swre.search(rest)):
-                if sw.group(1) in agent_tids and sw.group(2).startswith("R"):
-                    out[sw.group(1)] = t
-                if sw.group(3) in out:
-                    total += t - out.pop(sw.group(3))
+            if name == "sched:sched_switch" and (sw := switch.search(rest)):
+                prev, state, _, nxt, _ = sw.groups()
+                if prev in agent_tids and state.startswith("R"):
+                    out[prev] = t
+                if nxt in out:
+                    total += t - out.pop(nxt)
             if woke is None and pid == agent and name == "raw_syscalls:sys_enter" and rest.startswith("NR 202 "):
                 woke = t
         waited.append(total * 1e6)
+        # A turn with no futex call before its first line counts up to that line.
         futex.append(((woke or t_write) - t_read) * 1e6)
     for k, v in (("agent read -> first write, preempted", waited),
                  ("agent read -> its first futex call", futex)):
@@ -228,10 +234,6 @@ for pid, name in ((harness, "harness"), (daemon, "daemon"), (agent, "agent")):
 # What the CPUs ran while one of the agent's threads was runnable but not running (woken, or
 # preempted): time-weighted over the capture. "idle" is a CPU still idle after the wake-up (the
 # vCPU waking); "(rt)" a thread at a real-time priority.
-switch = re.compile(r'prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> next_comm=(.*?) next_pid=(\d+) next_prio=(\d+)')
-wakeup = re.compile(r'pid=(\d+) prio=\d+ target_cpu')
-process = {tid: pid for _, pid, tid, *_ in machine}
-agent_tids = {t for t, p in process.items() if p == agent}
 names = {harness: "harness", daemon: "daemon", agent: "agent's other threads", "0": "idle"}
 waiting, running, on_cpu, last, held = set(), {}, {}, None, collections.Counter()
 for _, _, _, cpu, t, name, rest in machine:
