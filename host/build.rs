@@ -27,6 +27,14 @@ fn main() {
         root.join("Cargo.lock").display()
     );
     println!("cargo:rerun-if-env-changed=ACPD_SKIP_BUILTIN_PLUGINS");
+    // Installing a target rewrites rustup's list of the toolchain's components: a build made
+    // before the wasm target was there (its plugins missing) is made again once it is, instead
+    // of every later build embedding none.
+    if let Some(components) = sysroot().map(|s| s.join("lib/rustlib/components"))
+        && components.is_file()
+    {
+        println!("cargo:rerun-if-changed={}", components.display());
+    }
     symbol_order(&manifest);
 
     let mut notes = Vec::new();
@@ -138,6 +146,17 @@ fn symbol_order(manifest: &Path) {
         println!("cargo:rustc-link-arg-bin=acpd=-Wl,--symbol-ordering-file={list}");
         println!("cargo:rustc-link-arg-bin=acpd=-Wl,--no-warn-symbol-ordering");
     }
+}
+
+/// The sysroot of the compiler building this crate.
+fn sysroot() -> Option<PathBuf> {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?;
+    Some(PathBuf::from(path.trim()))
 }
 
 /// The minor version of the compiler building this crate (`1.<minor>.<patch>`).

@@ -604,16 +604,18 @@ pub fn acp_connection(data: &[u8]) {
     use crate::acp::{Routes, lines, serve};
 
     let written = Written::default();
+    let routes = Arc::new(Routes::default());
     let (transport, _outbox) = lines::transport(
         written.clone(),
         io::Cursor::new(data.to_vec()),
         CONNECTION_MAX_LINE,
+        routes.clone(),
     );
     let (ready, _) = tokio::sync::oneshot::channel();
     // Never a real directory: no route exists, so no file request may touch it anyway.
     let root = std::path::PathBuf::from("/nonexistent/acpd-fuzz");
     let done = current_thread().block_on(async {
-        let connection = serve(transport, Arc::new(Routes::default()), root, ready);
+        let connection = serve(transport, routes, root, ready);
         tokio::time::timeout(Duration::from_secs(2), connection).await
     });
     assert!(done.is_ok(), "the connection did not end within 2 s of EOF");

@@ -226,9 +226,23 @@ impl Target {
         for (k, v) in env {
             b = b.env(k, v);
         }
+        let d = b.start().await?;
+        if mode == Telemetry::OnPlugins {
+            // A release build whose build script last ran before the machine had the wasm
+            // target embeds no plugins, and "on + plugins" would quietly measure none.
+            let health = d.get("/health?deep=1").await?;
+            let plugins = health.body["plugins"].as_array().map_or(0, Vec::len);
+            if plugins == 0 {
+                bail!(
+                    "on + plugins: the daemon under test ({}) runs no plugins: {}",
+                    crate::acpd_bin().display(),
+                    health.body
+                );
+            }
+        }
         Ok(Target {
             mode,
-            d: Arc::new(b.start().await?),
+            d: Arc::new(d),
             rx,
         })
     }

@@ -11,21 +11,25 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 
 use super::outbox::Outbox;
-use super::prompt;
+use super::{Routes, prompt, updates};
 
 pub type LineSink = Pin<Box<dyn Sink<String, Error = io::Error> + Send>>;
 pub type LineStream = Pin<Box<dyn Stream<Item = io::Result<String>> + Send>>;
 
 /// The crate's transport over the agent's pipes, and the outbox its lines go through, which
 /// the bridge also writes a turn's prompt and cancel to (see `outbox`).
-pub fn transport(
+/// The agent's `session/update` lines are routed through `routes` by the reader where that keeps
+/// their order (see `updates`).
+pub(crate) fn transport(
     to_agent: impl AsyncWrite + Send + 'static,
     from_agent: impl AsyncRead + Send + Unpin + 'static,
     max_line: usize,
+    routes: Arc<Routes>,
 ) -> (Lines<LineSink, LineStream>, Arc<Outbox>) {
     let outbox = Outbox::new(to_agent);
     let sink: LineSink = Box::pin(outbox.sink());
-    let lines = Lines::new(sink, incoming(from_agent, max_line));
+    let incoming = updates::route_when_in_order(incoming(from_agent, max_line), routes);
+    let lines = Lines::new(sink, incoming);
     (lines, outbox)
 }
 

@@ -8,6 +8,7 @@ pub(crate) mod lines;
 mod outbox;
 mod prompt;
 mod session_config;
+mod updates;
 
 use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::ConnectionTo;
@@ -94,6 +95,8 @@ pub(crate) struct Routes {
     map: Mutex<HashMap<String, Route>>,
     /// Turns' `session/prompt` requests awaiting their answers (see `prompt`).
     prompts: prompt::Pending,
+    /// How far the crate has dispatched the lines the reader handed it (see `updates`).
+    order: updates::Order,
 }
 
 struct Route {
@@ -177,7 +180,7 @@ impl AgentConn {
             })?;
         let routes = Arc::new(Routes::default());
         let (cx_tx, cx_rx) = oneshot::channel();
-        let (transport, outbox) = lines::transport(stdin, stdout, t.max_line_bytes);
+        let (transport, outbox) = lines::transport(stdin, stdout, t.max_line_bytes, routes.clone());
         let connection = serve(transport, routes.clone(), root.clone(), cx_tx);
         let watched = child.clone();
         let closed = CancellationToken::new();
@@ -534,13 +537,20 @@ pub(crate) async fn serve(
         .name("acpd")
         .on_receive_notification(
             async move |n: UntypedMessage, _cx| {
+                if n.method == updates::BARRIER_METHOD {
+                    r_notify.order.dispatched(&n.params);
+                    return Ok(());
+                }
                 if n.method == prompt::ANSWER_METHOD {
                     r_notify.prompts.answer(n.params);
                     return Ok(());
                 }
+                if n.method != "session/update" {
+                    return Ok(()); // vendor notifications (qwen/notify/...) are ignored, as the spec asks
+                }
                 // An agent streaming fast would otherwise have this loop publish a long
                 // burst before any SSE writer runs, and overflow subscribers that keep up.
-                if route_update(&r_notify, n) {
+                if route_update(&r_notify, n.params) {
                     tokio::task::yield_now().await;
                 }
                 Ok(())
@@ -601,16 +611,13 @@ pub(crate) async fn serve(
         .await
 }
 
-/// Delivers a `session/update`; true when that session's subscribers are behind.
-fn route_update(routes: &Routes, n: UntypedMessage) -> bool {
-    if n.method != "session/update" {
-        return false; // vendor notifications (qwen/notify/...) are ignored, as the spec asks
-    }
-    let Some(sid) = n.params.get("sessionId").and_then(Value::as_str) else {
+/// Delivers a `session/update`'s params; true when that session's subscribers are behind.
+fn route_update(routes: &Routes, params: Value) -> bool {
+    let Some(sid) = params.get("sessionId").and_then(Value::as_str) else {
         return false;
     };
     match routes.sink(sid) {
-        Some((sink, false)) => sink.update(n.params),
+        Some((sink, false)) => sink.update(params),
         Some((_, true)) => false,
         None => {
             tracing::debug!(session.id = sid, "update for an unknown session dropped");
