@@ -148,23 +148,21 @@ fn symbol_order(manifest: &Path) {
     }
 }
 
+/// What the compiler building this crate prints for `args`.
+fn rustc(args: &[&str]) -> Option<String> {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc).args(args).output().ok()?;
+    String::from_utf8(out.stdout).ok()
+}
+
 /// The sysroot of the compiler building this crate.
 fn sysroot() -> Option<PathBuf> {
-    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let out = Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()?;
-    let path = String::from_utf8(out.stdout).ok()?;
-    Some(PathBuf::from(path.trim()))
+    Some(PathBuf::from(rustc(&["--print", "sysroot"])?.trim()))
 }
 
 /// The minor version of the compiler building this crate (`1.<minor>.<patch>`).
 fn rustc_minor() -> Option<u32> {
-    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let out = Command::new(rustc).arg("--version").output().ok()?;
-    let version = String::from_utf8(out.stdout).ok()?;
-    version
+    rustc(&["--version"])?
         .split_whitespace()
         .nth(1)?
         .split('.')

@@ -548,11 +548,7 @@ pub(crate) async fn serve(
                 if n.method != "session/update" {
                     return Ok(()); // vendor notifications (qwen/notify/...) are ignored, as the spec asks
                 }
-                // An agent streaming fast would otherwise have this loop publish a long
-                // burst before any SSE writer runs, and overflow subscribers that keep up.
-                if route_update(&r_notify, n.params) {
-                    tokio::task::yield_now().await;
-                }
+                route_update(&r_notify, n.params).await;
                 Ok(())
             },
             on_receive_notification!(),
@@ -611,8 +607,18 @@ pub(crate) async fn serve(
         .await
 }
 
-/// Delivers a `session/update`'s params; true when that session's subscribers are behind.
-fn route_update(routes: &Routes, params: Value) -> bool {
+/// Delivers a `session/update`'s params, by the reader (`updates`) or the crate's dispatch loop.
+/// When that session's subscribers are behind, it yields first: an agent streaming fast would
+/// otherwise have a long burst published before any SSE writer runs, and overflow subscribers
+/// that keep up.
+async fn route_update(routes: &Routes, params: Value) {
+    if deliver_update(routes, params) {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// [`route_update`]'s delivery; true when the session's subscribers are behind.
+fn deliver_update(routes: &Routes, params: Value) -> bool {
     let Some(sid) = params.get("sessionId").and_then(Value::as_str) else {
         return false;
     };

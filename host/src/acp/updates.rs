@@ -42,9 +42,9 @@ pub(crate) struct Order {
 impl Default for Order {
     fn default() -> Self {
         let key = uuid::Uuid::new_v4().simple().to_string();
-        let line = format!(
-            r#"{{"jsonrpc":"2.0","method":"{BARRIER_METHOD}","params":{{"key":"{key}"}}}}"#
-        );
+        let line =
+            super::prompt::notification_line(BARRIER_METHOD, &serde_json::json!({"key": key}))
+                .expect("a JSON object with string keys serialises");
         Self {
             sent: AtomicU64::new(0),
             seen: AtomicU64::new(0),
@@ -108,12 +108,9 @@ pub(crate) fn route_when_in_order(lines: LineStream, routes: Arc<Routes>) -> Lin
                 && st.routes.order.caught_up()
                 && let Some(params) = update_params(&line)
             {
-                // A reader that outruns the session's subscribers lets their writers run
-                // before the next update. Not after every update, as the crate's self-wake
-                // did: that woke a parked worker each time (BENCHMARKS.md, "Round twenty-four").
-                if super::route_update(&st.routes, params) {
-                    tokio::task::yield_now().await;
-                }
+                // No yield after every update, as the crate's self-wake did: that woke a parked
+                // worker each time (BENCHMARKS.md, "Round twenty-four").
+                super::route_update(&st.routes, params).await;
                 continue;
             }
             st.owe = true;
