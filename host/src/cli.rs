@@ -256,7 +256,8 @@ pub fn main() -> ExitCode {
 ///   front of the arena);
 /// - blocks of 128 KiB and more always mapped on their own, so freeing one returns it: by
 ///   default glibc raises that threshold after the first such free, and the export batches'
-///   buffers then stay in the arenas.
+///   buffers then stay in the arenas. A busy event ring's chunks are this size
+///   (`bridge::events::Frames`), so they never fragment the heap.
 ///
 /// Measured together: 4.8 MiB less RSS after 3,000 prompts.
 fn tune_malloc() {

@@ -53,6 +53,17 @@ async fn run_main() -> anyhow::Result<()> {
         section(&o, defaults).await?;
         return Ok(());
     }
-    run(if short { Opts::SHORT } else { Opts::FULL }).await?;
+    let mut o = if short { Opts::SHORT } else { Opts::FULL };
+    // `ACPD_SOAK_PROMPTS`: a longer (or shorter) soak than the default 100,000 prompts, RSS still
+    // read after each tenth; a value that is not a count of at least 10 is refused, not ignored.
+    if let Ok(n) = std::env::var("ACPD_SOAK_PROMPTS") {
+        o.soak_prompts = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n >= 10)
+            .ok_or_else(|| anyhow::anyhow!("ACPD_SOAK_PROMPTS: {n:?} is not a count >= 10"))?;
+    }
+    run(o).await?;
     Ok(())
 }

@@ -883,6 +883,9 @@ pub struct SoakPoint {
     pub rss_kib: u64,
     pub anon_kib: u64,
     pub live_bytes: Option<u64>,
+    /// The session journals' bytes on disk: each session's is capped
+    /// (`state.journal_max_session_bytes`), and its in-memory index grows with it until then.
+    pub journal_bytes: u64,
 }
 
 /// `total` prompts (16 sessions, `bench 2`), RSS read every `every` prompts.
@@ -899,6 +902,7 @@ pub async fn soak(t: &Target, total: usize, every: usize) -> Result<Vec<SoakPoin
             rss_kib: t.rss_kib()?,
             anon_kib: anon,
             live_bytes: live,
+            journal_bytes: journal_bytes(d),
         })
     };
     let mut points = vec![point(0, alloc_counts(d).await?.map(|c| c.2))?];
@@ -1706,18 +1710,19 @@ async fn soak_section(rep: &mut Report, o: &Opts) -> Result<()> {
     let t = Target::start_sink(Telemetry::OnPlugins).await?;
     let points = soak(&t, o.soak_prompts, o.soak_prompts / 10).await?;
     let mut row = format!(
-        "soak ({}), RSS MiB (anon; heap live) by prompts:",
+        "soak ({}), RSS MiB (anon; heap live; journals on disk) by prompts:",
         t.mode.label()
     );
     for p in &points {
         let _ = write!(
             row,
-            " | {} {:.1} ({:.1}; {})",
+            " | {} {:.1} ({:.1}; {}; {:.0})",
             p.prompts,
             p.rss_kib as f64 / 1024.0,
             p.anon_kib as f64 / 1024.0,
             p.live_bytes
-                .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0))
+                .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
+            p.journal_bytes as f64 / 1048576.0
         );
     }
     rep.line(row);
