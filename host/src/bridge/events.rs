@@ -77,6 +77,14 @@ struct Inner {
     frames: Frames,
 }
 
+impl Inner {
+    /// The journal holds every event so far, so the next is expected to go there too (a
+    /// journal that refused one refuses every later one).
+    fn journaling(&self, has_journal: bool) -> bool {
+        has_journal && self.journaled_upto == self.last_id
+    }
+}
+
 struct Sub {
     tx: mpsc::Sender<Bytes>,
     shared: Arc<SubShared>,
@@ -176,10 +184,10 @@ fn frame_tail(
 /// (BENCHMARKS.md, "Round twenty-five"). A frame costs no allocation of its own.
 struct Frames {
     chunk: BytesMut,
-    /// The next chunk's capacity: it doubles from [`Frames::FIRST`] up to `max`, so a session
-    /// that publishes a few events holds a small chunk, a busy one chunks of one size.
+    /// The next chunk's capacity: it doubles from [`Frames::FIRST`] up to the ring's
+    /// [`chunk_max`](Frames::chunk_max), so a session that publishes a few events holds a small
+    /// chunk, a busy one chunks of one size.
     next: usize,
-    max: usize,
 }
 
 impl Frames {
@@ -190,25 +198,30 @@ impl Frames {
     /// digits each, and 57 bytes of SSE and JSON punctuation.
     const FIXED: usize = 3 * 20 + 57;
 
-    /// Chunks of a sixteenth of the ring's byte bound, within [1 KiB, 128 KiB]: the chunk being
-    /// written and the oldest one, partly evicted, hold at most an eighth more than the bound
-    /// (a journaled session's 32 KiB ring: 2 KiB chunks; an unjournaled 4 MiB one: 128 KiB).
-    fn for_ring(ring_bytes: usize) -> Self {
+    fn new() -> Self {
         Self {
             chunk: BytesMut::new(),
             next: Self::FIRST,
-            max: (ring_bytes / 16).clamp(Self::FIRST, Self::MAX),
         }
     }
 
-    /// The SSE frame of event `id` (under the bus's lock: only the id and the time are written).
-    fn frame(&mut self, id: u64, kind: &str, tail: &[u8]) -> Bytes {
+    /// Chunks of a sixteenth of the ring's byte bound, within [1 KiB, 128 KiB]: the chunk being
+    /// written and the oldest one, partly evicted, hold at most an eighth more than the bound
+    /// (a journaled session's 32 KiB ring: 2 KiB chunks; an unjournaled 4 MiB one, or a
+    /// journaled one whose journal stopped taking events: 128 KiB).
+    fn chunk_max(ring_bytes: usize) -> usize {
+        (ring_bytes / 16).clamp(Self::FIRST, Self::MAX)
+    }
+
+    /// The SSE frame of event `id` (under the bus's lock: only the id and the time are written),
+    /// for a ring bounded by `ring_bytes`.
+    fn frame(&mut self, ring_bytes: usize, id: u64, kind: &str, tail: &[u8]) -> Bytes {
         use std::fmt::Write as _;
         let need = Self::FIXED + kind.len() + tail.len();
         if self.chunk.capacity() < need {
             // The old chunk's buffer lives on in the frames split from it.
             self.chunk = BytesMut::with_capacity(self.next.max(need));
-            self.next = (self.next * 2).min(self.max);
+            self.next = (self.next * 2).min(Self::chunk_max(ring_bytes));
         }
         let f = &mut self.chunk;
         let _ = write!(f, "id: {id}\nevent: {kind}\ndata: {{\"id\":{id}");
@@ -248,11 +261,7 @@ impl EventBus {
                 subs: Vec::new(),
                 held: Vec::new(),
                 closed: false,
-                frames: Frames::for_ring(if journal.is_some() {
-                    limits.journaled_ring_bytes
-                } else {
-                    limits.ring_bytes
-                }),
+                frames: Frames::new(),
             }),
             behind: AtomicBool::new(false),
             stats: BusStats::default(),
@@ -282,6 +291,15 @@ impl EventBus {
         self.lock().subs.len()
     }
 
+    /// The ring's byte bound for an event the journal holds (`journaled`) or does not.
+    fn ring_bound(&self, journaled: bool) -> usize {
+        if journaled {
+            self.limits.journaled_ring_bytes
+        } else {
+            self.limits.ring_bytes
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A poisoned bus still holds consistent data: every mutation completes before any call
         // that could panic.
@@ -306,7 +324,8 @@ impl EventBus {
         }
         self.release_held(&mut inner);
         let id = inner.last_id + 1;
-        let frame = inner.frames.frame(id, kind, &tail);
+        let bound = self.ring_bound(inner.journaling(self.journal.is_some()));
+        let frame = inner.frames.frame(bound, id, kind, &tail);
         // Durable (written to the OS, or synced under `fsync = "always"`) before any
         // subscriber can see it: a crash loses only events nobody was sent.
         let journaled = self
@@ -366,9 +385,10 @@ impl EventBus {
         }
         self.release_held(&mut inner);
         let first = inner.last_id + 1;
+        let bound = self.ring_bound(inner.journaling(self.journal.is_some()));
         let frames: Vec<(u64, Bytes)> = (first..)
             .zip(drafts.iter().zip(&tails))
-            .map(|(id, (d, tail))| (id, inner.frames.frame(id, d.kind, tail)))
+            .map(|(id, (d, tail))| (id, inner.frames.frame(bound, id, d.kind, tail)))
             .collect();
         let journaled = self
             .journal
@@ -400,11 +420,7 @@ impl EventBus {
         inner.last_id = id;
         inner.ring_bytes += frame.len();
         inner.ring.push_back((id, frame));
-        let max_bytes = if journaled {
-            self.limits.journaled_ring_bytes
-        } else {
-            self.limits.ring_bytes
-        };
+        let max_bytes = self.ring_bound(journaled);
         while inner.ring.len() > self.limits.ring || inner.ring_bytes > max_bytes {
             let Some((old, f)) = inner.ring.pop_front() else {
                 break;
@@ -782,6 +798,8 @@ mod tests {
         let sealed_at = b.lock().journaled_upto;
         assert!((1..20).contains(&sealed_at), "sealed after {sealed_at}");
         assert_eq!(b.stats.ring_evicted_events.load(Ordering::Relaxed), 0);
+        // Its frames' chunks grow to the larger bound's size, not the journaled ring's.
+        assert!(b.lock().frames.next > Frames::chunk_max(500));
         let s = b.subscribe(Some(0), Some("e1")).unwrap();
         assert!(!text(&s.preface[0]).contains("state_resync_required"));
         assert_eq!(ids(&s.preface), (1..=100).collect::<Vec<_>>());
@@ -954,34 +972,34 @@ mod tests {
     /// the ring's bound and no further, and every frame stays whole and exact.
     #[test]
     fn frames_share_chunks_of_a_bounded_size() {
-        let mut f = Frames::for_ring(32 * 1024);
-        assert_eq!(f.max, 2048);
-        let a = f.frame(u64::MAX, "x", b"");
-        let b = f.frame(2, "x", b"");
+        const RING: usize = 32 * 1024;
+        let mut f = Frames::new();
+        assert_eq!(Frames::chunk_max(RING), 2048);
+        let a = f.frame(RING, u64::MAX, "x", b"");
+        let b = f.frame(RING, 2, "x", b"");
         assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr(), "one chunk");
         assert!(text(&a).starts_with(&format!("id: {}\nevent: x\n", u64::MAX)));
         let big = vec![b'y'; 5000];
-        let c = f.frame(3, "big", &big);
+        let c = f.frame(RING, 3, "big", &big);
         assert!(c.len() > 5000 && text(&c).contains(&"y".repeat(5000)));
         assert!(text(&c).ends_with("}}\n\n"), "{}", text(&c));
         // However many frames, no chunk is taken larger than the bound (or the frame).
         let mut frames = Vec::new();
         for id in 4..2000 {
-            frames.push(f.frame(id, "agent_message_chunk", &[b'z'; 100]));
+            frames.push(f.frame(RING, id, "agent_message_chunk", &[b'z'; 100]));
             assert!(f.chunk.capacity() + frames.last().unwrap().len() <= 2048);
         }
         assert_eq!(f.next, 2048);
         assert_eq!(ids(&frames), (4..2000).collect::<Vec<_>>());
-        assert_eq!(Frames::for_ring(4 << 20).max, Frames::MAX);
-        assert_eq!(Frames::for_ring(0).max, Frames::FIRST);
+        assert_eq!(Frames::chunk_max(4 << 20), Frames::MAX);
+        assert_eq!(Frames::chunk_max(0), Frames::FIRST);
     }
 
     /// The widest fixed part (ids and a timestamp of 20 digits) fits the reserve made for it:
     /// a frame is never written across two buffers.
     #[test]
     fn the_widest_frame_fits_its_reserve() {
-        let mut f = Frames::for_ring(0);
-        let a = f.frame(u64::MAX, "k", b"t");
+        let a = Frames::new().frame(0, u64::MAX, "k", b"t");
         let fixed_now = a.len() - "k".len() - 1;
         // `now_ms` has 13 digits until the year 2286; the reserve allows 20.
         assert!(fixed_now + 7 <= Frames::FIXED, "{fixed_now}");
